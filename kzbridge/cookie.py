@@ -1,0 +1,36 @@
+"""Where the Erlang cookie comes from: explicit value, KZBRIDGE_COOKIE, a cookie file, ~/.erlang.cookie.
+
+The cookie is a secret: nothing here logs or prints it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _read(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="latin-1").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read cookie file {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise UsageError(f"cookie file {path} is empty")
+    return text
+
+
+def resolve_cookie(cookie: str | None = None, cookie_file: str | os.PathLike | None = None) -> str:
+    """The cookie to use, in the documented order of precedence."""
+    if cookie:
+        return cookie
+    env = os.environ.get("KZBRIDGE_COOKIE")
+    if env:
+        return env
+    if cookie_file:
+        return _read(Path(cookie_file))
+    default = Path.home() / ".erlang.cookie"
+    if default.exists():
+        return _read(default)
+    raise UsageError("no Erlang cookie given",
+                     hint="use --cookie, --cookie-file, KZBRIDGE_COOKIE, or create ~/.erlang.cookie")

@@ -1,0 +1,160 @@
+"""One error tree for all of kzbridge.
+
+    KzBridgeError                      exit code 1 unless a subclass says otherwise
+    +-- UsageError                     the caller asked for something invalid (exit 2)
+    |   +-- TermSyntaxError            an Erlang term literal did not parse
+    |   +-- BadFilterError             a trace filter that would crash or match nothing
+    +-- ProtocolError                  the peer sent bytes we cannot accept
+    |   +-- DecodeError                external term format is malformed
+    +-- ConnectError                   no distribution connection could be made (exit 3)
+    |   +-- HostUnreachableError       EPMD on that host did not answer
+    |   +-- NodeNotRegisteredError     EPMD does not know the node name
+    |   +-- CookieRejectedError        the peer (or we) rejected the cookie
+    |   +-- NameInUseError             our node name is already connected there
+    |   +-- NotAllowedError            the peer refuses connections from us
+    |   +-- HandshakeTimeoutError      the handshake did not finish in time
+    |   +-- VersionMismatchError       no common handshake version / flags
+    +-- ConnectionLostError            the peer went away (exit 3)
+    +-- RpcError                       a remote call failed (exit 4)
+    |   +-- BadRpcError                {badrpc, Reason} from the node
+    |   +-- RpcTimeoutError            no reply within the timeout (exit 5)
+    +-- KazooError                     the node is not the Kazoo we expected (exit 6)
+    |   +-- TracingUnavailableError    no kz_data_tracing module or process
+    |   +-- UnknownTraceError          the node does not know that ref
+    |   +-- RemoteFileError            a remote file could not be read
+    +-- SandboxError                   the local fixture node could not be run (exit 7)
+
+Lower layers raise their own class; higher layers translate with ``raise ... from``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class KzBridgeError(Exception):
+    """Root of every error kzbridge raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class UsageError(KzBridgeError):
+    """The caller asked for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
+class TermSyntaxError(UsageError):
+    """An Erlang term literal did not parse."""
+
+
+class BadFilterError(UsageError):
+    """A trace filter that would crash kz_data_tracing or silently match nothing."""
+
+
+class ProtocolError(KzBridgeError):
+    """The peer sent bytes that do not follow the protocol."""
+
+    exit_code = 3
+
+
+class DecodeError(ProtocolError):
+    """The external term format bytes are malformed or exceed our limits."""
+
+
+class ConnectError(KzBridgeError):
+    """No distribution connection could be made."""
+
+    exit_code = 3
+
+
+class HostUnreachableError(ConnectError):
+    """EPMD (or the node's port) on that host did not answer."""
+
+
+class NodeNotRegisteredError(ConnectError):
+    """EPMD on the host does not know the node; carries the names it does know."""
+
+    def __init__(self, message: str, *, registered: list[str] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.registered = registered or []
+
+
+class CookieRejectedError(ConnectError):
+    """The challenge digests did not match: wrong cookie on one side."""
+
+
+class NameInUseError(ConnectError):
+    """The peer already has a connection from a node with our name."""
+
+
+class NotAllowedError(ConnectError):
+    """The peer refuses connections from our node (net_kernel allow list or name form)."""
+
+
+class HandshakeTimeoutError(ConnectError):
+    """The handshake did not finish in time."""
+
+
+class VersionMismatchError(ConnectError):
+    """The peer speaks no handshake version or flag set we can use."""
+
+
+class ConnectionLostError(KzBridgeError):
+    """The connection to the peer closed or stopped ticking."""
+
+    exit_code = 3
+
+
+class RpcError(KzBridgeError):
+    """A remote call did not produce a value."""
+
+    exit_code = 4
+
+
+class BadRpcError(RpcError):
+    """The node answered ``{badrpc, Reason}``; ``reason`` holds the decoded term."""
+
+    def __init__(self, message: str, *, reason: Any = None, output: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.output = output
+
+
+class RpcTimeoutError(RpcError):
+    """No reply arrived within the timeout (our side's ``{badrpc, timeout}``)."""
+
+    exit_code = 5
+
+
+class KazooError(KzBridgeError):
+    """The node does not behave like the Kazoo we expected."""
+
+    exit_code = 6
+
+
+class TracingUnavailableError(KazooError):
+    """kz_data_tracing is missing or not running on the node."""
+
+
+class UnknownTraceError(KazooError):
+    """The node does not know the trace ref."""
+
+
+class RemoteFileError(KazooError):
+    """A file on the node could not be read."""
+
+
+class SandboxError(KzBridgeError):
+    """The local fixture node could not be compiled, started or stopped."""
+
+    exit_code = 7

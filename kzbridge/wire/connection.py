@@ -1,0 +1,242 @@
+"""One distribution connection over asyncio: handshake, framing, ticks.
+
+The protocol object is a thin loop around the sans-IO pieces (ClientHandshake,
+FrameReader, parse_message). It hands each DistMessage to a callback and
+reports loss once; it knows nothing about rpc or mailboxes.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import Callable
+
+from ..errors import (
+    ConnectError,
+    ConnectionLostError,
+    HandshakeTimeoutError,
+    HostUnreachableError,
+    KzBridgeError,
+    ProtocolError,
+    UsageError,
+)
+from . import epmd
+from .frames import TICK_FRAME, DistMessage, FrameReader, parse_message
+from .handshake import BIG_CREATION, OUR_FLAGS, ClientHandshake, HandshakeResult
+
+DEFAULT_TICKTIME = 60.0
+
+
+def split_node_name(node: str) -> tuple[str, str]:
+    """``'kazoo_apps@host'`` -> ``('kazoo_apps', 'host')``, with a clear error for bad input."""
+    if node.count("@") != 1:
+        raise UsageError(f"node name {node!r} must look like name@host (e.g. kazoo_apps@kazoo1)")
+    name, host = node.split("@")
+    if not name or not host:
+        raise UsageError(f"node name {node!r} must look like name@host (e.g. kazoo_apps@kazoo1)")
+    return name, host
+
+
+def own_node_name(peer_host: str, local_ip: str, prefix: str = "kzbridge") -> str:
+    """A fresh name per connection, in the peer's name form (long names need a dotted host)."""
+    suffix = os.urandom(6).hex()
+    if "." in peer_host or ":" in peer_host:
+        host = local_ip if "." in local_ip else socket.getfqdn()
+        if "." not in host:
+            host = "127.0.0.1"
+    else:
+        host = socket.gethostname().split(".")[0]
+    return f"{prefix}_{suffix}@{host}"
+
+
+class DistProtocol(asyncio.Protocol):
+    """asyncio protocol for one connection; see module docstring."""
+
+    def __init__(self, handshake_factory: Callable[[str], ClientHandshake]) -> None:
+        self._factory = handshake_factory
+        self.handshake: ClientHandshake | None = None
+        self.handshake_done: asyncio.Future[HandshakeResult] = asyncio.get_running_loop().create_future()
+        # Mark the outcome retrieved even if the caller gave up waiting (timeout).
+        self.handshake_done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader()
+        self.on_message: Callable[[DistMessage], None] = lambda m: None
+        self.on_lost: Callable[[KzBridgeError], None] = lambda e: None
+        self.last_received = time.monotonic()
+        self.last_sent = time.monotonic()
+        self.closed = False
+        self._paused = False
+
+    # -- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        local_ip = (transport.get_extra_info("sockname") or ("127.0.0.1",))[0]
+        self.handshake = self._factory(local_ip)
+        transport.write(self.handshake.start())
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = time.monotonic()
+        if not self.handshake_done.done():
+            self._handshake_data(data)
+            return
+        try:
+            frames = self.reader.feed(data)
+            for f in frames:
+                if f is None:
+                    continue
+                self.on_message(parse_message(f))
+        except KzBridgeError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug in a handler must not kill the loop silently
+            self._fail(ProtocolError(f"internal error handling a message: {exc!r}"))
+
+    def _handshake_data(self, data: bytes) -> None:
+        assert self.handshake is not None
+        try:
+            out = self.handshake.feed(data)
+        except KzBridgeError as exc:
+            self.handshake_done.set_exception(exc)
+            if self.transport:
+                self.transport.close()
+            return
+        if out and self.transport:
+            self.transport.write(out)
+        if self.handshake.done:
+            assert self.handshake.result is not None
+            self.handshake_done.set_result(self.handshake.result)
+            rest = self.handshake.result.rest
+            if rest:
+                # Frames that arrived with the ack wait until the node layer installs on_message.
+                asyncio.get_running_loop().call_soon(self.data_received, rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.handshake_done.done():
+            assert self.handshake is not None
+            self.handshake_done.set_exception(self.handshake.connection_closed())
+            return
+        self.on_lost(ConnectionLostError(f"connection closed by the peer{': ' + str(exc) if exc else ''}"))
+
+    # -- sending
+    def send_raw(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise ConnectionLostError("the connection is closed")
+        self.transport.write(data)
+        self.last_sent = time.monotonic()
+
+    def pause(self) -> None:
+        if not self._paused and self.transport and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport and not self.closed:
+            self._paused = False
+            self.last_received = time.monotonic()
+            self.transport.resume_reading()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def _fail(self, exc: KzBridgeError) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport:
+                self.transport.abort()
+            self.on_lost(exc)
+
+
+class Connection:
+    """An established connection: who we are, who they are, what flags are in force."""
+
+    def __init__(self, protocol: DistProtocol, result: HandshakeResult, own_name: str, creation: int,
+                 ticktime: float) -> None:
+        self.protocol = protocol
+        self.peer_name = result.peer_name
+        self.own_name = own_name
+        self.flags = result.flags
+        self.version = result.version
+        self.big_creation = bool(result.flags & BIG_CREATION)
+        self.creation = creation if self.big_creation else (creation % 3) + 1
+        self.ticktime = ticktime
+        self._tick_task: asyncio.Task | None = None
+
+    def start_ticking(self, on_dead: Callable[[KzBridgeError], None]) -> None:
+        self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(on_dead))
+
+    async def _tick_loop(self, on_dead: Callable[[KzBridgeError], None]) -> None:
+        interval = self.ticktime / 4
+        p = self.protocol
+        while not p.closed:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if p.paused:
+                continue
+            if now - p.last_received > self.ticktime:
+                p._fail(ConnectionLostError(
+                    f"{self.peer_name} stopped ticking: nothing received for {self.ticktime:g}s",
+                    hint="the node is hung, overloaded or the network dropped"))
+                on_dead(ConnectionLostError(f"{self.peer_name} stopped ticking"))
+                return
+            if now - p.last_sent >= interval:
+                try:
+                    p.send_raw(TICK_FRAME)
+                except ConnectionLostError:
+                    return
+
+    def close(self) -> None:
+        if self._tick_task:
+            self._tick_task.cancel()
+        if self.protocol.transport and not self.protocol.closed:
+            self.protocol.closed = True
+            self.protocol.transport.close()
+
+
+async def open_connection(node: str, cookie: str, *, timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME,
+                          name_prefix: str = "kzbridge", epmd_port: int | None = None) -> Connection:
+    """EPMD lookup, TCP connect, handshake. Each failure has its own error class."""
+    if not cookie:
+        raise UsageError("empty cookie", hint="pass --cookie, set KZBRIDGE_COOKIE or create ~/.erlang.cookie")
+    name, host = split_node_name(node)
+    deadline = time.monotonic() + timeout
+    info = await epmd.lookup(name, host, timeout=timeout, port=epmd_port)
+    loop = asyncio.get_running_loop()
+    creation = int.from_bytes(os.urandom(4), "big") | 4
+    holder: dict[str, str] = {}
+
+    def factory(local_ip: str) -> ClientHandshake:
+        holder["name"] = own_node_name(host, local_ip, name_prefix)
+        version = 6 if info.highest >= 6 else 5
+        return ClientHandshake(holder["name"], cookie, peer_version=version, creation=creation, flags=OUR_FLAGS)
+
+    remaining = max(0.1, deadline - time.monotonic())
+    try:
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: DistProtocol(factory), host, info.port), remaining)
+    except asyncio.TimeoutError:
+        raise HandshakeTimeoutError(f"{node}: TCP connect to port {info.port} timed out after {timeout:g}s",
+                                    hint="a firewall may block the node's distribution port") from None
+    except OSError as exc:
+        raise HostUnreachableError(f"{node}: cannot connect to distribution port {info.port}: {exc.strerror or exc}",
+                                   hint="a firewall may block the node's distribution port range") from None
+    remaining = max(0.1, deadline - time.monotonic())
+    try:
+        result = await asyncio.wait_for(asyncio.shield(protocol.handshake_done), remaining)
+    except asyncio.TimeoutError:
+        if protocol.transport:
+            protocol.transport.abort()
+        raise HandshakeTimeoutError(f"{node}: the handshake did not finish within {timeout:g}s") from None
+    except ConnectError:
+        raise
+    except KzBridgeError as exc:
+        raise ConnectError(f"{node}: handshake failed: {exc}") from exc
+    return Connection(protocol, result, holder["name"], creation, ticktime)

@@ -1,0 +1,131 @@
+"""Distribution frames after the handshake, without sockets.
+
+A frame is a 4-byte length and that many bytes; length 0 is a tick. A message
+frame is ``p`` (pass-through, as we negotiate no atom cache), a control tuple
+and, for some operations, a payload term.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ProtocolError
+from .codec import decode_prefix, encode_into
+
+PASS_THROUGH = 112
+
+# Control message operations.
+LINK = 1
+SEND = 2
+EXIT = 3
+UNLINK = 4
+NODE_LINK = 5
+REG_SEND = 6
+GROUP_LEADER = 7
+EXIT2 = 8
+SEND_TT = 12
+EXIT_TT = 13
+REG_SEND_TT = 16
+EXIT2_TT = 18
+MONITOR_P = 19
+DEMONITOR_P = 20
+MONITOR_P_EXIT = 21
+SEND_SENDER = 22
+SEND_SENDER_TT = 23
+PAYLOAD_EXIT = 24
+PAYLOAD_EXIT_TT = 25
+PAYLOAD_EXIT2 = 26
+PAYLOAD_EXIT2_TT = 27
+PAYLOAD_MONITOR_P_EXIT = 28
+SPAWN_REQUEST = 29
+SPAWN_REQUEST_TT = 30
+SPAWN_REPLY = 31
+SPAWN_REPLY_TT = 32
+ALIAS_SEND = 33
+ALIAS_SEND_TT = 34
+UNLINK_ID = 35
+UNLINK_ID_ACK = 36
+
+# Operations followed by a payload term.
+WITH_PAYLOAD = frozenset({
+    SEND, REG_SEND, SEND_TT, REG_SEND_TT, SEND_SENDER, SEND_SENDER_TT, PAYLOAD_EXIT, PAYLOAD_EXIT_TT,
+    PAYLOAD_EXIT2, PAYLOAD_EXIT2_TT, PAYLOAD_MONITOR_P_EXIT, SPAWN_REQUEST, SPAWN_REQUEST_TT,
+    ALIAS_SEND, ALIAS_SEND_TT,
+})
+
+DEFAULT_MAX_FRAME = 1 << 30
+_len = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class DistMessage:
+    """One decoded message: the control tuple and the payload (None when the op has none)."""
+
+    control: tuple
+    payload: Any = None
+
+    @property
+    def op(self) -> int:
+        return self.control[0]
+
+
+TICK = None  # what FrameReader yields for a tick
+
+
+class FrameReader:
+    """Splits a byte stream into frames; yields ``None`` for ticks and bytes otherwise."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        buf = self._buf
+        buf += data
+        out: list[bytes | None] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            n = _len.unpack_from(buf, pos)[0]
+            if n > self.max_frame:
+                raise ProtocolError(f"distribution frame of {n} bytes exceeds the {self.max_frame} limit")
+            if end - pos - 4 < n:
+                break
+            out.append(bytes(buf[pos + 4:pos + 4 + n]) if n else None)
+            pos += 4 + n
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+def parse_message(frame: bytes) -> DistMessage:
+    """Decode one non-tick frame into a DistMessage."""
+    if not frame or frame[0] != PASS_THROUGH:
+        raise ProtocolError(f"distribution frame starts with {frame[:1]!r}, expected pass-through 'p'")
+    control, pos = decode_prefix(frame, 1)
+    if type(control) is not tuple or not control or type(control[0]) is not int:
+        raise ProtocolError(f"control message is not an operation tuple: {control!r:.80}")
+    payload = None
+    if control[0] in WITH_PAYLOAD:
+        payload, pos = decode_prefix(frame, pos)
+    if pos != len(frame):
+        raise ProtocolError(f"{len(frame) - pos} trailing bytes after a distribution message")
+    return DistMessage(control, payload)
+
+
+def build_message(control: tuple, payload: Any = None, *, has_payload: bool | None = None) -> bytes:
+    """A complete framed message, length included."""
+    out = bytearray(b"\0\0\0\0p")
+    encode_into(control, out)
+    if has_payload if has_payload is not None else control[0] in WITH_PAYLOAD:
+        encode_into(payload, out)
+    _len.pack_into(out, 0, len(out) - 4)
+    return bytes(out)
+
+
+TICK_FRAME = b"\0\0\0\0"

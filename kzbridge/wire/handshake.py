@@ -1,0 +1,244 @@
+"""The distribution handshake, initiator side, as a socket-free state machine.
+
+Two generations exist:
+  * the old one (protocol version 5): send_name ``n``, 32-bit flags; spoken by
+    OTP 18/19 (Kazoo 4.x) and accepted by OTP 25.3+ when it carries HANDSHAKE_23;
+  * the OTP 23+ one (version 6): send_name ``N`` with 64-bit flags and creation.
+EPMD's "highest version" decides which we open with. If we open with ``n`` and
+the peer answers with an ``N`` challenge, we send the ``c`` complement.
+
+Usage: ``hs = ClientHandshake(...); send(hs.start()); while not hs.done: send(hs.feed(bytes))``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from enum import Enum
+
+from ..errors import (
+    CookieRejectedError,
+    NameInUseError,
+    NotAllowedError,
+    ProtocolError,
+    VersionMismatchError,
+)
+
+# Distribution capability flags (erl_dist_protocol).
+PUBLISHED = 0x1
+ATOM_CACHE = 0x2
+EXTENDED_REFERENCES = 0x4
+DIST_MONITOR = 0x8
+FUN_TAGS = 0x10
+DIST_MONITOR_NAME = 0x20
+HIDDEN_ATOM_CACHE = 0x40
+NEW_FUN_TAGS = 0x80
+EXTENDED_PIDS_PORTS = 0x100
+EXPORT_PTR_TAG = 0x200
+BIT_BINARIES = 0x400
+NEW_FLOATS = 0x800
+UNICODE_IO = 0x1000
+DIST_HDR_ATOM_CACHE = 0x2000
+SMALL_ATOM_TAGS = 0x4000
+UTF8_ATOMS = 0x10000
+MAP_TAG = 0x20000
+BIG_CREATION = 0x40000
+SEND_SENDER = 0x80000
+BIG_SEQTRACE_LABELS = 0x100000
+EXIT_PAYLOAD = 0x400000
+FRAGMENTS = 0x800000
+HANDSHAKE_23 = 0x1000000
+UNLINK_ID = 0x2000000
+MANDATORY_25_DIGEST = 0x4000000
+SPAWN = 1 << 32
+NAME_ME = 1 << 33
+V4_NC = 1 << 34
+ALIAS = 1 << 35
+
+# What we advertise. Never PUBLISHED (we are hidden), no atom cache, no fragments.
+OUR_FLAGS = (
+    EXTENDED_REFERENCES | DIST_MONITOR | FUN_TAGS | DIST_MONITOR_NAME | NEW_FUN_TAGS
+    | EXTENDED_PIDS_PORTS | EXPORT_PTR_TAG | BIT_BINARIES | NEW_FLOATS | UNICODE_IO
+    | SMALL_ATOM_TAGS | UTF8_ATOMS | MAP_TAG | BIG_CREATION | SEND_SENDER
+    | BIG_SEQTRACE_LABELS | EXIT_PAYLOAD | HANDSHAKE_23 | UNLINK_ID | MANDATORY_25_DIGEST
+    | V4_NC
+)
+# Without these we cannot talk to the peer at all.
+REQUIRED_FROM_PEER = EXTENDED_REFERENCES | EXTENDED_PIDS_PORTS
+
+MAX_HANDSHAKE_MESSAGE = 4096
+
+
+class State(Enum):
+    UNSTARTED = "unstarted"
+    AWAIT_STATUS = "await_status"
+    AWAIT_CHALLENGE = "await_challenge"
+    AWAIT_ACK = "await_ack"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class HandshakeResult:
+    """What the connection needs from a finished handshake."""
+
+    peer_name: str
+    peer_flags: int
+    peer_creation: int | None
+    flags: int            # the flags in force: ours AND the peer's
+    version: int          # 5 or 6: the send_name we opened with
+    rest: bytes           # bytes after the ack (already distribution frames)
+
+
+def digest(cookie: str, challenge: int) -> bytes:
+    """MD5 of the cookie followed by the challenge in decimal, as both sides compute it."""
+    return hashlib.md5(cookie.encode("latin-1", "replace") + str(challenge).encode("ascii")).digest()
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">H", len(payload)) + payload
+
+
+class ClientHandshake:
+    """Initiator side of the handshake; holds no socket."""
+
+    def __init__(self, own_name: str, cookie: str, *, peer_version: int, creation: int,
+                 flags: int = OUR_FLAGS, challenge: int | None = None) -> None:
+        if peer_version not in (5, 6):
+            raise VersionMismatchError(f"the peer speaks distribution version {peer_version}; kzbridge speaks 5 and 6")
+        self.own_name = own_name
+        self.cookie = cookie
+        self.version = peer_version
+        self.creation = creation
+        self.flags = flags
+        self.challenge = challenge if challenge is not None else struct.unpack(">I", os.urandom(4))[0]
+        self.state = State.UNSTARTED
+        self.buffer = bytearray()
+        self.peer_name = ""
+        self.peer_flags = 0
+        self.peer_creation: int | None = None
+        self.result: HandshakeResult | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    def start(self) -> bytes:
+        """The send_name message, framed."""
+        if self.state is not State.UNSTARTED:
+            raise RuntimeError("handshake already started")
+        name = self.own_name.encode("utf-8")
+        if self.version == 6:
+            msg = b"N" + struct.pack(">QIH", self.flags, self.creation, len(name)) + name
+        else:
+            msg = b"n" + struct.pack(">HI", 5, self.flags & 0xFFFFFFFF) + name
+        self.state = State.AWAIT_STATUS
+        return frame(msg)
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume bytes from the peer; return bytes to send (possibly empty)."""
+        self.buffer += data
+        out = bytearray()
+        while self.state not in (State.DONE, State.FAILED):
+            if len(self.buffer) < 2:
+                break
+            n = struct.unpack_from(">H", self.buffer)[0]
+            if n == 0 or n > MAX_HANDSHAKE_MESSAGE:
+                self.state = State.FAILED
+                raise ProtocolError(f"handshake message of {n} bytes from the peer")
+            if len(self.buffer) < 2 + n:
+                break
+            msg = bytes(self.buffer[2:2 + n])
+            del self.buffer[:2 + n]
+            try:
+                out += self._handle(msg)
+            except Exception:
+                self.state = State.FAILED
+                raise
+        return bytes(out)
+
+    def connection_closed(self) -> Exception:
+        """The error to raise when the peer closes the socket in the current state."""
+        if self.state is State.AWAIT_ACK:
+            return CookieRejectedError(
+                f"the node closed the connection after our challenge reply: it rejected our cookie",
+                hint="check --cookie / KZBRIDGE_COOKIE / ~/.erlang.cookie against the node's cookie")
+        if self.state is State.AWAIT_STATUS:
+            return NotAllowedError(
+                "the node closed the connection before answering our name",
+                hint="its distribution may refuse our handshake version or flags (OTP 25.0-25.2 refuse the old handshake)")
+        return ProtocolError(f"the node closed the connection during the handshake ({self.state.value})")
+
+    def _handle(self, msg: bytes) -> bytes:
+        if self.state is State.AWAIT_STATUS:
+            return self._on_status(msg)
+        if self.state is State.AWAIT_CHALLENGE:
+            return self._on_challenge(msg)
+        if self.state is State.AWAIT_ACK:
+            return self._on_ack(msg)
+        raise ProtocolError(f"unexpected handshake message in state {self.state.value}")
+
+    def _on_status(self, msg: bytes) -> bytes:
+        if msg[:1] != b"s":
+            raise ProtocolError(f"expected a status message, got tag {msg[:1]!r}")
+        status = msg[1:].decode("latin-1")
+        if status in ("ok", "ok_simultaneous"):
+            self.state = State.AWAIT_CHALLENGE
+            return b""
+        if status == "alive":
+            # Our name is unique per connection, so an existing one is stale or a clash: give way.
+            self.state = State.FAILED
+            raise NameInUseError(f"the node already has a connection from {self.own_name}",
+                                 hint="another kzbridge with the same --name is connected; use another name")
+        if status == "nok":
+            self.state = State.FAILED
+            raise NameInUseError("the node is busy connecting to a node of our name (nok)")
+        if status == "not_allowed":
+            self.state = State.FAILED
+            raise NotAllowedError(f"the node does not allow connections from {self.own_name}",
+                                  hint="check net_kernel:allow/1 on the node and the short/long name form")
+        raise ProtocolError(f"unknown handshake status {status!r}")
+
+    def _on_challenge(self, msg: bytes) -> bytes:
+        tag = msg[:1]
+        out = b""
+        if tag == b"N":
+            if len(msg) < 19:
+                raise ProtocolError("new-style challenge too short")
+            flags, challenge, creation, nlen = struct.unpack_from(">QIIH", msg, 1)
+            if len(msg) != 19 + nlen:
+                raise ProtocolError("new-style challenge name length does not match")
+            self.peer_name = msg[19:].decode("utf-8", "replace")
+            self.peer_creation = creation
+            if self.version == 5:
+                # We opened with 'n'; a v6 peer wants the high flag word and our creation.
+                out += frame(b"c" + struct.pack(">II", self.flags >> 32, self.creation))
+        elif tag == b"n":
+            if len(msg) < 11:
+                raise ProtocolError("old-style challenge too short")
+            version, flags, challenge = struct.unpack_from(">HII", msg, 1)
+            if version != 5:
+                raise VersionMismatchError(f"the node answered with handshake version {version}")
+            self.peer_name = msg[11:].decode("utf-8", "replace")
+        else:
+            raise ProtocolError(f"expected a challenge, got tag {tag!r}")
+        if flags & REQUIRED_FROM_PEER != REQUIRED_FROM_PEER:
+            raise VersionMismatchError(f"the node lacks extended pids/references (flags {flags:#x})")
+        self.peer_flags = flags
+        self.state = State.AWAIT_ACK
+        return out + frame(b"r" + struct.pack(">I", self.challenge) + digest(self.cookie, challenge))
+
+    def _on_ack(self, msg: bytes) -> bytes:
+        if msg[:1] != b"a" or len(msg) != 17:
+            raise ProtocolError(f"expected a challenge ack, got {len(msg)} bytes with tag {msg[:1]!r}")
+        if msg[1:] != digest(self.cookie, self.challenge):
+            raise CookieRejectedError(
+                f"{self.peer_name} answered our challenge with a digest of another cookie",
+                hint="the node does not share our cookie")
+        self.state = State.DONE
+        flags = self.flags & self.peer_flags
+        self.result = HandshakeResult(self.peer_name, self.peer_flags, self.peer_creation, flags,
+                                      self.version, bytes(self.buffer))
+        self.buffer.clear()
+        return b""

@@ -1,0 +1,457 @@
+"""HiddenNode: our side of one connection, with pids, mailboxes, rpc and a group leader.
+
+``rpc`` talks to the node's ``rex`` server in the gen_server form that every OTP
+from 19 to 28 accepts. Each call gets its own group-leader pid, so whatever the
+remote function prints arrives here as io_requests, is answered (or the call
+would block forever) and is handed back with the result.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import BadRpcError, ConnectionLostError, KzBridgeError, RpcTimeoutError
+from .connection import DEFAULT_TICKTIME, Connection, open_connection
+from .frames import (
+    DEMONITOR_P,
+    EXIT,
+    EXIT2,
+    LINK,
+    MONITOR_P,
+    MONITOR_P_EXIT,
+    PAYLOAD_EXIT,
+    PAYLOAD_EXIT2,
+    PAYLOAD_EXIT2_TT,
+    PAYLOAD_EXIT_TT,
+    PAYLOAD_MONITOR_P_EXIT,
+    REG_SEND,
+    SEND,
+    SEND_SENDER,
+    SEND_SENDER_TT,
+    SEND_TT,
+    UNLINK,
+    UNLINK_ID,
+    UNLINK_ID_ACK,
+    DistMessage,
+    build_message,
+)
+from .literal import format_term
+from .terms import Atom, BitBinary, ErlString, ImproperList, Pid, Reference
+
+log = logging.getLogger("kzbridge.wire")
+
+A_REX = Atom("rex")
+A_GEN_CALL = Atom("$gen_call")
+A_CALL = Atom("call")
+A_BADRPC = Atom("badrpc")
+A_IO_REQUEST = Atom("io_request")
+A_IO_REPLY = Atom("io_reply")
+A_OK = Atom("ok")
+A_ERROR = Atom("error")
+A_EXIT = Atom("EXIT")
+A_DOWN = Atom("DOWN")
+A_PROCESS = Atom("process")
+A_NOPROC = Atom("noproc")
+A_NOCONNECTION = Atom("noconnection")
+A_EMPTY = Atom("")
+A_EOF = Atom("eof")
+A_ENOTSUP = Atom("enotsup")
+A_REQUEST = Atom("request")
+
+
+@dataclass
+class RpcResult:
+    """A remote call's value and everything it printed through its group leader."""
+
+    value: Any
+    output: str = ""
+
+
+def chardata_to_text(data: Any, latin1: bool = False) -> str:
+    """Flatten Erlang chardata (code points, binaries, nested lists) to text."""
+    parts: list[str] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        t = type(item)
+        if t is int:
+            parts.append(chr(item) if 0 <= item < 0x110000 else "?")
+        elif t is bytes:
+            parts.append(item.decode("latin-1" if latin1 else "utf-8", "replace"))
+        elif t is ErlString or t is str:
+            parts.append(item)
+        elif t is list:
+            stack.extend(reversed(item))
+        elif t is ImproperList:
+            stack.append(item.tail)
+            stack.extend(reversed(item.items))
+        elif t is Atom:
+            parts.append(item.name)
+        elif t is BitBinary:
+            parts.append(item.data.decode("utf-8", "replace"))
+        else:
+            parts.append(format_term(item))
+    return "".join(parts)
+
+
+class Mailbox:
+    """A pid of ours with a queue; used for streamed replies and monitors.
+
+    When more than ``high_water`` messages wait, the socket stops being read
+    (TCP then pushes back on the node) until the queue drains below half.
+    """
+
+    def __init__(self, node: "HiddenNode", pid: Pid, high_water: int = 64) -> None:
+        self.node = node
+        self.pid = pid
+        self.high_water = high_water
+        self._queue: deque[Any] = deque()
+        self._waiter: asyncio.Future | None = None
+        self._closed_with: KzBridgeError | None = None
+
+    def deliver(self, msg: Any) -> None:
+        self._queue.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if len(self._queue) >= self.high_water:
+            self.node._pause_for(self)
+
+    def fail(self, exc: KzBridgeError) -> None:
+        self._closed_with = exc
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def receive(self, timeout: float | None = None) -> Any:
+        """The next message; RpcTimeoutError after ``timeout``, ConnectionLostError if the node goes."""
+        while not self._queue:
+            if self._closed_with is not None:
+                raise self._closed_with
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if timeout is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait_for(self._waiter, timeout)
+            except asyncio.TimeoutError:
+                raise RpcTimeoutError(f"no message from {self.node.peer_name} within {timeout:g}s") from None
+            finally:
+                self._waiter = None
+        msg = self._queue.popleft()
+        if len(self._queue) < self.high_water // 2:
+            self.node._resume_for(self)
+        return msg
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        self.node._mailboxes.pop(self.pid, None)
+        self.node._resume_for(self)
+
+
+class HiddenNode:
+    """Our hidden node on one connection to one peer."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.name = conn.own_name
+        self.peer_name = conn.peer_name
+        self._atom = Atom(conn.own_name)
+        self._pid_ids = itertools.count(1)
+        self._ref_ids = itertools.count(1)
+        self._ref_salt = int.from_bytes(os.urandom(4), "big")
+        self.caller = self.new_pid()
+        self._pending: dict[Reference, tuple[asyncio.Future, Pid, str]] = {}
+        self._group_leaders: dict[Pid, list[str]] = {}
+        self._output_callbacks: dict[Pid, Callable[[str], None]] = {}
+        self._mailboxes: dict[Pid, Mailbox] = {}
+        self._monitors: dict[Reference, Pid] = {}
+        self._pausers: set[Pid] = set()
+        self._lost: KzBridgeError | None = None
+        self._bg: set[asyncio.Task] = set()
+        self.calls_made = 0
+        p = conn.protocol
+        p.on_message = self._on_message
+        p.on_lost = self._on_lost
+        conn.start_ticking(self._on_lost)
+
+    # ------------------------------------------------------------ identity
+    @property
+    def flags(self) -> int:
+        return self.conn.flags
+
+    @property
+    def handshake_version(self) -> int:
+        return self.conn.version
+
+    @property
+    def alive(self) -> bool:
+        return self._lost is None and not self.conn.protocol.closed
+
+    def new_pid(self) -> Pid:
+        return Pid(self._atom, next(self._pid_ids) & 0x7FFF, 0, self.conn.creation, old=not self.conn.big_creation)
+
+    def make_ref(self) -> Reference:
+        n = next(self._ref_ids)
+        ids = (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt)
+        form = 90 if self.conn.big_creation else 114
+        return Reference(self._atom, ids, self.conn.creation, form)
+
+    # ------------------------------------------------------------ sending
+    def _send(self, control: tuple, payload: Any = None) -> None:
+        if self._lost is not None:
+            raise self._lost
+        self.conn.protocol.send_raw(build_message(control, payload))
+
+    def send(self, to: Pid, msg: Any, sender: Pid | None = None) -> None:
+        """``To ! Msg``."""
+        if sender is not None and self.conn.flags & 0x80000:
+            self._send((SEND_SENDER, sender, to), msg)
+        else:
+            self._send((SEND, A_EMPTY, to), msg)
+
+    def send_registered(self, name: str | Atom, msg: Any, sender: Pid | None = None) -> None:
+        """``{Name, Node} ! Msg``."""
+        self._send((REG_SEND, sender or self.caller, A_EMPTY, Atom(str(name))), msg)
+
+    def mailbox(self, high_water: int = 64) -> Mailbox:
+        mb = Mailbox(self, self.new_pid(), high_water)
+        if self._lost is not None:
+            mb.fail(self._lost)
+        self._mailboxes[mb.pid] = mb
+        return mb
+
+    def monitor(self, mailbox: Mailbox, target: Pid | Atom) -> Reference:
+        """Monitor a remote process; its DOWN arrives in ``mailbox`` as ``('DOWN', Ref, process, Pid, Reason)``."""
+        ref = self.make_ref()
+        self._monitors[ref] = mailbox.pid
+        self._send((MONITOR_P, mailbox.pid, target, ref))
+        return ref
+
+    def demonitor(self, mailbox: Mailbox, target: Pid | Atom, ref: Reference) -> None:
+        self._monitors.pop(ref, None)
+        if self.alive:
+            self._send((DEMONITOR_P, mailbox.pid, target, ref))
+
+    def link(self, mailbox: Mailbox, target: Pid) -> None:
+        self._send((LINK, mailbox.pid, target))
+
+    def exit(self, target: Pid, reason: Any, sender: Pid | None = None) -> None:
+        """``exit(Target, Reason)`` from one of our pids."""
+        self._send((EXIT2, sender or self.caller, target, reason))
+
+    # ------------------------------------------------------------ rpc
+    async def rpc(self, module: str | Atom, function: str | Atom, args: list | None = None,
+                  timeout: float | None = 30.0) -> Any:
+        """Call ``module:function(args...)`` on the node; raise BadRpcError on ``{badrpc, _}``."""
+        return (await self.rpc_output(module, function, args, timeout=timeout)).value
+
+    async def rpc_output(self, module: str | Atom, function: str | Atom, args: list | None = None,
+                         timeout: float | None = 30.0, on_output: Callable[[str], None] | None = None) -> RpcResult:
+        """As ``rpc``, also returning what the function printed (``on_output`` sees it as it comes)."""
+        if self._lost is not None:
+            raise self._lost
+        m = module if type(module) is Atom else Atom(str(module))
+        f = function if type(function) is Atom else Atom(str(function))
+        args = list(args or [])
+        ref = self.make_ref()
+        gl = self.new_pid()
+        output: list[str] = []
+        self._group_leaders[gl] = output
+        if on_output is not None:
+            self._output_callbacks[gl] = on_output
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        what = f"{m.name}:{f.name}/{len(args)}"
+        self._pending[ref] = (fut, gl, what)
+        handle = loop.call_later(timeout, self._timeout, ref, timeout) if timeout is not None else None
+        self.calls_made += 1
+        try:
+            self._send((REG_SEND, self.caller, A_EMPTY, A_REX),
+                       (A_GEN_CALL, (self.caller, ref), (A_CALL, m, f, args, gl)))
+            value = await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._pending.pop(ref, None)
+            self._output_callbacks.pop(gl, None)
+            # Keep the group leader alive briefly: processes spawned by the call may still print.
+            loop.call_later(5.0, self._group_leaders.pop, gl, None)
+        text = "".join(output)
+        if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
+            raise BadRpcError(f"{self.peer_name}: {what} failed: {describe_badrpc(value[1])}",
+                              reason=value[1], output=text)
+        return RpcResult(value, text)
+
+    def _timeout(self, ref: Reference, timeout: float) -> None:
+        entry = self._pending.get(ref)
+        if entry and not entry[0].done():
+            entry[0].set_exception(RpcTimeoutError(
+                f"{self.peer_name}: {entry[2]} did not answer within {timeout:g}s",
+                hint="raise --timeout, or check the node's load"))
+
+    # ------------------------------------------------------------ receiving
+    def _on_message(self, msg: DistMessage) -> None:
+        ctl = msg.control
+        op = ctl[0]
+        if op == SEND or op == SEND_SENDER or op == SEND_TT or op == SEND_SENDER_TT:
+            self._deliver(ctl[2], msg.payload)
+        elif op == REG_SEND:
+            log.debug("dropping message to unregistered name %s", ctl[3])
+        elif op == MONITOR_P:
+            # {19, FromPid, ToProc, Ref}: fine for live pids; otherwise DOWN at once.
+            target = ctl[2]
+            if not self._is_live(target):
+                self._send((MONITOR_P_EXIT, target, ctl[1], ctl[3], A_NOPROC))
+        elif op == DEMONITOR_P:
+            pass
+        elif op == MONITOR_P_EXIT or op == PAYLOAD_MONITOR_P_EXIT:
+            ref = ctl[3]
+            reason = ctl[4] if op == MONITOR_P_EXIT else msg.payload
+            owner = self._monitors.pop(ref, None)
+            if owner is not None and owner in self._mailboxes:
+                self._mailboxes[owner].deliver((A_DOWN, ref, A_PROCESS, ctl[1], reason))
+        elif op in (EXIT, EXIT2, PAYLOAD_EXIT, PAYLOAD_EXIT2, 13, 18, PAYLOAD_EXIT_TT, PAYLOAD_EXIT2_TT):
+            frm, to = ctl[1], ctl[2]
+            reason = msg.payload if op >= PAYLOAD_EXIT else ctl[-1]
+            if to in self._mailboxes:
+                self._mailboxes[to].deliver((A_EXIT, frm, reason))
+        elif op == UNLINK_ID:
+            # {35, Id, From, To}: acknowledge so the peer's link state settles.
+            self._send((UNLINK_ID_ACK, ctl[1], ctl[3], ctl[2]))
+        elif op in (LINK, UNLINK, UNLINK_ID_ACK):
+            if op == LINK and not self._is_live(ctl[2]):
+                self._send((EXIT, ctl[2], ctl[1], A_NOPROC))
+        else:
+            log.debug("ignoring control message %r", ctl)
+
+    def _is_live(self, target: Any) -> bool:
+        return target == self.caller or target in self._mailboxes or target in self._group_leaders
+
+    def _deliver(self, to: Any, payload: Any) -> None:
+        if to == self.caller:
+            if type(payload) is tuple and len(payload) == 2:
+                entry = self._pending.get(payload[0])
+                if entry is not None:
+                    if not entry[0].done():
+                        entry[0].set_result(payload[1])
+                    return
+            log.debug("late or unknown reply to caller: %.200r", payload)
+            return
+        mb = self._mailboxes.get(to)
+        if mb is not None:
+            mb.deliver(payload)
+            return
+        if to in self._group_leaders:
+            if type(payload) is tuple and len(payload) == 4 and payload[0] == A_IO_REQUEST:
+                task = asyncio.get_running_loop().create_task(self._io_request(to, payload))
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
+            return
+        log.debug("message to unknown pid %s dropped", to)
+
+    async def _io_request(self, gl: Pid, msg: tuple) -> None:
+        _, sender, reply_as, request = msg
+        try:
+            reply = await self._io_reply(gl, request)
+        except KzBridgeError as exc:
+            reply = (A_ERROR, Atom(f"kzbridge: {exc}"[:200]))
+        if self.alive:
+            self.send(sender, (A_IO_REPLY, reply_as, reply), sender=gl)
+
+    async def _io_reply(self, gl: Pid, request: Any) -> Any:
+        if type(request) is tuple and request and request[0] == Atom("put_chars"):
+            latin1 = len(request) in (3, 5) and request[1] == Atom("latin1")
+            if len(request) in (2, 3):
+                text = chardata_to_text(request[-1], latin1)
+            elif len(request) in (4, 5):
+                m, f, a = request[-3:]
+                try:
+                    chars = await self.rpc(m, f, a, timeout=30.0)
+                except BadRpcError as exc:
+                    return (A_ERROR, exc.reason)
+                text = chardata_to_text(chars, latin1)
+            else:
+                return (A_ERROR, A_REQUEST)
+            self._emit(gl, text)
+            return A_OK
+        if type(request) is tuple and request and request[0] == Atom("requests"):
+            reply: Any = A_OK
+            for sub in request[1]:
+                reply = await self._io_reply(gl, sub)
+            return reply
+        if request == Atom("getopts"):
+            return [(Atom("binary"), False), (Atom("encoding"), Atom("unicode"))]
+        if type(request) is tuple and request and request[0] == Atom("setopts"):
+            return A_OK
+        if type(request) is tuple and request and request[0] == Atom("get_geometry"):
+            return (A_ERROR, A_ENOTSUP)
+        if type(request) is tuple and request and isinstance(request[0], Atom) and request[0].name.startswith("get_"):
+            return A_EOF
+        return (A_ERROR, A_REQUEST)
+
+    def _emit(self, gl: Pid, text: str) -> None:
+        sink = self._group_leaders.get(gl)
+        if sink is not None:
+            sink.append(text)
+        cb = self._output_callbacks.get(gl)
+        if cb is not None:
+            cb(text)
+
+    # ------------------------------------------------------------ flow control and loss
+    def _pause_for(self, mb: Mailbox) -> None:
+        self._pausers.add(mb.pid)
+        self.conn.protocol.pause()
+
+    def _resume_for(self, mb: Mailbox) -> None:
+        self._pausers.discard(mb.pid)
+        if not self._pausers:
+            self.conn.protocol.resume()
+
+    def _on_lost(self, exc: KzBridgeError) -> None:
+        if self._lost is not None:
+            return
+        self._lost = ConnectionLostError(f"lost the connection to {self.peer_name}: {exc.message}", hint=exc.hint)
+        for fut, _, what in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(ConnectionLostError(
+                    f"{self.peer_name} went away during {what}: {exc.message}", hint=exc.hint))
+        for mb in list(self._mailboxes.values()):
+            mb.fail(self._lost)
+        self.conn.close()
+
+    async def close(self) -> None:
+        """Close the connection; pending calls fail with ConnectionLostError."""
+        self._on_lost(ConnectionLostError("closed by kzbridge"))
+        self.conn.close()
+        await asyncio.sleep(0)
+
+
+def describe_badrpc(reason: Any) -> str:
+    """A readable line for the common ``{badrpc, Reason}`` shapes."""
+    if type(reason) is tuple and len(reason) == 2 and reason[0] == A_EXIT:
+        inner = reason[1]
+        if type(inner) is tuple and len(inner) == 2:
+            kind, detail = inner
+            if kind == Atom("undef") and type(detail) is list and detail and type(detail[0]) is tuple:
+                m, f, a = detail[0][:3]
+                arity = len(a) if isinstance(a, list) else a
+                return f"undefined function {format_term(m)}:{format_term(f)}/{arity} (undef)"
+            if kind == A_NOPROC:
+                return f"no such process (noproc) in {format_term(detail)[:200]}"
+            if type(kind) is Atom:
+                return f"{kind.name}: {format_term(detail)[:300]}"
+        return f"exception: {format_term(inner)[:300]}"
+    return format_term(reason)[:300]
+
+
+async def connect_node(node: str, cookie: str, *, timeout: float = 10.0,
+                       ticktime: float = DEFAULT_TICKTIME, name_prefix: str = "kzbridge") -> HiddenNode:
+    """Open a connection and wrap it in a HiddenNode."""
+    conn = await open_connection(node, cookie, timeout=timeout, ticktime=ticktime, name_prefix=name_prefix)
+    return HiddenNode(conn)

@@ -1,0 +1,209 @@
+"""Python values for Erlang terms that have no unambiguous Python equivalent.
+
+The mapping (decode direction; encode accepts the same and a few conveniences):
+
+    atom                  Atom            never equal to a str
+    integer               int
+    float                 float
+    binary                bytes
+    bitstring             BitBinary
+    tuple                 tuple
+    proper list           list            (a list of chars from STRING_EXT is ErlString)
+    improper list         ImproperList
+    map                   dict            (list/map keys become FrozenList/FrozenMap)
+    pid / port / ref      Pid / Port / Reference   frozen, hashable, byte-exact round trip
+    fun / export          Fun / Export
+
+``True``/``False`` encode as the atoms true/false and ``None`` as undefined; the
+decoder never produces them, so ``Atom('true')`` is what comes back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Atom:
+    """An Erlang atom. Distinct from str so ``{Atom('ok'): 1, 'ok': 2}`` has two keys."""
+
+    __slots__ = ("name", "_hash")
+    _interned: dict[str, "Atom"] = {}
+
+    def __new__(cls, name: str) -> "Atom":
+        atom = cls._interned.get(name)
+        if atom is None:
+            if not isinstance(name, str):
+                raise TypeError(f"atom name must be str, not {type(name).__name__}")
+            atom = object.__new__(cls)
+            object.__setattr__(atom, "name", name)
+            object.__setattr__(atom, "_hash", hash(("erlang-atom", name)))
+            if len(cls._interned) < 100_000:
+                cls._interned[name] = atom
+        return atom
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Atom is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (type(other) is Atom and other.name == self.name)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"Atom({self.name!r})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __reduce__(self) -> tuple:
+        return (Atom, (self.name,))
+
+
+class ErlString(str):
+    """An Erlang string (a list of character codes) as the node sent it.
+
+    It is a ``str`` for convenience, but its type says it was a list on the wire,
+    not a binary (``bytes``) or an atom (``Atom``).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"ErlString({str.__repr__(self)})"
+
+
+@dataclass(frozen=True)
+class BitBinary:
+    """A bitstring whose last byte holds only ``bits`` (1..8) significant bits."""
+
+    data: bytes
+    bits: int
+
+
+@dataclass(frozen=True)
+class ImproperList:
+    """``[a, b | Tail]`` where Tail is not a list."""
+
+    items: tuple
+    tail: Any
+
+
+@dataclass(frozen=True)
+class Pid:
+    """An Erlang process identifier. ``old`` records the 1-byte-creation wire form."""
+
+    node: Atom
+    id: int
+    serial: int
+    creation: int
+    old: bool = field(default=False, compare=False)
+
+    def __str__(self) -> str:
+        return f"<{self.node}.{self.id}.{self.serial}>"
+
+
+@dataclass(frozen=True)
+class Port:
+    """An Erlang port identifier; ``form`` is the wire tag it came in (102, 89 or 120)."""
+
+    node: Atom
+    id: int
+    creation: int
+    form: int = field(default=89, compare=False)
+
+    def __str__(self) -> str:
+        return f"#Port<{self.node}.{self.id}>"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An Erlang reference; ``form`` is the wire tag it came in (101, 114 or 90)."""
+
+    node: Atom
+    ids: tuple[int, ...]
+    creation: int
+    form: int = field(default=90, compare=False)
+
+    def __str__(self) -> str:
+        return "#Ref<" + ".".join([str(self.node)] + [str(i) for i in reversed(self.ids)]) + ">"
+
+
+@dataclass(frozen=True)
+class Export:
+    """``fun Module:Function/Arity``."""
+
+    module: Atom
+    function: Atom
+    arity: int
+
+
+@dataclass(frozen=True)
+class Fun:
+    """A local fun as sent by a node. Kept whole so it re-encodes byte-exactly; never callable here."""
+
+    arity: int
+    uniq: bytes
+    index: int
+    module: Atom
+    old_index: int
+    old_uniq: int
+    pid: Pid
+    free_vars: tuple
+
+
+class FrozenList(tuple):
+    """A list used as a map key (Python lists are unhashable). Encodes as a list."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is FrozenList and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(("erlang-list", tuple(self)))
+
+    def __repr__(self) -> str:
+        return f"FrozenList({list(self)!r})"
+
+
+class FrozenMap(tuple):
+    """A map used as a map key; holds ``(key, value)`` pairs in wire order. Encodes as a map."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is FrozenMap and dict(self) == dict(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(("erlang-map", frozenset(self)))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({dict(self)!r})"
+
+
+def freeze(value: Any) -> Any:
+    """Turn a decoded term into something hashable, for use as a dict key."""
+    if isinstance(value, list):
+        return FrozenList(freeze(v) for v in value)
+    if isinstance(value, dict):
+        return FrozenMap((freeze(k), freeze(v)) for k, v in value.items())
+    if type(value) is tuple:
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+ATOM_OK = Atom("ok")
+ATOM_ERROR = Atom("error")
+ATOM_TRUE = Atom("true")
+ATOM_FALSE = Atom("false")
+ATOM_UNDEFINED = Atom("undefined")
