@@ -357,24 +357,39 @@ def term_to_binary(term: Any, *, compressed: int = 0) -> bytes:
     return bytes(out)
 
 
+def encode_term(term: Any) -> bytes:
+    """The term's encoding without the version byte (for splicing pre-encoded parts)."""
+    out = bytearray()
+    _encode(term, out)
+    return bytes(out)
+
+
 def encode_into(term: Any, out: bytearray) -> None:
     """Append the version byte and the term to ``out`` (for distribution messages)."""
     out.append(VERSION)
     _encode(term, out)
 
 
-def _enc_atom(atom: Atom, out: bytearray) -> None:
+_ATOM_BYTES: dict[Atom, bytes] = {}
+
+
+def _atom_bytes(atom: Atom) -> bytes:
     raw = atom.name.encode("utf-8")
     n = len(raw)
     if n < 256:
-        out.append(SMALL_ATOM_UTF8_EXT)
-        out.append(n)
+        enc = bytes((SMALL_ATOM_UTF8_EXT, n)) + raw
     elif len(atom.name) <= 255:
-        out.append(ATOM_UTF8_EXT)
-        out += _p16(n)
+        enc = bytes((ATOM_UTF8_EXT,)) + _p16(n) + raw
     else:
         raise EncodeError(f"atom longer than 255 characters: {atom.name[:20]!r}...")
-    out += raw
+    if len(_ATOM_BYTES) < 65536:
+        _ATOM_BYTES[atom] = enc
+    return enc
+
+
+def _enc_atom(atom: Atom, out: bytearray) -> None:
+    enc = _ATOM_BYTES.get(atom)
+    out += enc if enc is not None else _atom_bytes(atom)
 
 
 def _enc_int(value: int, out: bytearray) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,10 +41,12 @@ from .frames import (
     DistMessage,
     build_message,
 )
+from .codec import encode_term
 from .literal import format_term
 from .terms import Atom, BitBinary, ErlString, ImproperList, Pid, Reference
 
 log = logging.getLogger("kzbridge.wire")
+_FRAME_LEN = struct.Struct(">I").pack
 
 A_REX = Atom("rex")
 A_GEN_CALL = Atom("$gen_call")
@@ -174,6 +177,11 @@ class HiddenNode:
         self._pausers: set[Pid] = set()
         self._lost: KzBridgeError | None = None
         self._bg: set[asyncio.Task] = set()
+        self._retired_gls: deque[tuple[float, Pid]] = deque()
+        # The rpc request's constant parts, encoded once: 'p', the REG_SEND control, and
+        # the payload's head up to the ref ({'$gen_call', {Caller, ...).
+        self._rpc_head = (b"p\x83" + encode_term((REG_SEND, self.caller, A_EMPTY, A_REX))
+                          + b"\x83h\x03" + encode_term(A_GEN_CALL) + b"h\x02" + encode_term(self.caller))
         self.calls_made = 0
         p = conn.protocol
         p.on_message = self._on_message
@@ -272,8 +280,11 @@ class HiddenNode:
         handle = loop.call_later(timeout, self._timeout, ref, timeout) if timeout is not None else None
         self.calls_made += 1
         try:
-            self._send((REG_SEND, self.caller, A_EMPTY, A_REX),
-                       (A_GEN_CALL, (self.caller, ref), (A_CALL, m, f, args, gl)))
+            body = self._rpc_head + encode_term(ref) + b"h\x05" + encode_term(A_CALL) + encode_term(m) \
+                + encode_term(f) + encode_term(args) + encode_term(gl)
+            if self._lost is not None:
+                raise self._lost
+            self.conn.protocol.send_raw(_FRAME_LEN(len(body)) + body)
             value = await fut
         finally:
             if handle is not None:
@@ -281,7 +292,11 @@ class HiddenNode:
             self._pending.pop(ref, None)
             self._output_callbacks.pop(gl, None)
             # Keep the group leader alive briefly: processes spawned by the call may still print.
-            loop.call_later(5.0, self._group_leaders.pop, gl, None)
+            now = loop.time()
+            retired = self._retired_gls
+            retired.append((now + 5.0, gl))
+            while retired and retired[0][0] < now:
+                self._group_leaders.pop(retired.popleft()[1], None)
         text = "".join(output)
         if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
             raise BadRpcError(f"{self.peer_name}: {what} failed: {describe_badrpc(value[1])}",
@@ -440,7 +455,7 @@ def describe_badrpc(reason: Any) -> str:
             kind, detail = inner
             if kind == Atom("undef") and type(detail) is list and detail and type(detail[0]) is tuple:
                 m, f, a = detail[0][:3]
-                arity = len(a) if isinstance(a, list) else a
+                arity = len(a) if isinstance(a, (list, str)) else a
                 return f"undefined function {format_term(m)}:{format_term(f)}/{arity} (undef)"
             if kind == A_NOPROC:
                 return f"no such process (noproc) in {format_term(detail)[:200]}"

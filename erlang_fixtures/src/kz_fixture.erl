@@ -1,0 +1,29 @@
+%%% Fixture control: boot the fixture node and generate bulk log traffic on demand.
+-module(kz_fixture).
+-export([boot/1, ready/0, burst/3, info/0]).
+
+%% Called from the node's command line: start lager, kazoo_data, traffic at Rate events/s.
+boot(Rate) ->
+    {ok, _} = application:ensure_all_started(lager),
+    {ok, _} = application:ensure_all_started(kazoo_data),
+    {ok, _} = kz_traffic:start(Rate),
+    ok.
+
+ready() ->
+    is_pid(whereis(kz_data_tracing)).
+
+info() ->
+    #{generation => kz_data_tracing:generation(), rate => kz_traffic:rate(),
+      otp => list_to_binary(erlang:system_info(otp_release)),
+      lager => element(3, lists:keyfind(lager, 1, application:which_applications()))}.
+
+%% Log Count messages of about Size bytes through Sink (data or lager), from kz_json's
+%% callers so module filters match. Returns the bytes of message text emitted.
+burst(Sink, Count, Size) ->
+    Pad = binary:copy(<<"x">>, max(0, Size)),
+    lager:md([{callid, <<"burst-call">>}, {request, <<"burst">>}]),
+    [emit(Sink, I, Pad) || I <- lists:seq(1, Count)],
+    Count * byte_size(Pad).
+
+emit(data, I, Pad) -> data:info("burst ~b ~s", [I, Pad]);
+emit(lager, I, Pad) -> lager:info("burst ~b ~s", [I, Pad]).
