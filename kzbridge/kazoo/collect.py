@@ -1,0 +1,222 @@
+"""Bring files back from the node: streamed by a reader process on the node, with credits.
+
+The reader (remote.READER) sends chunks as messages; we grant credit for a
+window of chunks, so memory stays bounded and TCP pushes back when we fall
+behind. A run ends with the reader's own byte count and the file's size, which
+we check against what we wrote.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from ..errors import ConnectionLostError, KzBridgeError, RemoteFileError, RpcTimeoutError
+from ..wire.literal import format_term
+from ..wire.node import HiddenNode, Mailbox
+from ..wire.terms import Atom
+from . import remote
+
+DEFAULT_CHUNK = 1 << 20
+DEFAULT_WINDOW = 8
+A_DATA = Atom("kzb_data")
+A_EOF = Atom("kzb_eof")
+A_PART = Atom("kzb_part")
+A_ROTATED = Atom("kzb_rotated")
+A_ERROR = Atom("kzb_error")
+A_ACK = Atom("kzb_ack")
+A_FINISH = Atom("kzb_finish")
+A_DOWN = Atom("DOWN")
+A_NORMAL = Atom("normal")
+
+
+@dataclass
+class ReaderEvent:
+    kind: str            # data | part | rotated | eof
+    data: bytes = b""
+    name: str = ""
+    sent: int = 0
+    position: int = 0
+    size: int = 0
+
+
+class RemoteReader:
+    """One reader process on the node and the mailbox it streams into."""
+
+    def __init__(self, node: HiddenNode, path: str, *, mode: str = "once", offset: int = 0,
+                 chunk: int = DEFAULT_CHUNK, window: int = DEFAULT_WINDOW, poll_ms: int = 50,
+                 idle_ms: int = 120_000) -> None:
+        self.node = node
+        self.path = path
+        self.mode = mode
+        self.offset = offset
+        self.chunk = chunk
+        self.window = window
+        self.poll_ms = poll_ms
+        self.idle_ms = idle_ms
+        self.mailbox: Mailbox | None = None
+        self.pid: Any = None
+        self._unacked = 0
+        self._mref: Any = None
+        self.received = 0
+        self.messages_sent = 0
+
+    async def start(self) -> "RemoteReader":
+        self.mailbox = self.node.mailbox(high_water=self.window * 2 + 8)
+        self.pid = await remote.spawn(
+            self.node, remote.READER, Owner=self.mailbox.pid, Path=self.path, Offset=self.offset,
+            Chunk=self.chunk, Window=self.window, Poll=self.poll_ms, Idle=self.idle_ms, Mode=Atom(self.mode))
+        self._mref = self.node.monitor(self.mailbox, self.pid)
+        return self
+
+    def finish(self) -> None:
+        """Ask a follow-mode reader to read to the end and report eof."""
+        if self.pid is not None and self.node.alive:
+            self.node.send(self.pid, A_FINISH, sender=self.mailbox.pid if self.mailbox else None)
+            self.messages_sent += 1
+
+    async def next_event(self, timeout: float | None) -> ReaderEvent | None:
+        """The next event, or None when ``timeout`` passes with nothing."""
+        assert self.mailbox is not None
+        try:
+            msg = await self.mailbox.receive(timeout)
+        except RpcTimeoutError:
+            return None
+        if type(msg) is not tuple or not msg:
+            return None
+        tag = msg[0]
+        if tag == A_DATA:
+            data = msg[3]
+            self.received += len(data)
+            self._unacked += 1
+            if self._unacked * 2 >= self.window:
+                self.node.send(self.pid, (A_ACK, self._unacked), sender=self.mailbox.pid)
+                self.messages_sent += 1
+                self._unacked = 0
+            return ReaderEvent("data", data=data)
+        if tag == A_PART:
+            return ReaderEvent("part", name=msg[3].decode("utf-8", "replace"))
+        if tag == A_ROTATED:
+            return ReaderEvent("rotated", sent=msg[3])
+        if tag == A_EOF:
+            self._close()
+            return ReaderEvent("eof", sent=msg[3], position=msg[4], size=msg[5])
+        if tag == A_ERROR:
+            self._close()
+            reason = msg[2]
+            raise RemoteFileError(f"{self.node.peer_name}: cannot read {self.path}: {_file_reason(reason)}")
+        if tag == A_DOWN and msg[1] == self._mref:
+            self._close()
+            if msg[4] == A_NORMAL:
+                raise RemoteFileError(f"the reader of {self.path} on {self.node.peer_name} stopped early "
+                                      "(no acknowledgement for too long)")
+            raise RemoteFileError(f"the reader of {self.path} on {self.node.peer_name} crashed: "
+                                  f"{format_term(msg[4])[:200]}")
+        return None
+
+    def _close(self) -> None:
+        if self.mailbox is not None:
+            if self._mref is not None and self.node.alive:
+                self.node.demonitor(self.mailbox, self.pid, self._mref)
+            self.mailbox.close()
+
+    def abandon(self) -> None:
+        """Stop the reader on the node (best effort) and drop our mailbox."""
+        if self.pid is not None and self.node.alive:
+            try:
+                self.node.exit(self.pid, Atom("kill"))
+            except KzBridgeError:
+                pass
+        self._close()
+
+
+def _file_reason(reason: Any) -> str:
+    if reason == Atom("enoent"):
+        return "no such file (enoent)"
+    if reason == Atom("eacces"):
+        return "permission denied (eacces)"
+    if reason == Atom("eisdir"):
+        return "is a directory (eisdir)"
+    return format_term(reason)[:200]
+
+
+@dataclass
+class CollectResult:
+    remote_path: str
+    local_path: str
+    bytes: int
+    parts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    verified: bool = False
+    partial: bool = False
+
+
+def partial_path(local: str | os.PathLike) -> Path:
+    return Path(str(local) + ".partial")
+
+
+async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.PathLike, *,
+                       rotated: bool = False, progress: Callable[[int, int], None] | None = None,
+                       chunk: int = DEFAULT_CHUNK, window: int = DEFAULT_WINDOW) -> CollectResult:
+    """Copy a remote file (with ``rotated``, its .4 .. .0 parts first) to ``local_path``.
+
+    Written to ``local_path.partial`` and renamed when complete and verified; if the
+    node goes away midway the partial file stays and the error names it.
+    """
+    total = -1
+    if progress is not None:
+        sizes = await remote.evaluate(node, remote.STAT_PARTS, Path=remote_path) if rotated else None
+        total = sum(s for n, s in sizes) if sizes else await _size(node, remote_path)
+    reader = await RemoteReader(node, remote_path, mode="rotated" if rotated else "once",
+                                chunk=chunk, window=window).start()
+    tmp = partial_path(local_path)
+    started = time.monotonic()
+    written = 0
+    parts: list[str] = []
+    with open(tmp, "wb") as out:
+        try:
+            while True:
+                ev = await reader.next_event(timeout=60.0)
+                if ev is None:
+                    raise RemoteFileError(f"no data from {node.peer_name} for 60s while reading {remote_path}")
+                if ev.kind == "data":
+                    out.write(ev.data)
+                    written += len(ev.data)
+                    if progress is not None:
+                        progress(written, total)
+                elif ev.kind == "part":
+                    parts.append(ev.name)
+                elif ev.kind == "eof":
+                    if ev.sent != written:
+                        raise RemoteFileError(f"size check failed for {remote_path}: node sent {ev.sent} bytes, "
+                                              f"we wrote {written}")
+                    break
+        except (ConnectionLostError, RemoteFileError) as exc:
+            out.flush()
+            reader.abandon()
+            raise type(exc)(f"{exc.message}; kept {written} bytes in {tmp} (partial)", hint=exc.hint) from None
+        except BaseException:
+            reader.abandon()
+            raise
+    os.replace(tmp, local_path)
+    return CollectResult(remote_path, str(local_path), written, parts or [remote_path],
+                         time.monotonic() - started, verified=True)
+
+
+async def _size(node: HiddenNode, path: str) -> int:
+    info = await node.rpc("filelib", "file_size", [path], timeout=10)
+    return info if type(info) is int else -1
+
+
+async def stream_records(reader: RemoteReader) -> AsyncIterator[bytes]:
+    """Raw chunks from a reader until eof."""
+    while True:
+        ev = await reader.next_event(timeout=None)
+        if ev is None:
+            continue
+        if ev.kind == "data":
+            yield ev.data
+        elif ev.kind == "eof":
+            return

@@ -1,0 +1,166 @@
+"""Small Erlang programs we run on the node without loading any module onto it.
+
+Each program is Erlang source, parsed on the node once per connection
+(erl_scan + erl_parse over rpc) and then run by stock OTP's erl_eval, either
+inside one rpc or in a spawned process that streams messages to one of our pids.
+Works on every OTP from 18 on (named funs in erl_eval exist since 17).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from ..errors import KzBridgeError, RemoteFileError
+from ..wire.node import HiddenNode
+from ..wire.terms import Atom, Pid
+
+# The tail/collect process. Bindings: Owner (our pid), Path (string), Offset, Chunk, Window,
+# Poll (ms between end-of-file checks), Idle (ms without acks before giving up), Mode:
+#   follow    read from Offset, keep reading as the file grows and rotates, until kzb_finish
+#   once      read the one file from Offset to its end
+#   rotated   read Path.4 .. Path.0 then Path, whole, in that order
+# Messages to Owner: {kzb_part, Self, Seq, Name}, {kzb_data, Self, Seq, Bin},
+#   {kzb_eof, Self, Seq, Sent, Pos, Size}, {kzb_error, Self, Reason}.
+# Owner sends {kzb_ack, N} (credit for N more chunks) and kzb_finish.
+READER = r"""
+Self = self(),
+MRef = erlang:monitor(process, Owner),
+put(kzb_credit, Window), put(kzb_seq, 0), put(kzb_sent, 0), put(kzb_finish, false),
+Ino = fun(P) -> case file:read_file_info(P) of {ok, I} -> element(12, I); _ -> missing end end,
+Size = fun(P) -> case file:read_file_info(P) of {ok, I} -> element(2, I); _ -> -1 end end,
+Wait = fun(T) ->
+    receive
+        {kzb_ack, N} -> put(kzb_credit, get(kzb_credit) + N), true;
+        kzb_finish -> put(kzb_finish, true), true;
+        {'DOWN', MRef, _, _, _} -> exit(normal)
+    after T -> false
+    end
+end,
+Credit = fun Credit() ->
+    case get(kzb_credit) > 0 of
+        true -> ok;
+        false -> case Wait(Idle) of true -> Credit(); false -> exit(normal) end
+    end
+end,
+Send = fun(Data) ->
+    Credit(),
+    put(kzb_credit, get(kzb_credit) - 1),
+    Seq = get(kzb_seq), put(kzb_seq, Seq + 1),
+    put(kzb_sent, get(kzb_sent) + byte_size(Data)),
+    Owner ! {kzb_data, Self, Seq, Data}
+end,
+Fail = fun(Why) -> Owner ! {kzb_error, Self, Why}, exit(normal) end,
+Drain = fun Drain(Fd) ->
+    case file:read(Fd, Chunk) of
+        {ok, D} -> Send(D), Drain(Fd);
+        eof -> ok;
+        {error, E} -> Fail(E)
+    end
+end,
+Part = fun(P) ->
+    case file:open(P, [read, raw, binary]) of
+        {ok, F} -> Owner ! {kzb_part, Self, get(kzb_seq), list_to_binary(P)}, Drain(F), file:close(F);
+        {error, enoent} -> ok;
+        {error, E} -> Fail({P, E})
+    end
+end,
+Parts = [Path ++ "." ++ integer_to_list(I) || I <- [0, 1, 2, 3, 4]],
+Index = fun Index(_, [], _) -> 0; Index(X, [X | _], N) -> N; Index(X, [_ | T], N) -> Index(X, T, N + 1) end,
+Eof = fun(Fd) ->
+    {ok, Pos} = file:position(Fd, cur),
+    file:close(Fd),
+    Owner ! {kzb_eof, Self, get(kzb_seq), get(kzb_sent), Pos, Size(Path)}
+end,
+Follow = fun Follow(Fd, I0) ->
+    Drain(Fd),
+    case Ino(Path) of
+        New when New =/= I0, New =/= missing ->
+            Drain(Fd),
+            file:close(Fd),
+            Newer = Index(I0, [Ino(P) || P <- Parts], 1) - 1,
+            Owner ! {kzb_rotated, Self, get(kzb_seq), Newer},
+            [Part(P) || P <- lists:reverse(lists:sublist(Parts, max(0, Newer)))],
+            case file:open(Path, [read, raw, binary]) of
+                {ok, Fd2} -> Follow(Fd2, Ino(Path));
+                {error, E} -> Fail(E)
+            end;
+        _ ->
+            case get(kzb_finish) orelse Mode =:= once of
+                true -> Drain(Fd), Eof(Fd);
+                false -> Wait(Poll), Follow(Fd, I0)
+            end
+    end
+end,
+case Mode of
+    rotated ->
+        [Part(P) || P <- lists:reverse(Parts)],
+        case file:open(Path, [read, raw, binary]) of
+            {ok, Fd} -> Owner ! {kzb_part, Self, get(kzb_seq), list_to_binary(Path)}, Drain(Fd), Eof(Fd);
+            {error, E} -> Fail(E)
+        end;
+    _ ->
+        case file:open(Path, [read, raw, binary]) of
+            {ok, Fd} -> {ok, _} = file:position(Fd, Offset), Follow(Fd, Ino(Path));
+            {error, E} -> Fail(E)
+        end
+end.
+"""
+
+# Stat a trace file and its rotated parts: [{Name, Size}] for those that exist.
+STAT_PARTS = r"""
+Names = [Path ++ "." ++ integer_to_list(I) || I <- [4, 3, 2, 1, 0]] ++ [Path],
+[{list_to_binary(N), element(2, I)} || N <- Names, {ok, I} <- [file:read_file_info(N)]].
+"""
+
+# The lease: armed with timer:apply_after on the node, so the trace stops even if we vanish.
+# Bindings: Ref (kz_data_tracing ref or undefined), File (string), Trace (lager trace tuple or undefined).
+LEASE_STOP = r"""
+R1 = case Ref of undefined -> skipped; _ -> catch kz_data_tracing:stop_trace(Ref) end,
+R2 = case Trace of undefined -> skipped; _ -> catch lager:stop_trace(Trace) end,
+R3 = catch lager:clear_trace_by_destination({lager_file_backend, File}),
+{R1, R2, R3}.
+"""
+
+# File-backend handlers per sink: [{Sink, File}] (finds traces nobody holds a ref for).
+LAGER_FILE_TRACES = r"""
+Sinks = [S || S <- [lager_event, data_lager_event], is_pid(whereis(S))],
+[{S, list_to_binary(F)} || S <- Sinks, {lager_file_backend, F} <- gen_event:which_handlers(S)].
+"""
+
+_forms: "weakref.WeakKeyDictionary[HiddenNode, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+async def forms(node: HiddenNode, source: str) -> Any:
+    """Abstract forms of ``source``, parsed on the node (cached per connection)."""
+    cache = _forms.setdefault(node, {})
+    if source in cache:
+        return cache[source]
+    scanned = await node.rpc("erl_scan", "string", [source], timeout=10)
+    if not (type(scanned) is tuple and scanned[0] == Atom("ok")):
+        raise KzBridgeError(f"the node could not scan a kzbridge program: {scanned!r:.200}")
+    parsed = await node.rpc("erl_parse", "parse_exprs", [scanned[1]], timeout=10)
+    if not (type(parsed) is tuple and parsed[0] == Atom("ok")):
+        raise KzBridgeError(f"the node could not parse a kzbridge program: {parsed!r:.200}")
+    cache[source] = parsed[1]
+    return parsed[1]
+
+
+def bindings(**values: Any) -> list[tuple[Atom, Any]]:
+    return sorted(((Atom(k), v) for k, v in values.items()), key=lambda kv: kv[0].name)
+
+
+async def evaluate(node: HiddenNode, source: str, timeout: float = 30.0, **values: Any) -> Any:
+    """Run ``source`` inside one rpc and return its value."""
+    result = await node.rpc("erl_eval", "exprs", [await forms(node, source), bindings(**values)], timeout=timeout)
+    if type(result) is tuple and len(result) == 3 and result[0] == Atom("value"):
+        return result[1]
+    raise KzBridgeError(f"unexpected erl_eval result {result!r:.200}")
+
+
+async def spawn(node: HiddenNode, source: str, **values: Any) -> Pid:
+    """Run ``source`` in a new process on the node; return its pid."""
+    pid = await node.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"),
+                                              [await forms(node, source), bindings(**values)]], timeout=10)
+    if type(pid) is not Pid:
+        raise RemoteFileError(f"could not start a reader process on the node: {pid!r:.200}")
+    return pid

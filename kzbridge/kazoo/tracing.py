@@ -1,0 +1,501 @@
+"""Start, watch, stop and collect Kazoo traces, safely.
+
+Safety rules this module keeps:
+  * filters are validated in Python (filters.validate) before anything is sent;
+  * the generation is detected and trace_file/3 or /4 is called with a plain format
+    list, so generation 2's empty-file defect (trace_file/0,1,2) never bites;
+  * every trace has a lease armed on the node itself (timer:apply_after running a
+    stop program) before lager starts writing, renewed while we run, so a vanished
+    client cannot leave a trace running longer than the lease.
+"""
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from ..errors import (
+    BadFilterError,
+    BadRpcError,
+    KazooError,
+    KzBridgeError,
+    TracingUnavailableError,
+    UnknownTraceError,
+)
+from ..wire.codec import binary_to_term, term_to_binary
+from ..wire.literal import format_term
+from ..wire.node import HiddenNode
+from ..wire.terms import Atom, ErlString
+from . import filters as flt
+from . import journal, remote
+from .collect import CollectResult, RemoteReader, collect_file
+from .logparse import LineAssembler, LogRecord
+
+DATA_SINK = "data"
+LAGER_SINK = "lager_event"
+DEFAULT_LEASE = 60.0
+DEFAULT_FORMAT: list = [
+    Atom("time"), ErlString(" ["), Atom("severity"), ErlString("] |"), Atom("from_app"), ErlString("|"),
+    (Atom("callid"), b"0000000000"), ErlString("|"), Atom("mod"), ErlString(":"), Atom("func"), ErlString(":"),
+    Atom("line"), ErlString(" ("), Atom("pid"), ErlString(") "), Atom("message"), ErlString("\n"),
+]
+# For the main sink the metadata keys are lager's own, so print those.
+LAGER_FORMAT: list = [
+    Atom("time"), ErlString(" ["), Atom("severity"), ErlString("] |"), Atom("application"), ErlString("|"),
+    (Atom("callid"), b"0000000000"), ErlString("|"), Atom("module"), ErlString(":"), Atom("function"),
+    ErlString(":"), Atom("line"), ErlString(" ("), Atom("pid"), ErlString(") "), Atom("message"), ErlString("\n"),
+]
+A_OK = Atom("ok")
+A_ERROR = Atom("error")
+A_UNDEFINED = Atom("undefined")
+A_KZ = Atom("kz_data_tracing")
+
+
+async def detect_generation(node: HiddenNode) -> int:
+    """1 or 2, from kz_data_tracing's exports; a clear error when the node has no tracing."""
+    try:
+        exports = await node.rpc("kz_data_tracing", "module_info", [Atom("exports")], timeout=10)
+    except BadRpcError as exc:
+        raise TracingUnavailableError(
+            f"{node.peer_name} has no kz_data_tracing module",
+            hint="is this a Kazoo node with kazoo_data? (--sink lager_event needs only lager)") from exc
+    where = await node.rpc("erlang", "whereis", [A_KZ], timeout=10)
+    if where == A_UNDEFINED:
+        raise TracingUnavailableError(f"kz_data_tracing is not running on {node.peer_name}",
+                                      hint="the kazoo_data application is down; check the node's logs")
+    return 2 if (Atom("trace_file"), 4) in exports else 1
+
+
+async def has_data_sink(node: HiddenNode) -> bool:
+    # The sink is a registered gen_event process once lager has read its config.
+    return await node.rpc("erlang", "whereis", [Atom("data_lager_event")], timeout=10) != A_UNDEFINED
+
+
+def default_remote_path(node_name: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"/tmp/kzbridge-{node_name.split('@')[0]}-{stamp}-{secrets.token_hex(3)}.log"
+
+
+@dataclass
+class Trace:
+    """A trace running on a node; use as ``async with`` to guarantee it stops."""
+
+    node: HiddenNode
+    ref: str
+    remote_path: str
+    generation: int
+    sink: str
+    filters: list
+    level: str
+    lease: float
+    lager_trace: Any = None
+    warnings: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    _tref: Any = None
+    stopped: bool = False
+    lease_renewals: int = 0
+
+    @property
+    def node_name(self) -> str:
+        return self.node.peer_name
+
+    async def renew_lease(self, seconds: float | None = None) -> None:
+        """Arm a fresh lease, then cancel the old one (no gap in between)."""
+        old = self._tref
+        self._tref = await _arm_lease(self.node, seconds or self.lease, self.ref if self.sink == DATA_SINK else None,
+                                      self.remote_path, self.lager_trace)
+        self.lease_renewals += 1
+        if old is not None:
+            await self.node.rpc("timer", "cancel", [old], timeout=10)
+
+    @property
+    def lease_until(self) -> float:
+        return time.time() + self.lease
+
+    async def stop(self) -> str:
+        """Stop the trace (idempotent); returns the remote file name."""
+        if self.stopped:
+            return self.remote_path
+        if self.sink == DATA_SINK:
+            reply = await self.node.rpc("kz_data_tracing", "stop_trace", [self.ref.encode()], timeout=10)
+            if reply != (A_ERROR, Atom("invalid_trace")) and not (type(reply) is tuple and reply[0] == A_OK):
+                raise KazooError(f"stop_trace({self.ref}) answered {format_term(reply)}")
+        else:
+            await self.node.rpc("lager", "stop_trace", [self.lager_trace], timeout=10)
+        # Whatever kz_data_tracing remembers, make sure lager writes no more to our file.
+        await remote.evaluate(self.node, remote.LEASE_STOP, Ref=A_UNDEFINED, File=self.remote_path,
+                              Trace=A_UNDEFINED)
+        if self._tref is not None:
+            await self.node.rpc("timer", "cancel", [self._tref], timeout=10)
+            self._tref = None
+        self.stopped = True
+        journal.mark_stopped(self.node_name, self.ref)
+        return self.remote_path
+
+    async def collect(self, local_path: str | os.PathLike,
+                      progress: Callable[[int, int], None] | None = None) -> CollectResult:
+        """Bring back the whole file, rotated parts first."""
+        return await collect_file(self.node, self.remote_path, local_path, rotated=True, progress=progress)
+
+    async def follow(self, poll_ms: int = 50) -> AsyncIterator[LogRecord]:
+        """Parsed records as lager writes them, until the trace stops (stop() from another task)."""
+        reader = await RemoteReader(self.node, self.remote_path, mode="follow", poll_ms=poll_ms).start()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        asm = LineAssembler()
+        finished = False
+        asked = False
+        try:
+            while True:
+                if self.stopped and not asked:
+                    reader.finish()
+                    asked = True
+                ev = await reader.next_event(timeout=0.2)
+                if ev is None:
+                    continue
+                if ev.kind == "data":
+                    for rec in asm.feed(decoder.decode(ev.data)):
+                        yield rec
+                elif ev.kind == "eof":
+                    finished = True
+                    break
+            for rec in asm.flush():
+                yield rec
+        finally:
+            if not finished:
+                reader.abandon()
+
+    async def __aenter__(self) -> "Trace":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.node.alive and not self.stopped:
+            await self.stop()
+
+
+async def _arm_lease(node: HiddenNode, seconds: float, ref: str | None, path: str, lager_trace: Any) -> Any:
+    forms = await remote.forms(node, remote.LEASE_STOP)
+    binds = remote.bindings(Ref=ref.encode() if ref else A_UNDEFINED, File=ErlString(path),
+                            Trace=lager_trace if lager_trace is not None else A_UNDEFINED)
+    reply = await node.rpc("timer", "apply_after", [int(seconds * 1000), Atom("erl_eval"), Atom("exprs"),
+                                                     [forms, binds]], timeout=10)
+    if type(reply) is tuple and reply[0] == A_OK:
+        return reply[1]
+    raise KazooError(f"could not arm the stop lease on {node.peer_name}: {format_term(reply)}")
+
+
+async def start_trace(node: HiddenNode, filter_list: list, *, sink: str = DATA_SINK, level: str = "debug",
+                      format_list: list | None = None, remote_path: str | None = None,
+                      lease: float = DEFAULT_LEASE, detached: bool = False) -> Trace:
+    """Validate, arm the lease, start the trace; the returned Trace holds the ref."""
+    checked = flt.validate(filter_list)
+    level_atom = flt.validate_level(level)
+    if lease <= 0:
+        raise BadFilterError("--lease must be positive")
+    path = remote_path or default_remote_path(node.peer_name)
+    if not path.startswith("/"):
+        raise BadFilterError(f"remote path {path!r} must be absolute (lager resolves relative paths elsewhere)")
+    warnings: list[str] = []
+    generation = 0
+    if sink == DATA_SINK:
+        generation = await detect_generation(node)
+        if not await has_data_sink(node):
+            raise TracingUnavailableError(
+                f"{node.peer_name} does not declare lager's data_lager_event sink; trace_file would crash there",
+                hint="declare {extra_sinks, [{data_lager_event, [{handlers, []}]}]} in its sys.config, "
+                     "or use --sink lager_event")
+    elif sink != LAGER_SINK:
+        raise BadFilterError(f"unknown sink {sink!r}: use data (kz_data_tracing) or lager_event")
+    fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
+    # The lease goes on first, keyed by file, so even a crash between here and the
+    # ref coming back cannot orphan the trace.
+    tref = await _arm_lease(node, lease, None, path, None)
+    try:
+        if sink == DATA_SINK:
+            if generation == 1:
+                if level != "debug":
+                    warnings.append("generation 1 kz_data_tracing traces at debug only; --level ignored")
+                props = [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), fmt)]
+                reply = await node.rpc("kz_data_tracing", "trace_file", [checked, path.encode(), props], timeout=10)
+            else:
+                reply = await node.rpc("kz_data_tracing", "trace_file", [checked, path.encode(), fmt, level_atom],
+                                       timeout=10)
+            ref, lager_trace = _ok_ref(reply, node), None
+        else:
+            props = [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), fmt)]
+            reply = await node.rpc("lager", "trace_file", [ErlString(path), checked, level_atom, props], timeout=10)
+            if not (type(reply) is tuple and reply[0] == A_OK):
+                raise _start_error(reply, node)
+            lager_trace = reply[1]
+            ref = "lg" + secrets.token_hex(5)
+    except BaseException:
+        await node.rpc("timer", "cancel", [tref], timeout=10)
+        raise
+    trace = Trace(node, ref, path, generation, sink, checked, level, lease, lager_trace, warnings)
+    trace._tref = tref
+    # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
+    if sink == DATA_SINK or detached:
+        await trace.renew_lease()
+        trace.lease_renewals = 0
+    journal.record(journal.JournalEntry(
+        node=node.peer_name, ref=ref, remote_path=path, sink=sink, generation=generation,
+        filters=flt.describe(checked), started=trace.started, lease_until=time.time() + lease, detached=detached,
+        lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else ""))
+    return trace
+
+
+def _ok_ref(reply: Any, node: HiddenNode) -> str:
+    if type(reply) is tuple and len(reply) == 2 and reply[0] == A_OK and type(reply[1]) is bytes:
+        return reply[1].decode()
+    raise _start_error(reply, node)
+
+
+def _start_error(reply: Any, node: HiddenNode) -> KzBridgeError:
+    if reply == (A_ERROR, Atom("invalid_level")):
+        return BadFilterError(f"{node.peer_name} rejected the level (invalid_level)")
+    if reply == (A_ERROR, Atom("invalid_trace")):
+        return BadFilterError(f"{node.peer_name} rejected the filters (invalid_trace)")
+    if reply == (A_ERROR, Atom("file_in_use")):
+        return KazooError(f"{node.peer_name}: that file is already traced by another sink (file_in_use)",
+                          hint="choose another --remote-path")
+    return KazooError(f"{node.peer_name}: trace_file answered {format_term(reply)[:200]}")
+
+
+def lager_trace_of(entry: journal.JournalEntry) -> Any:
+    return binary_to_term(bytes.fromhex(entry.lager_trace)) if entry.lager_trace else None
+
+
+async def attach(node: HiddenNode, ref: str) -> Trace:
+    """A Trace object for a ref started earlier (from the journal, else from status/1)."""
+    entry = journal.find(node.peer_name, ref)
+    if entry is not None:
+        trace = Trace(node, ref, entry.remote_path, entry.generation, entry.sink, [], "debug",
+                      max(1.0, entry.lease_until - time.time()), lager_trace_of(entry))
+        trace.started = entry.started
+        return trace
+    generation = await detect_generation(node)
+    if generation == 2:
+        status = await node.rpc("kz_data_tracing", "status", [ref.encode()], timeout=10)
+        if type(status) is tuple and len(status) == 3:
+            return Trace(node, ref, status[1].decode(), 2, DATA_SINK, list(status[2][1][1:]),
+                         format_term(status[2][2]), DEFAULT_LEASE)
+        raise UnknownTraceError(f"{node.peer_name} knows no trace {ref!r}", hint="kzbridge status lists them")
+    raise UnknownTraceError(f"no trace {ref!r} in the local journal, and generation 1 nodes cannot be asked",
+                            hint="kzbridge status lists what this machine started")
+
+
+@dataclass
+class TraceStatus:
+    ref: str
+    remote_path: str
+    filters: str
+    level: str
+    sink: str
+    ours: bool
+    lease_until: float | None
+
+
+async def status(node: HiddenNode) -> tuple[int, list[TraceStatus]]:
+    """Running traces on the node joined with the journal; generation 1 has only the journal."""
+    generation = await detect_generation(node)
+    mine = {e.ref: e for e in journal.active(node.peer_name)}
+    out: list[TraceStatus] = []
+    if generation == 2:
+        for ref, fname, spec in await node.rpc("kz_data_tracing", "status", [], timeout=10):
+            r = ref.decode()
+            e = mine.pop(r, None)
+            out.append(TraceStatus(r, fname.decode(), flt.describe(list(spec[1][1:])), format_term(spec[2]),
+                                   DATA_SINK, e is not None, e.lease_until if e else None))
+    for e in mine.values():
+        out.append(TraceStatus(e.ref, e.remote_path, e.filters, "", e.sink, True, e.lease_until))
+    return generation, out
+
+
+async def lager_file_traces(node: HiddenNode) -> list[tuple[str, str]]:
+    return [(s.name, f.decode()) for s, f in await remote.evaluate(node, remote.LAGER_FILE_TRACES)]
+
+
+async def orphans(node: HiddenNode) -> list[tuple[str, str]]:
+    """Data-sink file traces that kz_data_tracing no longer knows (after a crash or restart)."""
+    generation = await detect_generation(node)
+    if generation != 2:
+        raise KazooError("generation 1 kz_data_tracing has no status/0, so orphans cannot be told apart "
+                         "from traces started with sup")
+    known = {fname.decode() for _, fname, _ in await node.rpc("kz_data_tracing", "status", [], timeout=10)}
+    return [(s, f) for s, f in await lager_file_traces(node) if s == "data_lager_event" and f not in known]
+
+
+async def clear_orphans(node: HiddenNode) -> list[str]:
+    cleared = []
+    for _, fname in await orphans(node):
+        await node.rpc("lager", "clear_trace_by_destination", [(Atom("lager_file_backend"), ErlString(fname))],
+                       timeout=10)
+        cleared.append(fname)
+    return cleared
+
+
+async def clear_all(node: HiddenNode) -> list[str]:
+    """Stop every trace: clear_all_traces on generation 2, every journal ref on generation 1."""
+    generation = await detect_generation(node)
+    stopped = []
+    if generation == 2:
+        for ref, result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=3600):
+            stopped.append(ref.decode())
+    for e in journal.active(node.peer_name):
+        if e.ref in stopped:
+            journal.mark_stopped(node.peer_name, e.ref)
+            continue
+        trace = await attach(node, e.ref)
+        await trace.stop()
+        stopped.append(e.ref)
+    for ref in stopped:
+        journal.mark_stopped(node.peer_name, ref)
+    return stopped
+
+
+@dataclass
+class RunSummary:
+    ref: str
+    node: str
+    remote_path: str
+    local_path: str
+    lines: int
+    bytes: int
+    seconds: float
+    reason: str
+    verified: bool
+    partial: bool
+    generation: int
+    sink: str
+    rpc_calls: int = 0
+    messages_sent: int = 0
+    lease_renewals: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunControl:
+    """How a run is told to end from outside (signals): stop = stop and collect; abandon = stop only."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    abandon: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""
+
+
+async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size: int,
+                    control: RunControl | None = None,
+                    on_record: Callable[[LogRecord], None] | None = None,
+                    on_progress: Callable[[float, int, int], None] | None = None,
+                    poll_ms: int = 50) -> RunSummary:
+    """Tail the trace into ``local_path`` until duration, max size or a stop request; then stop and finish.
+
+    The file is written as ``local_path.partial`` and renamed once the end is verified.
+    """
+    control = control or RunControl()
+    node = trace.node
+    calls_before = node.calls_made
+    started = time.monotonic()
+    tmp = local_path + ".partial"
+    reader = await RemoteReader(node, trace.remote_path, mode="follow", poll_ms=poll_ms).start()
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    asm = LineAssembler()
+    lines = 0
+    written = 0
+    reason = "duration"
+    verified = False
+    partial = True
+    next_renew = started + trace.lease / 3
+    finishing = False
+    try:
+        with open(tmp, "wb") as out:
+            try:
+                while True:
+                    now = time.monotonic()
+                    if not finishing:
+                        if control.stop.is_set():
+                            reason = control.reason or "interrupted"
+                        elif now - started >= duration:
+                            reason = "duration"
+                        elif written >= max_size:
+                            reason = "max-size"
+                        else:
+                            reason = ""
+                        if reason:
+                            finishing = True
+                            await trace.stop()
+                            if control.abandon.is_set():
+                                break
+                            reader.finish()
+                        elif now >= next_renew:
+                            await trace.renew_lease()
+                            next_renew = now + trace.lease / 3
+                    if control.abandon.is_set():
+                        if not trace.stopped:
+                            await trace.stop()
+                        reason = "abandoned"
+                        break
+                    ev = await _next_or_signal(reader, control, 0.25)
+                    if ev is None:
+                        if on_progress:
+                            on_progress(time.monotonic() - started, written, lines)
+                        continue
+                    if ev.kind == "data":
+                        out.write(ev.data)
+                        written += len(ev.data)
+                        recs = asm.feed(decoder.decode(ev.data))
+                        lines += len(recs)
+                        if on_record:
+                            for r in recs:
+                                on_record(r)
+                        if on_progress:
+                            on_progress(time.monotonic() - started, written, lines)
+                    elif ev.kind == "eof":
+                        tail = asm.flush()
+                        lines += len(tail)
+                        if on_record:
+                            for r in tail:
+                                on_record(r)
+                        verified = ev.sent == written and (ev.size < 0 or ev.position == ev.size)
+                        if ev.sent != written:
+                            trace.warnings.append(f"size check failed: node sent {ev.sent} bytes, we wrote {written}")
+                        elif not verified:
+                            trace.warnings.append(f"remote file is {ev.size} bytes, we read to {ev.position}")
+                        partial = False
+                        break
+            finally:
+                out.flush()
+    finally:
+        if not trace.stopped and node.alive:
+            try:
+                await asyncio.shield(trace.stop())
+            except KzBridgeError:
+                pass
+        if partial:
+            reader.abandon()
+    final = local_path if not partial else tmp
+    if not partial:
+        os.replace(tmp, local_path)
+    if lines == 0 and trace.sink == DATA_SINK and reason != "abandoned":
+        trace.warnings.append("the trace caught no events: on Kazoo 4.2.2+ nothing in production logs to the "
+                              "data sink; try --sink lager_event")
+    return RunSummary(trace.ref, trace.node_name, trace.remote_path, final, lines, written,
+                      time.monotonic() - started, reason, verified, partial, trace.generation, trace.sink,
+                      node.calls_made - calls_before, reader.messages_sent, trace.lease_renewals,
+                      list(trace.warnings))
+
+
+async def _next_or_signal(reader: RemoteReader, control: RunControl, timeout: float) -> Any:
+    """Wait for a reader event, but wake early when a stop is requested."""
+    if control.stop.is_set() or control.abandon.is_set():
+        return await reader.next_event(timeout=timeout)
+    ev_task = asyncio.ensure_future(reader.next_event(timeout=timeout))
+    stop_task = asyncio.ensure_future(control.stop.wait())
+    done, _ = await asyncio.wait({ev_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    if ev_task in done:
+        return ev_task.result()
+    # Stop requested while waiting: let the pending receive finish quickly to keep ordering.
+    return await ev_task
