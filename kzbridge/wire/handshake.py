@@ -137,7 +137,12 @@ class ClientHandshake:
         return frame(msg)
 
     def feed(self, data: bytes) -> bytes:
-        """Consume bytes from the peer; return bytes to send (possibly empty)."""
+        """Consume bytes from the peer; return bytes to send (possibly empty).
+
+        Bytes after the final ack end up in ``result.rest``; feeding after that is misuse.
+        """
+        if self.state is State.DONE:
+            raise RuntimeError("handshake already finished; later bytes are distribution frames")
         self.buffer += data
         out = bytearray()
         while self.state not in (State.DONE, State.FAILED):

@@ -1,0 +1,247 @@
+"""The wire against real BEAM nodes (Debian's OTP) and an independent v5 node (py-interface)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from kzbridge import connect, connect_sync
+from kzbridge.errors import (
+    BadRpcError,
+    ConnectError,
+    ConnectionLostError,
+    CookieRejectedError,
+    KzBridgeError,
+    NotAllowedError,
+    RpcTimeoutError,
+)
+from kzbridge.wire.codec import binary_to_term, term_to_binary
+from kzbridge.wire.node import connect_node
+from kzbridge.wire.terms import Atom, ErlString, Pid
+
+from .strategies import terms
+from .test_codec import canon
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class LiveNode:
+    """One connection kept open across many Hypothesis examples (on its own loop)."""
+
+    def __init__(self, node: str, cookie: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.node = self.loop.run_until_complete(connect_node(node, cookie))
+
+    def rpc(self, *args, **kw):
+        return self.loop.run_until_complete(self.node.rpc(*args, **kw))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.node.close())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def live(shared_erl_node):
+    conn = LiveNode(shared_erl_node.node, shared_erl_node.cookie)
+    yield conn
+    conn.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(terms)
+def test_python_encoded_terms_decode_on_the_node_as_expected(live, term):
+    # The node decodes our bytes, then hands the term back through its own encoder.
+    back = live.rpc("erlang", "binary_to_term", [term_to_binary(term)])
+    assert canon(back) == canon(term)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(terms)
+def test_node_encoded_terms_reencode_byte_identically(live, term):
+    node_bytes = live.rpc("erlang", "term_to_binary", [term, [(Atom("minor_version"), 2)]])
+    assert term_to_binary(binary_to_term(node_bytes)) == node_bytes
+
+
+def test_node_made_identifiers_and_funs_round_trip_byte_exactly(live):
+    src = ("[self(), make_ref(), hd(erlang:ports()), fun lists:map/2, fun(X) -> X end, "
+           "maps:from_list([{I, I} || I <- lists:seq(1, 40)]), <<1:3>>, 1 bsl 2100, 'ñ∂', \"héllo\", 1.0e300].")
+    tokens = live.rpc("erl_scan", "string", [src])[1]
+    forms = live.rpc("erl_parse", "parse_exprs", [tokens])[1]
+    value = live.rpc("erl_eval", "exprs", [forms, []])[1]
+    node_bytes = live.rpc("erlang", "term_to_binary", [value, [(Atom("minor_version"), 2)]])
+    decoded = binary_to_term(node_bytes)
+    assert term_to_binary(decoded) == node_bytes
+    assert type(decoded[0]) is Pid and decoded[9] == "héllo"
+    assert len(decoded[5]) == 40
+
+
+def test_rpc_values_output_and_errors(erl_node):
+    async def body():
+        async with connect(erl_node.node, erl_node.cookie) as n:
+            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+            assert await n.rpc("lists", "reverse", [[1, 2, 3]]) == ErlString("\x03\x02\x01")
+            res = await n.rpc_output("io", "format", ["~s and ~p~n", [ErlString("text"), (Atom("a"), 1)]])
+            assert res.value == Atom("ok") and res.output == "text and {a,1}\n"
+            res = await n.rpc_output("io", "put_chars", ["plain ünïcode\n"])
+            assert res.output == "plain ünïcode\n"
+            with pytest.raises(BadRpcError) as err:
+                await n.rpc("no_such_module", "f", [1, 2])
+            assert "undefined function no_such_module:f/2" in str(err.value)
+            with pytest.raises(BadRpcError) as err:
+                await n.rpc("gen_server", "call", [Atom("kz_data_tracing"), Atom("status")])
+            assert "noproc" in str(err.value)
+            with pytest.raises(BadRpcError) as err:
+                await n.rpc("erlang", "error", [Atom("boom")])
+            assert "boom" in str(err.value) and err.value.reason[0] == Atom("EXIT")
+            assert await n.rpc("erlang", "throw", [Atom("thrown")]) == Atom("thrown")
+    run(body())
+
+
+def test_timeout_many_concurrent_calls_and_sync_wrapper(erl_node):
+    async def body():
+        async with connect(erl_node.node, erl_node.cookie) as n:
+            with pytest.raises(RpcTimeoutError):
+                await n.rpc("timer", "sleep", [2000], timeout=0.3)
+            results = await asyncio.gather(*(n.rpc("erlang", "abs", [-i]) for i in range(100)))
+            assert results == list(range(100))
+            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+    run(body())
+    with connect_sync(erl_node.node, erl_node.cookie) as s:
+        assert s.rpc("erlang", "abs", [-5]) == 5
+
+
+def test_monitor_link_and_exit_signals(erl_node):
+    async def body():
+        async with connect(erl_node.node, erl_node.cookie) as n:
+            mb = n.mailbox()
+            target = await n.rpc("erlang", "spawn", [Atom("timer"), Atom("sleep"), [Atom("infinity")]])
+            ref = n.monitor(mb, target)
+            n.exit(target, Atom("kill"))
+            down = await mb.receive(5)
+            assert down[0] == Atom("DOWN") and down[1] == ref and down[4] == Atom("killed")
+            gone = n.monitor(mb, target)
+            assert (await mb.receive(5))[1] == gone  # monitoring a dead pid: DOWN at once (noproc)
+            linked = await n.rpc("erlang", "spawn", [Atom("timer"), Atom("sleep"), [Atom("infinity")]])
+            n.link(mb, linked)
+            await asyncio.sleep(0.1)
+            n.exit(linked, Atom("bye"))
+            ex = await mb.receive(5)
+            assert ex[0] == Atom("EXIT") and ex[1] == linked and ex[2] == Atom("bye")
+            # A remote process links to us, unlinks (UNLINK_ID, which we must ack), then messages us.
+            src = "link(Owner), unlink(Owner), Owner ! {done, self()}."
+            tokens = (await n.rpc("erl_scan", "string", [src]))[1]
+            forms = (await n.rpc("erl_parse", "parse_exprs", [tokens]))[1]
+            await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, [(Atom("Owner"), mb.pid)]]])
+            assert (await mb.receive(5))[0] == Atom("done")
+            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+    run(body())
+
+
+def test_wrong_cookie_is_rejected(erl_node):
+    with pytest.raises(CookieRejectedError):
+        run(connect_node(erl_node.node, "not-the-cookie"))
+
+
+def test_not_allowed(erl_node):
+    async def body():
+        async with connect(erl_node.node, erl_node.cookie) as n:
+            await n.rpc("net_kernel", "allow", [[Atom("somebody@127.0.0.1")]])
+        with pytest.raises(ConnectError):
+            await connect_node(erl_node.node, erl_node.cookie, timeout=5)
+    run(body())
+
+
+def test_peer_killed_mid_call_fails_fast(erl_node):
+    async def body():
+        n = await connect_node(erl_node.node, erl_node.cookie)
+        call = asyncio.ensure_future(n.rpc("timer", "sleep", [30000], timeout=60))
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        erl_node.kill()
+        with pytest.raises(ConnectionLostError) as err:
+            await call
+        assert time.monotonic() - t0 < 5
+        assert "timer:sleep/1" in str(err.value)
+        with pytest.raises(ConnectionLostError):
+            await n.rpc("erlang", "node", [])
+    run(body())
+
+
+def test_peer_that_stops_ticking_is_declared_lost(erl_node):
+    async def body():
+        n = await connect_node(erl_node.node, erl_node.cookie, ticktime=2.0)
+        os.kill(erl_node.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionLostError):
+                await n.rpc("erlang", "node", [], timeout=30)
+            assert time.monotonic() - t0 < 6
+        finally:
+            os.kill(erl_node.pid, signal.SIGCONT)
+    run(body())
+
+
+def test_idle_connection_survives_the_nodes_tick_time(make_erl_node):
+    node = make_erl_node("-kernel", "net_ticktime", "2")
+    async def body():
+        n = await connect_node(node.node, node.cookie, ticktime=2.0)
+        await asyncio.sleep(7)  # several tick periods with no traffic from us but ticks
+        assert await n.rpc("erlang", "node", []) == Atom(node.node)
+        await n.close()
+    run(body())
+
+
+def test_garbage_from_a_fake_peer_is_a_protocol_error(private_epmd):
+    """A fake node registered in EPMD that answers our send_name with junk."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    reg = socket.create_connection(("127.0.0.1", private_epmd))
+    name = b"fakepeer"
+    body = struct.pack(">BHBBHHH", 120, port, 77, 0, 6, 5, len(name)) + name + b"\0\0"
+    reg.sendall(struct.pack(">H", len(body)) + body)
+    assert reg.recv(4)[:2] in (b"y\x00", b"v\x00")
+    import threading
+
+    def serve():
+        conn, _ = server.accept()
+        conn.recv(100)
+        conn.sendall(b"\x00\x05sok\x00\x00" + b"\xff" * 50)
+        time.sleep(3)
+        conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KzBridgeError):
+            run(connect_node("fakepeer@127.0.0.1", "c", timeout=5))
+        assert time.monotonic() - t0 < 5
+    finally:
+        reg.close()
+        server.close()
+
+
+def test_v5_handshake_against_independent_py_interface_node(pyinterface_peer):
+    async def body():
+        n = await connect_node(pyinterface_peer.node, pyinterface_peer.cookie)
+        assert n.handshake_version == 5
+        mb = n.mailbox()
+        payload = [1, 2.5, b"bin", Atom("x"), (1, "str"), 2**70]
+        n.send_registered("echo", (mb.pid, payload), sender=mb.pid)
+        reply = await mb.receive(5)
+        assert reply[0] == Atom("echo") and canon(reply[1]) == canon(payload)
+        await n.close()
+    run(body())
+
+
+def test_v5_wrong_cookie_against_py_interface(pyinterface_peer):
+    with pytest.raises(CookieRejectedError):
+        run(connect_node(pyinterface_peer.node, "wrong", timeout=5))
