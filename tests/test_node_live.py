@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from kzbridge import connect, connect_sync
 from kzbridge.errors import (
     BadRpcError,
-    ConnectError,
     ConnectionLostError,
     CookieRejectedError,
     KzBridgeError,
@@ -154,7 +153,7 @@ def test_not_allowed(erl_node):
     async def body():
         async with connect(erl_node.node, erl_node.cookie) as n:
             await n.rpc("net_kernel", "allow", [[Atom("somebody@127.0.0.1")]])
-        with pytest.raises(ConnectError):
+        with pytest.raises(NotAllowedError):
             await connect_node(erl_node.node, erl_node.cookie, timeout=5)
     run(body())
 
