@@ -385,7 +385,7 @@ class RunControl:
     reason: str = ""
 
 
-async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size: int,
+async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size: int = 100 << 20,
                     control: RunControl | None = None,
                     on_record: Callable[[LogRecord], None] | None = None,
                     on_progress: Callable[[float, int, int], None] | None = None,

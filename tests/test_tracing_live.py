@@ -1,0 +1,224 @@
+"""Tracing end to end against sandbox nodes of both generations: API, guarantees, faults."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+
+import pytest
+
+from kzbridge.errors import BadFilterError, ConnectionLostError, RemoteFileError, TracingUnavailableError
+from kzbridge.kazoo import filters as flt
+from kzbridge.kazoo import tracing
+from kzbridge.kazoo.collect import collect_file
+from kzbridge.kazoo.logparse import parse_lines
+from kzbridge.wire.node import connect_node
+from kzbridge.wire.terms import Atom, ErlString, Pid
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def node_of(box, **kw):
+    return await connect_node(box.node, box.cookie, **kw)
+
+
+def records(path):
+    with open(path, encoding="utf-8") as fh:
+        return list(parse_lines(fh))
+
+
+def test_run_trace_collects_parsed_events_on_both_generations(any_sandbox, tmp_path):
+    out = str(tmp_path / "t.log")
+
+    async def body():
+        n = await node_of(any_sandbox)
+        trace = await tracing.start_trace(n, flt.module_filter("kz_json"))
+        assert trace.generation == any_sandbox.generation and re.fullmatch(r"[0-9a-f]{12}", trace.ref)
+        summary = await tracing.run_trace(trace, out, duration=3)
+        assert trace.stopped and summary.verified and not summary.partial
+        assert summary.lines > 10 and summary.bytes == os.path.getsize(out)
+        if any_sandbox.generation == 2:
+            assert await n.rpc("kz_data_tracing", "status", [trace.ref.encode()]) == Atom("false")
+        handlers = await n.rpc("gen_event", "which_handlers", [Atom("data_lager_event")])
+        assert (Atom("lager_file_backend"), trace.remote_path) not in handlers
+        # Control traffic stays low: lease renewals only, no per-second polling.
+        assert summary.rpc_calls / summary.seconds < 2
+        await n.close()
+        return summary
+    summary = run(body())
+    recs = records(out)
+    assert len(recs) == summary.lines
+    assert all(r.callid and r.callid.startswith("call-") for r in recs)
+    assert any("second line of the same message" in r.message for r in recs), "multi-line messages kept whole"
+
+
+def test_trace_object_follow_and_context_manager(sandbox_gen2):
+    async def body():
+        n = await node_of(sandbox_gen2)
+        got = []
+        async with await tracing.start_trace(n, [flt.parse_filter("request=req-2")]) as trace:
+            async def stopper():
+                await asyncio.sleep(2.5)
+                await trace.stop()
+            task = asyncio.ensure_future(stopper())
+            async for rec in trace.follow():
+                got.append(rec)
+            await task
+        assert got and all(r.callid.startswith("call-2-") for r in got)
+        assert await n.rpc("kz_data_tracing", "status", []) == []
+        await n.close()
+    run(body())
+
+
+def test_lager_event_sink_traces_the_main_log(sandbox_gen1, tmp_path):
+    out = str(tmp_path / "main.log")
+
+    async def body():
+        n = await node_of(sandbox_gen1)
+        trace = await tracing.start_trace(n, flt.module_filter("kz_json"), sink=tracing.LAGER_SINK, level="info")
+        summary = await tracing.run_trace(trace, out, duration=2.5)
+        handlers = await n.rpc("gen_event", "which_handlers", [Atom("lager_event")])
+        assert (Atom("lager_file_backend"), trace.remote_path) not in handlers
+        await n.close()
+        return summary
+    summary = run(body())
+    recs = records(out)
+    assert summary.lines == len(recs) > 0
+    assert {r.module for r in recs} == {"kz_json"} and {r.severity for r in recs} <= {"info", "notice"}
+
+
+def test_crashing_filters_are_refused_before_anything_is_sent(sandbox_gen2):
+    async def body():
+        n = await node_of(sandbox_gen2)
+        server = await n.rpc("erlang", "whereis", [Atom("kz_data_tracing")])
+        some_pid = await n.rpc("erlang", "whereis", [Atom("init")])
+        calls = n.calls_made
+        for bad in ([], [(Atom("pid"), some_pid)], [(Atom("any"), [(Atom("module"), Atom("kz_json"))])]):
+            with pytest.raises(BadFilterError):
+                await tracing.start_trace(n, bad)
+        assert n.calls_made == calls, "nothing reached the node"
+        assert await n.rpc("erlang", "whereis", [Atom("kz_data_tracing")]) == server
+        await n.close()
+    run(body())
+
+
+def test_empty_trace_says_so_and_suggests_the_main_sink(sandbox_gen2, tmp_path):
+    async def body():
+        n = await node_of(sandbox_gen2)
+        trace = await tracing.start_trace(n, flt.module_filter("no_such_module"))
+        summary = await tracing.run_trace(trace, str(tmp_path / "e.log"), duration=1.5)
+        await n.close()
+        return summary
+    summary = run(body())
+    assert summary.lines == 0 and any("--sink lager_event" in w for w in summary.warnings)
+
+
+def test_lease_stops_the_trace_when_the_client_vanishes(fresh_sandbox):
+    async def body():
+        n = await node_of(fresh_sandbox)
+        trace = await tracing.start_trace(n, flt.module_filter("kz_json"), lease=3)
+        await n.close()  # vanish without stopping
+        m = await node_of(fresh_sandbox)
+        assert await m.rpc("kz_data_tracing", "status", [trace.ref.encode()]) != Atom("false")
+        await asyncio.sleep(4)
+        assert await m.rpc("kz_data_tracing", "status", [trace.ref.encode()]) == Atom("false")
+        handlers = await m.rpc("gen_event", "which_handlers", [Atom("data_lager_event")])
+        assert (Atom("lager_file_backend"), trace.remote_path) not in handlers
+        size = await m.rpc("filelib", "file_size", [trace.remote_path])
+        await asyncio.sleep(1.5)
+        assert await m.rpc("filelib", "file_size", [trace.remote_path]) == size
+        await m.close()
+    run(body())
+
+
+def test_orphans_after_a_server_crash_are_found_and_cleared(fresh_sandbox):
+    async def body():
+        n = await node_of(fresh_sandbox)
+        ok, ref = await n.rpc("kz_data_tracing", "trace_file",
+                              [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-orphan.log",
+                               [Atom("message"), ErlString("\n")], Atom("debug")])
+        assert ok == Atom("ok")
+        try:  # someone else's crash (not ours: kzbridge refuses this input)
+            await n.rpc("kz_data_tracing", "trace_file", [[], b"/tmp/kzb-x.log", [Atom("message")]])
+        except Exception:
+            pass
+        await asyncio.sleep(0.3)
+        assert ("data_lager_event", "/tmp/kzb-orphan.log") in await tracing.orphans(n)
+        assert "/tmp/kzb-orphan.log" in await tracing.clear_orphans(n)
+        assert await tracing.orphans(n) == []
+        await n.close()
+    run(body())
+
+
+def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sandbox, tmp_path):
+    out = str(tmp_path / "big.log")
+
+    async def body():
+        n = await node_of(fresh_sandbox)
+        await n.rpc("kz_traffic", "set_rate", [0])
+        trace = await tracing.start_trace(n, [(Atom("request"), b"burst")])
+
+        async def flood():
+            await asyncio.sleep(0.5)
+            await n.rpc("kz_fixture", "burst", [Atom("data"), 12000, 1000], timeout=120)
+        task = asyncio.ensure_future(flood())
+        control = tracing.RunControl()
+
+        async def stop_after_flood():
+            await task
+            await asyncio.sleep(2)
+            control.stop.set()
+        asyncio.ensure_future(stop_after_flood())
+        summary = await tracing.run_trace(trace, out, duration=120, max_size=1 << 30, control=control)
+        parts = await n.rpc("filelib", "wildcard", [trace.remote_path + ".*"])
+        # and the same file collected after the fact, rotated parts first
+        collected = await collect_file(n, trace.remote_path, str(tmp_path / "again.log"), rotated=True)
+        await n.close()
+        return summary, parts, collected
+    summary, parts, collected = run(body())
+    assert parts, "lager rotated the file at 10 MB"
+    assert summary.verified and summary.bytes > 10 * 1024 * 1024
+    seq = [int(m.group(1)) for m in re.finditer(r"burst (\d+) ", open(out).read())]
+    assert seq == list(range(1, 12001)), "every event once, in order, across the rotation"
+    assert collected.bytes == summary.bytes and len(collected.parts) == len(parts) + 1
+    assert open(tmp_path / "again.log", "rb").read() == open(out, "rb").read()
+
+
+def test_node_killed_during_collection_keeps_a_marked_partial_file(fresh_sandbox, tmp_path):
+    from kzbridge import sandbox
+    out = tmp_path / "dying.log"
+
+    async def body():
+        n = await node_of(fresh_sandbox)
+        path = "/tmp/kzb-big-%d.bin" % time.time_ns()
+        write = ("{ok, F} = file:open(Path, [write, raw, binary]), B = binary:copy(<<\"x\">>, 1048576), "
+                 "[ok = file:write(F, B) || _ <- lists:seq(1, 150)], file:close(F).")
+        from kzbridge.kazoo import remote
+        await remote.evaluate(n, write, timeout=60, Path=ErlString(path))
+        got = {"n": 0}
+
+        def progress(done, total):
+            got["n"] = done
+            if done >= 20 * 1048576 and not got.get("killed"):
+                got["killed"] = True
+                os.kill(fresh_sandbox.os_pid, 9)
+        with pytest.raises((ConnectionLostError, RemoteFileError)) as err:
+            await collect_file(n, path, str(out), progress=progress, chunk=1 << 20, window=4)
+        return err.value
+    err = run(body())
+    partial = tmp_path / "dying.log.partial"
+    assert "partial" in str(err) and str(partial) in str(err)
+    assert partial.exists() and partial.stat().st_size >= 20 * 1048576 and not out.exists()
+    sandbox.stop(fresh_sandbox.name)
+
+
+def test_node_without_tracing_gives_a_clear_error(erl_node):
+    async def body():
+        n = await connect_node(erl_node.node, erl_node.cookie)
+        with pytest.raises(TracingUnavailableError):
+            await tracing.start_trace(n, flt.module_filter("kz_json"))
+        await n.close()
+    run(body())
