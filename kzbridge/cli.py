@@ -200,7 +200,7 @@ def rpc(node: str, cookie: str | None, cookie_file: str | None, timeout: float, 
         click.echo(format_term(result.value))
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @node_options
 @click.option("-e", "erlang_terms", is_flag=True, help="Parse ARGs as Erlang terms instead of binaries.")
 @click.argument("module")
@@ -339,6 +339,8 @@ def run_trace_command(node: str, cookie: str | None, cookie_file: str | None, ti
         result["summary"] = summary
 
     run_with_node(node, cookie, cookie_file, timeout, body)
+    # The trace is stopped and collected: a late Ctrl-C must not turn the summary into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     s: tracing.RunSummary = result["summary"]
     data = {k: v for k, v in s.__dict__.items()}
     if as_json:

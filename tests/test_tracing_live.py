@@ -105,6 +105,24 @@ def test_crashing_filters_are_refused_before_anything_is_sent(sandbox_gen2):
     run(body())
 
 
+def test_abandoned_run_stops_the_trace_without_collecting(sandbox_gen2, tmp_path):
+    out = tmp_path / "abandoned.log"
+
+    async def body():
+        n = await node_of(sandbox_gen2)
+        trace = await tracing.start_trace(n, flt.module_filter("kz_json"))
+        control = tracing.RunControl()
+        control.stop.set()
+        control.abandon.set()
+        summary = await tracing.run_trace(trace, str(out), duration=60, control=control)
+        assert await n.rpc("kz_data_tracing", "status", [trace.ref.encode()]) == Atom("false")
+        await n.close()
+        return summary
+    summary = run(body())
+    assert summary.reason == "abandoned" and summary.partial and not out.exists()
+    assert summary.local_path.endswith(".partial")
+
+
 def test_empty_trace_says_so_and_suggests_the_main_sink(sandbox_gen2, tmp_path):
     async def body():
         n = await node_of(sandbox_gen2)

@@ -427,6 +427,7 @@ async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size:
                             finishing = True
                             await trace.stop()
                             if control.abandon.is_set():
+                                reason = "abandoned"
                                 break
                             reader.finish()
                         elif now >= next_renew:
