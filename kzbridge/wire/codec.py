@@ -131,12 +131,21 @@ def _need(data: bytes, pos: int, n: int) -> None:
         raise DecodeError(f"term is truncated: need {n} bytes at offset {pos}, have {len(data) - pos}")
 
 
+_DECODED_ATOMS: dict[bytes, Atom] = {}
+
+
 def _atom_text(raw: bytes, utf8: bool) -> Atom:
     if utf8:
+        atom = _DECODED_ATOMS.get(raw)
+        if atom is not None:
+            return atom
         try:
-            return Atom(raw.decode("utf-8"))
+            atom = Atom(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise DecodeError("atom is not valid UTF-8") from None
+        if len(_DECODED_ATOMS) < 65536:
+            _DECODED_ATOMS[raw] = atom
+        return atom
     return Atom(raw.decode("latin-1"))
 
 

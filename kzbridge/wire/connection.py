@@ -70,8 +70,7 @@ class DistProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  (uvloop's transport is not a subclass)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:

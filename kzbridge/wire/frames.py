@@ -7,7 +7,6 @@ and, for some operations, a payload term.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ProtocolError
@@ -58,16 +57,21 @@ DEFAULT_MAX_FRAME = 1 << 30
 _len = struct.Struct(">I")
 
 
-@dataclass(frozen=True)
 class DistMessage:
     """One decoded message: the control tuple and the payload (None when the op has none)."""
 
-    control: tuple
-    payload: Any = None
+    __slots__ = ("control", "payload")
+
+    def __init__(self, control: tuple, payload: Any = None) -> None:
+        self.control = control
+        self.payload = payload
 
     @property
     def op(self) -> int:
         return self.control[0]
+
+    def __repr__(self) -> str:
+        return f"DistMessage({self.control!r}, {self.payload!r})"
 
 
 TICK = None  # what FrameReader yields for a tick
@@ -81,6 +85,11 @@ class FrameReader:
         self.max_frame = max_frame
 
     def feed(self, data: bytes) -> list[bytes | None]:
+        if not self._buf and len(data) >= 4:
+            # Fast path: exactly one whole frame in this read (the rpc reply case), no copying.
+            n = _len.unpack_from(data, 0)[0]
+            if len(data) == 4 + n and n <= self.max_frame:
+                return [data[4:] if n else None]
         buf = self._buf
         buf += data
         out: list[bytes | None] = []

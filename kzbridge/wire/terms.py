@@ -92,41 +92,86 @@ class ImproperList:
     tail: Any
 
 
-@dataclass(frozen=True)
-class Pid:
+class _Ident:
+    """Base of Pid/Port/Reference: immutable, hashable, equal by identity fields only.
+
+    Plain __slots__ classes rather than frozen dataclasses: the decoder builds one
+    per message and a frozen dataclass costs a microsecond more each time.
+    """
+
+    __slots__ = ()
+    _key_fields: tuple[str, ...] = ()
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._key_fields)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__,) + self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)  # type: ignore[attr-defined]
+        return f"{type(self).__name__}({fields})"
+
+    def __reduce__(self) -> tuple:
+        return (type(self), tuple(getattr(self, f) for f in self.__slots__))  # type: ignore[attr-defined]
+
+
+_set = object.__setattr__
+
+
+class Pid(_Ident):
     """An Erlang process identifier. ``old`` records the 1-byte-creation wire form."""
 
-    node: Atom
-    id: int
-    serial: int
-    creation: int
-    old: bool = field(default=False, compare=False)
+    __slots__ = ("node", "id", "serial", "creation", "old")
+    _key_fields = ("node", "id", "serial", "creation")
+
+    def __init__(self, node: Atom, id: int, serial: int, creation: int, old: bool = False) -> None:  # noqa: A002
+        _set(self, "node", node)
+        _set(self, "id", id)
+        _set(self, "serial", serial)
+        _set(self, "creation", creation)
+        _set(self, "old", old)
 
     def __str__(self) -> str:
         return f"<{self.node}.{self.id}.{self.serial}>"
 
 
-@dataclass(frozen=True)
-class Port:
+class Port(_Ident):
     """An Erlang port identifier; ``form`` is the wire tag it came in (102, 89 or 120)."""
 
-    node: Atom
-    id: int
-    creation: int
-    form: int = field(default=89, compare=False)
+    __slots__ = ("node", "id", "creation", "form")
+    _key_fields = ("node", "id", "creation")
+
+    def __init__(self, node: Atom, id: int, creation: int, form: int = 89) -> None:  # noqa: A002
+        _set(self, "node", node)
+        _set(self, "id", id)
+        _set(self, "creation", creation)
+        _set(self, "form", form)
 
     def __str__(self) -> str:
         return f"#Port<{self.node}.{self.id}>"
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(_Ident):
     """An Erlang reference; ``form`` is the wire tag it came in (101, 114 or 90)."""
 
-    node: Atom
-    ids: tuple[int, ...]
-    creation: int
-    form: int = field(default=90, compare=False)
+    __slots__ = ("node", "ids", "creation", "form")
+    _key_fields = ("node", "ids", "creation")
+
+    def __init__(self, node: Atom, ids: tuple[int, ...], creation: int, form: int = 90) -> None:
+        _set(self, "node", node)
+        _set(self, "ids", tuple(ids))
+        _set(self, "creation", creation)
+        _set(self, "form", form)
 
     def __str__(self) -> str:
         return "#Ref<" + ".".join([str(self.node)] + [str(i) for i in reversed(self.ids)]) + ">"

@@ -1,0 +1,120 @@
+"""RPC latency, throughput and one-shot CLI cost, each against a baseline measured in the same run.
+
+    python bench/rpc.py [--calls 5000]
+
+Baselines: Erlang-to-Erlang rpc:call between two BEAM nodes on this machine (and the
+same gen_server call to rex that kzbridge makes), erl_call, and booting a hidden BEAM
+for one rpc (what Kazoo's sup does).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from _common import erl_eval, erl_node, line, pct, private_epmd
+
+from kzbridge.wire.node import connect_node
+
+
+def erlang_baseline(node: str, cookie: str, calls: int) -> dict:
+    expr = (
+        f"[rpc:call(Node, erlang, node, []) || _ <- lists:seq(1, 2000)], "
+        f"T1 = [begin T0 = erlang:monotonic_time(nanosecond), rpc:call(Node, erlang, node, []), "
+        f"erlang:monotonic_time(nanosecond) - T0 end || _ <- lists:seq(1, {calls})], "
+        f"T2 = [begin T0 = erlang:monotonic_time(nanosecond), gen_server:call({{rex, Node}}, {{call, erlang, node, [], user}}), "
+        f"erlang:monotonic_time(nanosecond) - T0 end || _ <- lists:seq(1, {calls})], "
+        f"Self = self(), C0 = erlang:monotonic_time(nanosecond), "
+        f"[spawn(fun() -> [rpc:call(Node, erlang, node, []) || _ <- lists:seq(1, 100)], Self ! done end) || _ <- lists:seq(1, 100)], "
+        f"[receive done -> ok end || _ <- lists:seq(1, 100)], "
+        f"C = erlang:monotonic_time(nanosecond) - C0, "
+        f"io:format(\"~w~n~w~n~w~n\", [T1, T2, C])"
+    )
+    out = erl_eval(node, cookie, expr).strip().splitlines()
+    t1 = [x / 1000 for x in eval(out[0])]
+    t2 = [x / 1000 for x in eval(out[1])]
+    return {"rpc_call": t1, "rex_call": t2, "throughput": 10000 / (int(out[2]) / 1e9)}
+
+
+async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
+    n = await connect_node(node, cookie)
+    for _ in range(2000):
+        await n.rpc("erlang", "node", [])
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter_ns()
+        await n.rpc("erlang", "node", [])
+        times.append((time.perf_counter_ns() - t0) / 1000)
+
+    async def worker() -> None:
+        for _ in range(100):
+            await n.rpc("erlang", "node", [])
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(100)))
+    thr = 10000 / (time.perf_counter() - t0)
+    await n.close()
+    return {"rpc": times, "throughput": thr}
+
+
+def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
+    def timed(cmd: list[str]) -> float:
+        vals = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            vals.append((time.perf_counter() - t0) * 1000)
+            if res.returncode != 0:
+                raise RuntimeError(f"{cmd[0]} failed: {res.stderr or res.stdout}")
+        return pct(vals, 50)
+    out: dict = {}
+    kzb = shutil.which("kzbridge") or ""
+    out["kzbridge"] = timed([sys.executable, "-m", "kzbridge", "rpc", "--node", node, "--cookie", cookie,
+                             "erlang", "node"])
+    if kzb:
+        out["kzbridge_script"] = timed([kzb, "rpc", "--node", node, "--cookie", cookie, "erlang", "node"])
+    beam = ["erl", "-noinput", "-hidden", "-name", f"sup_{os.getpid()}@127.0.0.1", "-setcookie", cookie, "-eval",
+            f"io:format(\"~p~n\", [rpc:call('{node}', erlang, node, [])]), halt()."]
+    out["beam_boot"] = timed(beam)
+    erl_call = sorted(glob.glob("/usr/lib/erlang/lib/erl_interface-*/bin/erl_call"))
+    if erl_call:
+        out["erl_call"] = timed([erl_call[-1], "-n", node, "-c", cookie, "-a", "erlang node"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=5000)
+    args = ap.parse_args()
+    private_epmd()
+    node, cookie = erl_node()
+    base = erlang_baseline(node, cookie, args.calls)
+    ours = asyncio.run(kzbridge_side(node, cookie, args.calls))
+    print(f"rpc round trip on an open connection ({args.calls} calls, erlang:node/0)")
+    e50, e99 = pct(base["rpc_call"], 50), pct(base["rpc_call"], 99)
+    print(f"  {'baseline: Erlang rpc:call between two BEAMs':<48} p50 {e50:7.1f} us  p99 {e99:7.1f} us")
+    r50, r99 = pct(base["rex_call"], 50), pct(base["rex_call"], 99)
+    print(f"  {'Erlang gen_server:call to rex (our form)':<48} p50 {r50:7.1f} us  p99 {r99:7.1f} us")
+    k50, k99 = pct(ours["rpc"], 50), pct(ours["rpc"], 99)
+    print(f"  {'kzbridge rpc':<48} p50 {k50:7.1f} us  p99 {k99:7.1f} us")
+    print(f"  ratio p50 kzbridge / rpc:call = {k50 / e50:.2f}x, / rex call = {k50 / r50:.2f}x; "
+          f"p99 / rpc:call = {k99 / e99:.2f}x")
+    print("throughput, 100 concurrent callers x 100 calls on one connection")
+    line("baseline: Erlang, 100 processes", base["throughput"], "calls/s")
+    line("kzbridge, 100 tasks", ours["throughput"], "calls/s", base["throughput"], "of Erlang")
+    shots = one_shot(node, cookie)
+    print("one-shot command doing one rpc (median wall time)")
+    line("baseline: boot a hidden BEAM + rpc (sup's way)", shots["beam_boot"], "ms")
+    if "erl_call" in shots:
+        line("erl_call (OTP's C tool)", shots["erl_call"], "ms", shots["beam_boot"], "of BEAM boot")
+    line("python -m kzbridge rpc ... erlang node", shots["kzbridge"], "ms", shots["beam_boot"], "of BEAM boot")
+    if "kzbridge_script" in shots:
+        line("kzbridge rpc ... (console script)", shots["kzbridge_script"], "ms", shots["beam_boot"], "of BEAM boot")
+
+
+if __name__ == "__main__":
+    main()
