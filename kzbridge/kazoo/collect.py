@@ -20,7 +20,7 @@ from ..wire.terms import Atom
 from . import remote
 
 DEFAULT_CHUNK = 1 << 20
-DEFAULT_WINDOW = 8
+DEFAULT_WINDOW = 32
 A_DATA = Atom("kzb_data")
 A_EOF = Atom("kzb_eof")
 A_PART = Atom("kzb_part")

@@ -176,13 +176,40 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: C901
             v, pos = _decode(data, pos, depth + 1)
             append(v)
         return tuple(items), pos
+    if tag == NEW_PID_EXT or tag == PID_EXT:
+        node, pos = _decode_atom(data, pos)
+        ident, serial = struct.unpack_from(">II", data, pos)
+        pos += 8
+        if tag == NEW_PID_EXT:
+            creation = _u32(data, pos)[0]
+            return Pid(node, ident, serial, creation), pos + 4
+        _need(data, pos, 1)
+        return Pid(node, ident, serial, data[pos], old=True), pos + 1
+    if tag == NEWER_REFERENCE_EXT or tag == NEW_REFERENCE_EXT:
+        n = _u16(data, pos)[0]
+        pos += 2
+        if n > 5:
+            raise DecodeError(f"reference with {n} id words (at most 5 exist)")
+        node, pos = _decode_atom(data, pos)
+        if tag == NEWER_REFERENCE_EXT:
+            creation = _u32(data, pos)[0]
+            pos += 4
+        else:
+            _need(data, pos, 1)
+            creation = data[pos]
+            pos += 1
+        _need(data, pos, 4 * n)
+        ids = struct.unpack_from(">%dI" % n, data, pos)
+        return Reference(node, ids, creation, tag), pos + 4 * n
     if tag == INTEGER_EXT:
         return _i32(data, pos)[0], pos + 4
     if tag == BINARY_EXT:
         n = _u32(data, pos)[0]
         pos += 4
         _need(data, pos, n)
-        return bytes(data[pos:pos + n]), pos + n
+        if type(data) is bytes:
+            return data[pos:pos + n], pos + n
+        return bytes(memoryview(data)[pos:pos + n]), pos + n  # one copy out of a receive buffer
     if tag == NIL_EXT:
         return [], pos
     if tag == STRING_EXT:
@@ -246,31 +273,6 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: C901
         sign = data[pos]
         value = int.from_bytes(data[pos + 1:pos + 1 + n], "little")
         return (-value if sign else value), pos + 1 + n
-    if tag == NEW_PID_EXT or tag == PID_EXT:
-        node, pos = _decode_atom(data, pos)
-        ident, serial = struct.unpack_from(">II", data, pos)
-        pos += 8
-        if tag == NEW_PID_EXT:
-            creation = _u32(data, pos)[0]
-            return Pid(node, ident, serial, creation), pos + 4
-        _need(data, pos, 1)
-        return Pid(node, ident, serial, data[pos], old=True), pos + 1
-    if tag == NEWER_REFERENCE_EXT or tag == NEW_REFERENCE_EXT:
-        n = _u16(data, pos)[0]
-        pos += 2
-        if n > 5:
-            raise DecodeError(f"reference with {n} id words (at most 5 exist)")
-        node, pos = _decode_atom(data, pos)
-        if tag == NEWER_REFERENCE_EXT:
-            creation = _u32(data, pos)[0]
-            pos += 4
-        else:
-            _need(data, pos, 1)
-            creation = data[pos]
-            pos += 1
-        _need(data, pos, 4 * n)
-        ids = struct.unpack_from(">%dI" % n, data, pos)
-        return Reference(node, ids, creation, tag), pos + 4 * n
     if tag == REFERENCE_EXT:
         node, pos = _decode_atom(data, pos)
         ident = _u32(data, pos)[0]
@@ -341,6 +343,11 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: C901
 
 
 def _decode_atom(data: bytes, pos: int) -> tuple[Atom, int]:
+    if data[pos] == SMALL_ATOM_UTF8_EXT:
+        n = data[pos + 1]
+        end = pos + 2 + n
+        if end <= len(data):
+            return _atom_text(bytes(data[pos + 2:end]), True), end
     term, pos = _decode(data, pos, MAX_DEPTH)
     if type(term) is not Atom:
         raise DecodeError(f"expected an atom, got {type(term).__name__}")

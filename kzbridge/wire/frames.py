@@ -107,6 +107,18 @@ class FrameReader:
             del buf[:pos]
         return out
 
+    def detach_partial(self, threshold: int) -> tuple[int, bytes] | None:
+        """If a frame of at least ``threshold`` bytes has started but not finished, hand over
+        its length and the bytes so far, so the caller can receive the rest in place."""
+        buf = self._buf
+        if len(buf) >= 4:
+            n = _len.unpack_from(buf, 0)[0]
+            if n >= threshold and len(buf) - 4 < n:
+                part = bytes(buf[4:])
+                buf.clear()
+                return n, part
+        return None
+
     @property
     def buffered(self) -> int:
         return len(self._buf)
