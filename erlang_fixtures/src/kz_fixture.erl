@@ -1,6 +1,6 @@
 %%% Fixture control: boot the fixture node and generate bulk log traffic on demand.
 -module(kz_fixture).
--export([boot/1, ready/0, burst/3, info/0]).
+-export([boot/1, ready/0, burst/3, stamp/0, info/0]).
 
 %% Called from the node's command line: start lager, kazoo_data, traffic at Rate events/s.
 boot(Rate) ->
@@ -24,6 +24,11 @@ burst(Sink, Count, Size) ->
     lager:md([{callid, <<"burst-call">>}, {request, <<"burst">>}]),
     [emit(Sink, I, Pad) || I <- lists:seq(1, Count)],
     Count * byte_size(Pad).
+
+%% One data-sink event carrying the wall-clock time (us) it was logged at (latency benches).
+stamp() ->
+    lager:md([{request, <<"stamp">>}]),
+    data:info("stamp ~b", [os:system_time(microsecond)]).
 
 emit(data, I, Pad) -> data:info("burst ~b ~s", [I, Pad]);
 emit(lager, I, Pad) -> lager:info("burst ~b ~s", [I, Pad]).
