@@ -41,6 +41,13 @@ from .wire.terms import Atom
 EXIT_INTERRUPTED = 130
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so later writes do not raise."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _fail(exc: KzBridgeError) -> None:
     click.echo(f"kzbridge: error: {exc}", err=True)
     sys.exit(exc.exit_code)
@@ -59,6 +66,9 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("kzbridge: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(0)
         except Exception as exc:  # a bug: still one line, details on demand
             if os.environ.get("KZBRIDGE_DEBUG"):
                 raise
@@ -304,6 +314,7 @@ def run_trace_command(node: str, cookie: str | None, cookie_file: str | None, ti
         control = tracing.RunControl()
         loop = asyncio.get_running_loop()
         hits = {"n": 0}
+        piped = {"closed": False}
 
         def on_signal(name: str) -> None:
             hits["n"] += 1
@@ -326,8 +337,15 @@ def run_trace_command(node: str, cookie: str | None, cookie_file: str | None, ti
                    f"generation {trace.generation or '-'}, sink {sink}) for up to {duration:g}s -> {local}", err=True)
 
         def on_record(rec: LogRecord) -> None:
-            if follow:
-                click.echo(_record_line(rec, as_json))
+            if follow and not piped["closed"]:
+                try:
+                    click.echo(_record_line(rec, as_json))
+                except BrokenPipeError:
+                    # `kzbridge ... --follow | head`: the reader left; stop and collect as on Ctrl-C.
+                    piped["closed"] = True
+                    _silence_stdout()
+                    control.reason = "output closed"
+                    control.stop.set()
 
         def on_progress(elapsed: float, nbytes: int, lines: int) -> None:
             if show_progress:

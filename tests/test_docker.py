@@ -1,0 +1,93 @@
+"""What can be checked of the container setup without a Docker engine (none runs on CI)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kzbridge.kazoo import filters as flt
+from kzbridge.kazoo import tracing
+from kzbridge.wire import epmd
+from kzbridge.wire.node import connect_node
+
+from .conftest import ROOT, free_port
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_parses_and_publishes_what_kzbridge_needs():
+    services = compose()["services"]
+    kazoo = services["kazoo"]
+    assert "profiles" not in kazoo, "the fixture node runs by default"
+    assert (ROOT / kazoo["build"]["dockerfile"]).exists()
+    assert kazoo["hostname"] == "kazoo" and kazoo["environment"]["NODE_NAME"] == "kazoo_apps@kazoo"
+    assert "4369:4369" in kazoo["ports"] and "9100-9105:9100-9105" in kazoo["ports"]
+    assert kazoo["environment"]["ERLANG_COOKIE"].startswith("${KZBRIDGE_COOKIE:?")
+    for name in ("kazoo4", "rabbitmq", "couchdb"):
+        assert services[name]["profiles"] == ["kazoo4"], f"{name} is opt-in"
+    mount = services["kazoo4"]["volumes"][0].split(":")[0]
+    assert (ROOT / mount).exists()
+    assert "data_lager_event" in (ROOT / mount).read_text()
+    assert services["kzbridge"]["profiles"] == ["tools"]
+
+
+def test_dockerfiles_copy_files_that_exist_and_use_the_same_apt_packages():
+    fixture = (ROOT / "docker/fixture.Dockerfile").read_text()
+    assert "FROM debian:bookworm" in fixture and "erlang-nox erlang-lager" in fixture
+    for df in ("docker/fixture.Dockerfile", "docker/kzbridge.Dockerfile"):
+        for line in (ROOT / df).read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert (ROOT / src).exists(), f"{df}: {src} missing"
+
+
+def test_the_images_start_script_runs_directly_and_can_be_traced(private_epmd, tmp_path):
+    name = f"kzdock{secrets.token_hex(3)}"
+    node, cookie = f"{name}@127.0.0.1", secrets.token_hex(8)
+    port = free_port()
+    env = dict(os.environ, NODE_NAME=node, ERLANG_COOKIE=cookie, KZ_GENERATION="1", KZ_RATE="40",
+               KZ_BUILD_DIR=str(tmp_path / "build"), DIST_PORT_MIN=str(port), DIST_PORT_MAX=str(port))
+    proc = subprocess.Popen(["sh", str(ROOT / "erlang_fixtures/bin/start-node.sh")], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        async def body():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    info = await epmd.lookup(name, "127.0.0.1", timeout=1)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the start script's node never registered")
+            assert info.port == port, "distribution listens in the configured range"
+            await asyncio.sleep(1)
+            n = await connect_node(node, cookie)
+            trace = await tracing.start_trace(n, flt.module_filter("kz_json"))
+            assert trace.generation == 1
+            summary = await tracing.run_trace(trace, str(tmp_path / "t.log"), duration=2)
+            await n.close()
+            return summary
+        summary = asyncio.run(body())
+        assert summary.lines > 0 and summary.verified
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_start_script_refuses_a_missing_cookie():
+    env = {k: v for k, v in os.environ.items() if k != "ERLANG_COOKIE"}
+    res = subprocess.run(["sh", str(ROOT / "erlang_fixtures/bin/start-node.sh")], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode != 0 and "ERLANG_COOKIE" in res.stderr
