@@ -1,8 +1,25 @@
-"""kzbridge: trace Kazoo nodes from Python over Erlang distribution, as a hidden node."""
-from .client import SyncNode, connect, connect_sync
-from .errors import KzBridgeError
-from .wire import Atom, ErlString, Pid, Reference, format_term, parse_term
+"""kzbridge: trace Kazoo nodes from Python over Erlang distribution, as a hidden node.
+
+Names are imported on first use, so the command line starts fast.
+"""
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["Atom", "ErlString", "KzBridgeError", "Pid", "Reference", "SyncNode", "connect", "connect_sync",
            "format_term", "parse_term", "__version__"]
+
+_WHERE = {
+    "connect": "client", "connect_sync": "client", "SyncNode": "client",
+    "KzBridgeError": "errors",
+    "Atom": "wire.terms", "ErlString": "wire.terms", "Pid": "wire.terms", "Reference": "wire.terms",
+    "format_term": "wire.literal", "parse_term": "wire.literal",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'kzbridge' has no attribute {name!r}")

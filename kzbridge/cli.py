@@ -8,19 +8,16 @@ Every failure ends as one line on stderr and a documented exit code:
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from functools import wraps
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import click
 
 from . import __version__
-from . import sandbox as sandbox_mod
 from .cookie import resolve_cookie
 from .errors import (
     BadFilterError,
@@ -30,13 +27,15 @@ from .errors import (
     UsageError,
 )
 from .kazoo import filters as flt
-from .kazoo import tracing
-from .kazoo.collect import collect_file
-from .kazoo.logparse import LogRecord
-from .wire.connection import DEFAULT_TICKTIME
 from .wire.literal import format_term, parse_term, to_json
-from .wire.node import HiddenNode, connect_node
 from .wire.terms import Atom
+
+if TYPE_CHECKING:
+    from .kazoo.logparse import LogRecord
+    from .wire.node import HiddenNode
+
+# Heavier modules (asyncio, the tracing layer, the sandbox) are imported inside the
+# commands that need them: a one-shot `kzbridge rpc` should not pay for all of them.
 
 EXIT_INTERRUPTED = 130
 
@@ -97,12 +96,16 @@ def node_options(fn: Callable) -> Callable:
 def _cookie(node: str, cookie: str | None, cookie_file: str | None) -> str:
     if cookie or cookie_file or os.environ.get("KZBRIDGE_COOKIE"):
         return resolve_cookie(cookie, cookie_file)
+    from . import sandbox as sandbox_mod
     sandboxed = sandbox_mod.cookie_for(node)
     return sandboxed if sandboxed else resolve_cookie(None, None)
 
 
 def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
-                  body: Callable[[HiddenNode], Awaitable[Any]], ticktime: float = DEFAULT_TICKTIME) -> Any:
+                  body: Callable[["HiddenNode"], Awaitable[Any]], ticktime: float = 60.0) -> Any:
+    import asyncio
+
+    from .wire.node import connect_node
     secret = _cookie(node, cookie, cookie_file)
 
     async def main() -> Any:
@@ -112,6 +115,16 @@ def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeou
         finally:
             await hidden.close()
     return asyncio.run(main())
+
+
+def call_once(node: str, cookie: str | None, cookie_file: str | None, timeout: float, module: str, function: str,
+              args: list, on_connected: Callable[[Any], None] | None = None) -> Any:
+    """One rpc on a blocking connection: the one-shot commands skip asyncio's start-up cost."""
+    from .wire.blocking import BlockingNode
+    with BlockingNode(node, _cookie(node, cookie, cookie_file), timeout=timeout) as n:
+        if on_connected:
+            on_connected(n)
+        return n.rpc_output(module, function, args, timeout=timeout)
 
 
 def emit_json(value: Any) -> None:
@@ -167,12 +180,14 @@ def main() -> None:
 @node_options
 def ping(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool) -> None:
     """Connect and check the node answers (exit 0 on pong)."""
-    async def body(n: HiddenNode) -> dict:
-        t0 = time.perf_counter()
-        otp = await n.rpc("erlang", "system_info", [Atom("otp_release")], timeout=timeout)
-        return {"node": n.peer_name, "pong": True, "otp": str(otp), "handshake": n.handshake_version,
-                "ms": round((time.perf_counter() - t0) * 1000, 2), "as": n.name}
-    info = run_with_node(node, cookie, cookie_file, timeout, body)
+    conn: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    otp = call_once(node, cookie, cookie_file, timeout, "erlang", "system_info", [Atom("otp_release")],
+                    on_connected=lambda n: conn.update(node=n.peer_name, handshake=n.handshake_version, name=n.name,
+                                                       t=time.perf_counter())).value
+    info = {"node": conn["node"], "pong": True, "otp": str(otp), "handshake": conn["handshake"],
+            "ms": round((time.perf_counter() - conn["t"]) * 1000, 2), "connect_ms": round((conn["t"] - t0) * 1000, 2),
+            "as": conn["name"]}
     if as_json:
         emit_json(info)
     else:
@@ -198,10 +213,7 @@ def rpc(node: str, cookie: str | None, cookie_file: str | None, timeout: float, 
     What the function prints comes first (stderr with --json), then the result.
     """
     terms = [parse_term(a) for a in args]
-
-    async def body(n: HiddenNode) -> Any:
-        return await n.rpc_output(module, function, terms, timeout=timeout)
-    result = run_with_node(node, cookie, cookie_file, timeout, body)
+    result = call_once(node, cookie, cookie_file, timeout, module, function, terms)
     if as_json:
         emit_json({"result": to_json(result.value), "output": result.output})
     else:
@@ -229,11 +241,9 @@ def sup(node: str, cookie: str | None, cookie_file: str | None, timeout: float, 
     """
     try:
         terms = [parse_term(a) for a in args] if erlang_terms else [a.encode() for a in args]
-
-        async def body(n: HiddenNode) -> Any:
-            return await n.rpc_output(module, function, terms, timeout=timeout,
-                                      on_output=None if as_json else lambda s: click.echo(s, nl=False))
-        result = run_with_node(node, cookie, cookie_file, timeout, body)
+        result = call_once(node, cookie, cookie_file, timeout, module, function, terms)
+        if result.output and not as_json:
+            click.echo(result.output, nl=False)
     except RpcTimeoutError as exc:
         click.echo(f"kzbridge: error: {exc}", err=True)
         sys.exit(4)
@@ -269,11 +279,11 @@ def trace_options(fn: Callable) -> Callable:
                        "Default: Kazoo's format, which the parser reads.")
     @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
                   help="Local file for the trace (default NODE-REF.log in the current directory).")
-    @click.option("--sink", type=click.Choice([tracing.DATA_SINK, tracing.LAGER_SINK]), default=tracing.DATA_SINK,
+    @click.option("--sink", type=click.Choice([flt.DATA_SINK, flt.LAGER_SINK]), default=flt.DATA_SINK,
                   show_default=True,
                   help="data: through kz_data_tracing (Kazoo's data sink). lager_event: Kazoo's main log, "
                        "through lager directly (what Kazoo 4.2.2+ actually logs to).")
-    @click.option("--lease", type=click.FloatRange(min=5), default=tracing.DEFAULT_LEASE, show_default=True,
+    @click.option("--lease", type=click.FloatRange(min=5), default=flt.DEFAULT_LEASE, show_default=True,
                   help="Seconds after which the node stops the trace by itself if kzbridge stops renewing.")
     @click.option("--remote-path", default=None, help="Trace file on the node (default /tmp/kzbridge-...log).")
     @wraps(fn)
@@ -304,6 +314,10 @@ def run_trace_command(node: str, cookie: str | None, cookie_file: str | None, ti
                       format_: str | None, output: str | None, sink: str, lease: float,
                       remote_path: str | None) -> None:
     """The shared body of trace-module, trace-function, trace-pid and trace."""
+    import asyncio
+    import signal
+
+    from .kazoo import tracing
     limit = parse_size(max_size)
     fmt = _format_arg(format_)
     checked = flt.validate(filters)
@@ -452,7 +466,7 @@ def trace_cmd(filter_specs: tuple[str, ...], **kw: Any) -> None:
 @click.option("--duration", "-d", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="The node stops the trace by itself after this many seconds.")
 @click.option("--level", default="debug", type=click.Choice(flt.LEVELS), show_default=True)
-@click.option("--sink", type=click.Choice([tracing.DATA_SINK, tracing.LAGER_SINK]), default=tracing.DATA_SINK,
+@click.option("--sink", type=click.Choice([flt.DATA_SINK, flt.LAGER_SINK]), default=flt.DATA_SINK,
               show_default=True)
 @click.option("--remote-path", default=None)
 def start(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
@@ -462,6 +476,7 @@ def start(node: str, cookie: str | None, cookie_file: str | None, timeout: float
 
     Stop and collect it later with `kzbridge stop REF`.
     """
+    from .kazoo import tracing
     filters = _filters_from(filter_specs, module, function, pid)
 
     async def body(n: HiddenNode) -> tracing.Trace:
@@ -487,6 +502,7 @@ def start(node: str, cookie: str | None, cookie_file: str | None, timeout: float
 def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
          ref: str | None, all_: bool, output: str | None, no_collect: bool) -> None:
     """Stop a trace by REF (or --all) and bring its file back."""
+    from .kazoo import tracing
     if not ref and not all_:
         raise UsageError("give a REF or --all")
     from .kazoo import journal
@@ -523,6 +539,7 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
 def status(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
            orphans: bool) -> None:
     """Running traces on the node, joined with what this machine started."""
+    from .kazoo import tracing
     async def body(n: HiddenNode) -> Any:
         if orphans:
             return await tracing.orphans(n)
@@ -554,6 +571,7 @@ def status(node: str, cookie: str | None, cookie_file: str | None, timeout: floa
 def clear(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
           orphans_only: bool) -> None:
     """Stop every trace on the node (generation 2: clear_all_traces; generation 1: ours)."""
+    from .kazoo import tracing
     async def body(n: HiddenNode) -> list[str]:
         return await (tracing.clear_orphans(n) if orphans_only else tracing.clear_all(n))
     stopped = run_with_node(node, cookie, cookie_file, timeout, body)
@@ -575,6 +593,7 @@ def clear(node: str, cookie: str | None, cookie_file: str | None, timeout: float
 def collect(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
             remote_path: str, output: str | None, rotated: bool) -> None:
     """Bring any file back from the node (streamed; a partial file is kept on failure)."""
+    from .kazoo.collect import collect_file
     local = output or os.path.basename(remote_path) or "collected.log"
     show = sys.stderr.isatty() and not as_json
 
@@ -614,6 +633,7 @@ def sandbox() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def sandbox_start(name: str, cookie: str | None, generation: str, rate: float, as_json: bool) -> None:
     """Compile the fixtures if needed, start epmd and the node, wait until it answers."""
+    from . import sandbox as sandbox_mod
     box = sandbox_mod.start(name, cookie=cookie, generation=int(generation), rate=rate)
     if as_json:
         emit_json(sandbox_mod.info(box))
@@ -627,6 +647,7 @@ def sandbox_start(name: str, cookie: str | None, generation: str, rate: float, a
 @click.option("--name", default="kzsandbox", show_default=True)
 def sandbox_stop(name: str) -> None:
     """Stop a sandbox node."""
+    from . import sandbox as sandbox_mod
     if not sandbox_mod.stop(name):
         raise UsageError(f"no sandbox named {name!r} is running", hint="kzbridge sandbox list")
     click.echo(f"stopped {name}")
@@ -636,6 +657,7 @@ def sandbox_stop(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def sandbox_list(as_json: bool) -> None:
     """Running sandbox nodes started from this machine."""
+    from . import sandbox as sandbox_mod
     boxes = sandbox_mod.list_sandboxes()
     if as_json:
         emit_json([sandbox_mod.info(b) for b in boxes])
@@ -655,6 +677,7 @@ def demo(duration: float, generation: str, keep: bool) -> None:
 
     Needs only Debian's erlang-nox and erlang-lager.
     """
+    from . import sandbox as sandbox_mod
     name = f"kzdemo{os.getpid()}"
     click.echo(f"kzbridge demo: starting a fixture node (generation {generation})...", err=True)
     box = sandbox_mod.start(name, generation=int(generation), rate=40)
@@ -662,7 +685,7 @@ def demo(duration: float, generation: str, keep: bool) -> None:
     try:
         click.echo(f"$ kzbridge trace-module kz_json --node {box.node} --duration {duration:g} -o {out}", err=True)
         run_trace_command(box.node, box.cookie, None, 10.0, False, flt.module_filter("kz_json"), duration,
-                          False, "100MB", "debug", None, out, tracing.DATA_SINK, 60.0, None)
+                          False, "100MB", "debug", None, out, flt.DATA_SINK, 60.0, None)
     except SystemExit as exc:
         if exc.code:
             raise

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from .cookie import resolve_cookie
 from .wire.connection import DEFAULT_TICKTIME
-from .wire.node import HiddenNode, RpcResult, connect_node
+from .wire.node import HiddenNode, connect_node
+from .wire.rex import RpcResult
 
 
 class connect:  # noqa: N801 - reads as a function at the call site

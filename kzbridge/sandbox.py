@@ -7,7 +7,6 @@ State (node, cookie file, OS pid) lives in ``~/.cache/kzbridge/sandboxes`` so
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KzBridgeError, SandboxError, UsageError
-from .wire.node import connect_node
 from .wire.terms import Atom
 
 _TRUE = Atom("true")
@@ -154,6 +152,9 @@ def list_sandboxes() -> list[Sandbox]:
 
 
 async def _wait_ready(node: str, cookie: str, deadline: float, proc: subprocess.Popen | None) -> int:
+    import asyncio
+
+    from .wire.node import connect_node
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() not in (None, 0):
@@ -204,6 +205,7 @@ def start(name: str = "kzsandbox", *, cookie: str | None = None, generation: int
     ]
     proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    import asyncio
     os_pid = asyncio.run(_wait_ready(node, cookie, time.monotonic() + timeout, proc))
     box = Sandbox(node, str(cookie_file), generation, float(rate), os_pid, time.time())
     _state_file(name).write_text(json.dumps(asdict(box)))

@@ -16,4 +16,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
+# compat mode: a plain .pth entry instead of an import hook (faster start for one-shot commands)
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" --config-settings editable_mode=compat
+# Byte-compile explicitly: PYTHONDONTWRITEBYTECODE may be set, and recompiling costs every start.
+.venv/bin/python -m compileall -q kzbridge >/dev/null

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 import signal
 import subprocess
 import time
-from pathlib import Path
 
-import pytest
 import yaml
 
 from kzbridge.kazoo import filters as flt

@@ -14,7 +14,7 @@ from kzbridge.kazoo import tracing
 from kzbridge.kazoo.collect import collect_file
 from kzbridge.kazoo.logparse import parse_lines
 from kzbridge.wire.node import connect_node
-from kzbridge.wire.terms import Atom, ErlString, Pid
+from kzbridge.wire.terms import Atom, ErlString
 
 
 def run(coro):

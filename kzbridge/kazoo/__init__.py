@@ -1,12 +1,23 @@
 """The Kazoo domain: tracing through kz_data_tracing (or lager), collection, log parsing.
 
-Built on kzbridge.wire; knows nothing about the CLI.
+Built on kzbridge.wire; knows nothing about the CLI. Names load on first use.
 """
-from .collect import CollectResult, collect_file
-from .filters import function_filter, module_filter, parse_filter, pid_filter
-from .logparse import LogRecord, parse_text
-from .tracing import RunControl, RunSummary, Trace, detect_generation, run_trace, start_trace
+from __future__ import annotations
 
-__all__ = ["CollectResult", "LogRecord", "RunControl", "RunSummary", "Trace", "collect_file", "detect_generation",
-           "function_filter", "module_filter", "parse_filter", "parse_text", "pid_filter", "run_trace",
-           "start_trace"]
+from typing import Any
+
+_WHERE = {
+    "CollectResult": "collect", "collect_file": "collect",
+    "function_filter": "filters", "module_filter": "filters", "parse_filter": "filters", "pid_filter": "filters",
+    "LogRecord": "logparse", "parse_text": "logparse",
+    "RunControl": "tracing", "RunSummary": "tracing", "Trace": "tracing", "detect_generation": "tracing",
+    "run_trace": "tracing", "start_trace": "tracing",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'kzbridge.kazoo' has no attribute {name!r}")

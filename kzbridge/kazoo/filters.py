@@ -18,6 +18,9 @@ _ATOM_KEYS = {"module", "function", "application", "node", "mod", "func", "from_
 _PID = re.compile(r"<?(\d+)\.(\d+)\.(\d+)>?\Z")
 _KEY = re.compile(r"[a-z][a-zA-Z0-9_]*\Z")
 _OPS = {"=": Atom("="), "<": Atom("<"), ">": Atom(">")}
+DATA_SINK = "data"
+LAGER_SINK = "lager_event"
+DEFAULT_LEASE = 60.0
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 

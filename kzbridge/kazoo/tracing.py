@@ -35,9 +35,9 @@ from . import journal, remote
 from .collect import CollectResult, RemoteReader, collect_file
 from .logparse import LineAssembler, LogRecord
 
-DATA_SINK = "data"
-LAGER_SINK = "lager_event"
-DEFAULT_LEASE = 60.0
+DATA_SINK = flt.DATA_SINK
+LAGER_SINK = flt.LAGER_SINK
+DEFAULT_LEASE = flt.DEFAULT_LEASE
 DEFAULT_FORMAT: list = [
     Atom("time"), ErlString(" ["), Atom("severity"), ErlString("] |"), Atom("from_app"), ErlString("|"),
     (Atom("callid"), b"0000000000"), ErlString("|"), Atom("mod"), ErlString(":"), Atom("func"), ErlString(":"),

@@ -1,14 +1,24 @@
 """The Erlang wire: term codec, EPMD, handshake, connection, hidden node.
 
-Nothing in this package knows about Kazoo; nothing here imports from kzbridge.kazoo or the CLI.
+Nothing in this package knows about Kazoo; nothing here imports from kzbridge.kazoo or
+the CLI. Names load on first use, so importing the codec does not pull in asyncio.
 """
-from .codec import binary_to_term, decode_prefix, term_to_binary
-from .literal import format_term, parse_term, to_json
-from .node import HiddenNode, Mailbox, RpcResult, connect_node
-from .terms import Atom, BitBinary, ErlString, Export, Fun, ImproperList, Pid, Port, Reference
+from __future__ import annotations
 
-__all__ = [
-    "Atom", "BitBinary", "ErlString", "Export", "Fun", "HiddenNode", "ImproperList", "Mailbox", "Pid", "Port",
-    "Reference", "RpcResult", "binary_to_term", "connect_node", "decode_prefix", "format_term", "parse_term",
-    "term_to_binary", "to_json",
-]
+from typing import Any
+
+_WHERE = {
+    "binary_to_term": "codec", "decode_prefix": "codec", "term_to_binary": "codec",
+    "format_term": "literal", "parse_term": "literal", "to_json": "literal",
+    "HiddenNode": "node", "Mailbox": "node", "RpcResult": "rex", "connect_node": "node", "BlockingNode": "blocking",
+    "Atom": "terms", "BitBinary": "terms", "ErlString": "terms", "Export": "terms", "Fun": "terms",
+    "ImproperList": "terms", "Pid": "terms", "Port": "terms", "Reference": "terms",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'kzbridge.wire' has no attribute {name!r}")

@@ -5,8 +5,8 @@ The request builders and reply parsers are pure (``parse_port2_reply``,
 """
 from __future__ import annotations
 
-import asyncio
 import os
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -86,7 +86,54 @@ def parse_names_reply(data: bytes) -> list[tuple[str, int]]:
     return out
 
 
+def _exchange_blocking(host: str, request: bytes, timeout: float, port: int | None) -> bytes:
+    """One request, the whole reply (EPMD closes after it), with plain sockets."""
+    port = port or epmd_port()
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout:
+        raise HostUnreachableError(f"EPMD on {host}:{port} did not answer within {timeout:g}s",
+                                   hint="is the host up and port 4369 reachable?") from None
+    except OSError as exc:
+        raise HostUnreachableError(f"cannot reach EPMD on {host}:{port}: {exc.strerror or exc}",
+                                   hint="is an Erlang node running there, and is port 4369 open?") from None
+    with sock:
+        try:
+            sock.sendall(request)
+            chunks, total = [], 0
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > 1 << 20:
+                    raise ProtocolError("EPMD reply larger than 1 MiB")
+        except socket.timeout:
+            raise HostUnreachableError(f"EPMD on {host}:{port} did not finish its reply within {timeout:g}s") from None
+        except OSError as exc:
+            raise HostUnreachableError(f"EPMD on {host}:{port} dropped the connection: {exc}") from None
+
+
+def _not_registered(name: str, host: str, registered: list[str]) -> NodeNotRegisteredError:
+    listing = ", ".join(registered) if registered else "none"
+    return NodeNotRegisteredError(f"no node '{name}' on host {host}; registered: {listing}", registered=registered)
+
+
+def lookup_blocking(name: str, host: str, *, timeout: float = 5.0, port: int | None = None) -> NodeInfo:
+    """``lookup`` without asyncio, for one-shot commands."""
+    info = parse_port2_reply(_exchange_blocking(host, port_please2_request(name), timeout, port))
+    if info is not None:
+        return info
+    try:
+        registered = [n for n, _ in parse_names_reply(_exchange_blocking(host, names_request(), timeout, port))]
+    except (ProtocolError, HostUnreachableError):
+        registered = []
+    raise _not_registered(name, host, registered)
+
+
 async def _exchange(host: str, request: bytes, timeout: float, port: int | None) -> bytes:
+    import asyncio
     port = port or epmd_port()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -134,5 +181,4 @@ async def lookup(name: str, host: str, *, timeout: float = 5.0, port: int | None
         registered = [n for n, _ in await names(host, timeout=timeout, port=port)]
     except (ProtocolError, HostUnreachableError):
         registered = []
-    listing = ", ".join(registered) if registered else "none"
-    raise NodeNotRegisteredError(f"no node '{name}' on host {host}; registered: {listing}", registered=registered)
+    raise _not_registered(name, host, registered)

@@ -167,7 +167,7 @@ class ClientHandshake:
         """The error to raise when the peer closes the socket in the current state."""
         if self.state is State.AWAIT_ACK:
             return CookieRejectedError(
-                f"the node closed the connection after our challenge reply: it rejected our cookie",
+                "the node closed the connection after our challenge reply: it rejected our cookie",
                 hint="check --cookie / KZBRIDGE_COOKIE / ~/.erlang.cookie against the node's cookie")
         if self.state is State.AWAIT_STATUS:
             return NotAllowedError(

@@ -13,7 +13,6 @@ import logging
 import os
 import struct
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import BadRpcError, ConnectionLostError, KzBridgeError, RpcTimeoutError
@@ -42,17 +41,13 @@ from .frames import (
     build_message,
 )
 from .codec import encode_term
-from .literal import format_term
-from .terms import Atom, BitBinary, ErlString, ImproperList, Pid, Reference
+from .io_protocol import ApplyFailed, io_steps, is_io_request
+from .rex import A_CALL, A_GEN_CALL, A_REX, RpcResult, rpc_result
+from .terms import Atom, Pid, Reference
 
 log = logging.getLogger("kzbridge.wire")
 _FRAME_LEN = struct.Struct(">I").pack
 
-A_REX = Atom("rex")
-A_GEN_CALL = Atom("$gen_call")
-A_CALL = Atom("call")
-A_BADRPC = Atom("badrpc")
-A_IO_REQUEST = Atom("io_request")
 A_IO_REPLY = Atom("io_reply")
 A_OK = Atom("ok")
 A_ERROR = Atom("error")
@@ -62,44 +57,6 @@ A_PROCESS = Atom("process")
 A_NOPROC = Atom("noproc")
 A_NOCONNECTION = Atom("noconnection")
 A_EMPTY = Atom("")
-A_EOF = Atom("eof")
-A_ENOTSUP = Atom("enotsup")
-A_REQUEST = Atom("request")
-
-
-@dataclass
-class RpcResult:
-    """A remote call's value and everything it printed through its group leader."""
-
-    value: Any
-    output: str = ""
-
-
-def chardata_to_text(data: Any, latin1: bool = False) -> str:
-    """Flatten Erlang chardata (code points, binaries, nested lists) to text."""
-    parts: list[str] = []
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        t = type(item)
-        if t is int:
-            parts.append(chr(item) if 0 <= item < 0x110000 else "?")
-        elif t is bytes:
-            parts.append(item.decode("latin-1" if latin1 else "utf-8", "replace"))
-        elif t is ErlString or t is str:
-            parts.append(item)
-        elif t is list:
-            stack.extend(reversed(item))
-        elif t is ImproperList:
-            stack.append(item.tail)
-            stack.extend(reversed(item.items))
-        elif t is Atom:
-            parts.append(item.name)
-        elif t is BitBinary:
-            parts.append(item.data.decode("utf-8", "replace"))
-        else:
-            parts.append(format_term(item))
-    return "".join(parts)
 
 
 class Mailbox:
@@ -297,11 +254,7 @@ class HiddenNode:
             retired.append((now + 5.0, gl))
             while retired and retired[0][0] < now:
                 self._group_leaders.pop(retired.popleft()[1], None)
-        text = "".join(output)
-        if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
-            raise BadRpcError(f"{self.peer_name}: {what} failed: {describe_badrpc(value[1])}",
-                              reason=value[1], output=text)
-        return RpcResult(value, text)
+        return rpc_result(value, "".join(output), self.peer_name, what)
 
     def _timeout(self, ref: Reference, timeout: float) -> None:
         entry = self._pending.get(ref)
@@ -363,7 +316,7 @@ class HiddenNode:
             mb.deliver(payload)
             return
         if to in self._group_leaders:
-            if type(payload) is tuple and len(payload) == 4 and payload[0] == A_IO_REQUEST:
+            if is_io_request(payload):
                 task = asyncio.get_running_loop().create_task(self._io_request(to, payload))
                 self._bg.add(task)
                 task.add_done_callback(self._bg.discard)
@@ -372,43 +325,25 @@ class HiddenNode:
 
     async def _io_request(self, gl: Pid, msg: tuple) -> None:
         _, sender, reply_as, request = msg
+        steps = io_steps(request)
+        value: Any = None
         try:
-            reply = await self._io_reply(gl, request)
+            while True:
+                step = steps.send(value)
+                value = None
+                if step[0] == "apply":
+                    try:
+                        value = await self.rpc(step[1], step[2], step[3], timeout=30.0)
+                    except BadRpcError as exc:
+                        value = ApplyFailed(exc.reason)
+                else:
+                    self._emit(gl, step[1])
+        except StopIteration as done:
+            reply = done.value
         except KzBridgeError as exc:
             reply = (A_ERROR, Atom(f"kzbridge: {exc}"[:200]))
         if self.alive:
             self.send(sender, (A_IO_REPLY, reply_as, reply), sender=gl)
-
-    async def _io_reply(self, gl: Pid, request: Any) -> Any:
-        if type(request) is tuple and request and request[0] == Atom("put_chars"):
-            latin1 = len(request) in (3, 5) and request[1] == Atom("latin1")
-            if len(request) in (2, 3):
-                text = chardata_to_text(request[-1], latin1)
-            elif len(request) in (4, 5):
-                m, f, a = request[-3:]
-                try:
-                    chars = await self.rpc(m, f, a, timeout=30.0)
-                except BadRpcError as exc:
-                    return (A_ERROR, exc.reason)
-                text = chardata_to_text(chars, latin1)
-            else:
-                return (A_ERROR, A_REQUEST)
-            self._emit(gl, text)
-            return A_OK
-        if type(request) is tuple and request and request[0] == Atom("requests"):
-            reply: Any = A_OK
-            for sub in request[1]:
-                reply = await self._io_reply(gl, sub)
-            return reply
-        if request == Atom("getopts"):
-            return [(Atom("binary"), False), (Atom("encoding"), Atom("unicode"))]
-        if type(request) is tuple and request and request[0] == Atom("setopts"):
-            return A_OK
-        if type(request) is tuple and request and request[0] == Atom("get_geometry"):
-            return (A_ERROR, A_ENOTSUP)
-        if type(request) is tuple and request and isinstance(request[0], Atom) and request[0].name.startswith("get_"):
-            return A_EOF
-        return (A_ERROR, A_REQUEST)
 
     def _emit(self, gl: Pid, text: str) -> None:
         sink = self._group_leaders.get(gl)
@@ -445,24 +380,6 @@ class HiddenNode:
         self._on_lost(ConnectionLostError("closed by kzbridge"))
         self.conn.close()
         await asyncio.sleep(0)
-
-
-def describe_badrpc(reason: Any) -> str:
-    """A readable line for the common ``{badrpc, Reason}`` shapes."""
-    if type(reason) is tuple and len(reason) == 2 and reason[0] == A_EXIT:
-        inner = reason[1]
-        if type(inner) is tuple and len(inner) == 2:
-            kind, detail = inner
-            if kind == Atom("undef") and type(detail) is list and detail and type(detail[0]) is tuple:
-                m, f, a = detail[0][:3]
-                arity = len(a) if isinstance(a, (list, str)) else a
-                return f"undefined function {format_term(m)}:{format_term(f)}/{arity} (undef)"
-            if kind == A_NOPROC:
-                return f"no such process (noproc) in {format_term(detail)[:200]}"
-            if type(kind) is Atom:
-                return f"{kind.name}: {format_term(detail)[:300]}"
-        return f"exception: {format_term(inner)[:300]}"
-    return format_term(reason)[:300]
 
 
 async def connect_node(node: str, cookie: str, *, timeout: float = 10.0,

@@ -19,7 +19,7 @@ decoder never produces them, so ``Atom('true')`` is what comes back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

@@ -1,0 +1,58 @@
+"""rpc through the node's ``rex`` server, shared by the asyncio and the blocking node.
+
+The request is ``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` sent to the
+registered name ``rex``; the reply ``{Ref, Result}``; ``{badrpc, Reason}`` means the call
+failed on the node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadRpcError
+from .literal import format_term
+from .terms import Atom
+
+A_REX = Atom("rex")
+A_GEN_CALL = Atom("$gen_call")
+A_CALL = Atom("call")
+A_BADRPC = Atom("badrpc")
+A_EXIT = Atom("EXIT")
+A_NOPROC = Atom("noproc")
+
+
+@dataclass
+class RpcResult:
+    """A remote call's value and everything it printed through its group leader."""
+
+    value: Any
+    output: str = ""
+
+
+def rex_request(caller: Any, ref: Any, module: Atom, function: Atom, args: list, group_leader: Any) -> tuple:
+    return (A_GEN_CALL, (caller, ref), (A_CALL, module, function, args, group_leader))
+
+
+def rpc_result(value: Any, output: str, peer: str, what: str) -> RpcResult:
+    """The RpcResult, or BadRpcError carrying the remote reason and the output so far."""
+    if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
+        raise BadRpcError(f"{peer}: {what} failed: {describe_badrpc(value[1])}", reason=value[1], output=output)
+    return RpcResult(value, output)
+
+
+def describe_badrpc(reason: Any) -> str:
+    """A readable line for the common ``{badrpc, Reason}`` shapes."""
+    if type(reason) is tuple and len(reason) == 2 and reason[0] == A_EXIT:
+        inner = reason[1]
+        if type(inner) is tuple and len(inner) == 2:
+            kind, detail = inner
+            if kind == Atom("undef") and type(detail) is list and detail and type(detail[0]) is tuple:
+                m, f, a = detail[0][:3]
+                arity = len(a) if isinstance(a, (list, str)) else a
+                return f"undefined function {format_term(m)}:{format_term(f)}/{arity} (undef)"
+            if kind == A_NOPROC:
+                return f"no such process (noproc) in {format_term(detail)[:200]}"
+            if type(kind) is Atom:
+                return f"{kind.name}: {format_term(detail)[:300]}"
+        return f"exception: {format_term(inner)[:300]}"
+    return format_term(reason)[:300]
