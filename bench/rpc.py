@@ -61,6 +61,19 @@ async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
     return {"rpc": times, "throughput": thr}
 
 
+def blocking_side(node: str, cookie: str, calls: int) -> list[float]:
+    from kzbridge.wire.blocking import BlockingNode
+    with BlockingNode(node, cookie) as n:
+        for _ in range(2000):
+            n.rpc("erlang", "node", [])
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
+            n.rpc("erlang", "node", [])
+            times.append((time.perf_counter_ns() - t0) / 1000)
+    return times
+
+
 def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
     def timed(cmd: list[str]) -> float:
         vals = []
@@ -94,6 +107,7 @@ def main() -> None:
     node, cookie = erl_node()
     base = erlang_baseline(node, cookie, args.calls)
     ours = asyncio.run(kzbridge_side(node, cookie, args.calls))
+    blocking = blocking_side(node, cookie, args.calls)
     print(f"rpc round trip on an open connection ({args.calls} calls, erlang:node/0)")
     e50, e99 = pct(base["rpc_call"], 50), pct(base["rpc_call"], 99)
     print(f"  {'baseline: Erlang rpc:call between two BEAMs':<48} p50 {e50:7.1f} us  p99 {e99:7.1f} us")
@@ -101,6 +115,9 @@ def main() -> None:
     print(f"  {'Erlang gen_server:call to rex (our form)':<48} p50 {r50:7.1f} us  p99 {r99:7.1f} us")
     k50, k99 = pct(ours["rpc"], 50), pct(ours["rpc"], 99)
     print(f"  {'kzbridge rpc':<48} p50 {k50:7.1f} us  p99 {k99:7.1f} us")
+    b50, b99 = pct(blocking, 50), pct(blocking, 99)
+    print(f"  {'kzbridge BlockingNode (one-shot client)':<48} p50 {b50:7.1f} us  p99 {b99:7.1f} us")
+    print(f"  ratio p50 blocking / rpc:call = {b50 / e50:.2f}x")
     print(f"  ratio p50 kzbridge / rpc:call = {k50 / e50:.2f}x, / rex call = {k50 / r50:.2f}x; "
           f"p99 / rpc:call = {k99 / e99:.2f}x")
     print("throughput, 100 concurrent callers x 100 calls on one connection")

@@ -244,3 +244,23 @@ def test_v5_handshake_against_independent_py_interface_node(pyinterface_peer):
 def test_v5_wrong_cookie_against_py_interface(pyinterface_peer):
     with pytest.raises(CookieRejectedError):
         run(connect_node(pyinterface_peer.node, "wrong", timeout=5))
+
+
+def test_blocking_node_for_one_shot_commands(erl_node):
+    from kzbridge.wire.blocking import BlockingNode
+    with BlockingNode(erl_node.node, erl_node.cookie) as n:
+        assert n.handshake_version == 6
+        res = n.rpc_output("io", "format", ["~s|~p~n", [ErlString("a"), (Atom("b"), 2)]])
+        assert res.value == Atom("ok") and res.output == "a|{b,2}\n"
+        with pytest.raises(BadRpcError):
+            n.rpc("nomod", "nofun", [])
+        with pytest.raises(RpcTimeoutError):
+            n.rpc("timer", "sleep", [2000], timeout=0.3)
+    with pytest.raises(CookieRejectedError):
+        BlockingNode(erl_node.node, "wrong")
+
+
+def test_blocking_node_speaks_v5_to_py_interface(pyinterface_peer):
+    from kzbridge.wire.blocking import BlockingNode
+    with BlockingNode(pyinterface_peer.node, pyinterface_peer.cookie) as n:
+        assert n.handshake_version == 5

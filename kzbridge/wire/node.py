@@ -126,7 +126,9 @@ class HiddenNode:
         self._ref_ids = itertools.count(1)
         self._ref_salt = int.from_bytes(os.urandom(4), "big")
         self.caller = self.new_pid()
-        self._pending: dict[Reference, tuple[asyncio.Future, Pid, str]] = {}
+        # ref -> (future, group leader, "m:f/a", deadline or None)
+        self._pending: dict[Reference, tuple[asyncio.Future, Pid, str, float | None]] = {}
+        self._sweeper: asyncio.Task | None = None
         self._group_leaders: dict[Pid, list[str]] = {}
         self._output_callbacks: dict[Pid, Callable[[str], None]] = {}
         self._mailboxes: dict[Pid, Mailbox] = {}
@@ -233,8 +235,13 @@ class HiddenNode:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         what = f"{m.name}:{f.name}/{len(args)}"
-        self._pending[ref] = (fut, gl, what)
-        handle = loop.call_later(timeout, self._timeout, ref, timeout) if timeout is not None else None
+        if timeout is not None:
+            # One sweeper for all deadlines: a timer per call costs more than the call's own work.
+            self._pending[ref] = (fut, gl, what, loop.time() + timeout)
+            if self._sweeper is None:
+                self._sweeper = loop.create_task(self._sweep())
+        else:
+            self._pending[ref] = (fut, gl, what, None)
         self.calls_made += 1
         try:
             body = self._rpc_head + encode_term(ref) + b"h\x05" + encode_term(A_CALL) + encode_term(m) \
@@ -244,8 +251,6 @@ class HiddenNode:
             self.conn.protocol.send_raw(_FRAME_LEN(len(body)) + body)
             value = await fut
         finally:
-            if handle is not None:
-                handle.cancel()
             self._pending.pop(ref, None)
             self._output_callbacks.pop(gl, None)
             # Keep the group leader alive briefly: processes spawned by the call may still print.
@@ -256,12 +261,18 @@ class HiddenNode:
                 self._group_leaders.pop(retired.popleft()[1], None)
         return rpc_result(value, "".join(output), self.peer_name, what)
 
-    def _timeout(self, ref: Reference, timeout: float) -> None:
-        entry = self._pending.get(ref)
-        if entry and not entry[0].done():
-            entry[0].set_exception(RpcTimeoutError(
-                f"{self.peer_name}: {entry[2]} did not answer within {timeout:g}s",
-                hint="raise --timeout, or check the node's load"))
+    SWEEP_INTERVAL = 0.05
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._lost is None:
+            await asyncio.sleep(self.SWEEP_INTERVAL)
+            now = loop.time()
+            for fut, _, what, deadline in list(self._pending.values()):
+                if deadline is not None and now >= deadline and not fut.done():
+                    fut.set_exception(RpcTimeoutError(
+                        f"{self.peer_name}: {what} did not answer in time",
+                        hint="raise --timeout, or check the node's load"))
 
     # ------------------------------------------------------------ receiving
     def _on_message(self, msg: DistMessage) -> None:
@@ -367,7 +378,9 @@ class HiddenNode:
         if self._lost is not None:
             return
         self._lost = ConnectionLostError(f"lost the connection to {self.peer_name}: {exc.message}", hint=exc.hint)
-        for fut, _, what in list(self._pending.values()):
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for fut, _, what, _ in list(self._pending.values()):
             if not fut.done():
                 fut.set_exception(ConnectionLostError(
                     f"{self.peer_name} went away during {what}: {exc.message}", hint=exc.hint))
