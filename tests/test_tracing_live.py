@@ -243,3 +243,47 @@ def test_node_without_tracing_gives_a_clear_error(erl_node):
             await tracing.start_trace(n, flt.module_filter("kz_json"))
         await n.close()
     run(body())
+
+
+def test_lager_sink_trace_is_also_stopped_by_its_lease(fresh_sandbox):
+    async def body():
+        n = await node_of(fresh_sandbox)
+        trace = await tracing.start_trace(n, flt.module_filter("kz_json"), sink=tracing.LAGER_SINK, lease=3)
+        handler = (Atom("lager_file_backend"), trace.remote_path)
+        assert handler in await n.rpc("gen_event", "which_handlers", [Atom("lager_event")])
+        await n.close()  # vanish
+        m = await node_of(fresh_sandbox)
+        await asyncio.sleep(4)
+        assert handler not in await m.rpc("gen_event", "which_handlers", [Atom("lager_event")])
+        await m.close()
+    run(body())
+
+
+def test_max_size_stops_the_run_and_format_and_level_apply(sandbox_gen2, tmp_path):
+    out = str(tmp_path / "small.log")
+
+    async def body():
+        n = await node_of(sandbox_gen2)
+        fmt = [Atom("severity"), ErlString(" "), Atom("message"), ErlString("\n")]
+        trace = await tracing.start_trace(n, flt.module_filter("kz_json"), level="info", format_list=fmt)
+        summary = await tracing.run_trace(trace, out, duration=60, max_size=2000)
+        await n.close()
+        return summary
+    summary = run(body())
+    assert summary.reason == "max-size" and summary.seconds < 30 and summary.bytes >= 2000
+    lines = open(out).read().splitlines()
+    heads = [line.split(" ", 1)[0] for line in lines]
+    assert "info" in heads and "notice" in heads and "debug" not in heads, "level info, custom format"
+    assert not any(line[:2].isdigit() for line in lines), "our format, not Kazoo's (which starts with the time)"
+
+
+def test_unwritable_remote_path_is_accepted_by_the_node_like_kazoo(sandbox_gen2):
+    async def body():
+        n = await node_of(sandbox_gen2)
+        reply = await n.rpc("kz_data_tracing", "trace_file",
+                            [[(Atom("module"), Atom("kz_json"))], b"/nonexistent-dir/x.log",
+                             [Atom("message")], Atom("debug")])
+        assert reply[0] == Atom("ok"), "a path that cannot be written still answers {ok, Ref}"
+        assert await n.rpc("kz_data_tracing", "stop_trace", [reply[1]]) == (Atom("ok"), b"/nonexistent-dir/x.log")
+        await n.close()
+    run(body())
