@@ -85,7 +85,8 @@ def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
                 raise RuntimeError(f"{cmd[0]} failed: {res.stderr or res.stdout}")
         return pct(vals, 50)
     out: dict = {}
-    kzb = shutil.which("kzbridge") or ""
+    script = os.path.join(os.path.dirname(sys.executable), "kzbridge")
+    kzb = script if os.path.exists(script) else (shutil.which("kzbridge") or "")
     out["kzbridge"] = timed([sys.executable, "-m", "kzbridge", "rpc", "--node", node, "--cookie", cookie,
                              "erlang", "node"])
     if kzb:

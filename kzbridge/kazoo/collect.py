@@ -47,7 +47,7 @@ class RemoteReader:
 
     def __init__(self, node: HiddenNode, path: str, *, mode: str = "once", offset: int = 0,
                  chunk: int = DEFAULT_CHUNK, window: int = DEFAULT_WINDOW, poll_ms: int = 50,
-                 idle_ms: int = 120_000) -> None:
+                 idle_ms: int = 120_000, on_data: Callable[[memoryview], None] | None = None) -> None:
         self.node = node
         self.path = path
         self.mode = mode
@@ -62,14 +62,43 @@ class RemoteReader:
         self._mref: Any = None
         self.received = 0
         self.messages_sent = 0
+        # With on_data, chunks are handed over as they arrive, straight from the receive
+        # buffer (no copy, no queue); next_event then reports only the other events.
+        self.on_data = on_data
+        self._data_error: BaseException | None = None
 
     async def start(self) -> "RemoteReader":
-        self.mailbox = self.node.mailbox(high_water=self.window * 2 + 8)
+        self.mailbox = self.node.mailbox(high_water=self.window * 2 + 8,
+                                         sink=self._sink if self.on_data is not None else None)
         self.pid = await remote.spawn(
             self.node, remote.READER, Owner=self.mailbox.pid, Path=self.path, Offset=self.offset,
             Chunk=self.chunk, Window=self.window, Poll=self.poll_ms, Idle=self.idle_ms, Mode=Atom(self.mode))
         self._mref = self.node.monitor(self.mailbox, self.pid)
         return self
+
+    def _sink(self, msg: Any) -> bool:
+        if not (type(msg) is tuple and len(msg) == 4 and msg[0] == A_DATA):
+            return False
+        data = msg[3]
+        if self._data_error is None:
+            try:
+                assert self.on_data is not None
+                self.on_data(data)
+            except BaseException as exc:  # surfaces from next_event, not inside the protocol
+                self._data_error = exc
+                assert self.mailbox is not None
+                self.mailbox.deliver((A_ERROR, None, Atom("local")))
+        self._count(len(data))
+        return True
+
+    def _count(self, nbytes: int) -> None:
+        self.received += nbytes
+        self._unacked += 1
+        if self._unacked * 2 >= self.window:
+            assert self.mailbox is not None
+            self.node.send(self.pid, (A_ACK, self._unacked), sender=self.mailbox.pid)
+            self.messages_sent += 1
+            self._unacked = 0
 
     def finish(self) -> None:
         """Ask a follow-mode reader to read to the end and report eof."""
@@ -87,14 +116,12 @@ class RemoteReader:
         if type(msg) is not tuple or not msg:
             return None
         tag = msg[0]
+        if self._data_error is not None:
+            self._close()
+            raise self._data_error
         if tag == A_DATA:
             data = msg[3]
-            self.received += len(data)
-            self._unacked += 1
-            if self._unacked * 2 >= self.window:
-                self.node.send(self.pid, (A_ACK, self._unacked), sender=self.mailbox.pid)
-                self.messages_sent += 1
-                self._unacked = 0
+            self._count(len(data))
             return ReaderEvent("data", data=data)
         if tag == A_PART:
             return ReaderEvent("part", name=msg[3].decode("utf-8", "replace"))
@@ -169,24 +196,26 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
     if progress is not None:
         sizes = await remote.evaluate(node, remote.STAT_PARTS, Path=remote_path) if rotated else None
         total = sum(s for n, s in sizes) if sizes else await _size(node, remote_path)
-    reader = await RemoteReader(node, remote_path, mode="rotated" if rotated else "once",
-                                chunk=chunk, window=window).start()
     tmp = partial_path(local_path)
     started = time.monotonic()
     written = 0
     parts: list[str] = []
     with open(tmp, "wb") as out:
+
+        def on_data(data: memoryview) -> None:
+            nonlocal written
+            out.write(data)
+            written += len(data)
+            if progress is not None:
+                progress(written, total)
+        reader = await RemoteReader(node, remote_path, mode="rotated" if rotated else "once",
+                                    chunk=chunk, window=window, on_data=on_data).start()
         try:
             while True:
                 ev = await reader.next_event(timeout=60.0)
                 if ev is None:
                     raise RemoteFileError(f"no data from {node.peer_name} for 60s while reading {remote_path}")
-                if ev.kind == "data":
-                    out.write(ev.data)
-                    written += len(ev.data)
-                    if progress is not None:
-                        progress(written, total)
-                elif ev.kind == "part":
+                if ev.kind == "part":
                     parts.append(ev.name)
                 elif ev.kind == "eof":
                     if ev.sent != written:

@@ -89,7 +89,9 @@ def binary_to_term(data: bytes, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRES
 def decode_prefix(data: bytes, pos: int = 0, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED) -> tuple[Any, int]:
     """Decode the term starting at ``pos`` (version byte included); return it and the offset after it.
 
-    A distribution message is two terms back to back, so the rest matters.
+    A distribution message is two terms back to back, so the rest matters. Binaries
+    come back as ``bytes``, except from a ``memoryview`` source, where they are views
+    into it (zero-copy, for callers that own the buffer).
     """
     if pos >= len(data):
         raise DecodeError("no data where a term was expected")
@@ -209,6 +211,8 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: C901
         _need(data, pos, n)
         if type(data) is bytes:
             return data[pos:pos + n], pos + n
+        if type(data) is memoryview:
+            return data[pos:pos + n], pos + n  # a view: the caller owns the buffer (DistMessage.payload_views)
         return bytes(memoryview(data)[pos:pos + n]), pos + n  # one copy out of a receive buffer
     if tag == NIL_EXT:
         return [], pos

@@ -38,7 +38,7 @@ class DistProtocol(asyncio.BufferedProtocol):
     """
 
     SMALL_BUFFER = 256 * 1024
-    BIG_FRAME = 128 * 1024
+    BIG_FRAME = 32 * 1024
 
     def __init__(self, handshake_factory: Callable[[str], ClientHandshake]) -> None:
         self._factory = handshake_factory
@@ -55,7 +55,8 @@ class DistProtocol(asyncio.BufferedProtocol):
         self.closed = False
         self._paused = False
         self._small = bytearray(self.SMALL_BUFFER)
-        self._big: bytearray | None = None
+        self._big: memoryview | None = None
+        self._big_store = bytearray()
         self._big_filled = 0
 
     # -- asyncio callbacks
@@ -73,7 +74,7 @@ class DistProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
         if self._big is not None:
-            return memoryview(self._big)[self._big_filled:]
+            return self._big[self._big_filled:]
         return self._small
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -101,7 +102,11 @@ class DistProtocol(asyncio.BufferedProtocol):
             partial = self.reader.detach_partial(self.BIG_FRAME)
             if partial is not None:
                 n, part = partial
-                self._big = bytearray(n)
+                # One buffer, grown as needed and reused: decoding copies everything out of
+                # it, and fresh megabyte allocations per frame cost page faults.
+                if len(self._big_store) < n:
+                    self._big_store = bytearray(n)
+                self._big = memoryview(self._big_store)[:n]
                 self._big[:len(part)] = part
                 self._big_filled = len(part)
 
@@ -110,7 +115,9 @@ class DistProtocol(asyncio.BufferedProtocol):
             for f in frames:
                 if f is None:
                     continue
-                self.on_message(parse_message(f))
+                msg = parse_message(f)
+                self.on_message(msg)
+                msg.settle()
         except KzBridgeError as exc:
             self._fail(exc)
         except Exception as exc:  # a bug in a handler must not kill the loop silently

@@ -126,59 +126,28 @@ def lookup_blocking(name: str, host: str, *, timeout: float = 5.0, port: int | N
     if info is not None:
         return info
     try:
-        registered = [n for n, _ in parse_names_reply(_exchange_blocking(host, names_request(), timeout, port))]
+        registered = [n for n, _ in names_blocking(host, timeout=timeout, port=port)]
     except (ProtocolError, HostUnreachableError):
         registered = []
     raise _not_registered(name, host, registered)
 
 
-async def _exchange(host: str, request: bytes, timeout: float, port: int | None) -> bytes:
-    import asyncio
-    port = port or epmd_port()
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except asyncio.TimeoutError:
-        raise HostUnreachableError(f"EPMD on {host}:{port} did not answer within {timeout:g}s",
-                                   hint="is the host up and port 4369 reachable?") from None
-    except OSError as exc:
-        raise HostUnreachableError(f"cannot reach EPMD on {host}:{port}: {exc.strerror or exc}",
-                                   hint="is an Erlang node running there, and is port 4369 open?") from None
-    try:
-        writer.write(request)
-        chunks = []
-        total = 0
-        async def read_all() -> None:
-            nonlocal total
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > 1 << 20:
-                    raise ProtocolError("EPMD reply larger than 1 MiB")
-        await asyncio.wait_for(read_all(), timeout)
-        return b"".join(chunks)
-    except asyncio.TimeoutError:
-        raise HostUnreachableError(f"EPMD on {host}:{port} did not finish its reply within {timeout:g}s") from None
-    except OSError as exc:
-        raise HostUnreachableError(f"EPMD on {host}:{port} dropped the connection: {exc}") from None
-    finally:
-        writer.close()
+def names_blocking(host: str, *, timeout: float = 5.0, port: int | None = None) -> list[tuple[str, int]]:
+    return parse_names_reply(_exchange_blocking(host, names_request(), timeout, port))
 
+
+# EPMD is one short request and reply per connection, so the asyncio versions run the
+# blocking exchange in a worker thread rather than keep a second implementation.
 
 async def names(host: str, *, timeout: float = 5.0, port: int | None = None) -> list[tuple[str, int]]:
     """The node names registered on ``host`` with their ports."""
-    return parse_names_reply(await _exchange(host, names_request(), timeout, port))
+    import asyncio
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: names_blocking(host, timeout=timeout, port=port))
 
 
 async def lookup(name: str, host: str, *, timeout: float = 5.0, port: int | None = None) -> NodeInfo:
     """Port and protocol range of ``name@host``; a clear error listing the host's names if absent."""
-    info = parse_port2_reply(await _exchange(host, port_please2_request(name), timeout, port))
-    if info is not None:
-        return info
-    try:
-        registered = [n for n, _ in await names(host, timeout=timeout, port=port)]
-    except (ProtocolError, HostUnreachableError):
-        registered = []
-    raise _not_registered(name, host, registered)
+    import asyncio
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: lookup_blocking(name, host, timeout=timeout, port=port))

@@ -58,17 +58,53 @@ _len = struct.Struct(">I")
 
 
 class DistMessage:
-    """One decoded message: the control tuple and the payload (None when the op has none)."""
+    """One message: the control tuple, and the payload decoded on first use.
 
-    __slots__ = ("control", "payload")
+    ``payload`` is safe to keep. ``payload_views()`` decodes large binaries as
+    memoryviews into the receive buffer (no copy): only valid until the handler
+    returns, for consumers that write the data out at once.
+    """
 
-    def __init__(self, control: tuple, payload: Any = None) -> None:
+    __slots__ = ("control", "_frame", "_pos", "_payload", "_state")
+
+    def __init__(self, control: tuple, payload: Any = None, frame: Any = None, pos: int = 0) -> None:
         self.control = control
-        self.payload = payload
+        self._frame = frame
+        self._pos = pos
+        self._payload = payload
+        self._state = 0 if frame is not None else 2  # 0 undecoded, 1 viewed, 2 decoded
 
     @property
     def op(self) -> int:
         return self.control[0]
+
+    @property
+    def payload(self) -> Any:
+        if self._state != 2:
+            frame = self._frame
+            source = frame.obj if type(frame) is memoryview else frame
+            self._payload = self._decode(source, len(frame))
+            self._state = 2
+        return self._payload
+
+    def payload_views(self) -> Any:
+        frame = self._frame
+        if self._state == 2 or frame is None:
+            return self._payload
+        self._state = 1
+        return self._decode(frame if type(frame) is memoryview else memoryview(frame), len(frame))
+
+    def _decode(self, source: Any, end: int) -> Any:
+        payload, pos = decode_prefix(source, self._pos)
+        if pos != end:
+            raise ProtocolError(f"{end - pos} trailing bytes after a distribution message")
+        return payload
+
+    def settle(self) -> None:
+        """Decode now if nobody has: the receive buffer is about to be reused."""
+        if self._state == 0:
+            self.payload  # noqa: B018
+        self._frame = None
 
     def __repr__(self) -> str:
         return f"DistMessage({self.control!r}, {self.payload!r})"
@@ -131,12 +167,11 @@ def parse_message(frame: bytes) -> DistMessage:
     control, pos = decode_prefix(frame, 1)
     if type(control) is not tuple or not control or type(control[0]) is not int:
         raise ProtocolError(f"control message is not an operation tuple: {control!r:.80}")
-    payload = None
     if control[0] in WITH_PAYLOAD:
-        payload, pos = decode_prefix(frame, pos)
+        return DistMessage(control, frame=frame, pos=pos)
     if pos != len(frame):
         raise ProtocolError(f"{len(frame) - pos} trailing bytes after a distribution message")
-    return DistMessage(control, payload)
+    return DistMessage(control)
 
 
 def build_message(control: tuple, payload: Any = None, *, has_payload: bool | None = None) -> bytes:

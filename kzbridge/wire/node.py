@@ -66,9 +66,13 @@ class Mailbox:
     (TCP then pushes back on the node) until the queue drains below half.
     """
 
-    def __init__(self, node: "HiddenNode", pid: Pid, high_water: int = 64) -> None:
+    def __init__(self, node: "HiddenNode", pid: Pid, high_water: int = 64,
+                 sink: Callable[[Any], bool] | None = None) -> None:
         self.node = node
         self.pid = pid
+        # Called synchronously with each message, large binaries as views into the receive
+        # buffer; returning True consumes it (it must not keep the views).
+        self.sink = sink
         self.high_water = high_water
         self._queue: deque[Any] = deque()
         self._waiter: asyncio.Future | None = None
@@ -186,8 +190,8 @@ class HiddenNode:
         """``{Name, Node} ! Msg``."""
         self._send((REG_SEND, sender or self.caller, A_EMPTY, Atom(str(name))), msg)
 
-    def mailbox(self, high_water: int = 64) -> Mailbox:
-        mb = Mailbox(self, self.new_pid(), high_water)
+    def mailbox(self, high_water: int = 64, sink: Callable[[Any], bool] | None = None) -> Mailbox:
+        mb = Mailbox(self, self.new_pid(), high_water, sink)
         if self._lost is not None:
             mb.fail(self._lost)
         self._mailboxes[mb.pid] = mb
@@ -279,6 +283,9 @@ class HiddenNode:
         ctl = msg.control
         op = ctl[0]
         if op == SEND or op == SEND_SENDER or op == SEND_TT or op == SEND_SENDER_TT:
+            mb = self._mailboxes.get(ctl[2])
+            if mb is not None and mb.sink is not None and mb.sink(msg.payload_views()):
+                return
             self._deliver(ctl[2], msg.payload)
         elif op == REG_SEND:
             log.debug("dropping message to unregistered name %s", ctl[3])
