@@ -496,8 +496,9 @@ def start(node: str, cookie: str | None, cookie_file: str | None, timeout: float
 @node_options
 @click.argument("ref", required=False)
 @click.option("--all", "all_", is_flag=True, help="Stop every trace this machine started on the node.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Local file (default NODE-REF.log); with --all, a directory prefix.")
+@click.option("--output", "-o", type=click.Path(), default=None,
+              help="Local file (default NODE-REF.log in the current directory), or a directory to put "
+                   "NODE-REF.log files in (needed with --all).")
 @click.option("--no-collect", is_flag=True, help="Only stop; leave the file on the node.")
 def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
          ref: str | None, all_: bool, output: str | None, no_collect: bool) -> None:
@@ -505,6 +506,8 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
     from .kazoo import tracing
     if not ref and not all_:
         raise UsageError("give a REF or --all")
+    if all_ and output and not os.path.isdir(output):
+        raise UsageError(f"with --all, --output must be an existing directory, not {output!r}")
     from .kazoo import journal
 
     async def body(n: HiddenNode) -> list[dict]:
@@ -515,8 +518,11 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
             await trace.stop()
             item: dict[str, Any] = {"ref": r, "remote_path": trace.remote_path}
             if not no_collect:
-                local = (output if output and not all_ else
-                         f"{(output or '')}{n.peer_name.split('@')[0]}-{r}.log")
+                default_name = f"{n.peer_name.split('@')[0]}-{r}.log"
+                if output and (all_ or os.path.isdir(output)):
+                    local = os.path.join(output, default_name)
+                else:
+                    local = output or default_name
                 res = await trace.collect(local)
                 item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
             done.append(item)

@@ -238,3 +238,38 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "first events of" in res.stdout and "size verified" in res.stderr
     assert not [p for p in Path(tmp_path).glob("*.partial")]
+
+
+def test_generation_1_status_comes_from_the_journal_and_stop_all(sandbox_gen1, tmp_path):
+    node = sandbox_gen1.node
+    refs = [kzb("start", "--node", node, "--function", "*", "--duration", "120").stdout.strip() for _ in range(2)]
+    res = kzb("status", "--node", node, "--json")
+    status = json.loads(res.stdout)
+    assert status["generation"] == 1 and {r["ref"] for r in status["traces"]} >= set(refs)
+    assert all(r["ours"] for r in status["traces"])
+    time.sleep(1.2)
+    res = kzb("stop", "--all", "--node", node, "-o", str(tmp_path) + "/", "--json")
+    assert res.returncode == 0, res.stderr
+    stopped = json.loads(res.stdout)
+    assert {s["ref"] for s in stopped} >= set(refs) and all(s["verified"] for s in stopped)
+    assert json.loads(kzb("status", "--node", node, "--json").stdout)["traces"] == []
+
+
+def test_orphans_from_the_command_line(fresh_sandbox):
+    node = fresh_sandbox.node
+    async def make_orphan():
+        n = await connect_node(node, fresh_sandbox.cookie)
+        await n.rpc("kz_data_tracing", "trace_file", [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-cli-orphan.log",
+                                                      [Atom("message")], Atom("debug")])
+        try:
+            await n.rpc("kz_data_tracing", "trace_file", [[], b"/tmp/kzb-y.log", [Atom("message")]])
+        except Exception:
+            pass
+        await n.close()
+    asyncio.run(make_orphan())
+    time.sleep(0.3)
+    res = kzb("status", "--orphans", "--node", node, "--json")
+    assert {"sink": "data_lager_event", "file": "/tmp/kzb-cli-orphan.log"} in json.loads(res.stdout)
+    res = kzb("clear", "--orphans", "--node", node)
+    assert res.returncode == 0 and "/tmp/kzb-cli-orphan.log" in res.stdout
+    assert json.loads(kzb("status", "--orphans", "--node", node, "--json").stdout) == []
