@@ -264,3 +264,19 @@ def test_blocking_node_speaks_v5_to_py_interface(pyinterface_peer):
     from kzbridge.wire.blocking import BlockingNode
     with BlockingNode(pyinterface_peer.node, pyinterface_peer.cookie) as n:
         assert n.handshake_version == 5
+
+
+def test_stray_messages_to_our_pids_do_not_break_the_connection(erl_node):
+    async def body():
+        async with connect(erl_node.node, erl_node.cookie) as n:
+            mb = n.mailbox()
+            src = ("Caller ! {[1000, 2], unhashable_key}, Caller ! {make_ref(), late_reply}, Caller ! garbage, "
+                   "Gl ! {io_request, self(), ref, bogus_request}, Owner ! ok.")
+            tokens = (await n.rpc("erl_scan", "string", [src]))[1]
+            forms = (await n.rpc("erl_parse", "parse_exprs", [tokens]))[1]
+            binds = sorted([(Atom("Caller"), n.caller), (Atom("Gl"), n.new_pid()), (Atom("Owner"), mb.pid)],
+                           key=lambda kv: kv[0].name)
+            await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, binds]])
+            assert await mb.receive(5) == Atom("ok")
+            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+    run(body())

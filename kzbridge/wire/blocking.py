@@ -163,7 +163,8 @@ class BlockingNode:
             op = msg.op
             if op in (SEND, SEND_TT, SEND_SENDER, SEND_SENDER_TT):
                 to, payload = msg.control[2], msg.payload
-                if to == self.caller and type(payload) is tuple and len(payload) == 2:
+                if to == self.caller and type(payload) is tuple and len(payload) == 2 \
+                        and type(payload[0]) is Reference:
                     if payload[0] == main:
                         return rpc_result(payload[1], "".join(output), self.peer_name, what)
                     if payload[0] in waiting:

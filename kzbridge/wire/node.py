@@ -321,7 +321,7 @@ class HiddenNode:
 
     def _deliver(self, to: Any, payload: Any) -> None:
         if to == self.caller:
-            if type(payload) is tuple and len(payload) == 2:
+            if type(payload) is tuple and len(payload) == 2 and type(payload[0]) is Reference:
                 entry = self._pending.get(payload[0])
                 if entry is not None:
                     if not entry[0].done():
