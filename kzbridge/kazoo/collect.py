@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 from ..errors import ConnectionLostError, KzBridgeError, RemoteFileError, RpcTimeoutError
 from ..wire.literal import format_term
@@ -237,15 +237,3 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
 async def _size(node: HiddenNode, path: str) -> int:
     info = await node.rpc("filelib", "file_size", [path], timeout=10)
     return info if type(info) is int else -1
-
-
-async def stream_records(reader: RemoteReader) -> AsyncIterator[bytes]:
-    """Raw chunks from a reader until eof."""
-    while True:
-        ev = await reader.next_event(timeout=None)
-        if ev is None:
-            continue
-        if ev.kind == "data":
-            yield ev.data
-        elif ev.kind == "eof":
-            return

@@ -112,10 +112,6 @@ class Trace:
         if old is not None:
             await self.node.rpc("timer", "cancel", [old], timeout=10)
 
-    @property
-    def lease_until(self) -> float:
-        return time.time() + self.lease
-
     async def stop(self) -> str:
         """Stop the trace (idempotent); returns the remote file name."""
         if self.stopped:
