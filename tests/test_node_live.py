@@ -280,3 +280,13 @@ def test_stray_messages_to_our_pids_do_not_break_the_connection(erl_node):
             assert await mb.receive(5) == Atom("ok")
             assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
     run(body())
+
+
+def test_sync_node_stays_connected_while_idle_and_runs_async_helpers(make_erl_node):
+    node = make_erl_node("-kernel", "net_ticktime", "2")
+    with connect_sync(node.node, node.cookie, ticktime=2.0) as s:
+        assert s.rpc("erlang", "abs", [-1]) == 1
+        time.sleep(6)  # idle for three tick times: only the tick thread speaks
+        assert s.rpc("erlang", "node", []) == Atom(node.node)
+        assert s.run(lambda n: n.rpc("erlang", "abs", [-2])) == 2
+        assert s.rpc_output("io", "format", ["hi~n"]).output == "hi\n"

@@ -1,4 +1,4 @@
-"""A blocking client for one-shot commands (`kzbridge ping/rpc/sup`).
+"""A blocking client for one-shot commands (`kzbridge ping/rpc/sup`) and sync scripts.
 
 Importing asyncio costs more than a whole rpc, and a one-shot command needs no
 concurrency, so this drives the same sans-IO pieces (EPMD parsers, ClientHandshake,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -105,6 +106,30 @@ class BlockingNode:
         self.caller = self._pid()
         self._reader = FrameReader()
         self._frames = list(self._reader.feed(hs.result.rest))
+        self._send_lock = threading.Lock()
+        self._call_lock = threading.Lock()
+        self._last_sent = time.monotonic()
+        self._ticker: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def start_ticking(self, ticktime: float = 60.0) -> None:
+        """Keep an idle connection alive: send a tick when nothing was sent for ticktime/4.
+
+        Needed for long-lived use (scripts); a one-shot command finishes long before.
+        """
+        if self._ticker is not None:
+            return
+
+        def tick() -> None:
+            interval = ticktime / 4
+            while not self._closed.wait(interval / 2):
+                if time.monotonic() - self._last_sent >= interval:
+                    try:
+                        self._write(TICK_FRAME)
+                    except ConnectionLostError:
+                        return
+        self._ticker = threading.Thread(target=tick, name="kzbridge-tick", daemon=True)
+        self._ticker.start()
 
     def _pid(self) -> Pid:
         self._ids += 1
@@ -115,11 +140,16 @@ class BlockingNode:
         return Reference(self._atom, (self._ids, 0, os.getpid() & 0xFFFFFFFF), self._creation,
                          114 if self._old else 90)
 
+    def _write(self, data: bytes) -> None:
+        with self._send_lock:
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                raise ConnectionLostError(f"lost the connection to {self.peer_name}: {exc}") from None
+            self._last_sent = time.monotonic()
+
     def _send(self, control: tuple, payload: Any = None) -> None:
-        try:
-            self.sock.sendall(build_message(control, payload))
-        except OSError as exc:
-            raise ConnectionLostError(f"lost the connection to {self.peer_name}: {exc}") from None
+        self._write(build_message(control, payload))
 
     def _call_rex(self, m: Atom, f: Atom, args: list, gl: Pid) -> Reference:
         ref = self._ref()
@@ -146,6 +176,10 @@ class BlockingNode:
 
     def rpc_output(self, module: str, function: str, args: list | None = None, timeout: float = 30.0) -> RpcResult:
         """Call ``module:function(args)``; answer the function's io_requests; return value and output."""
+        with self._call_lock:
+            return self._rpc_output(module, function, args, timeout)
+
+    def _rpc_output(self, module: str, function: str, args: list | None, timeout: float) -> RpcResult:
         m, f, args = Atom(str(module)), Atom(str(function)), list(args or [])
         what = f"{m.name}:{f.name}/{len(args)}"
         gl = self._pid()
@@ -157,8 +191,7 @@ class BlockingNode:
         while True:
             frame = self._next_frame(deadline, what)
             if frame is None:
-                self.sock.sendall(TICK_FRAME)
-                continue
+                continue  # the node's tick; ours go out from start_ticking's thread or with our calls
             msg = parse_message(frame)
             op = msg.op
             if op in (SEND, SEND_TT, SEND_SENDER, SEND_SENDER_TT):
@@ -200,6 +233,7 @@ class BlockingNode:
         return self.rpc_output(module, function, args, timeout).value
 
     def close(self) -> None:
+        self._closed.set()
         try:
             self.sock.close()
         except OSError:
