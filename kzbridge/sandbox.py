@@ -231,6 +231,7 @@ def stop(name: str, timeout: float = 10.0) -> bool:
                 time.sleep(0.05)
     _state_file(box.name).unlink(missing_ok=True)
     Path(box.cookie_file).unlink(missing_ok=True)
+    shutil.rmtree(state_dir() / box.name, ignore_errors=True)  # the node's working directory
     return True
 
 
