@@ -287,3 +287,25 @@ def test_unwritable_remote_path_is_accepted_by_the_node_like_kazoo(sandbox_gen2)
         assert await n.rpc("kz_data_tracing", "stop_trace", [reply[1]]) == (Atom("ok"), b"/nonexistent-dir/x.log")
         await n.close()
     run(body())
+
+
+def test_node_dying_during_a_run_keeps_the_partial_file_and_says_so(fresh_sandbox, tmp_path):
+    from kzbridge import sandbox
+    out = tmp_path / "run.log"
+
+    async def body():
+        n = await node_of(fresh_sandbox)
+        trace = await tracing.start_trace(n, flt.module_filter("kz_json"))
+
+        async def kill_later():
+            await asyncio.sleep(2.5)
+            os.kill(fresh_sandbox.os_pid, 9)
+        asyncio.ensure_future(kill_later())
+        with pytest.raises(ConnectionLostError) as err:
+            await tracing.run_trace(trace, str(out), duration=60)
+        return err.value, trace
+    err, trace = run(body())
+    partial = tmp_path / "run.log.partial"
+    assert str(partial) in str(err) and "partial" in str(err) and trace.remote_path in str(err)
+    assert partial.exists() and partial.stat().st_size > 0 and not out.exists()
+    sandbox.stop(fresh_sandbox.name)

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 
 from ..errors import (
     BadFilterError,
+    ConnectionLostError,
     BadRpcError,
     KazooError,
     KzBridgeError,
@@ -464,6 +465,11 @@ async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size:
                         break
             finally:
                 out.flush()
+    except ConnectionLostError as exc:
+        raise ConnectionLostError(
+            f"{exc.message}; kept {written} bytes in {tmp} (partial)",
+            hint=f"if the node is still up, the lease stops trace {trace.ref} within {trace.lease:g}s; "
+                 f"collect the rest later with: kzbridge collect {trace.remote_path} --rotated") from None
     finally:
         if not trace.stopped and node.alive:
             try:
