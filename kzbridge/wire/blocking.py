@@ -35,6 +35,7 @@ from .frames import (
     TICK_FRAME,
     UNLINK_ID,
     UNLINK_ID_ACK,
+    UNUSED,
     FrameReader,
     build_message,
     parse_message,
@@ -43,11 +44,8 @@ from .handshake import BIG_CREATION, OUR_FLAGS, ClientHandshake
 from .handshake import SEND_SENDER as SEND_SENDER_FLAG
 from .io_protocol import A_IO_REPLY, ApplyFailed, io_steps, is_io_request
 from .names import own_node_name, split_node_name
-from .rex import A_REX, RpcResult, rex_request, rpc_result
+from .rex import A_NOPROC, A_REX, RpcResult, rex_request, rpc_result
 from .terms import Atom, Pid, Reference
-
-A_EMPTY = Atom("")
-A_NOPROC = Atom("noproc")
 
 
 class BlockingNode:
@@ -153,7 +151,7 @@ class BlockingNode:
 
     def _call_rex(self, m: Atom, f: Atom, args: list, gl: Pid) -> Reference:
         ref = self._ref()
-        self._send((REG_SEND, self.caller, A_EMPTY, A_REX), rex_request(self.caller, ref, m, f, args, gl))
+        self._send((REG_SEND, self.caller, UNUSED, A_REX), rex_request(self.caller, ref, m, f, args, gl))
         return ref
 
     def _next_frame(self, deadline: float, what: str) -> Any:
@@ -226,7 +224,7 @@ class BlockingNode:
                     return
                 output.append(step[1])
         except StopIteration as done:
-            control = (SEND_SENDER, gl, sender) if self._flags & SEND_SENDER_FLAG else (SEND, A_EMPTY, sender)
+            control = (SEND_SENDER, gl, sender) if self._flags & SEND_SENDER_FLAG else (SEND, UNUSED, sender)
             self._send(control, (A_IO_REPLY, reply_as, done.value))
 
     def rpc(self, module: str, function: str, args: list | None = None, timeout: float = 30.0) -> Any:

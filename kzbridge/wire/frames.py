@@ -11,8 +11,10 @@ from typing import Any
 
 from ..errors import ProtocolError
 from .codec import decode_prefix, encode_into
+from .terms import Atom
 
 PASS_THROUGH = 112
+UNUSED = Atom("")  # the placeholder field in SEND and REG_SEND control tuples
 
 # Control message operations.
 LINK = 1

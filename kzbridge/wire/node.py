@@ -37,26 +37,20 @@ from .frames import (
     UNLINK,
     UNLINK_ID,
     UNLINK_ID_ACK,
+    UNUSED,
     DistMessage,
     build_message,
 )
 from .codec import encode_term
-from .io_protocol import ApplyFailed, io_steps, is_io_request
-from .rex import A_CALL, A_GEN_CALL, A_REX, RpcResult, rpc_result
+from .io_protocol import A_ERROR, A_IO_REPLY, ApplyFailed, io_steps, is_io_request
+from .rex import A_CALL, A_EXIT, A_GEN_CALL, A_NOPROC, A_REX, RpcResult, rpc_result
 from .terms import Atom, Pid, Reference
 
 log = logging.getLogger("kzbridge.wire")
 _FRAME_LEN = struct.Struct(">I").pack
 
-A_IO_REPLY = Atom("io_reply")
-A_OK = Atom("ok")
-A_ERROR = Atom("error")
-A_EXIT = Atom("EXIT")
 A_DOWN = Atom("DOWN")
 A_PROCESS = Atom("process")
-A_NOPROC = Atom("noproc")
-A_NOCONNECTION = Atom("noconnection")
-A_EMPTY = Atom("")
 
 
 class Mailbox:
@@ -143,7 +137,7 @@ class HiddenNode:
         self._retired_gls: deque[tuple[float, Pid]] = deque()
         # The rpc request's constant parts, encoded once: 'p', the REG_SEND control, and
         # the payload's head up to the ref ({'$gen_call', {Caller, ...).
-        self._rpc_head = (b"p\x83" + encode_term((REG_SEND, self.caller, A_EMPTY, A_REX))
+        self._rpc_head = (b"p\x83" + encode_term((REG_SEND, self.caller, UNUSED, A_REX))
                           + b"\x83h\x03" + encode_term(A_GEN_CALL) + b"h\x02" + encode_term(self.caller))
         self.calls_made = 0
         p = conn.protocol
@@ -184,11 +178,11 @@ class HiddenNode:
         if sender is not None and self.conn.flags & 0x80000:
             self._send((SEND_SENDER, sender, to), msg)
         else:
-            self._send((SEND, A_EMPTY, to), msg)
+            self._send((SEND, UNUSED, to), msg)
 
     def send_registered(self, name: str | Atom, msg: Any, sender: Pid | None = None) -> None:
         """``{Name, Node} ! Msg``."""
-        self._send((REG_SEND, sender or self.caller, A_EMPTY, Atom(str(name))), msg)
+        self._send((REG_SEND, sender or self.caller, UNUSED, Atom(str(name))), msg)
 
     def mailbox(self, high_water: int = 64, sink: Callable[[Any], bool] | None = None) -> Mailbox:
         mb = Mailbox(self, self.new_pid(), high_water, sink)
