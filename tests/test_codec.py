@@ -150,3 +150,12 @@ def test_unhashable_map_keys_are_frozen():
     decoded = binary_to_term(encoded)
     assert decoded == {FrozenList([1000]): 1}
     assert term_to_binary(decoded) == encoded
+
+
+def test_term_literals_parse_and_print_back():
+    from kzbridge.wire.literal import format_term, parse_term
+    text = '[{module, kz_json}, <<"bin">>, "str", #{a => 1}, [1, 2 | tail], \'Quoted atom\', -5, 2.5, $a]'
+    value = parse_term(text)
+    assert value[0] == (Atom("module"), Atom("kz_json")) and value[1] == b"bin" and value[2] == "str"
+    assert value[4] == ImproperList((1, 2), Atom("tail")) and value[-1] == 97
+    assert parse_term(format_term(value)) == value

@@ -81,6 +81,11 @@ class _Parser:
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
 
+    def at(self, text: str) -> bool:
+        """Is the next token this punctuation?"""
+        tok = self.peek()
+        return tok is not None and tok[1] == text
+
     def take(self, value: str | None = None) -> tuple[str, str, int]:
         tok = self.peek()
         if tok is None or (value is not None and tok[1] != value):
@@ -119,7 +124,7 @@ class _Parser:
         if kind == "string":
             self.i += 1
             parts = [_unescape(text[1:-1])]
-            while self.peek() and self.peek()[0] == "string":  # type: ignore[index]
+            while (tok := self.peek()) is not None and tok[0] == "string":
                 parts.append(_unescape(self.take()[1][1:-1]))
             return ErlString("".join(parts))
         if text == "{":
@@ -128,14 +133,14 @@ class _Parser:
             return tuple(items)
         if text == "[":
             self.i += 1
-            if self.peek() and self.peek()[1] == "]":  # type: ignore[index]
+            if self.at("]"):
                 self.i += 1
                 return []
             items = [self.term()]
-            while self.peek() and self.peek()[1] == ",":  # type: ignore[index]
+            while self.at(","):
                 self.i += 1
                 items.append(self.term())
-            if self.peek() and self.peek()[1] == "|":  # type: ignore[index]
+            if self.at("|"):
                 self.i += 1
                 tail = self.term()
                 self.take("]")
@@ -147,7 +152,7 @@ class _Parser:
         if text == "#{":
             self.i += 1
             out: dict = {}
-            if self.peek() and self.peek()[1] == "}":  # type: ignore[index]
+            if self.at("}"):
                 self.i += 1
                 return out
             while True:
@@ -159,7 +164,7 @@ class _Parser:
                 except TypeError:
                     from .terms import freeze
                     out[freeze(k)] = v
-                if self.peek() and self.peek()[1] == ",":  # type: ignore[index]
+                if self.at(","):
                     self.i += 1
                     continue
                 self.take("}")
@@ -170,11 +175,11 @@ class _Parser:
         raise self.fail(f"unexpected {text!r}")
 
     def sequence(self, close: str) -> list:
-        if self.peek() and self.peek()[1] == close:  # type: ignore[index]
+        if self.at(close):
             self.i += 1
             return []
         items = [self.term()]
-        while self.peek() and self.peek()[1] == ",":  # type: ignore[index]
+        while self.at(","):
             self.i += 1
             items.append(self.term())
         self.take(close)
@@ -182,13 +187,13 @@ class _Parser:
 
     def binary(self) -> bytes:
         out = bytearray()
-        if self.peek() and self.peek()[1] == ">>":  # type: ignore[index]
+        if self.at(">>"):
             self.i += 1
             return bytes(out)
         while True:
             tok = self.take()
             utf8 = False
-            if self.peek() and self.peek()[1] == "/":  # type: ignore[index]
+            if self.at("/"):
                 self.i += 1
                 spec = self.take()[1]
                 if spec not in ("utf8", "binary"):
@@ -211,7 +216,7 @@ class _Parser:
                     out.append(value & 0xFF)
             else:
                 raise self.fail(f"unexpected {tok[1]!r} inside << >>")
-            if self.peek() and self.peek()[1] == ",":  # type: ignore[index]
+            if self.at(","):
                 self.i += 1
                 continue
             self.take(">>")
