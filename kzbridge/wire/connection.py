@@ -78,37 +78,42 @@ class DistProtocol(asyncio.BufferedProtocol):
         return self._small
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_received = time.monotonic()
         if self._big is not None:
             self._big_filled += nbytes
-            self.last_received = time.monotonic()
             if self._big_filled == len(self._big):
                 frame, self._big = self._big, None
                 self._dispatch([frame])
             return
-        self.data_received(bytes(memoryview(self._small)[:nbytes]))
+        view = memoryview(self._small)[:nbytes]
+        if not self.handshake_done.done():
+            self._handshake_data(bytes(view))
+            return
+        self._feed(view)
 
     def data_received(self, data: bytes) -> None:
+        # Only used for bytes that came with the handshake's last message.
         self.last_received = time.monotonic()
-        if not self.handshake_done.done():
-            self._handshake_data(data)
-            return
+        self._feed(data)
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
-            frames = self.reader.feed(data)
+            frames, big = self.reader.feed_detaching(data, self.BIG_FRAME if not self.closed else None)
         except KzBridgeError as exc:
             self._fail(exc)
             return
+        if big is not None:
+            # The start of a large frame (a streamed file chunk): its head is copied once
+            # into a buffer of the frame's size and the rest is received there in place.
+            # One buffer, grown as needed and reused: decoding copies everything out of
+            # it, and fresh megabyte allocations per frame cost page faults.
+            n, part = big
+            if len(self._big_store) < n:
+                self._big_store = bytearray(n)
+            self._big = memoryview(self._big_store)[:n]
+            self._big[:len(part)] = part
+            self._big_filled = len(part)
         self._dispatch(frames)
-        if self._big is None and not self.closed:
-            partial = self.reader.detach_partial(self.BIG_FRAME)
-            if partial is not None:
-                n, part = partial
-                # One buffer, grown as needed and reused: decoding copies everything out of
-                # it, and fresh megabyte allocations per frame cost page faults.
-                if len(self._big_store) < n:
-                    self._big_store = bytearray(n)
-                self._big = memoryview(self._big_store)[:n]
-                self._big[:len(part)] = part
-                self._big_filled = len(part)
 
     def _dispatch(self, frames: list) -> None:
         try:

@@ -122,40 +122,59 @@ class FrameReader:
         self._buf = bytearray()
         self.max_frame = max_frame
 
-    def feed(self, data: bytes) -> list[bytes | None]:
-        if not self._buf and len(data) >= 4:
-            # Fast path: exactly one whole frame in this read (the rpc reply case), no copying.
-            n = _len.unpack_from(data, 0)[0]
-            if len(data) == 4 + n and n <= self.max_frame:
-                return [data[4:] if n else None]
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | None]:
+        return self.feed_detaching(data, None)[0]
+
+    def feed_detaching(self, data: bytes | bytearray | memoryview, threshold: int | None
+                       ) -> tuple[list[bytes | None], tuple[int, memoryview] | None]:
+        """Complete frames in ``data`` (copied out), and optionally the start of a big one.
+
+        If ``threshold`` is given and ``data`` ends with the start of a frame of at least
+        that many bytes, that start is not buffered: it comes back as (frame length,
+        a view into ``data`` after the length prefix), so the caller can receive the rest
+        in place behind it. The view is only as valid as ``data``.
+        """
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            src: bytes | bytearray | memoryview = buf
+        elif len(data) >= 4 and _len.unpack_from(data, 0)[0] + 4 == len(data):
+            # Fast path: exactly one whole frame in this read (the rpc reply case).
+            n = len(data) - 4
+            if n > self.max_frame:
+                raise ProtocolError(f"distribution frame of {n} bytes exceeds the {self.max_frame} limit")
+            return [bytes(data[4:]) if n else None], None
+        else:
+            src = data
         out: list[bytes | None] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
+        n = -1
         while end - pos >= 4:
-            n = _len.unpack_from(buf, pos)[0]
+            n = _len.unpack_from(src, pos)[0]
             if n > self.max_frame:
                 raise ProtocolError(f"distribution frame of {n} bytes exceeds the {self.max_frame} limit")
             if end - pos - 4 < n:
                 break
-            out.append(bytes(buf[pos + 4:pos + 4 + n]) if n else None)
+            out.append(bytes(src[pos + 4:pos + 4 + n]) if n else None)
             pos += 4 + n
-        if pos:
-            del buf[:pos]
-        return out
-
-    def detach_partial(self, threshold: int) -> tuple[int, bytes] | None:
-        """If a frame of at least ``threshold`` bytes has started but not finished, hand over
-        its length and the bytes so far, so the caller can receive the rest in place."""
-        buf = self._buf
-        if len(buf) >= 4:
-            n = _len.unpack_from(buf, 0)[0]
-            if n >= threshold and len(buf) - 4 < n:
-                part = bytes(buf[4:])
+            n = -1
+        big = None
+        if src is buf:
+            if threshold is not None and n >= threshold:
+                # Hand the started frame over; a copy, as our own buffer is cleared.
+                with memoryview(buf) as view:
+                    part = bytes(view[pos + 4:])
                 buf.clear()
-                return n, part
-        return None
+                big = (n, memoryview(part))
+            elif pos:
+                del buf[:pos]
+        elif pos < end:
+            if threshold is not None and n >= threshold:
+                big = (n, memoryview(src)[pos + 4:])
+            else:
+                buf += memoryview(src)[pos:]
+        return out, big
 
     @property
     def buffered(self) -> int:
