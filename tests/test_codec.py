@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kzbridge.errors import DecodeError
-from kzbridge.wire.codec import binary_to_term, decode_prefix, term_to_binary
-from kzbridge.wire.terms import Atom, ErlString, FrozenList, ImproperList, Pid, Reference
+from kzbridge.wire.codec import binary_to_term, decode_prefix, encode_term, term_to_binary
+from kzbridge.wire.terms import Atom, Encoded, ErlString, FrozenList, ImproperList, Pid, Reference
 
 from .strategies import terms
 
@@ -79,6 +79,13 @@ def test_pid_and_reference_forms_round_trip():
         ids = (7,) if form == 101 else (7, 8, 9)
         r = Reference(Atom("n@h"), ids, 3, form)
         assert term_to_binary(binary_to_term(term_to_binary(r))) == term_to_binary(r)
+
+
+@settings(max_examples=100, deadline=None)
+@given(terms)
+def test_pre_encoded_parts_splice_in_byte_exactly(term):
+    """Encoded(...) is written as is: the same bytes as encoding the term in place."""
+    assert term_to_binary((Atom("x"), [Encoded(encode_term(term))])) == term_to_binary((Atom("x"), [term]))
 
 
 def test_decode_prefix_returns_the_rest():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kzbridge.errors import BadFilterError, ConnectionLostError, RemoteFileError, TracingUnavailableError
+from kzbridge.errors import BadFilterError, ConnectionLostError, KzBridgeError, RemoteFileError, TracingUnavailableError
 from kzbridge.kazoo import filters as flt
 from kzbridge.kazoo import tracing
 from kzbridge.kazoo.collect import collect_file
@@ -309,3 +309,19 @@ def test_node_dying_during_a_run_keeps_the_partial_file_and_says_so(fresh_sandbo
     assert str(partial) in str(err) and "partial" in str(err) and trace.remote_path in str(err)
     assert partial.exists() and partial.stat().st_size > 0 and not out.exists()
     sandbox.stop(fresh_sandbox.name)
+
+
+def test_programs_are_parsed_once_on_the_node_and_bad_ones_are_a_clear_error(erl_node):
+    from kzbridge.kazoo import remote
+    from kzbridge.wire.terms import Encoded
+
+    async def body():
+        n = await connect_node(erl_node.node, erl_node.cookie)
+        first = await remote.forms(n, "A + B.")
+        assert type(first) is Encoded and await remote.forms(n, "A + B.") is first  # cached per connection
+        assert await remote.evaluate(n, "A + B.", A=40, B=2) == 42
+        assert await remote.evaluate(n, "lists:reverse(P).", P=ErlString("abc")) == ErlString("cba")
+        with pytest.raises(KzBridgeError, match="could not parse a kzbridge program"):
+            await remote.forms(n, "X = .")
+        await n.close()
+    run(body())

@@ -11,7 +11,7 @@ _WHERE = {
     "binary_to_term": "codec", "decode_prefix": "codec", "term_to_binary": "codec",
     "format_term": "literal", "parse_term": "literal", "to_json": "literal",
     "HiddenNode": "node", "Mailbox": "node", "RpcResult": "rex", "connect_node": "node", "BlockingNode": "blocking",
-    "Atom": "terms", "BitBinary": "terms", "ErlString": "terms", "Export": "terms", "Fun": "terms",
+    "Atom": "terms", "BitBinary": "terms", "Encoded": "terms", "ErlString": "terms", "Export": "terms", "Fun": "terms",
     "ImproperList": "terms", "Pid": "terms", "Port": "terms", "Reference": "terms",
 }
 __all__ = sorted(_WHERE)

@@ -14,6 +14,7 @@ from ..errors import DecodeError
 from .terms import (
     Atom,
     BitBinary,
+    Encoded,
     ErlString,
     Export,
     FrozenList,
@@ -600,6 +601,10 @@ def _enc_fun(value: Fun, out: bytearray) -> None:
     out[start + 1:start + 5] = _p32(len(out) - start - 1)
 
 
+def _enc_encoded(value: Encoded, out: bytearray) -> None:
+    out += value.data
+
+
 def _enc_bool(value: bool, out: bytearray) -> None:
     _enc_atom(Atom("true") if value else Atom("false"), out)
 
@@ -628,6 +633,7 @@ _ENCODERS: dict[type, Callable[[Any, bytearray], None]] = {
     BitBinary: _enc_bitbinary,
     Export: _enc_export,
     Fun: _enc_fun,
+    Encoded: _enc_encoded,
     bool: _enc_bool,
     type(None): _enc_none,
 }
