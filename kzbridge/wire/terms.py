@@ -96,33 +96,32 @@ class _Ident:
     """Base of Pid/Port/Reference: immutable, hashable, equal by identity fields only.
 
     Plain __slots__ classes rather than frozen dataclasses: the decoder builds one
-    per message and a frozen dataclass costs a microsecond more each time.
+    per message and a frozen dataclass costs a microsecond more each time. The
+    identity tuple is built once (``_k``): pids and refs key the node's tables and
+    are hashed several times per rpc.
     """
 
-    __slots__ = ()
-    _key_fields: tuple[str, ...] = ()
-
-    def _key(self) -> tuple:
-        return tuple(getattr(self, f) for f in self._key_fields)
+    __slots__ = ("_k",)
+    _fields: tuple[str, ...] = ()
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._key() == other._key()  # type: ignore[attr-defined]
+        return type(other) is type(self) and self._k == other._k  # type: ignore[attr-defined]
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__,) + self._key())
+        return hash(self._k)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)  # type: ignore[attr-defined]
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
         return f"{type(self).__name__}({fields})"
 
     def __reduce__(self) -> tuple:
-        return (type(self), tuple(getattr(self, f) for f in self.__slots__))  # type: ignore[attr-defined]
+        return (type(self), tuple(getattr(self, f) for f in self._fields))
 
 
 _set = object.__setattr__
@@ -132,7 +131,7 @@ class Pid(_Ident):
     """An Erlang process identifier. ``old`` records the 1-byte-creation wire form."""
 
     __slots__ = ("node", "id", "serial", "creation", "old")
-    _key_fields = ("node", "id", "serial", "creation")
+    _fields = __slots__
 
     def __init__(self, node: Atom, id: int, serial: int, creation: int, old: bool = False) -> None:  # noqa: A002
         _set(self, "node", node)
@@ -140,6 +139,7 @@ class Pid(_Ident):
         _set(self, "serial", serial)
         _set(self, "creation", creation)
         _set(self, "old", old)
+        _set(self, "_k", (node, id, serial, creation))
 
     def __str__(self) -> str:
         return f"<{self.node}.{self.id}.{self.serial}>"
@@ -149,13 +149,14 @@ class Port(_Ident):
     """An Erlang port identifier; ``form`` is the wire tag it came in (102, 89 or 120)."""
 
     __slots__ = ("node", "id", "creation", "form")
-    _key_fields = ("node", "id", "creation")
+    _fields = __slots__
 
     def __init__(self, node: Atom, id: int, creation: int, form: int = 89) -> None:  # noqa: A002
         _set(self, "node", node)
         _set(self, "id", id)
         _set(self, "creation", creation)
         _set(self, "form", form)
+        _set(self, "_k", (node, id, creation, 0))
 
     def __str__(self) -> str:
         return f"#Port<{self.node}.{self.id}>"
@@ -165,13 +166,15 @@ class Reference(_Ident):
     """An Erlang reference; ``form`` is the wire tag it came in (101, 114 or 90)."""
 
     __slots__ = ("node", "ids", "creation", "form")
-    _key_fields = ("node", "ids", "creation")
+    _fields = __slots__
 
     def __init__(self, node: Atom, ids: tuple[int, ...], creation: int, form: int = 90) -> None:
         _set(self, "node", node)
-        _set(self, "ids", tuple(ids))
+        ids = tuple(ids)
+        _set(self, "ids", ids)
         _set(self, "creation", creation)
         _set(self, "form", form)
+        _set(self, "_k", (node, ids, creation))
 
     def __str__(self) -> str:
         return "#Ref<" + ".".join([str(self.node)] + [str(i) for i in reversed(self.ids)]) + ">"
