@@ -153,6 +153,30 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+class ProgressBar:
+    """One self-overwriting stderr line for long transfers: bar, bytes, rate; at most 10 redraws a second."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int, total: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < 0.1:
+            return
+        self._last = now
+        rate = done / max(now - self.started, 1e-6)
+        if total > 0:
+            filled = min(self.WIDTH, self.WIDTH * done // total)
+            bar = "[" + "#" * filled + "." * (self.WIDTH - filled) + f"] {100 * done / total:5.1f}%"
+            size = f"{human_bytes(done)} / {human_bytes(total)}"
+        else:
+            bar, size = "", human_bytes(done)
+        click.echo(f"\r  {bar}  {size}  {human_bytes(int(rate))}/s   ", err=True, nl=False)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="kzbridge")
 def main() -> None:
@@ -523,7 +547,11 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
                     local = os.path.join(output, default_name)
                 else:
                     local = output or default_name
-                res = await trace.collect(local)
+                bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
+                res = await trace.collect(local, progress=bar.update if bar else None)
+                if bar is not None:
+                    bar.update(res.bytes, res.bytes, final=True)
+                    click.echo("", err=True)
                 item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
             done.append(item)
         return done
@@ -601,17 +629,13 @@ def collect(node: str, cookie: str | None, cookie_file: str | None, timeout: flo
     """Bring any file back from the node (streamed; a partial file is kept on failure)."""
     from .kazoo.collect import collect_file
     local = output or os.path.basename(remote_path) or "collected.log"
-    show = sys.stderr.isatty() and not as_json
-
-    def progress(done: int, total: int) -> None:
-        if show:
-            pct = f"{100 * done / total:5.1f}%" if total > 0 else ""
-            click.echo(f"\r  {human_bytes(done):>10} {pct}", err=True, nl=False)
+    bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
 
     async def body(n: HiddenNode) -> Any:
-        return await collect_file(n, remote_path, local, rotated=rotated, progress=progress)
+        return await collect_file(n, remote_path, local, rotated=rotated, progress=bar.update if bar else None)
     res = run_with_node(node, cookie, cookie_file, timeout, body)
-    if show:
+    if bar is not None:
+        bar.update(res.bytes, res.bytes, final=True)
         click.echo("", err=True)
     if as_json:
         emit_json(res.__dict__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def test_bad_input_gives_one_line_and_a_documented_exit_code(sandbox_gen2, tmp_p
     assert res.returncode == code, (res.returncode, res.stderr)
     assert fragment in res.stderr
     no_traceback(res)
+    assert not list(tmp_path.glob("*.partial")), "nothing was received, so no partial file is kept"
 
 
 def test_sup_prints_what_the_function_prints_with_sups_exit_codes(sandbox_gen1):
@@ -137,6 +139,61 @@ def test_follow_prints_json_lines_as_they_arrive(sandbox_gen2, tmp_path):
     events, summary = lines[:-1], lines[-1]["summary"]
     assert events and all(e["callid"].startswith("call-3-") for e in events)
     assert summary["lines"] == len(events)
+
+
+def test_trace_pid_and_trace_function_match_only_their_events(sandbox_gen2, tmp_path):
+    worker = node_rpc(sandbox_gen2, "kz_traffic", "workers", [])[1]
+    bare = f"0.{worker.id}.{worker.serial}"  # the form operators copy off Kazoo's console
+    res = kzb("trace-pid", bare, "--node", sandbox_gen2.node, "--duration", "2.5", "--follow", "--json",
+              "-o", str(tmp_path / "p.log"))
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()][:-1]
+    assert events and {e["pid"] for e in events} == {f"<{bare}>"}
+
+    res = kzb("trace-function", "kz_json", "set_value", "--node", sandbox_gen2.node, "--duration", "2.5",
+              "--follow", "--json", "-o", str(tmp_path / "f.log"))
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()][:-1]
+    assert events and all(e["message"].startswith("set_value") for e in events)
+    assert len({e["pid"] for e in events}) > 1, "every worker's calls, not one process's"
+
+
+def run_on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run kzbridge with stderr on a pseudo-terminal (progress is only drawn for a person)."""
+    import pty
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "kzbridge", *args], stdout=subprocess.PIPE,
+                            stderr=secondary, text=True)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout)
+    os.close(primary)
+    return proc.returncode, seen.decode("utf-8", "replace")
+
+
+def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_gen2, tmp_path):
+    code, err = run_on_a_terminal("trace-module", "kz_json", "--node", sandbox_gen2.node, "--duration", "2.5",
+                                  "-o", str(tmp_path / "t.log"))
+    assert code == 0, err
+    assert re.search(r"\r\s+\d+\.\ds\s+[\d.]+ [KMG]?B\s+\d+ lines", err), err  # elapsed, bytes, lines
+
+    big = "/tmp/kzb-progress-%d.bin" % time.time_ns()
+    node_rpc(sandbox_gen2, "file", "write_file", [big, b"x" * (24 << 20)])
+    try:
+        code, err = run_on_a_terminal("collect", big, "--node", sandbox_gen2.node, "-o", str(tmp_path / "b.bin"))
+    finally:
+        node_rpc(sandbox_gen2, "file", "delete", [big])
+    assert code == 0, err
+    assert "[" + "#" * 30 + "] 100.0%  24.0 MB / 24.0 MB" in err, err
+    assert (tmp_path / "b.bin").stat().st_size == 24 << 20
 
 
 def test_sigint_stops_and_collects_second_sigint_stops_without_collecting(sandbox_gen2, tmp_path):

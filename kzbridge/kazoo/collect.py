@@ -234,6 +234,10 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
         except (ConnectionLostError, RemoteFileError) as exc:
             out.flush()
             reader.abandon()
+            if written == 0:  # e.g. no such file: nothing worth keeping
+                out.close()
+                tmp.unlink(missing_ok=True)
+                raise
             raise type(exc)(f"{exc.message}; kept {written} bytes in {tmp} (partial)", hint=exc.hint) from None
         except BaseException:
             reader.abandon()
