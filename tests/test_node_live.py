@@ -104,6 +104,19 @@ def test_rpc_values_output_and_errors(erl_node):
     run(body())
 
 
+def test_large_replies_are_received_whole_and_their_buffer_is_not_kept(erl_node):
+    async def body():
+        async with connect(erl_node.node, erl_node.cookie) as n:
+            proto = n.conn.protocol
+            for size in (5 << 20, 40 << 20, 5 << 20, 100_000):
+                value = await n.rpc("binary", "copy", [b"ab", size // 2])
+                assert type(value) is bytes and len(value) == size and value[:4] == b"abab" and value[-2:] == b"ab"
+                # kept for the next file chunk up to 16 MB; a one-off 40 MB reply's buffer is let go
+                assert len(proto._big_store) <= proto.KEEP_BIG
+            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+    run(body())
+
+
 def test_timeout_many_concurrent_calls_and_sync_wrapper(erl_node):
     async def body():
         async with connect(erl_node.node, erl_node.cookie) as n:

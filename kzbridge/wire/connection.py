@@ -39,6 +39,7 @@ class DistProtocol(asyncio.BufferedProtocol):
 
     SMALL_BUFFER = 256 * 1024
     BIG_FRAME = 32 * 1024
+    KEEP_BIG = 16 << 20  # file chunks are 4 MB; a buffer up to this size is kept for the next one
 
     def __init__(self, handshake_factory: Callable[[str], ClientHandshake]) -> None:
         self._factory = handshake_factory
@@ -84,6 +85,9 @@ class DistProtocol(asyncio.BufferedProtocol):
             if self._big_filled == len(self._big):
                 frame, self._big = self._big, None
                 self._dispatch([frame])
+                if len(self._big_store) > self.KEEP_BIG:
+                    # A one-off huge message (an rpc returning a big binary): do not keep its buffer.
+                    self._big_store = bytearray()
             return
         view = memoryview(self._small)[:nbytes]
         if not self.handshake_done.done():
