@@ -1,6 +1,10 @@
 """RPC latency, throughput and one-shot CLI cost, each against a baseline measured in the same run.
 
-    python bench/rpc.py [--calls 5000]
+    python bench/rpc.py [--calls 5000] [--rounds 5]
+
+The latency and throughput measurements alternate between Erlang and kzbridge in
+short rounds (the machine's speed swings by a third from minute to minute), and the
+ratios are medians of the per-round ratios, with their range.
 
 Baselines: Erlang-to-Erlang rpc:call between two BEAM nodes on this machine (and the
 same gen_server call to rex that kzbridge makes), erl_call, and booting a hidden BEAM
@@ -13,6 +17,7 @@ import asyncio
 import glob
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -75,41 +80,61 @@ def blocking_side(node: str, cookie: str, calls: int) -> list[float]:
 
 
 def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
-    def timed(cmd: list[str]) -> float:
-        vals = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            vals.append((time.perf_counter() - t0) * 1000)
-            if res.returncode != 0:
-                raise RuntimeError(f"{cmd[0]} failed: {res.stderr or res.stdout}")
-        return pct(vals, 50)
-    out: dict = {}
+    """Median wall time of each command; the commands take turns, so a slow minute hits all of them."""
+    cmds: dict[str, list[str]] = {}
+    cmds["kzbridge"] = [sys.executable, "-m", "kzbridge", "rpc", "--node", node, "--cookie", cookie, "erlang", "node"]
     script = os.path.join(os.path.dirname(sys.executable), "kzbridge")
     kzb = script if os.path.exists(script) else (shutil.which("kzbridge") or "")
-    out["kzbridge"] = timed([sys.executable, "-m", "kzbridge", "rpc", "--node", node, "--cookie", cookie,
-                             "erlang", "node"])
     if kzb:
-        out["kzbridge_script"] = timed([kzb, "rpc", "--node", node, "--cookie", cookie, "erlang", "node"])
-    beam = ["erl", "-noinput", "-hidden", "-name", f"sup_{os.getpid()}@127.0.0.1", "-setcookie", cookie, "-eval",
-            f"io:format(\"~p~n\", [rpc:call('{node}', erlang, node, [])]), halt()."]
-    out["beam_boot"] = timed(beam)
+        cmds["kzbridge_script"] = [kzb, "rpc", "--node", node, "--cookie", cookie, "erlang", "node"]
+    cmds["beam_boot"] = ["erl", "-noinput", "-hidden", "-name", f"sup_{os.getpid()}@127.0.0.1", "-setcookie", cookie,
+                         "-eval", f"io:format(\"~p~n\", [rpc:call('{node}', erlang, node, [])]), halt()."]
     erl_call = sorted(glob.glob("/usr/lib/erlang/lib/erl_interface-*/bin/erl_call"))
     if erl_call:
-        out["erl_call"] = timed([erl_call[-1], "-n", node, "-c", cookie, "-a", "erlang node"])
-    return out
+        cmds["erl_call"] = [erl_call[-1], "-n", node, "-c", cookie, "-a", "erlang node"]
+    vals: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(runs):
+        for key, cmd in cmds.items():
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            vals[key].append((time.perf_counter() - t0) * 1000)
+            if res.returncode != 0:
+                raise RuntimeError(f"{cmd[0]} failed: {res.stderr or res.stdout}")
+    return {k: pct(v, 50) for k, v in vals.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     private_epmd()
     node, cookie = erl_node()
-    base = erlang_baseline(node, cookie, args.calls)
-    ours = asyncio.run(kzbridge_side(node, cookie, args.calls))
-    blocking = blocking_side(node, cookie, args.calls)
-    print(f"rpc round trip on an open connection ({args.calls} calls, erlang:node/0)")
+    per_round = max(100, args.calls // args.rounds)
+    base: dict = {"rpc_call": [], "rex_call": [], "throughput": []}
+    ours: dict = {"rpc": [], "throughput": []}
+    blocking: list[float] = []
+    ratios: dict = {"async": [], "rex": [], "blocking": [], "throughput": []}
+    for _ in range(args.rounds):
+        b = erlang_baseline(node, cookie, per_round)
+        o = asyncio.run(kzbridge_side(node, cookie, per_round))
+        k = blocking_side(node, cookie, per_round)
+        e50 = pct(b["rpc_call"], 50)
+        ratios["async"].append(pct(o["rpc"], 50) / e50)
+        ratios["rex"].append(pct(o["rpc"], 50) / pct(b["rex_call"], 50))
+        ratios["blocking"].append(pct(k, 50) / e50)
+        ratios["throughput"].append(o["throughput"] / b["throughput"])
+        for key in ("rpc_call", "rex_call"):
+            base[key] += b[key]
+        base["throughput"].append(b["throughput"])
+        ours["rpc"] += o["rpc"]
+        ours["throughput"].append(o["throughput"])
+        blocking += k
+
+    def rng(name: str) -> str:
+        v = ratios[name]
+        return f"{statistics.median(v):.2f}x (rounds {min(v):.2f}-{max(v):.2f})"
+    print(f"rpc round trip on an open connection ({args.rounds} rounds x {per_round} calls, erlang:node/0)")
     e50, e99 = pct(base["rpc_call"], 50), pct(base["rpc_call"], 99)
     print(f"  {'baseline: Erlang rpc:call between two BEAMs':<48} p50 {e50:7.1f} us  p99 {e99:7.1f} us")
     r50, r99 = pct(base["rex_call"], 50), pct(base["rex_call"], 99)
@@ -118,12 +143,13 @@ def main() -> None:
     print(f"  {'kzbridge rpc':<48} p50 {k50:7.1f} us  p99 {k99:7.1f} us")
     b50, b99 = pct(blocking, 50), pct(blocking, 99)
     print(f"  {'kzbridge BlockingNode (one-shot client)':<48} p50 {b50:7.1f} us  p99 {b99:7.1f} us")
-    print(f"  ratio p50 blocking / rpc:call = {b50 / e50:.2f}x")
-    print(f"  ratio p50 kzbridge / rpc:call = {k50 / e50:.2f}x, / rex call = {k50 / r50:.2f}x; "
-          f"p99 / rpc:call = {k99 / e99:.2f}x")
-    print("throughput, 100 concurrent callers x 100 calls on one connection")
-    line("baseline: Erlang, 100 processes", base["throughput"], "calls/s")
-    line("kzbridge, 100 tasks", ours["throughput"], "calls/s", base["throughput"], "of Erlang")
+    print(f"  ratio p50 kzbridge / rpc:call = {rng('async')}; / rex call = {rng('rex')}; "
+          f"pooled p99 / rpc:call = {k99 / e99:.2f}x")
+    print(f"  ratio p50 blocking / rpc:call = {rng('blocking')}")
+    print("throughput, 100 concurrent callers x 100 calls on one connection (median of rounds)")
+    line("baseline: Erlang, 100 processes", statistics.median(base["throughput"]), "calls/s")
+    line("kzbridge, 100 tasks", statistics.median(ours["throughput"]), "calls/s")
+    print(f"  ratio kzbridge / Erlang = {rng('throughput')}")
     shots = one_shot(node, cookie)
     print("one-shot command doing one rpc (median wall time)")
     line("baseline: boot a hidden BEAM + rpc (sup's way)", shots["beam_boot"], "ms")
