@@ -124,7 +124,28 @@ def call_once(node: str, cookie: str | None, cookie_file: str | None, timeout: f
     with BlockingNode(node, _cookie(node, cookie, cookie_file), timeout=timeout) as n:
         if on_connected:
             on_connected(n)
-        return n.rpc_output(module, function, args, timeout=timeout)
+        return n.rpc_output(module, function, resolve_pids(n, args, timeout), timeout=timeout)
+
+
+def resolve_pids(n: Any, args: list, timeout: float) -> list:
+    """Pids typed as <0.A.B> or <name@host.A.B> become real pids, made by the node that owns them."""
+    from .wire.literal import pid_literals, replace_pid_literals
+    from .wire.terms import ErlString, Pid
+    found = pid_literals(args)
+    if not found:
+        return args
+    pids = {}
+    for lit in found:
+        owner = Atom(lit.node or n.peer_name)
+        text = ErlString(f"<0.{lit.id}.{lit.serial}>")
+        try:
+            pid = n.rpc("rpc", "call", [owner, Atom("erlang"), Atom("list_to_pid"), [text]], timeout=timeout)
+        except BadRpcError as exc:
+            raise UsageError(f"cannot turn {lit} into a pid: {exc.message}") from None
+        if type(pid) is not Pid:
+            raise UsageError(f"cannot turn {lit} into a pid: {owner.name} answered {format_term(pid)[:200]}")
+        pids[lit] = pid
+    return replace_pid_literals(args, pids)
 
 
 def emit_json(value: Any) -> None:
@@ -234,6 +255,7 @@ def rpc(node: str, cookie: str | None, cookie_file: str | None, timeout: float, 
       kzbridge rpc -n kazoo_apps@h lists seq 1 10
       kzbridge rpc -n kazoo_apps@h kz_data_tracing trace_file '[{module, kz_json}]'
       kzbridge rpc -n kazoo_apps@h erlang byte_size '<<"bin">>'
+      kzbridge rpc -n kazoo_apps@h erlang process_info '<0.116.0>' message_queue_len
     What the function prints comes first (stderr with --json), then the result.
     """
     terms = [parse_term(a) for a in args]

@@ -87,6 +87,20 @@ def test_ping_rpc_and_json(sandbox_gen2):
     assert res.returncode == 0 and json.loads(res.stdout)["result"]["generation"] == 2
 
 
+def test_pids_typed_or_pasted_back_from_our_output_reach_the_node_as_its_pids(sandbox_gen2):
+    node = sandbox_gen2.node
+    printed = kzb("rpc", "--node", node, "erlang", "whereis", "kz_data_tracing").stdout.strip()
+    assert printed.startswith(f"<{node}.")
+    res = kzb("rpc", "--node", node, "erlang", "is_process_alive", printed)
+    assert res.returncode == 0 and res.stdout.strip() == "true", res.stderr
+    local = "<0." + printed.rsplit(".", 2)[1] + ".0>"  # the same process as the node's shell shows it
+    res = kzb("rpc", "--node", node, "erlang", "process_info", local, "registered_name")
+    assert res.stdout.strip() == "{registered_name,kz_data_tracing}", res.stderr
+    res = kzb("rpc", "--node", node, "erlang", "is_pid", "<nobody@127.0.0.1.1.0>")
+    assert res.returncode == 2 and "cannot turn <nobody@127.0.0.1.1.0> into a pid" in res.stderr
+    no_traceback(res)
+
+
 @pytest.mark.parametrize("args,code,fragment", [
     (["ping", "--node", "nobody@127.0.0.1", "--cookie", "x"], 3, "registered:"),
     (["ping", "--node", "no-at-sign", "--cookie", "x"], 2, "name@host"),

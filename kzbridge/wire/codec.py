@@ -22,6 +22,7 @@ from .terms import (
     Fun,
     ImproperList,
     Pid,
+    PidLiteral,
     Port,
     Reference,
     freeze,
@@ -601,6 +602,11 @@ def _enc_fun(value: Fun, out: bytearray) -> None:
     out[start + 1:start + 5] = _p32(len(out) - start - 1)
 
 
+def _enc_pid_literal(value: PidLiteral, out: bytearray) -> None:
+    raise EncodeError(f"the pid {value} must be resolved on the node before it is sent "
+                      "(see kzbridge.wire.literal.pid_literals)")
+
+
 def _enc_encoded(value: Encoded, out: bytearray) -> None:
     out += value.data
 
@@ -634,6 +640,7 @@ _ENCODERS: dict[type, Callable[[Any, bytearray], None]] = {
     Export: _enc_export,
     Fun: _enc_fun,
     Encoded: _enc_encoded,
+    PidLiteral: _enc_pid_literal,
     bool: _enc_bool,
     type(None): _enc_none,
 }

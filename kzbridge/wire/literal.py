@@ -1,7 +1,8 @@
 """Erlang term literals: parse what an operator types, print what a node returns.
 
 ``parse_term('[{module, kz_json}]')`` and ``format_term(value)`` are inverses for
-everything the literal syntax can express (pids, refs and funs print but do not parse).
+everything the literal syntax can express. Pids parse as ``PidLiteral`` (only the node
+can make them real pids); refs, ports and funs print but do not parse.
 """
 from __future__ import annotations
 
@@ -10,7 +11,20 @@ import re
 from typing import Any
 
 from ..errors import TermSyntaxError
-from .terms import Atom, BitBinary, ErlString, Export, FrozenList, FrozenMap, Fun, ImproperList, Pid, Port, Reference
+from .terms import (
+    Atom,
+    BitBinary,
+    ErlString,
+    Export,
+    FrozenList,
+    FrozenMap,
+    Fun,
+    ImproperList,
+    Pid,
+    PidLiteral,
+    Port,
+    Reference,
+)
 
 _TOKEN = re.compile(
     r"""
@@ -22,6 +36,7 @@ _TOKEN = re.compile(
   | (?P<atom>[a-z][a-zA-Z0-9_@]*)
   | (?P<qatom>'(?:[^'\\]|\\.)*')
   | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<pid><[^\s<>]+\.\d+\.\d+>)
   | (?P<punct><<|>>|=>|\#\{|[{}\[\],|/:])
     """,
     re.VERBOSE | re.DOTALL,
@@ -172,6 +187,17 @@ class _Parser:
         if text == "<<":
             self.i += 1
             return self.binary()
+        if kind == "pid":
+            node, ident, serial = _PID_PARTS.match(text).groups()  # type: ignore[union-attr]
+            if node.isdigit():
+                if node != "0":
+                    raise self.fail(f"{text} names a node by a shell's local number; write <0.{ident}.{serial}> "
+                                    f"for a process of the node, or <name@host.{ident}.{serial}>")
+                node = None
+            elif "@" not in node:
+                raise self.fail(f"{text}: a pid is <0.A.B> or <name@host.A.B>")
+            self.i += 1
+            return PidLiteral(node, int(ident), int(serial))
         raise self.fail(f"unexpected {text!r}")
 
     def sequence(self, close: str) -> list:
@@ -221,6 +247,49 @@ class _Parser:
                 continue
             self.take(">>")
             return bytes(out)
+
+
+_PID_PARTS = re.compile(r"<([^\s<>]+)\.(\d+)\.(\d+)>\Z")
+
+
+def pid_literals(term: Any) -> list[PidLiteral]:
+    """The PidLiterals inside a parsed term, each once, in order of appearance."""
+    found: dict[PidLiteral, None] = {}
+
+    def walk(v: Any) -> None:
+        t = type(v)
+        if t is PidLiteral:
+            found[v] = None
+        elif t is list or t is tuple or t is FrozenList:
+            for x in v:
+                walk(x)
+        elif t is dict:
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif t is ImproperList:
+            for x in v.items:
+                walk(x)
+            walk(v.tail)
+    walk(term)
+    return list(found)
+
+
+def replace_pid_literals(term: Any, pids: dict[PidLiteral, Any]) -> Any:
+    """The term with each PidLiteral replaced by what ``pids`` maps it to."""
+    t = type(term)
+    if t is PidLiteral:
+        return pids[term]
+    if t is list:
+        return [replace_pid_literals(x, pids) for x in term]
+    if t is tuple:
+        return tuple(replace_pid_literals(x, pids) for x in term)
+    if t is dict:
+        return {replace_pid_literals(k, pids): replace_pid_literals(x, pids) for k, x in term.items()}
+    if t is ImproperList:
+        items = tuple(replace_pid_literals(x, pids) for x in term.items)
+        return ImproperList(items, replace_pid_literals(term.tail, pids))
+    return term
 
 
 def parse_term(text: str) -> Any:
@@ -321,6 +390,8 @@ def format_term(value: Any) -> str:
         return "<<" + (head + "," if head else "") + last + ">>"
     if t is Pid:
         return f"<{value.node}.{value.id}.{value.serial}>"
+    if t is PidLiteral:
+        return str(value)
     if t is Port:
         return f"#Port<{value.node}.{value.id}>"
     if t is Reference:
