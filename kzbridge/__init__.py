@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Atom", "ErlString", "KzBridgeError", "Pid", "Reference", "SyncNode", "connect", "connect_sync",
+__all__ = ["Atom", "ErlString", "KzBridgeError", "Pid", "Reference", "SyncNode", "SyncTrace", "connect", "connect_sync",
            "format_term", "parse_term", "__version__"]
 
 _WHERE = {
-    "connect": "client", "connect_sync": "client", "SyncNode": "client",
+    "connect": "client", "connect_sync": "client", "SyncNode": "client", "SyncTrace": "client",
     "KzBridgeError": "errors",
     "Atom": "wire.terms", "ErlString": "wire.terms", "Pid": "wire.terms", "Reference": "wire.terms",
     "format_term": "wire.literal", "parse_term": "wire.literal",

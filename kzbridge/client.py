@@ -1,17 +1,25 @@
 """The public entry point: ``async with kzbridge.connect(node) as n: await n.rpc(...)``.
 
-A sync wrapper (``connect_sync``) runs its own event loop in a thread for scripts.
+A sync wrapper (``connect_sync``) runs its own event loop in a thread for scripts,
+with blocking versions of the tracing calls (``start_trace`` gives a ``SyncTrace``).
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .cookie import resolve_cookie
+from .errors import KzBridgeError
 from .wire.connection import DEFAULT_TICKTIME
 from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
+
+if TYPE_CHECKING:
+    from .kazoo.collect import CollectResult
+    from .kazoo.logparse import LogRecord
+    from .kazoo.tracing import RunSummary, Trace
 
 
 class connect:  # noqa: N801 - reads as a function at the call site
@@ -83,23 +91,114 @@ class SyncNode:
         node = self.node
         return self._run(coro_fn(node))
 
+    def start_trace(self, filter_list: list, **options: Any) -> "SyncTrace":
+        """Start a trace (options as ``kazoo.tracing.start_trace``); use ``with`` to be sure it stops.
+
+        Its lease is renewed in the background (on the loop thread) until ``stop()``.
+        """
+        from .kazoo import tracing
+        return SyncTrace(self, self.run(lambda n: tracing.start_trace(n, filter_list, **options)))
+
+    def collect_file(self, remote_path: str, local_path: str | os.PathLike, **options: Any) -> "CollectResult":
+        """Bring any file back from the node (options as ``kazoo.collect.collect_file``)."""
+        from .kazoo.collect import collect_file
+        return self.run(lambda n: collect_file(n, remote_path, local_path, **options))
+
     def close(self) -> None:
         self.blocking.close()
         if self._loop is not None:
             try:
                 if self._async is not None:
-                    self._run(self._async.close())
+                    self._run(self._shutdown())
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 if self._thread is not None:
                     self._thread.join(5)
                 self._loop.close()
 
+    async def _shutdown(self) -> None:
+        # Lease keepers and the like end with the connection; cancel them so none is left pending.
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        assert self._async is not None
+        await self._async.close()
+
     def __enter__(self) -> "SyncNode":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class SyncTrace:
+    """A running trace, driven from blocking code; ``with`` guarantees it stops."""
+
+    def __init__(self, owner: SyncNode, trace: "Trace") -> None:
+        self._owner = owner
+        self.trace = trace
+
+    ref = property(lambda self: self.trace.ref, doc="kz_data_tracing's ref (lg... for lager_event traces)")
+    remote_path = property(lambda self: self.trace.remote_path, doc="the trace file on the node")
+    generation = property(lambda self: self.trace.generation, doc="kz_data_tracing API generation (0: lager)")
+    warnings = property(lambda self: self.trace.warnings)
+
+    @property
+    def stopped(self) -> bool:
+        return self.trace.stopped
+
+    def stop(self) -> str:
+        """Stop the trace (idempotent); returns the remote file name."""
+        return self._owner._run(self.trace.stop())
+
+    def collect(self, local_path: str | os.PathLike,
+                progress: Callable[[int, int], None] | None = None) -> "CollectResult":
+        """Bring back the whole file, rotated parts first (stop first, or get what is there so far)."""
+        return self._owner._run(self.trace.collect(local_path, progress=progress))
+
+    def run(self, local_path: str, *, duration: float, **options: Any) -> "RunSummary":
+        """Tail into ``local_path`` for ``duration`` seconds (or max size), stop, verify; see ``run_trace``."""
+        from .kazoo.tracing import run_trace
+        return self._owner._run(run_trace(self.trace, local_path, duration=duration, **options))
+
+    def follow(self, duration: float | None = None) -> Iterator["LogRecord"]:
+        """Parsed records as lager writes them, until the trace stops (after ``duration`` if given).
+
+        Leaving the loop early stops following, not the trace.
+        """
+        loop = self._owner._loop
+        assert loop is not None
+        records = self.trace.follow()
+        handles: list[asyncio.TimerHandle] = []
+        if duration is not None:
+            async def stop_quietly() -> None:
+                try:
+                    await self.trace.stop()
+                except KzBridgeError:  # a lost connection ends the follow with its own error
+                    pass
+
+            def arm() -> None:
+                handles.append(loop.call_later(duration, lambda: loop.create_task(stop_quietly())))
+            loop.call_soon_threadsafe(arm)
+
+        async def next_record() -> Any:
+            return await records.__anext__()
+        try:
+            while True:
+                try:
+                    yield self._owner._run(next_record())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.call_soon_threadsafe(lambda: [h.cancel() for h in handles])
+            self._owner._run(records.aclose())
+
+    def __enter__(self) -> "SyncTrace":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.trace.stopped and self.trace.node.alive:
+            self.stop()
 
 
 def connect_sync(node: str, cookie: str | None = None, **kwargs: Any) -> SyncNode:

@@ -73,6 +73,50 @@ def test_trace_object_follow_and_context_manager(sandbox_gen2):
     run(body())
 
 
+def test_a_held_trace_outlives_its_lease_and_a_forgotten_one_does_not(sandbox_gen2):
+    """The lease is renewed in the background while the Trace object lives, not only inside run_trace."""
+    import gc
+
+    async def body():
+        n = await node_of(sandbox_gen2)
+        held = await tracing.start_trace(n, flt.module_filter("kz_json"), lease=1.5)
+        forgotten = await tracing.start_trace(n, flt.module_filter("kz_json"), lease=1.5)
+        gone = forgotten.ref.encode()
+        del forgotten
+        gc.collect()
+        await asyncio.sleep(4)  # more than twice the lease
+        assert await n.rpc("kz_data_tracing", "status", [held.ref.encode()]) != Atom("false")
+        assert held.lease_renewals >= 4 and held.keeper_error is None
+        assert await n.rpc("kz_data_tracing", "status", [gone]) == Atom("false"), "its lease ran out"
+        await held.stop()
+        assert await n.rpc("kz_data_tracing", "status", []) == []
+        await n.close()
+    run(body())
+
+
+def test_sync_api_follow_run_collect_and_with_always_stops(sandbox_gen2, tmp_path):
+    import kzbridge
+    with kzbridge.connect_sync(sandbox_gen2.node, sandbox_gen2.cookie) as kz:
+        with kz.start_trace([flt.parse_filter("request=req-2")], lease=1.5) as trace:
+            assert len(trace.ref) == 12 and trace.generation == 2
+            got = list(trace.follow(duration=3.5))  # longer than the lease: renewed meanwhile
+            assert trace.stopped
+            res = trace.collect(tmp_path / "sync.log")
+        assert got and all(r.callid.startswith("call-2-") for r in got)
+        assert res.verified and res.bytes == (tmp_path / "sync.log").stat().st_size
+        assert len(list(parse_lines(open(tmp_path / "sync.log")))) >= len(got)
+
+        with kz.start_trace(flt.module_filter("kz_json")) as trace:
+            summary = trace.run(str(tmp_path / "run.log"), duration=1.5)
+        assert summary.verified and summary.lines > 0
+
+        with pytest.raises(RuntimeError):
+            with kz.start_trace(flt.module_filter("kz_json")) as trace:
+                raise RuntimeError("the script fails")
+        assert kz.rpc("kz_data_tracing", "status", [trace.ref.encode()]) == Atom("false"), "with stopped it"
+        assert kz.rpc("kz_data_tracing", "status", []) == []
+
+
 def test_lager_event_sink_traces_the_main_log(sandbox_gen1, tmp_path):
     out = str(tmp_path / "main.log")
 

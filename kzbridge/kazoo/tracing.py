@@ -15,6 +15,7 @@ import codecs
 import os
 import secrets
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
@@ -99,6 +100,8 @@ class Trace:
     _tref: Any = None
     stopped: bool = False
     lease_renewals: int = 0
+    _keeper: "asyncio.Task | None" = None
+    keeper_error: KzBridgeError | None = None
 
     @property
     def node_name(self) -> str:
@@ -113,8 +116,21 @@ class Trace:
         if old is not None:
             await self.node.rpc("timer", "cancel", [old], timeout=10)
 
+    def keep_alive(self) -> None:
+        """Renew the lease every third of it, in the background, while this object lives.
+
+        Until stop(); a dropped Trace object, a lost connection or a failed renewal end
+        the renewals, and the lease armed on the node stops the trace within its length.
+        """
+        if self._keeper is None and not self.stopped:
+            self._keeper = asyncio.get_running_loop().create_task(
+                _keep_lease(weakref.ref(self), self.lease / 3), name=f"kzbridge-lease-{self.ref}")
+
     async def stop(self) -> str:
         """Stop the trace (idempotent); returns the remote file name."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
         if self.stopped:
             return self.remote_path
         if self.sink == DATA_SINK:
@@ -171,6 +187,21 @@ class Trace:
     async def __aexit__(self, *exc: Any) -> None:
         if self.node.alive and not self.stopped:
             await self.stop()
+
+
+async def _keep_lease(trace_ref: "weakref.ref[Trace]", interval: float) -> None:
+    # Holds the Trace only weakly between renewals: forgetting a trace lets its lease run out.
+    while True:
+        await asyncio.sleep(interval)
+        trace = trace_ref()
+        if trace is None or trace.stopped or not trace.node.alive:
+            return
+        try:
+            await trace.renew_lease()
+        except KzBridgeError as exc:
+            trace.keeper_error = exc
+            return
+        del trace
 
 
 async def _arm_lease(node: HiddenNode, seconds: float, ref: str | None, path: str, lager_trace: Any) -> Any:
@@ -237,6 +268,8 @@ async def start_trace(node: HiddenNode, filter_list: list, *, sink: str = DATA_S
     if sink == DATA_SINK or detached:
         await trace.renew_lease()
         trace.lease_renewals = 0
+    if not detached:
+        trace.keep_alive()
     journal.record(journal.JournalEntry(
         node=node.peer_name, ref=ref, remote_path=path, sink=sink, generation=generation,
         filters=flt.describe(checked), started=trace.started, lease_until=time.time() + lease, detached=detached,
@@ -404,7 +437,6 @@ async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size:
     reason = "duration"
     verified = False
     partial = True
-    next_renew = started + trace.lease / 3
     finishing = False
     try:
         with open(tmp, "wb") as out:
@@ -427,9 +459,6 @@ async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size:
                                 reason = "abandoned"
                                 break
                             reader.finish()
-                        elif now >= next_renew:
-                            await trace.renew_lease()
-                            next_renew = now + trace.lease / 3
                     if control.abandon.is_set():
                         if not trace.stopped:
                             await trace.stop()
