@@ -87,6 +87,8 @@ def test_a_held_trace_outlives_its_lease_and_a_forgotten_one_does_not(sandbox_ge
         await asyncio.sleep(4)  # more than twice the lease
         assert await n.rpc("kz_data_tracing", "status", [held.ref.encode()]) != Atom("false")
         assert held.lease_renewals >= 4 and held.keeper_error is None
+        from kzbridge.kazoo import journal
+        assert journal.find(n.peer_name, held.ref).lease_until > time.time(), "status shows the renewed lease"
         assert await n.rpc("kz_data_tracing", "status", [gone]) == Atom("false"), "its lease ran out"
         await held.stop()
         assert await n.rpc("kz_data_tracing", "status", []) == []

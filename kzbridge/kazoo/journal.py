@@ -75,6 +75,16 @@ def mark_stopped(node: str, ref: str) -> None:
     _save(entries)
 
 
+def extend_lease(node: str, ref: str, until: float) -> None:
+    """Record a renewed lease, so ``status`` shows when the node would stop the trace now."""
+    entries = load()
+    hit = [e for e in entries if e.node == node and e.ref == ref and not e.stopped]
+    for e in hit:
+        e.lease_until = until
+    if hit:
+        _save(entries)
+
+
 def find(node: str, ref: str) -> JournalEntry | None:
     for e in load():
         if e.node == node and e.ref == ref:

@@ -113,6 +113,7 @@ class Trace:
         self._tref = await _arm_lease(self.node, seconds or self.lease, self.ref if self.sink == DATA_SINK else None,
                                       self.remote_path, self.lager_trace)
         self.lease_renewals += 1
+        journal.extend_lease(self.node_name, self.ref, time.time() + (seconds or self.lease))
         if old is not None:
             await self.node.rpc("timer", "cancel", [old], timeout=10)
 
