@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import click
 
 from . import __version__
-from .cookie import resolve_cookie
+from .cookie import cookie_for_node
 from .errors import (
     BadFilterError,
     BadRpcError,
@@ -94,11 +94,7 @@ def node_options(fn: Callable) -> Callable:
 
 
 def _cookie(node: str, cookie: str | None, cookie_file: str | None) -> str:
-    if cookie or cookie_file or os.environ.get("KZBRIDGE_COOKIE"):
-        return resolve_cookie(cookie, cookie_file)
-    from . import sandbox as sandbox_mod
-    sandboxed = sandbox_mod.cookie_for(node)
-    return sandboxed if sandboxed else resolve_cookie(None, None)
+    return cookie_for_node(node, cookie, cookie_file)
 
 
 def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeout: float,

@@ -10,7 +10,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .cookie import resolve_cookie
+from .cookie import cookie_for_node
 from .errors import KzBridgeError
 from .wire.connection import DEFAULT_TICKTIME
 from .wire.node import HiddenNode, connect_node
@@ -28,7 +28,7 @@ class connect:  # noqa: N801 - reads as a function at the call site
     def __init__(self, node: str, cookie: str | None = None, *, cookie_file: str | None = None,
                  timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME) -> None:
         self.node = node
-        self.cookie = resolve_cookie(cookie, cookie_file)
+        self.cookie = cookie_for_node(node, cookie, cookie_file)
         self.timeout = timeout
         self.ticktime = ticktime
         self._hidden: HiddenNode | None = None
@@ -55,7 +55,7 @@ class SyncNode:
                  timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME) -> None:
         from .wire.blocking import BlockingNode
         self._target = node
-        self._cookie = resolve_cookie(cookie, cookie_file)
+        self._cookie = cookie_for_node(node, cookie, cookie_file)
         self._timeout = timeout
         self._ticktime = ticktime
         self.blocking = BlockingNode(node, self._cookie, timeout=timeout)

@@ -1,4 +1,5 @@
-"""Where the Erlang cookie comes from: explicit value, KZBRIDGE_COOKIE, a cookie file, ~/.erlang.cookie.
+"""Where the Erlang cookie comes from: explicit value, KZBRIDGE_COOKIE, a cookie file,
+a sandbox started under that node name, ~/.erlang.cookie.
 
 The cookie is a secret: nothing here logs or prints it.
 """
@@ -34,3 +35,12 @@ def resolve_cookie(cookie: str | None = None, cookie_file: str | os.PathLike | N
         return _read(default)
     raise UsageError("no Erlang cookie given",
                      hint="use --cookie, --cookie-file, KZBRIDGE_COOKIE, or create ~/.erlang.cookie")
+
+
+def cookie_for_node(node: str, cookie: str | None = None, cookie_file: str | os.PathLike | None = None) -> str:
+    """As resolve_cookie, but a local sandbox of that node name supplies its own cookie
+    before ~/.erlang.cookie is tried (so the embedded default works without flags)."""
+    if cookie or cookie_file or os.environ.get("KZBRIDGE_COOKIE"):
+        return resolve_cookie(cookie, cookie_file)
+    from . import sandbox
+    return sandbox.cookie_for(node) or resolve_cookie(None, None)

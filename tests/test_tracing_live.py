@@ -98,7 +98,7 @@ def test_a_held_trace_outlives_its_lease_and_a_forgotten_one_does_not(sandbox_ge
 
 def test_sync_api_follow_run_collect_and_with_always_stops(sandbox_gen2, tmp_path):
     import kzbridge
-    with kzbridge.connect_sync(sandbox_gen2.node, sandbox_gen2.cookie) as kz:
+    with kzbridge.connect_sync(sandbox_gen2.node) as kz:  # a local sandbox supplies its own cookie
         with kz.start_trace([flt.parse_filter("request=req-2")], lease=1.5) as trace:
             assert len(trace.ref) == 12 and trace.generation == 2
             got = list(trace.follow(duration=3.5))  # longer than the lease: renewed meanwhile
