@@ -8,12 +8,13 @@ Every failure ends as one line on stderr and a documented exit code:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 from functools import wraps
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import click
 
@@ -74,6 +75,23 @@ class Group(click.Group):
             click.echo(f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)",
                        err=True)
             sys.exit(1)
+
+
+@contextlib.contextmanager
+def _keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: bool) -> Iterator[None]:
+    """Ctrl-C during a collection: say where the bytes so far are, then exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from .kazoo.collect import partial_path
+        path = local()
+        part = partial_path(path) if path else None
+        if part is None or not part.exists():
+            raise
+        if on_terminal:
+            click.echo("", err=True)
+        click.echo(f"kzbridge: interrupted; kept {part.stat().st_size} bytes in {part} (partial)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def node_options(fn: Callable) -> Callable:
@@ -552,6 +570,8 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
         raise UsageError(f"with --all, --output must be an existing directory, not {output!r}")
     from .kazoo import journal
 
+    collecting: list[str] = []
+
     async def body(n: HiddenNode) -> list[dict]:
         refs = [ref] if ref else [e.ref for e in journal.active(n.peer_name)]
         done = []
@@ -566,6 +586,7 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
                 else:
                     local = output or default_name
                 bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
+                collecting[:] = [local]
                 res = await trace.collect(local, progress=bar.update if bar else None)
                 if bar is not None:
                     bar.update(res.bytes, res.bytes, final=True)
@@ -573,7 +594,8 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
                 item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
             done.append(item)
         return done
-    done = run_with_node(node, cookie, cookie_file, timeout, body)
+    with _keeps_partial_on_interrupt(lambda: collecting[0] if collecting else None, sys.stderr.isatty()):
+        done = run_with_node(node, cookie, cookie_file, timeout, body)
     if as_json:
         emit_json(done)
     elif not done:
@@ -651,7 +673,8 @@ def collect(node: str, cookie: str | None, cookie_file: str | None, timeout: flo
 
     async def body(n: HiddenNode) -> Any:
         return await collect_file(n, remote_path, local, rotated=rotated, progress=bar.update if bar else None)
-    res = run_with_node(node, cookie, cookie_file, timeout, body)
+    with _keeps_partial_on_interrupt(lambda: local, bar is not None):
+        res = run_with_node(node, cookie, cookie_file, timeout, body)
     if bar is not None:
         bar.update(res.bytes, res.bytes, final=True)
         click.echo("", err=True)

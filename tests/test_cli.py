@@ -210,6 +210,39 @@ def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_
     assert (tmp_path / "b.bin").stat().st_size == 24 << 20
 
 
+def test_ctrl_c_during_a_collection_keeps_the_partial_file_and_says_where(sandbox_gen2, tmp_path):
+    import pty
+    big = "/tmp/kzb-sparse-%d.bin" % time.time_ns()
+    node_rpc(sandbox_gen2, "os", "cmd", [f"truncate -s 1G {big}"])  # sparse: no disk, reads fast
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "kzbridge", "collect", big, "--node", sandbox_gen2.node,
+                             "-o", str(tmp_path / "big.bin")], stdout=subprocess.PIPE, stderr=secondary, text=True)
+    os.close(secondary)
+    seen = b""
+    try:
+        while b"MB / 1.0 GB" not in seen:  # the bar's first draw: bytes are arriving
+            seen += os.read(primary, 4096)
+        proc.send_signal(signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(30)
+    finally:
+        os.close(primary)
+        node_rpc(sandbox_gen2, "file", "delete", [big])
+    text = seen.decode()
+    partial = tmp_path / "big.bin.partial"
+    assert proc.returncode == 130, text
+    assert f"interrupted; kept {partial.stat().st_size} bytes in {partial} (partial)" in text
+    assert 0 < partial.stat().st_size < 1 << 30 and not (tmp_path / "big.bin").exists()
+    assert "Traceback" not in text
+
+
 def test_sigint_stops_and_collects_second_sigint_stops_without_collecting(sandbox_gen2, tmp_path):
     out = tmp_path / "int.log"
     run = Running("trace-module", "kz_json", "--node", sandbox_gen2.node, "--duration", "60", "-o", str(out),
