@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -25,6 +26,11 @@ def _cleanup() -> None:
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    if _own_cache:
+        shutil.rmtree(_own_cache[0], ignore_errors=True)
+
+
+_own_cache: list[str] = []
 
 
 atexit.register(_cleanup)
@@ -39,7 +45,9 @@ def free_port() -> int:
 def private_epmd() -> int:
     port = free_port()
     os.environ["ERL_EPMD_PORT"] = str(port)
-    os.environ.setdefault("KZBRIDGE_CACHE", f"/tmp/kzbridge-bench-{os.getpid()}")
+    if "KZBRIDGE_CACHE" not in os.environ:
+        os.environ["KZBRIDGE_CACHE"] = f"/tmp/kzbridge-bench-{os.getpid()}"
+        _own_cache.append(os.environ["KZBRIDGE_CACHE"])
     p = subprocess.Popen(["epmd", "-port", str(port), "-address", "127.0.0.1"], start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _procs.append(p)

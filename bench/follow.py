@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import time
@@ -103,7 +104,10 @@ async def overhead(box, seconds: float) -> None:
     n = await connect_node(box.node, box.cookie)
     await n.rpc("kz_traffic", "set_rate", [100])
     trace = await tracing.start_trace(n, flt.module_filter("kz_json"), lease=60)
-    s = await tracing.run_trace(trace, f"/tmp/kzb-bench-overhead-{box.name}.log", duration=seconds)
+    local = f"/tmp/kzb-bench-overhead-{box.name}.log"
+    s = await tracing.run_trace(trace, local, duration=seconds)
+    os.unlink(local)
+    await n.rpc("file", "delete", [trace.remote_path])
     print(f"load on the node during a {s.seconds:.0f} s trace ({s.lines} lines, {s.bytes} bytes, lease 60 s)")
     print(f"  rpc calls {s.rpc_calls} ({s.rpc_calls / s.seconds:.3f}/s, of which {s.lease_renewals} lease renewals "
           f"and the stop), reader acks {s.messages_sent} ({s.messages_sent / s.seconds:.3f}/s), "

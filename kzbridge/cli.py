@@ -717,7 +717,7 @@ def sandbox_start(name: str, cookie: str | None, generation: str, rate: float, a
 @sandbox.command("stop")
 @click.option("--name", default="kzsandbox", show_default=True)
 def sandbox_stop(name: str) -> None:
-    """Stop a sandbox node."""
+    """Stop a sandbox node (and delete the trace files kzbridge wrote on it, /tmp/kzbridge-NAME-*)."""
     from . import sandbox as sandbox_mod
     if not sandbox_mod.stop(name):
         raise UsageError(f"no sandbox named {name!r} is running", hint="kzbridge sandbox list")

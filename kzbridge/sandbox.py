@@ -7,6 +7,7 @@ State (node, cookie file, OS pid) lives in ``~/.cache/kzbridge/sandboxes`` so
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -232,6 +233,11 @@ def stop(name: str, timeout: float = 10.0) -> bool:
     _state_file(box.name).unlink(missing_ok=True)
     Path(box.cookie_file).unlink(missing_ok=True)
     shutil.rmtree(state_dir() / box.name, ignore_errors=True)  # the node's working directory
+    # The sandbox ran on this machine, so the trace files kzbridge named after it are here;
+    # they go with it (collected copies are elsewhere).
+    from .kazoo.tracing import default_remote_glob
+    for f in glob.glob(default_remote_glob(box.node)):
+        Path(f).unlink(missing_ok=True)
     return True
 
 

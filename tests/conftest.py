@@ -7,7 +7,10 @@ when tests fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import glob
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -55,9 +58,19 @@ def private_epmd() -> Iterator[int]:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.05)
+    started = time.time() - 1
     try:
         yield port
     finally:
+        # Files this run's tests made on the (local) nodes: /tmp/kzb-*, trace files named after
+        # test nodes (started outside the sandbox module), and kz_data_tracing's
+        # default /tmp/<32 hex>.log (plus lager's rotated parts). Only files made since it started.
+        kazoo_default = re.compile(r"/tmp/[0-9a-f]{32}\.log(\.[0-4])?\Z")
+        made = glob.glob("/tmp/kzb-*") + glob.glob("/tmp/kzbridge-kz*")  # our test nodes are all named kz...
+        for f in made + [f for f in glob.glob("/tmp/*.log*") if kazoo_default.match(f)]:
+            with contextlib.suppress(OSError):
+                if os.path.isfile(f) and os.path.getmtime(f) >= started:
+                    os.unlink(f)
         from kzbridge import sandbox
         for box in sandbox.list_sandboxes():
             sandbox.stop(box.name)
@@ -186,6 +199,10 @@ def _sandbox(generation: int, rate: float = 50) -> Iterator:
         yield box
     finally:
         sandbox.stop(name)
+        # The node was local: its default trace files (and lager's rotated parts) are ours to remove.
+        for f in glob.glob(f"/tmp/kzbridge-{name}-*"):
+            with contextlib.suppress(OSError):
+                os.unlink(f)
 
 
 @pytest.fixture(scope="session")

@@ -331,9 +331,15 @@ def test_sandbox_commands(tmp_path):
         assert any(b["node"] == node and b["generation"] == 1 for b in json.loads(listed.stdout))
         again = kzb("sandbox", "start", "--name", name)
         assert again.returncode == 7 and "already running" in again.stderr
+        traced = kzb("trace-module", "kz_json", "--node", node, "--duration", "1", "-o", str(tmp_path / "s.log"),
+                     "--json")
+        remote = json.loads(traced.stdout)["remote_path"]
+        assert os.path.exists(remote) and (tmp_path / "s.log").exists()
     finally:
         res = kzb("sandbox", "stop", "--name", name)
     assert res.returncode == 0
+    assert not os.path.exists(remote), "the sandbox's own trace files go with it"
+    assert (tmp_path / "s.log").exists()
     assert kzb("sandbox", "stop", "--name", name).returncode == 2
 
 

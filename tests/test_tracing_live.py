@@ -257,10 +257,10 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
 def test_node_killed_during_collection_keeps_a_marked_partial_file(fresh_sandbox, tmp_path):
     from kzbridge import sandbox
     out = tmp_path / "dying.log"
+    path = "/tmp/kzb-big-%d.bin" % time.time_ns()
 
     async def body():
         n = await node_of(fresh_sandbox)
-        path = "/tmp/kzb-big-%d.bin" % time.time_ns()
         write = ("{ok, F} = file:open(Path, [write, raw, binary]), B = binary:copy(<<\"x\">>, 1048576), "
                  "[ok = file:write(F, B) || _ <- lists:seq(1, 150)], file:close(F).")
         from kzbridge.kazoo import remote
@@ -275,7 +275,11 @@ def test_node_killed_during_collection_keeps_a_marked_partial_file(fresh_sandbox
         with pytest.raises((ConnectionLostError, RemoteFileError)) as err:
             await collect_file(n, path, str(out), progress=progress, chunk=1 << 20, window=4)
         return err.value
-    err = run(body())
+    try:
+        err = run(body())
+    finally:
+        if os.path.exists(path):  # written by the node we killed, on this machine
+            os.unlink(path)
     partial = tmp_path / "dying.log.partial"
     assert "partial" in str(err) and str(partial) in str(err)
     assert partial.exists() and partial.stat().st_size >= 20 * 1048576 and not out.exists()
