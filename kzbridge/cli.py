@@ -111,16 +111,12 @@ def node_options(fn: Callable) -> Callable:
     return wrapper
 
 
-def _cookie(node: str, cookie: str | None, cookie_file: str | None) -> str:
-    return cookie_for_node(node, cookie, cookie_file)
-
-
 def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
                   body: Callable[["HiddenNode"], Awaitable[Any]], ticktime: float = 60.0) -> Any:
     import asyncio
 
     from .wire.node import connect_node
-    secret = _cookie(node, cookie, cookie_file)
+    secret = cookie_for_node(node, cookie, cookie_file)
 
     async def main() -> Any:
         hidden = await connect_node(node, secret, timeout=timeout, ticktime=ticktime)
@@ -135,7 +131,7 @@ def call_once(node: str, cookie: str | None, cookie_file: str | None, timeout: f
               args: list, on_connected: Callable[[Any], None] | None = None) -> Any:
     """One rpc on a blocking connection: the one-shot commands skip asyncio's start-up cost."""
     from .wire.blocking import BlockingNode
-    with BlockingNode(node, _cookie(node, cookie, cookie_file), timeout=timeout) as n:
+    with BlockingNode(node, cookie_for_node(node, cookie, cookie_file), timeout=timeout) as n:
         if on_connected:
             on_connected(n)
         return n.rpc_output(module, function, resolve_pids(n, args, timeout), timeout=timeout)
@@ -210,6 +206,10 @@ class ProgressBar:
         else:
             bar, size = "", human_bytes(done)
         click.echo(f"\r  {bar}  {size}  {human_bytes(int(rate))}/s   ", err=True, nl=False)
+
+    def finish(self, nbytes: int) -> None:
+        self.update(nbytes, nbytes, final=True)
+        click.echo("", err=True)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -589,8 +589,7 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
                 collecting[:] = [local]
                 res = await trace.collect(local, progress=bar.update if bar else None)
                 if bar is not None:
-                    bar.update(res.bytes, res.bytes, final=True)
-                    click.echo("", err=True)
+                    bar.finish(res.bytes)
                 item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
             done.append(item)
         return done
@@ -676,8 +675,7 @@ def collect(node: str, cookie: str | None, cookie_file: str | None, timeout: flo
     with _keeps_partial_on_interrupt(lambda: local, bar is not None):
         res = run_with_node(node, cookie, cookie_file, timeout, body)
     if bar is not None:
-        bar.update(res.bytes, res.bytes, final=True)
-        click.echo("", err=True)
+        bar.finish(res.bytes)
     if as_json:
         emit_json(res.__dict__)
     else:

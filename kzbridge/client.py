@@ -170,6 +170,7 @@ class SyncTrace:
         assert loop is not None
         records = self.trace.follow()
         handles: list[asyncio.TimerHandle] = []
+        stopping: list[asyncio.Task] = []  # a reference, so the task is not collected mid-flight
         if duration is not None:
             async def stop_quietly() -> None:
                 try:
@@ -178,7 +179,7 @@ class SyncTrace:
                     pass
 
             def arm() -> None:
-                handles.append(loop.call_later(duration, lambda: loop.create_task(stop_quietly())))
+                handles.append(loop.call_later(duration, lambda: stopping.append(loop.create_task(stop_quietly()))))
             loop.call_soon_threadsafe(arm)
 
         async def next_record() -> Any:
