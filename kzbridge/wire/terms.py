@@ -180,6 +180,31 @@ class Reference(_Ident):
         return "#Ref<" + ".".join([str(self.node)] + [str(i) for i in reversed(self.ids)]) + ">"
 
 
+class PidLiteral(_Ident):
+    """A pid as a person writes it: ``<0.116.0>`` (a process of the node we talk to) or
+    ``<name@host.116.0>`` (the way kzbridge prints pids).
+
+    The text lacks the node's creation number, which the wire form needs, so only a node
+    can turn it into a real pid: ``literal.pid_literals`` finds them in a term and the
+    caller resolves them (the CLI asks the node, ``erlang:list_to_pid/1``) before sending.
+    """
+
+    __slots__ = ("node", "id", "serial")
+    _fields = __slots__
+
+    def __init__(self, node: str | None, id: int, serial: int) -> None:  # noqa: A002
+        _set(self, "node", node)
+        _set(self, "id", id)
+        _set(self, "serial", serial)
+        _set(self, "_k", (node, id, serial))
+
+    def __str__(self) -> str:
+        return f"<{self.node or 0}.{self.id}.{self.serial}>"
+
+    def __repr__(self) -> str:
+        return f"PidLiteral({str(self)!r})"
+
+
 @dataclass(frozen=True)
 class Export:
     """``fun Module:Function/Arity``."""
@@ -201,38 +226,6 @@ class Fun:
     old_uniq: int
     pid: Pid
     free_vars: tuple
-
-
-class PidLiteral:
-    """A pid as a person writes it: ``<0.116.0>`` (a process of the node we talk to) or
-    ``<name@host.116.0>`` (the way kzbridge prints pids).
-
-    The text lacks the node's creation number, which the wire form needs, so only a node
-    can turn it into a real pid: ``literal.pid_literals`` finds them in a term and the
-    caller resolves them (the CLI asks the node, ``erlang:list_to_pid/1``) before sending.
-    """
-
-    __slots__ = ("node", "id", "serial")
-
-    def __init__(self, node: str | None, id: int, serial: int) -> None:  # noqa: A002
-        _set(self, "node", node)
-        _set(self, "id", id)
-        _set(self, "serial", serial)
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError("PidLiteral is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is PidLiteral and (self.node, self.id, self.serial) == (other.node, other.id, other.serial)
-
-    def __hash__(self) -> int:
-        return hash((PidLiteral, self.node, self.id, self.serial))
-
-    def __str__(self) -> str:
-        return f"<{self.node or 0}.{self.id}.{self.serial}>"
-
-    def __repr__(self) -> str:
-        return f"PidLiteral({str(self)!r})"
 
 
 class Encoded:
