@@ -25,10 +25,23 @@
     +-- SandboxError                   the local fixture node could not be run (exit 7)
 
 Lower layers raise their own class; higher layers translate with ``raise ... from``.
+
+Errors are data: ``message`` and ``hint`` are plain words that name no command-line
+flag, and ``setting`` names the setting the error is about (one of ``SETTINGS``), so
+each face (the CLI, the Python API, the pytest plugin) can point at its own name for
+it: the CLI adds "see --timeout", a script reads ``exc.setting == "timeout"``.
 """
 from __future__ import annotations
 
 from typing import Any
+
+# The settings an error can be about, as the library names them (keyword arguments of
+# connect/start_trace/run and friends). Faces map them to their own spelling.
+SETTINGS = frozenset({
+    "node", "cookie", "timeout", "lease", "duration", "max_size", "max_total_size", "remote_path",
+    "local_path", "sink", "level", "format", "filters", "generation", "name", "address", "epmd_port",
+    "max_rate", "mode",
+})
 
 
 class KzBridgeError(Exception):
@@ -36,10 +49,13 @@ class KzBridgeError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, setting: str | None = None) -> None:
         super().__init__(message)
+        if setting is not None and setting not in SETTINGS:
+            raise ValueError(f"unknown setting {setting!r}")  # a bug in kzbridge, not user input
         self.message = message
         self.hint = hint
+        self.setting = setting
 
     def __str__(self) -> str:
         if self.hint:
@@ -84,8 +100,9 @@ class HostUnreachableError(ConnectError):
 class NodeNotRegisteredError(ConnectError):
     """EPMD on the host does not know the node; carries the names it does know."""
 
-    def __init__(self, message: str, *, registered: list[str] | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, *, registered: list[str] | None = None, hint: str | None = None,
+                 setting: str | None = None) -> None:
+        super().__init__(message, hint=hint, setting=setting)
         self.registered = registered or []
 
 
@@ -124,8 +141,9 @@ class RpcError(KzBridgeError):
 class BadRpcError(RpcError):
     """The node answered ``{badrpc, Reason}``; ``reason`` holds the decoded term."""
 
-    def __init__(self, message: str, *, reason: Any = None, output: str = "", hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, *, reason: Any = None, output: str = "", hint: str | None = None,
+                 setting: str | None = None) -> None:
+        super().__init__(message, hint=hint, setting=setting)
         self.reason = reason
         self.output = output
 
