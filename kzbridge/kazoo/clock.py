@@ -1,0 +1,232 @@
+"""A node's clock, and the UTC instant of each line it printed.
+
+lager stamps an event with the node's OS clock and prints it as local wall-clock time,
+``HH:MM:SS.mmm``: no date, no zone (``HH:MM:SS.mmm UTC`` when the node runs with
+``sasl utc_log``). Nodes of one cluster disagree by milliseconds to seconds, and may run
+in different zones. To put several nodes' lines on one timeline we measure, per node:
+
+  * its clock offset to ours: several ``os:system_time`` round trips, keeping the one with
+    the smallest round trip (its offset is taken at the round trip's midpoint, and half
+    the round trip bounds the error: the *uncertainty*);
+  * its UTC offset at that moment (``erlang:universaltime_to_localtime`` of a fixed
+    instant, so the answer does not depend on when the call ran), and so its local date;
+  * whether lager prints UTC (``sasl utc_log``).
+
+A ``Timeline`` then turns one file's printed times into UTC instants (float seconds since
+the epoch, on *our* clock): the date comes from the node's date at the trace's start and
+is carried across midnight (a time that jumps backwards by hours means the next day),
+the zone is removed, and the clock offset, interpolated between the measurements at start
+and at stop, is subtracted.
+
+``measure`` is the only part that talks to a node; everything else is pure.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import KazooError
+
+if TYPE_CHECKING:
+    from ..wire.node import HiddenNode
+
+# A printed time that goes back by more than this within one file is the next day
+# (lager writes in order, give or take its buffering; DST moves by one hour at most).
+MIDNIGHT_JUMP = 3 * 3600.0
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_MICRO = 1_000_000
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """One round trip: our clock before and after, the node's clock in between (seconds)."""
+
+    sent: float
+    node_time: float
+    received: float
+
+    @property
+    def round_trip(self) -> float:
+        return self.received - self.sent
+
+    @property
+    def offset(self) -> float:
+        """Node clock minus ours, assuming the node read its clock half-way through."""
+        return self.node_time - (self.sent + self.received) / 2
+
+
+def best_sample(samples: list[ClockSample]) -> ClockSample:
+    """The sample with the smallest round trip (the tightest bound on the offset)."""
+    if not samples:
+        raise ValueError("no clock samples")
+    return min(samples, key=lambda s: s.round_trip)
+
+
+@dataclass(frozen=True)
+class NodeClock:
+    """What one measurement told us about a node's clock.
+
+    ``offset``: node clock minus ours, seconds (+3.5 means the node is 3.5 s ahead);
+    ``uncertainty``: half the round trip of the sample used; ``utc_offset``: the node's
+    local time minus UTC, seconds; ``measured_at``: our clock (epoch seconds) at the
+    sample's midpoint; ``utc_log``: lager prints UTC times on that node.
+    """
+
+    offset: float
+    uncertainty: float
+    utc_offset: int
+    measured_at: float
+    utc_log: bool = False
+
+    @property
+    def node_local_start(self) -> dt.datetime:
+        """The node's printed-time clock (local, or UTC with utc_log) at ``measured_at``, naive."""
+        shift = 0 if self.utc_log else self.utc_offset
+        return dt.datetime(1970, 1, 1) + dt.timedelta(seconds=self.measured_at + self.offset + shift)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeClock:
+        try:
+            return cls(float(data["offset"]), float(data["uncertainty"]), int(data["utc_offset"]),
+                       float(data["measured_at"]), bool(data.get("utc_log", False)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KazooError(f"a clock record is malformed: {exc}") from exc
+
+    @classmethod
+    def given(cls, offset: float, *, utc_offset: int = 0, at: float | None = None, utc_log: bool = False) -> NodeClock:
+        """A clock given by hand (``merge --clock NODE=OFFSET``): exact by assumption."""
+        return cls(offset, 0.0, utc_offset, time.time() if at is None else at, utc_log)
+
+
+def _datetime_tuple(value: dt.datetime) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    return ((value.year, value.month, value.day), (value.hour, value.minute, value.second))
+
+
+def _from_tuple(value: Any) -> dt.datetime:
+    (y, mo, d), (h, mi, s) = value
+    return dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
+
+
+async def measure(node: HiddenNode, rounds: int = 7, timeout: float = 5.0) -> NodeClock:
+    """Measure ``node``'s clock against ours (see the module docstring)."""
+    from ..wire.terms import Atom
+    samples: list[ClockSample] = []
+    for _ in range(max(1, rounds)):
+        sent = time.time()
+        value = await node.rpc("os", "system_time", [_MICRO], timeout=timeout)
+        received = time.time()
+        if type(value) is not int:
+            raise KazooError(f"{node.peer_name}: os:system_time answered {value!r:.80}")
+        samples.append(ClockSample(sent, value / _MICRO, received))
+    best = best_sample(samples)
+    at = (best.sent + best.received) / 2
+    # The node's UTC now, whole seconds; its local time for that same instant gives the zone.
+    node_utc = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=int(at + best.offset))
+    local = await node.rpc("erlang", "universaltime_to_localtime", [_datetime_tuple(node_utc)], timeout=timeout)
+    try:
+        utc_offset = round((_from_tuple(local) - node_utc).total_seconds())
+    except (TypeError, ValueError) as exc:
+        raise KazooError(f"{node.peer_name}: universaltime_to_localtime answered {local!r:.80}") from exc
+    utc_log = await node.rpc("application", "get_env", [Atom("sasl"), Atom("utc_log")], timeout=timeout)
+    return NodeClock(best.offset, best.round_trip / 2, utc_offset, at,
+                     utc_log == (Atom("ok"), Atom("true")))
+
+
+@dataclass(frozen=True)
+class ClockCorrection:
+    """The clock at a trace's start and (when measured) at its stop; offsets in between are interpolated."""
+
+    start: NodeClock
+    stop: NodeClock | None = None
+
+    @property
+    def uncertainty(self) -> float:
+        return max(self.start.uncertainty, self.stop.uncertainty if self.stop else 0.0)
+
+    def offset_at(self, instant: float) -> float:
+        stop = self.stop
+        if stop is None or stop.measured_at <= self.start.measured_at:
+            return self.start.offset
+        share = (instant - self.start.measured_at) / (stop.measured_at - self.start.measured_at)
+        share = min(1.0, max(0.0, share))
+        return self.start.offset + (stop.offset - self.start.offset) * share
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start.to_json(), "stop": self.stop.to_json() if self.stop else None,
+                "uncertainty": self.uncertainty}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClockCorrection:
+        if not isinstance(data, dict) or not isinstance(data.get("start"), dict):
+            raise KazooError("a clock record is malformed: no start measurement")
+        stop = data.get("stop")
+        return cls(NodeClock.from_json(data["start"]), NodeClock.from_json(stop) if isinstance(stop, dict) else None)
+
+
+def printed_seconds(text: str | bytes) -> tuple[int | None, float] | None:
+    """``(day ordinal or None, seconds of day)`` of a printed lager time, or None if it is not one.
+
+    Accepts ``HH:MM:SS.mmm`` and ``YYYY-MM-DD HH:MM:SS.mmm`` at the start of ``text``.
+    """
+    s = text.decode("ascii", "replace") if isinstance(text, (bytes, bytearray)) else text
+    day: int | None = None
+    if len(s) >= 23 and s[4] == "-" and s[7] == "-" and s[10] == " ":
+        try:
+            day = dt.date(int(s[0:4]), int(s[5:7]), int(s[8:10])).toordinal()
+        except ValueError:
+            return None
+        s = s[11:]
+    if len(s) < 12 or s[2] != ":" or s[5] != ":" or s[8] != ".":
+        return None
+    try:
+        h, m, sec, ms = int(s[0:2]), int(s[3:5]), int(s[6:8]), int(s[9:12])
+    except ValueError:
+        return None
+    if h > 23 or m > 59 or sec > 60:
+        return None
+    return day, h * 3600 + m * 60 + sec + ms / 1000
+
+
+class Timeline:
+    """One node's file: printed times in, UTC instants (our clock, epoch seconds) out.
+
+    Feed the lines in file order. ``instant(text)`` returns None for text that does not
+    start with a printed time (a continuation line); the caller keeps the previous instant.
+    """
+
+    def __init__(self, correction: ClockCorrection) -> None:
+        self.correction = correction
+        start = correction.start.node_local_start
+        self._day = start.date().toordinal()
+        self._last = start.hour * 3600 + start.minute * 60 + start.second + start.microsecond / 1e6
+        self._shift = 0 if correction.start.utc_log else correction.start.utc_offset
+        self.days_carried = 0
+
+    def instant(self, text: str | bytes) -> float | None:
+        parsed = printed_seconds(text)
+        if parsed is None:
+            return None
+        day, sod = parsed
+        if day is None:
+            if sod < self._last - MIDNIGHT_JUMP:
+                self._day += 1
+                self.days_carried += 1
+            day = self._day
+        else:
+            self._day = day
+        self._last = sod
+        node_clock = (day - _EPOCH_ORDINAL) * 86400 + sod - self._shift
+        # Our clock = node clock - offset; the offset at (about) that instant.
+        return node_clock - self.correction.offset_at(node_clock - self.correction.start.offset)
+
+
+def format_instant(instant: float) -> str:
+    """``2026-11-25T23:59:58.123Z`` (millisecond precision, as lager prints)."""
+    ms = round(instant * 1000)
+    whole, frac = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{frac:03d}Z"
