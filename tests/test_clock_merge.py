@@ -166,7 +166,7 @@ def test_merge_is_stable_and_keeps_file_order(tmp_path: Path) -> None:
     x = _write(tmp_path, "x.log", ["12:00:01.000 x1", "12:00:01.000 x2", "12:00:00.999 x3 (lager reordered)"])
     y = _write(tmp_path, "y.log", ["12:00:01.000 y1"])
     items = list(merged_items([MergeSource("x", x, k), MergeSource("y", y, k)]))
-    texts = [b"".join(item[3]).decode().split()[1] for item in items]
+    texts = [b"".join(item[4]).decode().split()[1] for item in items]
     # x's lines keep their order even where its instants go backwards; ties go to the first node.
     assert texts == ["x1", "x2", "x3", "y1"]
 
@@ -176,7 +176,7 @@ def test_merge_across_midnight(tmp_path: Path) -> None:
     late = _write(tmp_path, "late.log", ["23:59:59.000 before", "00:00:00.500 after"])
     early = _write(tmp_path, "early.log", ["00:00:00.100 other-after"])
     items = list(merged_items([MergeSource("late", late, k), MergeSource("early", early, k)]))
-    assert [b"".join(i[3]).split()[1] for i in items] == [b"before", b"other-after", b"after"]
+    assert [b"".join(i[4]).split()[1] for i in items] == [b"before", b"other-after", b"after"]
 
 
 def test_lines_before_the_first_time_and_no_final_newline(tmp_path: Path) -> None:

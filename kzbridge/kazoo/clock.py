@@ -195,8 +195,10 @@ def printed_seconds(text: str | bytes) -> tuple[int | None, float] | None:
 class Timeline:
     """One node's file: printed times in, UTC instants (our clock, epoch seconds) out.
 
-    Feed the lines in file order. ``instant(text)`` returns None for text that does not
-    start with a printed time (a continuation line); the caller keeps the previous instant.
+    Feed the lines in file order. A line that does not start with a printed time (a
+    continuation line) gives None; the caller keeps the previous instant. ``instants``
+    does a whole batch of lines in one loop (the merge's hot path: most lines share
+    their second, so ``HH:MM:SS`` is parsed once per second); ``instant`` is one line.
     """
 
     def __init__(self, correction: ClockCorrection) -> None:
@@ -205,24 +207,65 @@ class Timeline:
         self._day = start.date().toordinal()
         self._last = start.hour * 3600 + start.minute * 60 + start.second + start.microsecond / 1e6
         self._shift = 0 if correction.start.utc_log else correction.start.utc_offset
+        self._seconds: dict[bytes, float] = {}
         self.days_carried = 0
+        # Our clock = node clock - offset(t), offset linear between the two measurements.
+        begin = correction.start
+        stop = correction.stop
+        self._o0 = begin.offset
+        self._t0 = begin.measured_at + begin.offset
+        if stop is not None and stop.measured_at > begin.measured_at:
+            self._t1 = stop.measured_at + stop.offset
+            self._slope = (stop.offset - begin.offset) / (self._t1 - self._t0) if self._t1 > self._t0 else 0.0
+        else:
+            self._t1 = self._t0
+            self._slope = 0.0
 
     def instant(self, text: str | bytes) -> float | None:
-        parsed = printed_seconds(text)
-        if parsed is None:
-            return None
-        day, sod = parsed
-        if day is None:
-            if sod < self._last - MIDNIGHT_JUMP:
-                self._day += 1
+        line = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
+        return self.instants([line])[0]
+
+    def instants(self, lines: list[bytes]) -> list[float | None]:
+        out: list[float | None] = []
+        append = out.append
+        seconds = self._seconds
+        day, last = self._day, self._last
+        base = (day - _EPOCH_ORDINAL) * 86400 - self._shift
+        o0, t0, t1, slope = self._o0, self._t0, self._t1, self._slope
+        for line in lines:
+            whole = seconds.get(line[:9])  # "HH:MM:SS." seen before: only the milliseconds are new
+            if whole is not None:
+                try:
+                    sod = whole + int(line[9:12]) / 1000
+                except ValueError:
+                    append(None)
+                    continue
+            else:
+                parsed = printed_seconds(line[:23])
+                if parsed is None:
+                    append(None)
+                    continue
+                if parsed[0] is not None:
+                    day = parsed[0]
+                    base = (day - _EPOCH_ORDINAL) * 86400 - self._shift
+                elif line[8:9] == b".":
+                    if len(seconds) > 4096:
+                        seconds.clear()
+                    seconds[line[:9]] = float(int(parsed[1]))
+                sod = parsed[1]
+            if sod < last - MIDNIGHT_JUMP:
+                day += 1
+                base += 86400
                 self.days_carried += 1
-            day = self._day
-        else:
-            self._day = day
-        self._last = sod
-        node_clock = (day - _EPOCH_ORDINAL) * 86400 + sod - self._shift
-        # Our clock = node clock - offset; the offset at (about) that instant.
-        return node_clock - self.correction.offset_at(node_clock - self.correction.start.offset)
+            last = sod
+            node_clock = base + sod
+            if slope:
+                t = t0 if node_clock < t0 else t1 if node_clock > t1 else node_clock
+                append(node_clock - (o0 + slope * (t - t0)))
+            else:
+                append(node_clock - o0)
+        self._day, self._last = day, last
+        return out
 
 
 def format_instant(instant: float) -> str:

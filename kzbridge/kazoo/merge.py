@@ -3,8 +3,9 @@
 A *record* is a line that starts with a printed time plus the lines after it that do not
 (a message with newlines of its own). Each record gets the instant ``clock.Timeline``
 computes for its node; records are merged by ``(instant, node index, position in file)``
-with a k-way merge (``heapq.merge``) that holds one record per node at a time, so memory
-stays flat whatever the sizes, and lines of one node always keep their file order.
+in batches: each round merges what every file has passed (up to the smallest last instant
+among the files still going), so memory holds one batch per file whatever the sizes, and
+lines of one node always keep their file order.
 
 Every output line is ``LABEL INSTANT LINE``: the node's short label padded to one width,
 the corrected UTC instant (``2026-11-25T23:59:58.123Z``), then the line as the node wrote
@@ -18,6 +19,7 @@ seconds behind the newest data, and reports the nodes that hold the others back.
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 import os
 from collections.abc import Iterable, Iterator
@@ -27,8 +29,10 @@ from typing import IO, Any
 
 from .clock import ClockCorrection, Timeline, format_instant
 
-# (instant, node index, sequence within that node, lines): the tuple order is the merge order.
-MergeItem = tuple[float, int, int, list[bytes]]
+# (sort key, node index, sequence within that node, instant, lines). The tuple order is the
+# merge order; sequences are unique per node, so the lines are never compared.
+MergeItem = tuple[float, int, int, float, list[bytes]]
+_BATCH_BYTES = 1 << 20
 
 
 @dataclass
@@ -54,52 +58,110 @@ def short_labels(nodes: list[str]) -> dict[str, str]:
     return {n: n for n in nodes}
 
 
-def read_records(source: MergeSource, index: int) -> Iterator[MergeItem]:
-    """The records of one file in file order, each with its instant (see module docstring).
+class _RecordReader:
+    """One file's records, a batch at a time, each with its instant and sort key.
 
-    Lines before the first printed time belong to a record stamped with the trace's start.
+    The sort key is the running maximum of the instants, so a record that prints an earlier
+    time than its predecessor (lager's buffering reorders by milliseconds) stays after it:
+    lines of one node always keep their file order.
     """
-    timeline = Timeline(source.correction)
-    instant = source.correction.start.measured_at
-    current: list[bytes] | None = None
-    seq = 0
-    with open(source.path, "rb") as fh:
-        for line in fh:
-            t = timeline.instant(line[:23]) if line[:1].isdigit() else None
-            if t is None:
-                if current is None:
-                    current = [line]
+
+    def __init__(self, source: MergeSource, index: int) -> None:
+        self.index = index
+        self._fh = open(source.path, "rb")  # noqa: SIM115 - closed by close(), after the merge
+        self._timeline = Timeline(source.correction)
+        self._instant = source.correction.start.measured_at
+        self._key = float("-inf")
+        self._current: list[bytes] | None = None
+        self._seq = 0
+        self.done = False
+
+    def batch(self) -> list[MergeItem]:
+        """The next records (empty once the file is done); the last record is held until the next header."""
+        out: list[MergeItem] = []
+        while not out and not self.done:
+            lines = self._fh.readlines(_BATCH_BYTES)
+            if lines and lines[-1][-1:] != b"\n":
+                lines[-1] += b"\n"  # the file's last line, unterminated: every output line ends with one
+            if not lines:
+                self.done = True
+                if self._current is not None:
+                    out.append((self._key, self.index, self._seq, self._instant, self._current))
+                    self._current = None
+                break
+            index, seq, key, instant, current = self.index, self._seq, self._key, self._instant, self._current
+            append = out.append
+            for line, t in zip(lines, self._timeline.instants(lines)):
+                if t is None:
+                    if current is None:
+                        current = [line]
+                    else:
+                        current.append(line)
+                    continue
+                if current is not None:
+                    append((key, index, seq, instant, current))
+                    seq += 1
+                current = [line]
+                instant = t
+                if t > key:
+                    key = t
+            self._seq, self._key, self._instant, self._current = seq, key, instant, current
+        return out
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def merged_batches(sources: list[MergeSource]) -> Iterator[list[MergeItem]]:
+    """All records of all sources in timeline order, in batches.
+
+    Each round tops up every reader's buffer with a batch, merges everything up to the
+    smallest last key among the readers still going (nothing later in any file can sort
+    before it), and keeps the rest. Memory: one batch per file, whatever the sizes.
+    """
+    readers = [_RecordReader(s, i) for i, s in enumerate(sources)]
+    buffers: list[list[MergeItem]] = [[] for _ in readers]
+    try:
+        while True:
+            for r in readers:
+                if not buffers[r.index] and not r.done:
+                    buffers[r.index] = r.batch()
+            live = [b for b in buffers if b]
+            if not live:
+                return
+            # A reader's later records sort after its last one (key, index, sequence): anything
+            # at or before the smallest such position is final.
+            going = [_position(buffers[r.index][-1]) for r in readers if not r.done and buffers[r.index]]
+            bound = min(going) if going else (float("inf"), 0, 0)
+            ready: list[MergeItem] = []
+            for i, buf in enumerate(buffers):
+                if not buf:
+                    continue
+                if _position(buf[-1]) <= bound:
+                    ready += buf
+                    buffers[i] = []
                 else:
-                    current.append(line)
-                continue
-            if current is not None:
-                yield (instant, index, seq, current)
-                seq += 1
-            current = [line]
-            instant = t
-    if current is not None:
-        yield (instant, index, seq, current)
+                    cut = bisect.bisect_right(buf, bound, key=_position)
+                    ready += buf[:cut]
+                    buffers[i] = buf[cut:]
+            ready.sort()
+            yield ready
+    finally:
+        for r in readers:
+            r.close()
 
 
-class _InstantText:
-    """Formats instants, re-using the text of the last whole second (most lines share it)."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(self, instant: float) -> bytes:
-        ms = round(instant * 1000)
-        whole, frac = divmod(ms, 1000)
-        if whole != self._second:
-            self._second = whole
-            self._prefix = format_instant(whole)[:-5]
-        return f"{self._prefix}.{frac:03d}Z".encode()
+def _position(item: MergeItem) -> tuple[float, int, int]:
+    return (item[0], item[1], item[2])
 
 
 def merged_items(sources: list[MergeSource]) -> Iterator[MergeItem]:
     """All records of all sources in timeline order."""
-    return heapq.merge(*(read_records(s, i) for i, s in enumerate(sources)))
+    for batch in merged_batches(sources):
+        yield from batch
+
+
+_MILLIS = [b".%03dZ " % i for i in range(1000)]
 
 
 def write_merged(sources: list[MergeSource], out: IO[bytes]) -> MergeStats:
@@ -107,15 +169,34 @@ def write_merged(sources: list[MergeSource], out: IO[bytes]) -> MergeStats:
     labels = short_labels([s.node for s in sources])
     width = max((len(s.label or labels[s.node]) for s in sources), default=0)
     prefixes = [(s.label or labels[s.node]).ljust(width).encode() + b" " for s in sources]
-    stamp = _InstantText()
     stats = MergeStats([s.node for s in sources])
-    write = out.write
-    for instant, index, _, lines in merged_items(sources):
-        head = prefixes[index] + stamp(instant) + b" "
-        for line in lines:
-            write(head + line if line.endswith(b"\n") else head + line + b"\n")
-        stats.records[index] += 1
-        stats.lines[index] += len(lines)
+    records, counted = stats.records, stats.lines
+    second = -1
+    heads = prefixes
+    millis = _MILLIS
+    for batch in merged_batches(sources):
+        chunk: list[bytes] = []
+        add = chunk.append
+        for _, index, _, instant, lines in batch:
+            # The instant's text: "LABEL 2026-11-25T23:59:58" per node once per second, then ".123Z ".
+            ms = round(instant * 1000)
+            if ms // 1000 != second:
+                second = ms // 1000
+                text = format_instant(second)[:-5].encode()
+                heads = [p + text for p in prefixes]
+            tail = millis[ms - second * 1000]
+            if len(lines) == 1:
+                add(heads[index])
+                add(tail)
+                add(lines[0])
+            else:
+                for line in lines:
+                    add(heads[index])
+                    add(tail)
+                    add(line)
+            records[index] += 1
+            counted[index] += len(lines)
+        out.write(b"".join(chunk))
     return stats
 
 
