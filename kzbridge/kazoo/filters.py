@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import BadFilterError, TermSyntaxError
+from ..errors import BadFilterError, TermSyntaxError, UsageError
 from ..wire.literal import format_term, parse_term
 from ..wire.terms import Atom, ErlString, ImproperList, Pid
 
@@ -54,7 +54,7 @@ def pid_filter(pid: str) -> list[tuple]:
 
 
 def parse_filter(spec: str) -> tuple:
-    """One ``--filter``: ``KEY=VALUE`` (binary for custom keys, atom for module/function/...),
+    """One filter as text: ``KEY=VALUE`` (binary for custom keys, atom for module/function/...),
     ``KEY=*`` (key present), ``KEY:=TERM`` (an Erlang term literal), or ``KEY<V`` / ``KEY>V``.
     """
     m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(:=|=|<|>)(.*)\Z", spec, re.DOTALL)
@@ -90,7 +90,7 @@ def validate(filters: Any) -> list[tuple]:
         raise BadFilterError("trace filters must be a proper list of {Key, Value} tuples")
     if not filters:
         raise BadFilterError("an empty filter list crashes kz_data_tracing; give at least one filter",
-                             hint="e.g. --filter 'function=*' traces everything")
+                             hint="e.g. the filter function=* traces everything", setting="filters")
     out = []
     for f in filters:
         if type(f) is not tuple or len(f) not in (2, 3) or type(f[0]) is not Atom:
@@ -122,7 +122,7 @@ def _contains_pid(value: Any) -> bool:
 
 def validate_level(level: str) -> Atom:
     if level not in LEVELS:
-        raise BadFilterError(f"unknown level {level!r}; one of: {', '.join(LEVELS)}")
+        raise UsageError(f"unknown level {level!r}; one of: {', '.join(LEVELS)}", setting="level")
     return Atom(level)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ..errors import BadRpcError, KzBridgeError, RemoteFileError
+from ..errors import BadRpcError, ProgramError, RemoteFileError
 from ..wire.node import HiddenNode
 from ..wire.terms import Atom, Encoded, ErlString, Pid
 
@@ -171,10 +171,10 @@ async def forms(node: HiddenNode, source: str) -> Encoded:
     try:
         result = await node.rpc("erl_eval", "exprs", [_parse_on_node(source), []], timeout=10)
     except BadRpcError as exc:
-        raise KzBridgeError(f"the node could not parse a kzbridge program: {exc.message:.200}") from None
+        raise ProgramError(f"the node could not parse a kzbridge program: {exc.message:.200}") from exc
     if not (type(result) is tuple and len(result) == 3 and result[0] == Atom("value")
             and type(result[1]) is bytes and result[1][:2] == b"\x83l"):
-        raise KzBridgeError(f"the node could not parse a kzbridge program: {result!r:.200}")
+        raise ProgramError(f"the node could not parse a kzbridge program: {result!r:.200}")
     cache[source] = Encoded(result[1][1:])
     return cache[source]
 
@@ -188,7 +188,7 @@ async def evaluate(node: HiddenNode, source: str, timeout: float = 30.0, **value
     result = await node.rpc("erl_eval", "exprs", [await forms(node, source), bindings(**values)], timeout=timeout)
     if type(result) is tuple and len(result) == 3 and result[0] == Atom("value"):
         return result[1]
-    raise KzBridgeError(f"unexpected erl_eval result {result!r:.200}")
+    raise ProgramError(f"unexpected erl_eval result {result!r:.200}")
 
 
 async def spawn(node: HiddenNode, source: str, **values: Any) -> Pid:
