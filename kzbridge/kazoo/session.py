@@ -24,7 +24,9 @@ parsed LogRecord and its printed time, so streams of several nodes can be merged
 Policy lives here, presentation does not: the session enforces ``duration`` and ``max_size``,
 takes stop requests (``request_stop(by)`` stops and collects, ``abandon(by)`` stops without
 collecting; ``signals()`` maps SIGINT/SIGTERM to the first, and a second signal to the second),
-keeps the lease and the journal through Trace. Progress lines, printing records, ``--follow``
+keeps the lease and the journal through Trace. The requests are a ``StopRequests`` object the
+session owns; a caller can make it first and pass it to ``start`` so that a signal arriving while
+the trace starts is not lost. Progress lines, printing records, ``--follow``
 output and broken pipes are observers: callables taking an Event (the ``Observer`` protocol),
 attached by ``run()``; an observer may call ``request_stop``.
 
@@ -149,75 +151,42 @@ def local_zone(at: float) -> tzinfo:
     return zone
 
 
-class TraceSession:
-    """One trace on one node: its limits, its stop requests, its event stream, its summary."""
+def _check_limits(duration: float | None, max_size: int | None) -> None:
+    if duration is not None and duration <= 0:
+        raise UsageError("the duration must be positive", setting="duration")
+    if max_size is not None and max_size <= 0:
+        raise UsageError("the maximum size must be positive", setting="max_size")
 
-    def __init__(self, trace: Trace, local_path: str | os.PathLike[str] | None, *, duration: float | None = None,
-                 max_size: int | None = DEFAULT_MAX_SIZE, poll_ms: int = 50, owns_trace: bool = True,
-                 tz: tzinfo | None = None, clock_offset: float = 0.0) -> None:
-        if duration is not None and duration <= 0:
-            raise UsageError("the duration must be positive", setting="duration")
-        if max_size is not None and max_size <= 0:
-            raise UsageError("the maximum size must be positive", setting="max_size")
-        self.trace = trace
-        self.local_path = str(local_path) if local_path is not None else None
-        self.duration = duration
-        self.max_size = max_size
-        self.poll_ms = poll_ms
-        self.owns_trace = owns_trace
-        self.tz = tz or local_zone(trace.started)
-        self.clock_offset = clock_offset
-        self.summary: RunSummary | None = None
-        self._stop_by = ""
-        self._abandon_by = ""
-        self._poke = asyncio.Event()
-        self._begun = False
 
-    @classmethod
-    async def start(cls, node: HiddenNode, filters: list[Any], *, local_path: str | os.PathLike[str] | None = None,
-                    duration: float | None = None, max_size: int | None = DEFAULT_MAX_SIZE, sink: str = DATA_SINK,
-                    level: str = "debug", format_list: list[Any] | None = None, remote_path: str | None = None,
-                    lease: float = DEFAULT_LEASE, poll_ms: int = 50, tz: tzinfo | None = None,
-                    clock_offset: float = 0.0) -> "TraceSession":
-        """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
+class StopRequests:
+    """How a session is told to end from outside: stop (and collect), or abandon (stop only).
 
-        ``local_path`` defaults to NODE-REF.log in the current directory.
-        """
-        if duration is not None and duration <= 0:
-            raise UsageError("the duration must be positive", setting="duration")
-        if max_size is not None and max_size <= 0:
-            raise UsageError("the maximum size must be positive", setting="max_size")
-        trace = await start_trace(node, filters, sink=sink, level=level, format_list=format_list,
-                                  remote_path=remote_path, lease=lease)
-        local = local_path if local_path is not None else default_local_path(node.peer_name, trace.ref)
-        return cls(trace, local, duration=duration, max_size=max_size, poll_ms=poll_ms, tz=tz,
-                   clock_offset=clock_offset)
+    The first request of each kind counts; ``by`` says who asked ("interrupted",
+    "terminated", "caller", ...). Setting one wakes a session waiting for the node.
+    """
 
-    @property
-    def node_name(self) -> str:
-        return self.trace.node_name
-
-    # -------------------------------------------------------------- stop requests
+    def __init__(self) -> None:
+        self.stop_by = ""
+        self.abandon_by = ""
+        self.poke = asyncio.Event()
 
     def request_stop(self, by: str = "caller") -> None:
-        """Stop the trace and collect the rest of the file (the first request counts)."""
-        if not self._stop_by:
-            self._stop_by = by
-            self._poke.set()
+        if not self.stop_by:
+            self.stop_by = by
+            self.poke.set()
 
     def abandon(self, by: str = "caller") -> None:
-        """Stop the trace without collecting the rest; the local file stays ``.partial``."""
-        if not self._abandon_by:
-            self._abandon_by = by
-            self._poke.set()
+        if not self.abandon_by:
+            self.abandon_by = by
+            self.poke.set()
 
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
-        """While inside: the first SIGINT/SIGTERM requests a stop, the next one abandons."""
+        """While inside (in a running loop): the first SIGINT/SIGTERM requests a stop, the next abandons."""
         loop = asyncio.get_running_loop()
 
         def on_signal(name: str) -> None:
-            if self._stop_by:
+            if self.stop_by:
                 self.abandon(name)
             else:
                 self.request_stop(name)
@@ -228,6 +197,61 @@ class TraceSession:
         finally:
             for sig, _ in SIGNALS:
                 loop.remove_signal_handler(sig)
+
+
+class TraceSession:
+    """One trace on one node: its limits, its stop requests, its event stream, its summary."""
+
+    def __init__(self, trace: Trace, local_path: str | os.PathLike[str] | None, *, duration: float | None = None,
+                 max_size: int | None = DEFAULT_MAX_SIZE, poll_ms: int = 50, owns_trace: bool = True,
+                 tz: tzinfo | None = None, clock_offset: float = 0.0, requests: StopRequests | None = None) -> None:
+        _check_limits(duration, max_size)
+        self.trace = trace
+        self.local_path = str(local_path) if local_path is not None else None
+        self.duration = duration
+        self.max_size = max_size
+        self.poll_ms = poll_ms
+        self.owns_trace = owns_trace
+        self.tz = tz or local_zone(trace.started)
+        self.clock_offset = clock_offset
+        self.summary: RunSummary | None = None
+        self.requests = requests or StopRequests()
+        self._begun = False
+
+    @classmethod
+    async def start(cls, node: HiddenNode, filters: list[Any], *, local_path: str | os.PathLike[str] | None = None,
+                    duration: float | None = None, max_size: int | None = DEFAULT_MAX_SIZE, sink: str = DATA_SINK,
+                    level: str = "debug", format_list: list[Any] | None = None, remote_path: str | None = None,
+                    lease: float = DEFAULT_LEASE, poll_ms: int = 50, tz: tzinfo | None = None,
+                    clock_offset: float = 0.0, requests: StopRequests | None = None) -> "TraceSession":
+        """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
+
+        ``local_path`` defaults to NODE-REF.log in the current directory.
+        """
+        _check_limits(duration, max_size)
+        trace = await start_trace(node, filters, sink=sink, level=level, format_list=format_list,
+                                  remote_path=remote_path, lease=lease)
+        local = local_path if local_path is not None else default_local_path(node.peer_name, trace.ref)
+        return cls(trace, local, duration=duration, max_size=max_size, poll_ms=poll_ms, tz=tz,
+                   clock_offset=clock_offset, requests=requests)
+
+    @property
+    def node_name(self) -> str:
+        return self.trace.node_name
+
+    # -------------------------------------------------------------- stop requests
+
+    def request_stop(self, by: str = "caller") -> None:
+        """Stop the trace and collect the rest of the file (the first request counts)."""
+        self.requests.request_stop(by)
+
+    def abandon(self, by: str = "caller") -> None:
+        """Stop the trace without collecting the rest; the local file stays ``.partial``."""
+        self.requests.abandon(by)
+
+    def signals(self) -> contextlib.AbstractContextManager[None]:
+        """While inside: the first SIGINT/SIGTERM requests a stop, the next one abandons."""
+        return self.requests.signals()
 
     async def stop(self) -> str:
         """Stop the trace now (idempotent), whether or not events are being read; the remote path."""
@@ -256,10 +280,10 @@ class TraceSession:
         return self.summary
 
     def _due(self, elapsed: float, written: int) -> StoppedBy | None:
-        if self._abandon_by:
-            return StoppedBy("abandoned", self._abandon_by)
-        if self._stop_by:
-            return StoppedBy("requested", self._stop_by)
+        if self.requests.abandon_by:
+            return StoppedBy("abandoned", self.requests.abandon_by)
+        if self.requests.stop_by:
+            return StoppedBy("requested", self.requests.stop_by)
         if self.trace.stopped:  # stopped by its owner from elsewhere (Trace.follow)
             return StoppedBy("requested", "caller")
         if self.duration is not None and elapsed >= self.duration:
@@ -270,11 +294,11 @@ class TraceSession:
 
     async def _next(self, reader: RemoteReader, timeout: float) -> ReaderEvent | None:
         """The reader's next event, or None early when a stop request arrives (or on timeout)."""
-        if self._poke.is_set():
-            self._poke.clear()
+        if self.requests.poke.is_set():
+            self.requests.poke.clear()
             return None
         ev_task = asyncio.ensure_future(reader.next_event(timeout=timeout))
-        poke_task = asyncio.ensure_future(self._poke.wait())
+        poke_task = asyncio.ensure_future(self.requests.poke.wait())
         try:
             await asyncio.wait({ev_task, poke_task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -282,19 +306,16 @@ class TraceSession:
         # A request arrived while waiting: let the pending receive end (quickly) to keep order.
         return await ev_task
 
-    async def _stop_racing_abandon(self) -> bool:
-        """Stop the trace; True when an abandon request arrived meanwhile."""
-        stopping = asyncio.ensure_future(self.trace.stop())
-        while not stopping.done() and not self._abandon_by:
-            self._poke.clear()
-            poke_task = asyncio.ensure_future(self._poke.wait())
+    async def _abandoned_while(self, task: "asyncio.Future[Any]") -> bool:
+        """Wait for ``task`` or an abandon request, whichever comes first; True for the request."""
+        while not task.done() and not self.requests.abandon_by:
+            self.requests.poke.clear()
+            poke_task = asyncio.ensure_future(self.requests.poke.wait())
             try:
-                await asyncio.wait({stopping, poke_task}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({task, poke_task}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 poke_task.cancel()
-        abandoned = bool(self._abandon_by)
-        await stopping
-        return abandoned
+        return bool(self.requests.abandon_by)
 
     async def events(self) -> AsyncIterator[Event]:
         """The session's events, once; see the module docstring for their order."""
@@ -330,12 +351,17 @@ class TraceSession:
                             if self.owns_trace:
                                 await trace.stop()
                             break
-                        if self.owns_trace and await self._stop_racing_abandon():
-                            yield StoppedBy("abandoned", self._abandon_by)
-                            break
+                        if self.owns_trace:
+                            # A second request (abandon) may come while the node answers the stop.
+                            stopping = asyncio.ensure_future(trace.stop())
+                            if await self._abandoned_while(stopping):
+                                yield StoppedBy("abandoned", self.requests.abandon_by)
+                                await stopping
+                                break
+                            await stopping
                         reader.finish()
-                elif self._abandon_by and stopped.reason != "abandoned":
-                    yield StoppedBy("abandoned", self._abandon_by)
+                elif self.requests.abandon_by and stopped.reason != "abandoned":
+                    yield StoppedBy("abandoned", self.requests.abandon_by)
                     break
                 ev = await self._next(reader, 0.25)
                 if ev is None:
@@ -394,7 +420,7 @@ class TraceSession:
             trace.warnings.append(TraceWarning(
                 "the trace caught no events: on Kazoo 4.2.2+ nothing in production logs to the data sink; "
                 "try the lager_event sink", setting="sink"))
-        reason = "abandoned" if self._abandon_by and partial else stopped.label
+        reason = "abandoned" if self.requests.abandon_by and partial else stopped.label
         self.summary = RunSummary(
             trace.ref, trace.node_name, trace.remote_path, final, lines, written, time.monotonic() - started,
             reason, verified, partial, trace.generation, trace.sink, node.calls_made - calls_before,
