@@ -18,7 +18,7 @@ from kzbridge.errors import (
 )
 from kzbridge.kazoo import filters as flt
 from kzbridge.kazoo import tracing
-from kzbridge.kazoo.session import TraceSession, run_trace
+from kzbridge.kazoo.session import Rotated, TraceSession, run_trace
 from kzbridge.kazoo.collect import collect_file
 from kzbridge.kazoo.logparse import parse_lines
 from kzbridge.wire.node import connect_node
@@ -261,7 +261,9 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
             await asyncio.sleep(2)
             session.request_stop()
         asyncio.ensure_future(stop_after_flood())
-        summary = await session.run()
+        rotations = []
+        summary = await session.run(lambda event: rotations.append(event) if isinstance(event, Rotated) else None)
+        assert rotations, "the session reported lager's rotation"
         parts = await n.rpc("filelib", "wildcard", [trace.remote_path + ".*"])
         # and the same file collected after the fact, rotated parts first
         collected = await collect_file(n, trace.remote_path, str(tmp_path / "again.log"), rotated=True)

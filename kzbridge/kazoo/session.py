@@ -31,7 +31,8 @@ output and broken pipes are observers: callables taking an Event (the ``Observer
 attached by ``run()``; an observer may call ``request_stop``.
 
 ``TraceSession(trace, None, owns_trace=False)`` follows without writing a file and leaves the
-trace running when the stream is closed early: that is Trace.follow.
+trace running when the stream is closed early (the session still stops it at its limits or on
+request): that is Trace.follow.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
-from typing import IO, Any, AsyncIterator, Iterator, Literal, Protocol, Sequence
+from typing import IO, Any, AsyncGenerator, Iterator, Literal, Protocol, Sequence
 
 from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageError
 from ..wire.node import HiddenNode
@@ -80,7 +81,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class Rotated:
-    """lager rotated the file; the ``newer`` parts written since the last read are read first."""
+    """The file was replaced under its name (lager rotated it); the rest of the old one was read.
+
+    ``newer``: how many rotated parts were written since the last read and are read next;
+    -1 when the old file is not among the parts any more.
+    """
 
     newer: int
 
@@ -317,7 +322,7 @@ class TraceSession:
                 poke_task.cancel()
         return bool(self.requests.abandon_by)
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """The session's events, once; see the module docstring for their order."""
         if self._begun:
             raise UsageError("a trace session's events can be read once")
@@ -348,17 +353,15 @@ class TraceSession:
                     if stopped is not None:
                         yield stopped
                         if stopped.reason == "abandoned":
-                            if self.owns_trace:
-                                await trace.stop()
+                            await trace.stop()
                             break
-                        if self.owns_trace:
-                            # A second request (abandon) may come while the node answers the stop.
-                            stopping = asyncio.ensure_future(trace.stop())
-                            if await self._abandoned_while(stopping):
-                                yield StoppedBy("abandoned", self.requests.abandon_by)
-                                await stopping
-                                break
+                        # A second request (abandon) may come while the node answers the stop.
+                        stopping = asyncio.ensure_future(trace.stop())
+                        if await self._abandoned_while(stopping):
+                            yield StoppedBy("abandoned", self.requests.abandon_by)
                             await stopping
+                            break
+                        await stopping
                         reader.finish()
                 elif self.requests.abandon_by and stopped.reason != "abandoned":
                     yield StoppedBy("abandoned", self.requests.abandon_by)
