@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cookie import cookie_for_node
-from .errors import KzBridgeError
 from .wire.connection import DEFAULT_TICKTIME
 from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class connect:  # noqa: N801 - reads as a function at the call site
+class connect:
     """Async context manager yielding a connected HiddenNode."""
 
     def __init__(self, node: str, cookie: str | None = None, *, cookie_file: str | None = None,
@@ -43,7 +43,7 @@ class connect:  # noqa: N801 - reads as a function at the call site
         self._hidden = await connect_node(self.node, self.cookie, timeout=self.timeout, ticktime=self.ticktime)
         return self._hidden
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._hidden is not None:
             await self._hidden.close()
 
@@ -99,7 +99,7 @@ class SyncNode:
         node = self.async_node
         return self._run(coro_fn(node))
 
-    def start_trace(self, filter_list: list[Any], **options: Any) -> "SyncTrace":
+    def start_trace(self, filter_list: list[Any], **options: Any) -> SyncTrace:
         """Start a trace (options as ``kazoo.tracing.start_trace``); use ``with`` to be sure it stops.
 
         Its lease is renewed in the background (on the loop thread) until ``stop()``.
@@ -107,7 +107,7 @@ class SyncNode:
         from .kazoo import tracing
         return SyncTrace(self, self.run(lambda n: tracing.start_trace(n, filter_list, **options)))
 
-    def collect_file(self, remote_path: str, local_path: str | os.PathLike, **options: Any) -> "CollectResult":
+    def collect_file(self, remote_path: str, local_path: str | os.PathLike[str], **options: Any) -> CollectResult:
         """Bring any file back from the node (options as ``kazoo.collect.collect_file``)."""
         from .kazoo.collect import collect_file
         return self.run(lambda n: collect_file(n, remote_path, local_path, **options))
@@ -132,17 +132,17 @@ class SyncNode:
         assert self._async is not None
         await self._async.close()
 
-    def __enter__(self) -> "SyncNode":
+    def __enter__(self) -> SyncNode:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 class SyncTrace:
     """A running trace, driven from blocking code; ``with`` guarantees it stops."""
 
-    def __init__(self, owner: SyncNode, trace: "Trace") -> None:
+    def __init__(self, owner: SyncNode, trace: Trace) -> None:
         self._owner = owner
         self.trace = trace
 
@@ -173,26 +173,26 @@ class SyncTrace:
         """Stop the trace (idempotent); returns the remote file name."""
         return self._owner._run(self.trace.stop())
 
-    def collect(self, local_path: str | os.PathLike,
-                progress: Callable[[int, int], None] | None = None) -> "CollectResult":
+    def collect(self, local_path: str | os.PathLike[str],
+                progress: Callable[[int, int], None] | None = None) -> CollectResult:
         """Bring back the whole file, rotated parts first (stop first, or get what is there so far)."""
         return self._owner._run(self.trace.collect(local_path, progress=progress))
 
     def run(self, local_path: str | os.PathLike[str], *, duration: float, max_size: int | None = None,
-            poll_ms: int = 50, observers: Sequence["Observer"] = ()) -> "RunSummary":
+            poll_ms: int = 50, observers: Sequence[Observer] = ()) -> RunSummary:
         """Follow into ``local_path`` until ``duration`` (or ``max_size``), stop, verify: a TraceSession's run.
 
         ``observers`` see every event (on the loop thread). A lost connection raises TraceLostError.
         """
         from .kazoo.session import DEFAULT_MAX_SIZE, TraceSession
 
-        async def run() -> "RunSummary":
+        async def run() -> RunSummary:
             session = TraceSession(self.trace, local_path, duration=duration, poll_ms=poll_ms,
                                    max_size=max_size if max_size is not None else DEFAULT_MAX_SIZE)
             return await session.run(*observers)
         return self._owner._run(run())
 
-    def follow(self, duration: float | None = None) -> Iterator["LogRecord"]:
+    def follow(self, duration: float | None = None) -> Iterator[LogRecord]:
         """Parsed records as lager writes them, until the trace stops (the session stops it after
         ``duration`` if given). Leaving the loop early stops following, not the trace.
         """
@@ -200,7 +200,7 @@ class SyncTrace:
         session = TraceSession(self.trace, None, duration=duration, max_size=None, owns_trace=False)
         stream = session.events()
 
-        async def next_record() -> "LogRecord":
+        async def next_record() -> LogRecord:
             while True:
                 event = await stream.__anext__()
                 if isinstance(event, Record):
@@ -216,10 +216,10 @@ class SyncTrace:
         finally:
             self._owner._run(stream.aclose())
 
-    def __enter__(self) -> "SyncTrace":
+    def __enter__(self) -> SyncTrace:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if not self.trace.stopped and self.trace.node.alive:
             self.stop()
 

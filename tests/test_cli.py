@@ -211,7 +211,7 @@ def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_
     assert code == 0, err
     assert re.search(r"\r\s+\d+\.\ds\s+[\d.]+ [KMG]?B\s+\d+ lines", err), err  # elapsed, bytes, lines
 
-    big = "/tmp/kzb-progress-%d.bin" % time.time_ns()
+    big = f"/tmp/kzb-progress-{time.time_ns()}.bin"
     node_rpc(sandbox_gen2, "file", "write_file", [big, b"x" * (24 << 20)])
     try:
         code, err = run_on_a_terminal("collect", big, "--node", sandbox_gen2.node, "-o", str(tmp_path / "b.bin"))
@@ -224,7 +224,7 @@ def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_
 
 def test_ctrl_c_during_a_collection_keeps_the_partial_file_and_says_where(sandbox_gen2, tmp_path):
     import pty
-    big = "/tmp/kzb-sparse-%d.bin" % time.time_ns()
+    big = f"/tmp/kzb-sparse-{time.time_ns()}.bin"
     node_rpc(sandbox_gen2, "os", "cmd", [f"truncate -s 1G {big}"])  # sparse: no disk, reads fast
     primary, secondary = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "kzbridge", "collect", big, "--node", sandbox_gen2.node,
@@ -285,7 +285,7 @@ def test_second_sigint_during_the_stop_stops_without_collecting(fresh_sandbox, t
         run.wait_for("stopping the trace without collecting")
     finally:
         os.kill(fresh_sandbox.os_pid, signal.SIGCONT)
-    code, stdout, stderr = run.finish()
+    code, _stdout, stderr = run.finish()
     assert code == 130, stderr
     assert not out.exists() and (tmp_path / "int2.log.partial").exists(), "nothing collected, what came is kept"
     assert "stopped by abandoned" in stderr and "Traceback" not in stderr

@@ -120,7 +120,8 @@ def test_instant_of_is_aware_utc_and_takes_zone_date_and_clock_offset():
     day = date(2026, 11, 25)
     got = instant_of("11:38:57.900", day, plus2)
     assert got == datetime(2026, 11, 25, 9, 38, 57, 900_000, tzinfo=timezone.utc) and got.utcoffset() == timedelta(0)
-    assert instant_of("11:38:57.900 UTC", day, plus2) == datetime(2026, 11, 25, 11, 38, 57, 900_000, tzinfo=timezone.utc)
+    utc_log = datetime(2026, 11, 25, 11, 38, 57, 900_000, tzinfo=timezone.utc)
+    assert instant_of("11:38:57.900 UTC", day, plus2) == utc_log
     assert instant_of("2026-01-02 00:00:00.000", day, timezone.utc) == datetime(2026, 1, 2, tzinfo=timezone.utc)
     # the node's clock runs 1.5 s ahead of ours: its printed time is taken back to ours
     assert instant_of("11:38:57.900", day, timezone.utc, 1.5) == datetime(2026, 11, 25, 11, 38, 56, 400_000,

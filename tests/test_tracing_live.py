@@ -5,6 +5,7 @@ import asyncio
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +19,9 @@ from kzbridge.errors import (
 )
 from kzbridge.kazoo import filters as flt
 from kzbridge.kazoo import tracing
-from kzbridge.kazoo.session import Rotated, TraceSession, run_trace
 from kzbridge.kazoo.collect import collect_file
 from kzbridge.kazoo.logparse import parse_lines
+from kzbridge.kazoo.session import Rotated, TraceSession, run_trace
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom, ErlString
 
@@ -126,15 +127,14 @@ def test_sync_api_follow_run_collect_and_with_always_stops(sandbox_gen2, tmp_pat
             res = trace.collect(tmp_path / "sync.log")
         assert got and all(r.callid.startswith("call-2-") for r in got)
         assert res.verified and res.bytes == (tmp_path / "sync.log").stat().st_size
-        assert len(list(parse_lines(open(tmp_path / "sync.log")))) >= len(got)
+        assert len(records(tmp_path / "sync.log")) >= len(got)
 
         with kz.start_trace(flt.module_filter("kz_json")) as trace:
             summary = trace.run(str(tmp_path / "run.log"), duration=1.5)
         assert summary.verified and summary.lines > 0
 
-        with pytest.raises(RuntimeError):
-            with kz.start_trace(flt.module_filter("kz_json")) as trace:
-                raise RuntimeError("the script fails")
+        with pytest.raises(RuntimeError), kz.start_trace(flt.module_filter("kz_json")) as trace:
+            raise RuntimeError("the script fails")
         assert kz.rpc("kz_data_tracing", "status", [trace.ref.encode()]) == Atom("false"), "with stopped it"
         assert kz.rpc("kz_data_tracing", "status", []) == []
 
@@ -221,9 +221,9 @@ def test_lease_stops_the_trace_when_the_client_vanishes(fresh_sandbox):
 def test_orphans_after_a_server_crash_are_found_and_cleared(fresh_sandbox):
     async def body():
         n = await node_of(fresh_sandbox)
-        ok, ref = await n.rpc("kz_data_tracing", "trace_file",
-                              [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-orphan.log",
-                               [Atom("message"), ErlString("\n")], Atom("debug")])
+        ok, _ref = await n.rpc("kz_data_tracing", "trace_file",
+                                [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-orphan.log",
+                                [Atom("message"), ErlString("\n")], Atom("debug")])
         assert ok == Atom("ok")
         try:  # someone else's crash (not ours: kzbridge refuses this input)
             await n.rpc("kz_data_tracing", "trace_file", [[], b"/tmp/kzb-x.log", [Atom("message")]])
@@ -260,10 +260,11 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
             await task
             await asyncio.sleep(2)
             session.request_stop()
-        asyncio.ensure_future(stop_after_flood())
+        stopper = asyncio.ensure_future(stop_after_flood())
         rotations = []
         summary = await session.run(lambda event: rotations.append(event) if isinstance(event, Rotated) else None)
         assert rotations, "the session reported lager's rotation"
+        await stopper
         parts = await n.rpc("filelib", "wildcard", [trace.remote_path + ".*"])
         # and the same file collected after the fact, rotated parts first
         collected = await collect_file(n, trace.remote_path, str(tmp_path / "again.log"), rotated=True)
@@ -272,16 +273,16 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
     summary, parts, collected = run(body())
     assert parts, "lager rotated the file at 10 MB"
     assert summary.verified and summary.bytes > 10 * 1024 * 1024
-    seq = [int(m.group(1)) for m in re.finditer(r"burst (\d+) ", open(out).read())]
+    seq = [int(m.group(1)) for m in re.finditer(r"burst (\d+) ", Path(out).read_text())]
     assert seq == list(range(1, 10001)) + list(range(1, 2001)), "every event once, in order, across the rotation"
     assert collected.bytes == summary.bytes and len(collected.parts) == len(parts) + 1
-    assert open(tmp_path / "again.log", "rb").read() == open(out, "rb").read()
+    assert (tmp_path / "again.log").read_bytes() == Path(out).read_bytes()
 
 
 def test_node_killed_during_collection_keeps_a_marked_partial_file(fresh_sandbox, tmp_path):
     from kzbridge import sandbox
     out = tmp_path / "dying.log"
-    path = "/tmp/kzb-big-%d.bin" % time.time_ns()
+    path = f"/tmp/kzb-big-{time.time_ns()}.bin"
 
     async def body():
         n = await node_of(fresh_sandbox)
@@ -345,7 +346,7 @@ def test_max_size_stops_the_run_and_format_and_level_apply(sandbox_gen2, tmp_pat
         return summary
     summary = run(body())
     assert summary.reason == "max-size" and summary.seconds < 30 and summary.bytes >= 2000
-    lines = open(out).read().splitlines()
+    lines = Path(out).read_text().splitlines()
     heads = [line.split(" ", 1)[0] for line in lines]
     assert "info" in heads and "notice" in heads and "debug" not in heads, "level info, custom format"
     assert not any(line[:2].isdigit() for line in lines), "our format, not Kazoo's (which starts with the time)"
@@ -374,9 +375,10 @@ def test_node_dying_during_a_run_keeps_the_partial_file_and_says_so(fresh_sandbo
         async def kill_later():
             await asyncio.sleep(2.5)
             os.kill(fresh_sandbox.os_pid, 9)
-        asyncio.ensure_future(kill_later())
+        killer = asyncio.ensure_future(kill_later())
         with pytest.raises(TraceLostError) as err:
             await run_trace(trace, str(out), duration=60)
+        await killer
         return err.value, trace
     err, trace = run(body())
     partial = tmp_path / "run.log.partial"

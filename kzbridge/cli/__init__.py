@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -120,7 +121,7 @@ def node_options(fn: F) -> F:
 
 
 def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
-                  body: Callable[["HiddenNode"], Awaitable[T]], ticktime: float = 60.0) -> T:
+                  body: Callable[[HiddenNode], Awaitable[T]], ticktime: float = 60.0) -> T:
     """Connect an asyncio node, run ``body`` with it, close it."""
     import asyncio
 
@@ -177,4 +178,4 @@ def main() -> None:
 # Registration: each family module adds its commands to ``main`` as it loads.
 from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds  # noqa: E402,F401,I001
 
-__all__ = ["main", "error_line", "warning_line", "OPTION_OF", "EXIT_INTERRUPTED"]
+__all__ = ["EXIT_INTERRUPTED", "OPTION_OF", "error_line", "main", "warning_line"]

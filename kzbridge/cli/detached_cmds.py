@@ -5,7 +5,8 @@ import contextlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -60,7 +61,7 @@ def start(node: str, cookie: str | None, cookie_file: str | None, timeout: float
     from ..kazoo import tracing
     filters = filters_from(filter_specs, module, function, pid)
 
-    async def body(n: "HiddenNode") -> "Trace":
+    async def body(n: HiddenNode) -> Trace:
         return await tracing.start_trace(n, filters, sink=sink, level=level, remote_path=remote_path,
                                          lease=duration, detached=True)
     trace = run_with_node(node, cookie, cookie_file, timeout, body)
@@ -93,7 +94,7 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
 
     collecting: list[str] = []
 
-    async def body(n: "HiddenNode") -> list[dict[str, Any]]:
+    async def body(n: HiddenNode) -> list[dict[str, Any]]:
         refs = [ref] if ref else [e.ref for e in journal.active(n.peer_name)]
         done = []
         for r in refs:
@@ -135,10 +136,10 @@ def status(node: str, cookie: str | None, cookie_file: str | None, timeout: floa
     """Running traces on the node, joined with what this machine started."""
     from ..kazoo import tracing
 
-    async def list_orphans(n: "HiddenNode") -> list[tuple[str, str]]:
+    async def list_orphans(n: HiddenNode) -> list[tuple[str, str]]:
         return await tracing.orphans(n)
 
-    async def list_traces(n: "HiddenNode") -> "tuple[int, list[TraceStatus]]":
+    async def list_traces(n: HiddenNode) -> tuple[int, list[TraceStatus]]:
         return await tracing.status(n)
     if orphans:
         found = run_with_node(node, cookie, cookie_file, timeout, list_orphans)
@@ -169,7 +170,7 @@ def clear(node: str, cookie: str | None, cookie_file: str | None, timeout: float
     """Stop every trace on the node (generation 2: clear_all_traces; generation 1: ours)."""
     from ..kazoo import tracing
 
-    async def body(n: "HiddenNode") -> list[str]:
+    async def body(n: HiddenNode) -> list[str]:
         return await (tracing.clear_orphans(n) if orphans_only else tracing.clear_all(n))
     stopped = run_with_node(node, cookie, cookie_file, timeout, body)
     if as_json:
@@ -194,7 +195,7 @@ def collect(node: str, cookie: str | None, cookie_file: str | None, timeout: flo
     local = output or os.path.basename(remote_path) or "collected.log"
     bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
 
-    async def body(n: "HiddenNode") -> "CollectResult":
+    async def body(n: HiddenNode) -> CollectResult:
         return await collect_file(n, remote_path, local, rotated=rotated, progress=bar.update if bar else None)
     with keeps_partial_on_interrupt(lambda: local, bar is not None):
         res = run_with_node(node, cookie, cookie_file, timeout, body)

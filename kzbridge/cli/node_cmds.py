@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,13 +19,13 @@ if TYPE_CHECKING:
 
 
 def call_once(node: str, cookie: str | None, cookie_file: str | None, timeout: float, module: str, function: str,
-              args: list[Any], on_connected: Callable[[Any], None] | None = None) -> "RpcResult":
+              args: list[Any], on_connected: Callable[[Any], None] | None = None) -> RpcResult:
     """One rpc on a blocking connection: the one-shot commands skip asyncio's start-up cost."""
     from ..wire.blocking import BlockingNode
     with BlockingNode(node, cookie_for_node(node, cookie, cookie_file), timeout=timeout) as n:
         if on_connected:
             on_connected(n)
-        result: "RpcResult" = n.rpc_output(module, function, resolve_pids(n, args, timeout), timeout=timeout)
+        result: RpcResult = n.rpc_output(module, function, resolve_pids(n, args, timeout), timeout=timeout)
         return result
 
 
@@ -36,6 +37,7 @@ def resolve_pids(n: Any, args: list[Any], timeout: float) -> list[Any]:
     if not found:
         return args
     pids = {}
+    lit: Any  # wire.literal.PidLiteral (its fields are not declared to the type checker)
     for lit in found:
         owner = Atom(lit.node or n.peer_name)
         text = ErlString(f"<0.{lit.id}.{lit.serial}>")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -56,7 +57,7 @@ class ProgressBar:
         click.echo("", err=True)
 
 
-def record_line(rec: "LogRecord", as_json: bool) -> str:
+def record_line(rec: LogRecord, as_json: bool) -> str:
     """One record as --follow prints it: a JSON object, or time, severity, who, callid, pid, message."""
     if as_json:
         return json.dumps(rec.to_dict(), ensure_ascii=False)
@@ -65,14 +66,14 @@ def record_line(rec: "LogRecord", as_json: bool) -> str:
     return f"{rec.time} {rec.severity:<7} {who}{callid} {rec.pid or ''} {rec.message}"
 
 
-def summary_json(s: "RunSummary") -> dict[str, Any]:
+def summary_json(s: RunSummary) -> dict[str, Any]:
     """The summary as --json has always printed it (generation 0 for the lager_event sink)."""
     data = dict(s.__dict__)
     data["generation"] = s.generation or 0
     return data
 
 
-def summary_text(s: "RunSummary") -> str:
+def summary_text(s: RunSummary) -> str:
     return (f"ref {s.ref} on {s.node} ({s.sink} sink, generation {s.generation or '-'}), "
             f"stopped by {s.reason} after {s.seconds:.1f}s\n"
             f"  remote: {s.remote_path}\n  local:  {s.local_path}{' (PARTIAL)' if s.partial else ''}\n"
@@ -82,7 +83,7 @@ def summary_text(s: "RunSummary") -> str:
 # ---------------------------------------------------------------- observers of a TraceSession
 
 
-def stop_notices(event: "Event") -> None:
+def stop_notices(event: Event) -> None:
     """Say what a signal did: the first stops and collects, the second stops without collecting."""
     from ..kazoo.session import StoppedBy
     if not isinstance(event, StoppedBy) or event.by not in SIGNAL_NAMES:
@@ -94,7 +95,7 @@ def stop_notices(event: "Event") -> None:
         click.echo("kzbridge: stopping the trace without collecting", err=True)
 
 
-def progress_line(event: "Event") -> None:
+def progress_line(event: Event) -> None:
     """Elapsed time, bytes and records on one self-overwriting stderr line; a newline at the end."""
     from ..kazoo.session import Collected, Lost, Progress
     if isinstance(event, Progress):
@@ -114,7 +115,7 @@ class RecordPrinter:
         self.silence = silence
         self.closed = False
 
-    def __call__(self, event: "Event") -> None:
+    def __call__(self, event: Event) -> None:
         from ..kazoo.session import Record
         if not isinstance(event, Record) or self.closed:
             return

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,10 +24,10 @@ from . import (
     main,
     node_options,
     parse_size,
+    render,
     run_with_node,
     warning_line,
 )
-from . import render
 
 if TYPE_CHECKING:
     from ..kazoo.session import Observer, RunSummary
@@ -98,7 +99,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
     checked = flt.validate(filters)
     show_progress = render.is_terminal() and not opts.follow
 
-    async def body(n: "HiddenNode") -> "RunSummary":
+    async def body(n: HiddenNode) -> RunSummary:
         from ..kazoo.session import StopRequests, TraceSession
         requests = StopRequests()
         with requests.signals():

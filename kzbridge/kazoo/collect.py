@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConnectionLostError, KzBridgeError, RemoteFileError, RpcTimeoutError
 from ..wire.literal import format_term
@@ -76,7 +77,7 @@ class RemoteReader:
         self.on_data = on_data
         self._data_error: BaseException | None = None
 
-    async def start(self) -> "RemoteReader":
+    async def start(self) -> RemoteReader:
         self.mailbox = self.node.mailbox(high_water=self.window * 2 + 8,
                                          sink=self._sink if self.on_data is not None else None)
         self.pid = await programs.spawn(
@@ -189,11 +190,11 @@ class CollectResult:
     partial: bool = False
 
 
-def partial_path(local: str | os.PathLike) -> Path:
+def partial_path(local: str | os.PathLike[str]) -> Path:
     return Path(str(local) + ".partial")
 
 
-async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.PathLike, *,
+async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.PathLike[str], *,
                        rotated: bool = False, progress: Callable[[int, int], None] | None = None,
                        chunk: int | None = None, window: int | None = None) -> CollectResult:
     """Copy a remote file (with ``rotated``, its .4 .. .0 parts first) to ``local_path``.

@@ -29,7 +29,7 @@ def normalise_pid(text: str) -> ErlString:
     m = _PID.match(text.strip())
     if not m:
         raise BadFilterError(f"{text!r} is not a pid; write it as 0.116.0 or <0.116.0>")
-    return ErlString("<%s.%s.%s>" % m.groups())
+    return ErlString("<{}.{}.{}>".format(*m.groups()))
 
 
 def _atom_value(key: str, value: str) -> Atom:
@@ -40,20 +40,20 @@ def _atom_value(key: str, value: str) -> Atom:
     return Atom(value)
 
 
-def module_filter(module: str) -> list[tuple]:
+def module_filter(module: str) -> list[tuple[Any, ...]]:
     return [(Atom("module"), _atom_value("module", module))]
 
 
-def function_filter(function: str, module: str | None = None) -> list[tuple]:
+def function_filter(function: str, module: str | None = None) -> list[tuple[Any, ...]]:
     out = [] if module is None else module_filter(module)
-    return out + [(Atom("function"), _atom_value("function", function))]
+    return [*out, (Atom("function"), _atom_value("function", function))]
 
 
-def pid_filter(pid: str) -> list[tuple]:
+def pid_filter(pid: str) -> list[tuple[Any, ...]]:
     return [(Atom("pid"), normalise_pid(pid))]
 
 
-def parse_filter(spec: str) -> tuple:
+def parse_filter(spec: str) -> tuple[Any, ...]:
     """One filter as text: ``KEY=VALUE`` (binary for custom keys, atom for module/function/...),
     ``KEY=*`` (key present), ``KEY:=TERM`` (an Erlang term literal), or ``KEY<V`` / ``KEY>V``.
     """
@@ -84,7 +84,7 @@ def parse_filter(spec: str) -> tuple:
     return (k, value)
 
 
-def validate(filters: Any) -> list[tuple]:
+def validate(filters: Any) -> list[tuple[Any, ...]]:
     """Refuse every input the contract lists as crashing the tracing server."""
     if isinstance(filters, ImproperList) or not isinstance(filters, list):
         raise BadFilterError("trace filters must be a proper list of {Key, Value} tuples")
@@ -105,7 +105,7 @@ def validate(filters: Any) -> list[tuple]:
         if f[0] == Atom("pid") and isinstance(f[-1], str) and not _PID.match(f[-1]) and f[-1] != "*":
             raise BadFilterError(f"pid filter {f[-1]!r} would match nothing; use <X.Y.Z>")
         if f[0] == Atom("pid") and isinstance(f[-1], str) and not f[-1].startswith("<"):
-            f = f[:-1] + (normalise_pid(f[-1]),)
+            f = (*f[:-1], normalise_pid(f[-1]))
         out.append(f)
     return out
 
@@ -126,5 +126,5 @@ def validate_level(level: str) -> Atom:
     return Atom(level)
 
 
-def describe(filters: list[tuple]) -> str:
+def describe(filters: list[tuple[Any, ...]]) -> str:
     return ", ".join(format_term(f) for f in filters)

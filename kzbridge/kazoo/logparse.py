@@ -16,9 +16,10 @@ jumps backwards by hours (midnight).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 _HEADER = re.compile(
     r"(?P<time>(?:\d{4}-\d{2}-\d{2} )?\d{2}:\d{2}:\d{2}\.\d{3}(?: UTC)?) "
@@ -202,8 +203,10 @@ class DayCarry:
             zone = timezone.utc if is_utc else self.tz
             near = self.start.astimezone(zone).date()
             candidates = [near + timedelta(days=d) for d in (-1, 0, 1)]
-            self.day = min(candidates,
-                           key=lambda d: abs((instant_of(printed, d, self.tz, self.offset) - self.start).total_seconds()))
+
+            def distance(d: date) -> float:
+                return abs((instant_of(printed, d, self.tz, self.offset) - self.start).total_seconds())
+            self.day = min(candidates, key=distance)
         elif self._last - now > self.jump:
             self.day += timedelta(days=1)
         self._last = now

@@ -127,10 +127,10 @@ Sinks = [S || S <- [lager_event, data_lager_event], is_pid(whereis(S))],
 [{S, list_to_binary(F)} || S <- Sinks, {lager_file_backend, F} <- gen_event:which_handlers(S)].
 """
 
-_forms: "weakref.WeakKeyDictionary[HiddenNode, dict[str, Encoded]]" = weakref.WeakKeyDictionary()
+_forms: weakref.WeakKeyDictionary[HiddenNode, dict[str, Encoded]] = weakref.WeakKeyDictionary()
 
 
-def _parse_on_node(source: str) -> list:
+def _parse_on_node(source: str) -> list[Any]:
     """Abstract forms, built here, of ``(fun() -> {ok, T, _} = erl_scan:string(Source),
     {ok, F} = erl_parse:parse_exprs(T), term_to_binary(F) end)()``.
 
@@ -139,19 +139,19 @@ def _parse_on_node(source: str) -> list:
     about 20 ms per program and 2 ms per use). Inside a fun, so erl_eval returns no
     bindings. Line annotations are plain integers, valid on every OTP from 18 on.
     """
-    def atom(name: str) -> tuple:
+    def atom(name: str) -> tuple[Any, ...]:
         return (Atom("atom"), 1, Atom(name))
 
-    def var(name: str) -> tuple:
+    def var(name: str) -> tuple[Any, ...]:
         return (Atom("var"), 1, Atom(name))
 
-    def call(mod: str, fun: str, *args: tuple) -> tuple:
+    def call(mod: str, fun: str, *args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (Atom("call"), 1, (Atom("remote"), 1, atom(mod), atom(fun)), list(args))
 
-    def match(pattern: tuple, expr: tuple) -> tuple:
+    def match(pattern: tuple[Any, ...], expr: tuple[Any, ...]) -> tuple[Any, ...]:
         return (Atom("match"), 1, pattern, expr)
 
-    def tup(*items: tuple) -> tuple:
+    def tup(*items: tuple[Any, ...]) -> tuple[Any, ...]:
         return (Atom("tuple"), 1, list(items))
 
     body = [
@@ -159,7 +159,7 @@ def _parse_on_node(source: str) -> list:
         match(tup(atom("ok"), var("F")), call("erl_parse", "parse_exprs", var("T"))),
         call("erlang", "term_to_binary", var("F")),
     ]
-    fun = (Atom("fun"), 1, (Atom("clauses"), [(Atom("clause"), 1, [], [], body)]))
+    fun: tuple[Any, ...] = (Atom("fun"), 1, (Atom("clauses"), [(Atom("clause"), 1, [], [], body)]))
     return [(Atom("call"), 1, fun, [])]
 
 
@@ -180,7 +180,7 @@ async def forms(node: HiddenNode, source: str) -> Encoded:
 
 
 def bindings(**values: Any) -> list[tuple[Atom, Any]]:
-    return sorted(((Atom(k), v) for k, v in values.items()), key=lambda kv: kv[0].name)
+    return sorted(((Atom(k), v) for k, v in values.items()), key=lambda kv: str(kv[0]))
 
 
 async def evaluate(node: HiddenNode, source: str, timeout: float = 30.0, **values: Any) -> Any:

@@ -42,9 +42,10 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
-from typing import IO, Any, AsyncGenerator, Iterator, Literal, Protocol, Sequence
+from typing import IO, Any, Literal, Protocol
 
 from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageError
 from ..wire.node import HiddenNode
@@ -228,7 +229,7 @@ class TraceSession:
                     duration: float | None = None, max_size: int | None = DEFAULT_MAX_SIZE, sink: str = DATA_SINK,
                     level: str = "debug", format_list: list[Any] | None = None, remote_path: str | None = None,
                     lease: float = DEFAULT_LEASE, poll_ms: int = 50, tz: tzinfo | None = None,
-                    clock_offset: float = 0.0, requests: StopRequests | None = None) -> "TraceSession":
+                    clock_offset: float = 0.0, requests: StopRequests | None = None) -> TraceSession:
         """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
 
         ``local_path`` defaults to NODE-REF.log in the current directory.
@@ -267,7 +268,8 @@ class TraceSession:
         if self.summary is None or self.summary.partial:
             return False
         sizes = await programs.evaluate(self.trace.node, programs.STAT_PARTS, Path=self.trace.remote_path)
-        return sum(size for _, size in sizes) == os.path.getsize(self.summary.local_path)
+        remote_bytes: int = sum(size for _, size in sizes)
+        return remote_bytes == os.path.getsize(self.summary.local_path)
 
     # -------------------------------------------------------------- the stream
 
@@ -311,7 +313,7 @@ class TraceSession:
         # A request arrived while waiting: let the pending receive end (quickly) to keep order.
         return await ev_task
 
-    async def _abandoned_while(self, task: "asyncio.Future[Any]") -> bool:
+    async def _abandoned_while(self, task: asyncio.Future[Any]) -> bool:
         """Wait for ``task`` or an abandon request, whichever comes first; True for the request."""
         while not task.done() and not self.requests.abandon_by:
             self.requests.poke.clear()
@@ -345,7 +347,7 @@ class TraceSession:
         def records(recs: list[LogRecord]) -> list[Record]:
             return [Record(trace.node_name, carry.instant(r.time), r) for r in recs]
         try:
-            out = open(tmp, "wb") if tmp is not None else None
+            out = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in the finally below
             while True:
                 elapsed = time.monotonic() - started
                 if stopped is None:

@@ -20,8 +20,9 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from ..errors import (
     BadFilterError,
@@ -70,7 +71,7 @@ class TraceWarning(str):
 
     setting: str | None
 
-    def __new__(cls, text: str, setting: str | None = None) -> "TraceWarning":
+    def __new__(cls, text: str, setting: str | None = None) -> TraceWarning:
         obj = super().__new__(cls, text)
         obj.setting = setting
         return obj
@@ -94,7 +95,8 @@ async def detect_generation(node: HiddenNode) -> int:
 
 async def has_data_sink(node: HiddenNode) -> bool:
     # The sink is a registered gen_event process once lager has read its config.
-    return await node.rpc("erlang", "whereis", [Atom("data_lager_event")], timeout=10) != A_UNDEFINED
+    where = await node.rpc("erlang", "whereis", [Atom("data_lager_event")], timeout=10)
+    return bool(where != A_UNDEFINED)
 
 
 def default_remote_path(node_name: str) -> str:
@@ -129,7 +131,7 @@ class Trace:
     _tref: Any = None
     stopped: bool = False
     lease_renewals: int = 0
-    _keeper: "asyncio.Task[None] | None" = None
+    _keeper: asyncio.Task[None] | None = None
     keeper_error: KzBridgeError | None = None
 
     @property
@@ -179,7 +181,7 @@ class Trace:
         journal.mark_stopped(self.node_name, self.ref)
         return self.remote_path
 
-    async def collect(self, local_path: str | os.PathLike,
+    async def collect(self, local_path: str | os.PathLike[str],
                       progress: Callable[[int, int], None] | None = None) -> CollectResult:
         """Bring back the whole file, rotated parts first."""
         return await collect_file(self.node, self.remote_path, local_path, rotated=True, progress=progress)
@@ -199,7 +201,7 @@ class Trace:
                 elif isinstance(event, Lost):
                     raise event.error
 
-    async def __aenter__(self) -> "Trace":
+    async def __aenter__(self) -> Trace:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -207,7 +209,7 @@ class Trace:
             await self.stop()
 
 
-async def _keep_lease(trace_ref: "weakref.ref[Trace]", interval: float) -> None:
+async def _keep_lease(trace_ref: weakref.ref[Trace], interval: float) -> None:
     # Holds the Trace only weakly between renewals: forgetting a trace lets its lease run out.
     while True:
         await asyncio.sleep(interval)
@@ -392,7 +394,7 @@ async def clear_all(node: HiddenNode) -> list[str]:
     generation = await detect_generation(node)
     stopped = []
     if generation == 2:
-        for ref, result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=3600):
+        for ref, _result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=3600):
             stopped.append(ref.decode())
     for e in journal.active(node.peer_name):
         if e.ref in stopped:
