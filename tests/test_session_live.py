@@ -115,6 +115,7 @@ def test_a_killed_node_ends_the_stream_with_lost_naming_the_partial_file(fresh_s
     assert lost.partial_path == str(partial) and partial.exists() and not out.exists()
     err = lost.error
     assert isinstance(err, TraceLostError) and err.kept_bytes == partial.stat().st_size > 0
+    assert err.__cause__ is not None, "the connection's own error stays attached"
     assert (err.ref, err.node, err.remote_path, err.lease) == (session.trace.ref, fresh_sandbox.node,
                                                                session.trace.remote_path, session.trace.lease)
     assert session.summary is None

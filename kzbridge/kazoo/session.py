@@ -402,11 +402,13 @@ class TraceSession:
             if out is not None:
                 out.flush()
             kept = f"; kept {written} bytes in {tmp} (partial)" if tmp is not None else ""
-            yield Lost(TraceLostError(
+            lost = TraceLostError(
                 f"{exc.message}{kept}", ref=trace.ref, node=trace.node_name, remote_path=trace.remote_path,
                 partial_path=tmp or "", kept_bytes=written, lease=trace.lease,
                 hint=f"if the node is still up, the lease stops trace {trace.ref} within {trace.lease:g}s; "
-                     f"the rest of {trace.remote_path} (and its rotated parts) can be collected later"))
+                     f"the rest of {trace.remote_path} (and its rotated parts) can be collected later")
+            lost.__cause__ = exc  # what raising it "from exc" would keep; it travels in an event
+            yield Lost(lost)
             return
         finally:
             if out is not None:
