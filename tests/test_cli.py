@@ -124,7 +124,7 @@ def test_pids_typed_or_pasted_back_from_our_output_reach_the_node_as_its_pids(sa
     (["stop", "--node", "{node}", "ffffffffffff"], 6, "knows no trace"),
     (["collect", "--node", "{node}", "/nonexistent/file.log"], 6, "no such file"),
     (["trace-module", "kz_json", "--node", "{node}", "--max-size", "lots"], 2, "bad size"),
-    (["trace-module", "kz_json", "--node", "{node}", "--remote-path", "rel.log"], 2, "absolute (see --remote-path)"),
+    (["trace-module", "kz_json", "--node", "{node}", "--remote-path", "rel.log"], 2, "own log root (see --remote-path)"),
 ])
 def test_bad_input_gives_one_line_and_a_documented_exit_code(sandbox_gen2, tmp_path, args, code, fragment):
     res = kzb(*[a.replace("{node}", sandbox_gen2.node) for a in args], cwd=str(tmp_path))

@@ -245,7 +245,7 @@ async def start_trace(node: HiddenNode, filter_list: list[Any], *, sink: str = D
         raise UsageError("the lease must be positive", setting="lease")
     path = remote_path or default_remote_path(node.peer_name)
     if not path.startswith("/"):
-        raise UsageError(f"remote path {path!r} must be absolute (lager resolves relative paths elsewhere)",
+        raise UsageError(f"remote path {path!r} must be absolute: lager resolves relative paths against its own log root",
                          setting="remote_path")
     if sink not in (DATA_SINK, LAGER_SINK):
         raise UsageError(f"unknown sink {sink!r}: use data (kz_data_tracing) or lager_event", setting="sink")
