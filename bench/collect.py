@@ -22,7 +22,7 @@ import tempfile
 
 from _common import ROOT, erl_eval, erl_node, private_epmd
 
-from kzbridge.kazoo import remote
+from kzbridge.kazoo import programs
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import ErlString
 
@@ -54,7 +54,7 @@ async def make_file(node: str, cookie: str, path: str, mb: int) -> None:
            "|| I <- lists:seq(1, 20000)]), "
            "Need = MB * 1048576, W = fun W(Done) when Done >= Need -> ok; "
            "W(Done) -> ok = file:write(F, B), W(Done + byte_size(B)) end, W(0), file:close(F).")
-    await remote.evaluate(n, src, timeout=600, Path=ErlString(path), MB=mb)
+    await programs.evaluate(n, src, timeout=600, Path=ErlString(path), MB=mb)
     await n.close()
 
 

@@ -6,7 +6,7 @@ Latency: an event is logged on the node with its wall-clock time; we note when i
 line reaches us. A watcher process on the node polls the file size every millisecond,
 so we also know when the bytes reached the file (lager's own ~1 s buffering); the
 difference is what kzbridge adds. Overhead: rpc calls and messages per second that
-a running `run_trace` sends to the node.
+a running trace session sends to the node.
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from _common import pct, private_epmd
 
 from kzbridge import sandbox
 from kzbridge.kazoo import filters as flt
-from kzbridge.kazoo import remote, tracing
+from kzbridge.kazoo import programs, tracing
 from kzbridge.kazoo.collect import RemoteReader
+from kzbridge.kazoo.session import run_trace
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom, ErlString
 
@@ -46,7 +47,7 @@ async def latency(box, events: int) -> None:
     trace = await tracing.start_trace(n, [(Atom("request"), b"stamp")])
     reader = await RemoteReader(n, trace.remote_path, mode="follow", poll_ms=50).start()
     watch_box = n.mailbox()
-    watcher = await remote.spawn(n, WATCH, Owner=watch_box.pid, Path=ErlString(trace.remote_path))
+    watcher = await programs.spawn(n, WATCH, Owner=watch_box.pid, Path=ErlString(trace.remote_path))
     grown: list[tuple[int, int]] = []
     seen: dict[int, tuple[int, int]] = {}  # log time -> (receive time, end offset)
     done = asyncio.Event()
@@ -105,7 +106,7 @@ async def overhead(box, seconds: float) -> None:
     await n.rpc("kz_traffic", "set_rate", [100])
     trace = await tracing.start_trace(n, flt.module_filter("kz_json"), lease=60)
     local = f"/tmp/kzb-bench-overhead-{box.name}.log"
-    s = await tracing.run_trace(trace, local, duration=seconds)
+    s = await run_trace(trace, local, duration=seconds)
     os.unlink(local)
     await n.rpc("file", "delete", [trace.remote_path])
     print(f"load on the node during a {s.seconds:.0f} s trace ({s.lines} lines, {s.bytes} bytes, lease 60 s)")

@@ -7,8 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Atom", "ErlString", "KzBridgeError", "Pid", "Reference", "SyncNode", "SyncTrace", "connect", "connect_sync",
-           "format_term", "parse_term", "__version__"]
+__all__ = [
+    "Atom",
+    "ErlString",
+    "KzBridgeError",
+    "Pid",
+    "Reference",
+    "SyncNode",
+    "SyncTrace",
+    "__version__",
+    "connect",
+    "connect_sync",
+    "format_term",
+    "parse_term",
+]
 
 _WHERE = {
     "connect": "client", "connect_sync": "client", "SyncNode": "client", "SyncTrace": "client",

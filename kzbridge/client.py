@@ -1,17 +1,20 @@
 """The public entry point: ``async with kzbridge.connect(node) as n: await n.rpc(...)``.
 
-A sync wrapper (``connect_sync``) runs its own event loop in a thread for scripts,
-with blocking versions of the tracing calls (``start_trace`` gives a ``SyncTrace``).
+Async scripts trace with ``kazoo.session.TraceSession`` (or ``kazoo.tracing.start_trace``
+and ``Trace.follow``) on the node ``connect`` gives. A sync wrapper (``connect_sync``)
+runs its own event loop in a thread for scripts, with blocking versions of the
+tracing calls (``start_trace`` gives a ``SyncTrace``); they drive the same
+TraceSession, so limits, stop requests and the summary are the same everywhere.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cookie import cookie_for_node
-from .errors import KzBridgeError
 from .wire.connection import DEFAULT_TICKTIME
 from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
@@ -19,10 +22,13 @@ from .wire.rex import RpcResult
 if TYPE_CHECKING:
     from .kazoo.collect import CollectResult
     from .kazoo.logparse import LogRecord
-    from .kazoo.tracing import RunSummary, Trace
+    from .kazoo.session import Observer, RunSummary
+    from .kazoo.tracing import Trace
+
+T = TypeVar("T")
 
 
-class connect:  # noqa: N801 - reads as a function at the call site
+class connect:
     """Async context manager yielding a connected HiddenNode."""
 
     def __init__(self, node: str, cookie: str | None = None, *, cookie_file: str | None = None,
@@ -37,7 +43,7 @@ class connect:  # noqa: N801 - reads as a function at the call site
         self._hidden = await connect_node(self.node, self.cookie, timeout=self.timeout, ticktime=self.ticktime)
         return self._hidden
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._hidden is not None:
             await self._hidden.close()
 
@@ -48,7 +54,7 @@ class SyncNode:
     Calls go over a blocking connection (no event loop, no thread hop: about 2.5x faster
     per call than driving the async node from another thread), kept alive by a tick
     thread. ``run(coro_fn)`` runs async helpers (tracing, collection) on a second,
-    asyncio connection opened on first use in a private loop thread.
+    asyncio connection (``async_node``) opened on first use in a private loop thread.
     """
 
     def __init__(self, node: str, cookie: str | None = None, *, cookie_file: str | None = None,
@@ -65,15 +71,17 @@ class SyncNode:
         self._thread: threading.Thread | None = None
         self._async: HiddenNode | None = None
 
-    def rpc(self, module: str, function: str, args: list | None = None, timeout: float = 30.0) -> Any:
+    def rpc(self, module: str, function: str, args: list[Any] | None = None, timeout: float = 30.0) -> Any:
         return self.blocking.rpc(module, function, args, timeout)
 
-    def rpc_output(self, module: str, function: str, args: list | None = None, timeout: float = 30.0) -> RpcResult:
-        return self.blocking.rpc_output(module, function, args, timeout)
+    def rpc_output(self, module: str, function: str, args: list[Any] | None = None,
+                   timeout: float = 30.0) -> RpcResult:
+        result: RpcResult = self.blocking.rpc_output(module, function, args, timeout)
+        return result
 
     @property
-    def node(self) -> HiddenNode:
-        """The asyncio node (opened on first use)."""
+    def async_node(self) -> HiddenNode:
+        """The asyncio node the tracing helpers run on (opened on first use, in the loop thread)."""
         if self._async is None:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, name="kzbridge-loop", daemon=True)
@@ -82,16 +90,16 @@ class SyncNode:
                                                  ticktime=self._ticktime))
         return self._async
 
-    def _run(self, coro: Any) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def run(self, coro_fn: Callable[[HiddenNode], Any]) -> Any:
+    def run(self, coro_fn: Callable[[HiddenNode], Coroutine[Any, Any, T]]) -> T:
         """Run ``await coro_fn(node)`` with the asyncio node (for async helpers from sync code)."""
-        node = self.node
+        node = self.async_node
         return self._run(coro_fn(node))
 
-    def start_trace(self, filter_list: list, **options: Any) -> "SyncTrace":
+    def start_trace(self, filter_list: list[Any], **options: Any) -> SyncTrace:
         """Start a trace (options as ``kazoo.tracing.start_trace``); use ``with`` to be sure it stops.
 
         Its lease is renewed in the background (on the loop thread) until ``stop()``.
@@ -99,7 +107,7 @@ class SyncNode:
         from .kazoo import tracing
         return SyncTrace(self, self.run(lambda n: tracing.start_trace(n, filter_list, **options)))
 
-    def collect_file(self, remote_path: str, local_path: str | os.PathLike, **options: Any) -> "CollectResult":
+    def collect_file(self, remote_path: str, local_path: str | os.PathLike[str], **options: Any) -> CollectResult:
         """Bring any file back from the node (options as ``kazoo.collect.collect_file``)."""
         from .kazoo.collect import collect_file
         return self.run(lambda n: collect_file(n, remote_path, local_path, **options))
@@ -124,24 +132,38 @@ class SyncNode:
         assert self._async is not None
         await self._async.close()
 
-    def __enter__(self) -> "SyncNode":
+    def __enter__(self) -> SyncNode:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 class SyncTrace:
     """A running trace, driven from blocking code; ``with`` guarantees it stops."""
 
-    def __init__(self, owner: SyncNode, trace: "Trace") -> None:
+    def __init__(self, owner: SyncNode, trace: Trace) -> None:
         self._owner = owner
         self.trace = trace
 
-    ref = property(lambda self: self.trace.ref, doc="kz_data_tracing's ref (lg... for lager_event traces)")
-    remote_path = property(lambda self: self.trace.remote_path, doc="the trace file on the node")
-    generation = property(lambda self: self.trace.generation, doc="kz_data_tracing API generation (0: lager)")
-    warnings = property(lambda self: self.trace.warnings)
+    @property
+    def ref(self) -> str:
+        """kz_data_tracing's ref (lg... for lager_event traces)."""
+        return self.trace.ref
+
+    @property
+    def remote_path(self) -> str:
+        """The trace file on the node."""
+        return self.trace.remote_path
+
+    @property
+    def generation(self) -> int | None:
+        """kz_data_tracing's API generation, 1 or 2; None for the lager_event sink."""
+        return self.trace.generation
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.trace.warnings)
 
     @property
     def stopped(self) -> bool:
@@ -151,39 +173,40 @@ class SyncTrace:
         """Stop the trace (idempotent); returns the remote file name."""
         return self._owner._run(self.trace.stop())
 
-    def collect(self, local_path: str | os.PathLike,
-                progress: Callable[[int, int], None] | None = None) -> "CollectResult":
+    def collect(self, local_path: str | os.PathLike[str],
+                progress: Callable[[int, int], None] | None = None) -> CollectResult:
         """Bring back the whole file, rotated parts first (stop first, or get what is there so far)."""
         return self._owner._run(self.trace.collect(local_path, progress=progress))
 
-    def run(self, local_path: str, *, duration: float, **options: Any) -> "RunSummary":
-        """Tail into ``local_path`` for ``duration`` seconds (or max size), stop, verify; see ``run_trace``."""
-        from .kazoo.tracing import run_trace
-        return self._owner._run(run_trace(self.trace, local_path, duration=duration, **options))
+    def run(self, local_path: str | os.PathLike[str], *, duration: float, max_size: int | None = None,
+            poll_ms: int = 50, observers: Sequence[Observer] = ()) -> RunSummary:
+        """Follow into ``local_path`` until ``duration`` (or ``max_size``), stop, verify: a TraceSession's run.
 
-    def follow(self, duration: float | None = None) -> Iterator["LogRecord"]:
-        """Parsed records as lager writes them, until the trace stops (after ``duration`` if given).
-
-        Leaving the loop early stops following, not the trace.
+        ``observers`` see every event (on the loop thread). A lost connection raises TraceLostError.
         """
-        loop = self._owner._loop
-        assert loop is not None
-        records = self.trace.follow()
-        handles: list[asyncio.TimerHandle] = []
-        stopping: list[asyncio.Task] = []  # a reference, so the task is not collected mid-flight
-        if duration is not None:
-            async def stop_quietly() -> None:
-                try:
-                    await self.trace.stop()
-                except KzBridgeError:  # a lost connection ends the follow with its own error
-                    pass
+        from .kazoo.session import DEFAULT_MAX_SIZE, TraceSession
 
-            def arm() -> None:
-                handles.append(loop.call_later(duration, lambda: stopping.append(loop.create_task(stop_quietly()))))
-            loop.call_soon_threadsafe(arm)
+        async def run() -> RunSummary:
+            session = TraceSession(self.trace, local_path, duration=duration, poll_ms=poll_ms,
+                                   max_size=max_size if max_size is not None else DEFAULT_MAX_SIZE)
+            return await session.run(*observers)
+        return self._owner._run(run())
 
-        async def next_record() -> Any:
-            return await records.__anext__()
+    def follow(self, duration: float | None = None) -> Iterator[LogRecord]:
+        """Parsed records as lager writes them, until the trace stops (the session stops it after
+        ``duration`` if given). Leaving the loop early stops following, not the trace.
+        """
+        from .kazoo.session import Lost, Record, TraceSession
+        session = TraceSession(self.trace, None, duration=duration, max_size=None, owns_trace=False)
+        stream = session.events()
+
+        async def next_record() -> LogRecord:
+            while True:
+                event = await stream.__anext__()
+                if isinstance(event, Record):
+                    return event.record
+                if isinstance(event, Lost):
+                    raise event.error
         try:
             while True:
                 try:
@@ -191,13 +214,12 @@ class SyncTrace:
                 except StopAsyncIteration:
                     return
         finally:
-            loop.call_soon_threadsafe(lambda: [h.cancel() for h in handles])
-            self._owner._run(records.aclose())
+            self._owner._run(stream.aclose())
 
-    def __enter__(self) -> "SyncTrace":
+    def __enter__(self) -> SyncTrace:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if not self.trace.stopped and self.trace.node.alive:
             self.stop()
 

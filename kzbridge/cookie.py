@@ -21,7 +21,7 @@ def _read(path: Path) -> str:
     return text
 
 
-def resolve_cookie(cookie: str | None = None, cookie_file: str | os.PathLike | None = None) -> str:
+def resolve_cookie(cookie: str | None = None, cookie_file: str | os.PathLike[str] | None = None) -> str:
     """The cookie to use, in the documented order of precedence."""
     if cookie:
         return cookie
@@ -37,7 +37,7 @@ def resolve_cookie(cookie: str | None = None, cookie_file: str | os.PathLike | N
                      hint="use --cookie, --cookie-file, KZBRIDGE_COOKIE, or create ~/.erlang.cookie")
 
 
-def cookie_for_node(node: str, cookie: str | None = None, cookie_file: str | os.PathLike | None = None) -> str:
+def cookie_for_node(node: str, cookie: str | None = None, cookie_file: str | os.PathLike[str] | None = None) -> str:
     """As resolve_cookie, but a local sandbox of that node name supplies its own cookie
     before ~/.erlang.cookie is tried (so the embedded default works without flags)."""
     if cookie or cookie_file or os.environ.get("KZBRIDGE_COOKIE"):

@@ -15,6 +15,7 @@
     |   +-- HandshakeTimeoutError      the handshake did not finish in time
     |   +-- VersionMismatchError       no common handshake version / flags
     +-- ConnectionLostError            the peer went away (exit 3)
+    |   +-- TraceLostError             ... while a trace ran: carries the ref, remote path and kept partial file
     +-- RpcError                       a remote call failed (exit 4)
     |   +-- BadRpcError                {badrpc, Reason} from the node
     |   +-- RpcTimeoutError            no reply within the timeout (exit 5)
@@ -22,6 +23,7 @@
     |   +-- TracingUnavailableError    no kz_data_tracing module or process
     |   +-- UnknownTraceError          the node does not know that ref
     |   +-- RemoteFileError            a remote file could not be read
+    |   +-- ProgramError               the node could not parse or run one of kzbridge's erl_eval programs
     +-- SandboxError                   the local fixture node could not be run (exit 7)
 
 Lower layers raise their own class; higher layers translate with ``raise ... from``.
@@ -132,6 +134,25 @@ class ConnectionLostError(KzBridgeError):
     exit_code = 3
 
 
+class TraceLostError(ConnectionLostError):
+    """The connection went away while a trace was being followed; the facts needed to resume.
+
+    ``ref``, ``node`` and ``remote_path`` name the trace, ``partial_path`` the local file
+    holding the ``kept_bytes`` that arrived, ``lease`` the seconds within which the node
+    stops the trace by itself. How to resume is for each face to phrase.
+    """
+
+    def __init__(self, message: str, *, ref: str, node: str, remote_path: str, partial_path: str,
+                 kept_bytes: int, lease: float, hint: str | None = None, setting: str | None = None) -> None:
+        super().__init__(message, hint=hint, setting=setting)
+        self.ref = ref
+        self.node = node
+        self.remote_path = remote_path
+        self.partial_path = partial_path
+        self.kept_bytes = kept_bytes
+        self.lease = lease
+
+
 class RpcError(KzBridgeError):
     """A remote call did not produce a value."""
 
@@ -170,6 +191,10 @@ class UnknownTraceError(KazooError):
 
 class RemoteFileError(KazooError):
     """A file on the node could not be read."""
+
+
+class ProgramError(KazooError):
+    """The node could not parse or run one of the erl_eval programs kzbridge sends (kazoo.programs)."""
 
 
 class SandboxError(KzBridgeError):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 

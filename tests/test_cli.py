@@ -74,6 +74,18 @@ def node_rpc(box, *args):
     return asyncio.run(body())
 
 
+def poll_until(condition, timeout: float = 10, interval: float = 0.05):
+    """Call ``condition()`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
 def no_traceback(res) -> None:
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
@@ -112,6 +124,7 @@ def test_pids_typed_or_pasted_back_from_our_output_reach_the_node_as_its_pids(sa
     (["stop", "--node", "{node}", "ffffffffffff"], 6, "knows no trace"),
     (["collect", "--node", "{node}", "/nonexistent/file.log"], 6, "no such file"),
     (["trace-module", "kz_json", "--node", "{node}", "--max-size", "lots"], 2, "bad size"),
+    (["trace-module", "kz_json", "--node", "{node}", "--remote-path", "rel.log"], 2, "own log root (see --remote-path)"),
 ])
 def test_bad_input_gives_one_line_and_a_documented_exit_code(sandbox_gen2, tmp_path, args, code, fragment):
     res = kzb(*[a.replace("{node}", sandbox_gen2.node) for a in args], cwd=str(tmp_path))
@@ -199,7 +212,7 @@ def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_
     assert code == 0, err
     assert re.search(r"\r\s+\d+\.\ds\s+[\d.]+ [KMG]?B\s+\d+ lines", err), err  # elapsed, bytes, lines
 
-    big = "/tmp/kzb-progress-%d.bin" % time.time_ns()
+    big = f"/tmp/kzb-progress-{time.time_ns()}.bin"
     node_rpc(sandbox_gen2, "file", "write_file", [big, b"x" * (24 << 20)])
     try:
         code, err = run_on_a_terminal("collect", big, "--node", sandbox_gen2.node, "-o", str(tmp_path / "b.bin"))
@@ -212,7 +225,7 @@ def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_
 
 def test_ctrl_c_during_a_collection_keeps_the_partial_file_and_says_where(sandbox_gen2, tmp_path):
     import pty
-    big = "/tmp/kzb-sparse-%d.bin" % time.time_ns()
+    big = f"/tmp/kzb-sparse-{time.time_ns()}.bin"
     node_rpc(sandbox_gen2, "os", "cmd", [f"truncate -s 1G {big}"])  # sparse: no disk, reads fast
     primary, secondary = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "kzbridge", "collect", big, "--node", sandbox_gen2.node,
@@ -256,22 +269,28 @@ def test_sigint_stops_and_collects_second_sigint_stops_without_collecting(sandbo
     assert summary["reason"] == "interrupted" and summary["verified"] and out.exists() and summary["lines"] > 0
     assert node_rpc(sandbox_gen2, "kz_data_tracing", "status", [ref.encode()]) == Atom("false")
 
-    out2 = tmp_path / "int2.log"
-    run = Running("trace-module", "kz_json", "--node", sandbox_gen2.node, "--duration", "60", "-o", str(out2),
+
+
+def test_second_sigint_during_the_stop_stops_without_collecting(fresh_sandbox, tmp_path):
+    out = tmp_path / "int2.log"
+    run = Running("trace-module", "kz_json", "--node", fresh_sandbox.node, "--duration", "60", "-o", str(out),
                   cwd=str(tmp_path))
     ref = run.ref()
-    time.sleep(1)
-    run.send_signal(signal.SIGINT)
-    time.sleep(0.002)
-    run.send_signal(signal.SIGINT)
-    code, stdout, stderr = run.finish()
-    # Collection after a stop takes milliseconds here, so the second Ctrl-C may land after it;
-    # either way the trace is stopped and the exit code says which happened.
-    if code == 130:
-        assert "without collecting" in stderr and not out2.exists()
-    else:
-        assert code == 0 and out2.exists() and "Traceback" not in stderr
-    assert node_rpc(sandbox_gen2, "kz_data_tracing", "status", [ref.encode()]) == Atom("false")
+    # Freeze the node: the stop that the first Ctrl-C starts cannot finish, so the second
+    # Ctrl-C lands while it is under way, every time.
+    os.kill(fresh_sandbox.os_pid, signal.SIGSTOP)
+    try:
+        run.send_signal(signal.SIGINT)
+        run.wait_for("stopping the trace and collecting")
+        run.send_signal(signal.SIGINT)
+        run.wait_for("stopping the trace without collecting")
+    finally:
+        os.kill(fresh_sandbox.os_pid, signal.SIGCONT)
+    code, _stdout, stderr = run.finish()
+    assert code == 130, stderr
+    assert not out.exists() and (tmp_path / "int2.log.partial").exists(), "nothing collected, what came is kept"
+    assert "stopped by abandoned" in stderr and "Traceback" not in stderr
+    assert node_rpc(fresh_sandbox, "kz_data_tracing", "status", [ref.encode()]) == Atom("false"), "yet stopped"
 
 
 def test_sigterm_stops_and_collects(sandbox_gen1, tmp_path):
@@ -377,9 +396,12 @@ def test_orphans_from_the_command_line(fresh_sandbox):
             pass
         await n.close()
     asyncio.run(make_orphan())
-    time.sleep(0.3)
-    res = kzb("status", "--orphans", "--node", node, "--json")
-    assert {"sink": "data_lager_event", "file": "/tmp/kzb-cli-orphan.log"} in json.loads(res.stdout)
+
+    def orphan_listed() -> bool:  # once the supervisor has restarted the crashed server
+        res = kzb("status", "--orphans", "--node", node, "--json")
+        return res.returncode == 0 and {"sink": "data_lager_event", "file": "/tmp/kzb-cli-orphan.log"} in \
+            json.loads(res.stdout)
+    poll_until(orphan_listed, timeout=20)
     res = kzb("clear", "--orphans", "--node", node)
     assert res.returncode == 0 and "/tmp/kzb-cli-orphan.log" in res.stdout
     assert json.loads(kzb("status", "--orphans", "--node", node, "--json").stdout) == []

@@ -31,6 +31,18 @@ async def tracing_pid(n):
     return await n.rpc("erlang", "whereis", [Atom("kz_data_tracing")])
 
 
+async def poll_until(condition, timeout=10.0, interval=0.02):
+    """Await ``condition()`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {condition.__name__}")
+        await asyncio.sleep(interval)
+
+
 def test_exports_differ_by_generation(sandbox_gen1, sandbox_gen2):
     async def exports(box):
         n = await node_of(box)
@@ -102,9 +114,9 @@ def test_clear_all_traces_generation_2(sandbox_gen2):
         n = await node_of(sandbox_gen2)
         refs = []
         for i in range(2):
-            ok, ref = await n.rpc("kz_data_tracing", "trace_file",
-                                  [[(Atom("function"), Atom("*"))], f"/tmp/kzb-clear-{i}-{time.time_ns()}.log".encode(),
-                                   FORMAT, Atom("info")])
+            path = f"/tmp/kzb-clear-{i}-{time.time_ns()}.log".encode()
+            _ok, ref = await n.rpc("kz_data_tracing", "trace_file",
+                                   [[(Atom("function"), Atom("*"))], path, FORMAT, Atom("info")])
             refs.append(ref)
         cleared = await n.rpc("kz_data_tracing", "clear_all_traces", [])
         assert sorted(cleared) == sorted((r, OK) for r in refs)
@@ -118,7 +130,8 @@ def test_maintenance_wrappers_print_through_the_callers_group_leader(any_sandbox
         n = await node_of(any_sandbox)
         res = await n.rpc_output("kazoo_data_maintenance", "trace_module", [b"kz_json"])
         assert res.value == OK
-        m = re.fullmatch(r"trace started, stop with 'sup kazoo_data_maintenance stop_trace ([0-9a-f]{12})'\n", res.output)
+        m = re.fullmatch(r"trace started, stop with 'sup kazoo_data_maintenance stop_trace ([0-9a-f]{12})'\n",
+                         res.output)
         assert m, res.output
         res = await n.rpc_output("kazoo_data_maintenance", "stop_trace", [m.group(1).encode()])
         assert res.value == OK and re.fullmatch(r"trace stopped, see log at /tmp/[0-9a-f]{32}\.log\n", res.output)
@@ -167,8 +180,8 @@ def test_crashing_inputs_crash_and_restart_the_server_leaving_lager_traces(fresh
     async def body():
         n = await node_of(fresh_sandbox)
         before = await tracing_pid(n)
-        ok, ref = await n.rpc("kz_data_tracing", "trace_file",
-                              [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-survivor.log", FORMAT, Atom("debug")])
+        _ok, ref = await n.rpc("kz_data_tracing", "trace_file",
+                               [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-survivor.log", FORMAT, Atom("debug")])
         crashing = [
             [],
             [(Atom("pid"), await n.rpc("erlang", "whereis", [Atom("init")]))],
@@ -177,10 +190,11 @@ def test_crashing_inputs_crash_and_restart_the_server_leaving_lager_traces(fresh
         for i, filters in enumerate(crashing):
             with pytest.raises(BadRpcError):
                 await n.rpc("kz_data_tracing", "trace_file", [filters, f"/tmp/kzb-crash-{i}.log".encode(), FORMAT])
-            await asyncio.sleep(0.2)
-            after = await tracing_pid(n)
-            assert type(after) is Pid and after != before, "the supervisor restarted the server"
-            before = after
+
+            async def restarted(previous=before):
+                pid = await tracing_pid(n)
+                return pid if type(pid) is Pid and pid != previous else None
+            before = await poll_until(restarted)  # the supervisor restarted the server
         # state is lost, the lager trace is not
         assert await n.rpc("kz_data_tracing", "status", []) == []
         assert await n.rpc("kz_data_tracing", "stop_trace", [ref]) == (ERROR, Atom("invalid_trace"))
@@ -189,13 +203,15 @@ def test_crashing_inputs_crash_and_restart_the_server_leaving_lager_traces(fresh
         # the pid filter installed its handler before crashing: it leaks too
         assert (Atom("lager_file_backend"), "/tmp/kzb-crash-1.log") in handlers
         # more than 5 crashes in 10 s take down kazoo_data_sup
-        for i in range(5):
+        for _ in range(5):
             try:
                 await n.rpc("kz_data_tracing", "trace_file", [[], b"/tmp/kzb-crash-x.log", FORMAT])
             except BadRpcError:
                 pass
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
-        assert await n.rpc("erlang", "whereis", [Atom("kazoo_data_sup")]) == Atom("undefined")
+
+        async def supervisor_gone():
+            return await n.rpc("erlang", "whereis", [Atom("kazoo_data_sup")]) == Atom("undefined")
+        await poll_until(supervisor_gone)
         await n.close()
     run(body())

@@ -79,3 +79,79 @@ def test_crashing_and_useless_filters_are_refused(filters):
 def test_valid_filters_pass_and_bare_pids_are_fixed():
     assert flt.validate([(Atom("pid"), ErlString("0.1.2"))]) == [(Atom("pid"), ErlString("<0.1.2>"))]
     assert flt.validate([(Atom("module"), Atom("kz_json")), (Atom("function"), Atom("*"))])
+
+
+def test_a_record_of_200000_continuation_lines_is_assembled_in_linear_time():
+    import time as _time
+    lines = [f"continuation line {i} | with: separators" for i in range(200_000)]
+    started = _time.monotonic()
+    asm = LineAssembler()
+    out = asm.feed(REAL + "\n")
+    for line in lines:  # one chunk per line, each split in two so partial lines are joined too
+        half = len(line) // 2
+        out += asm.feed(line[:half])
+        out += asm.feed(line[half:] + "\n")
+    out += asm.flush()
+    elapsed = _time.monotonic() - started
+    assert len(out) == 1 and out[0].message == "\n".join(["noise 82", *lines])
+    assert elapsed < 10, f"{elapsed:.1f}s: quadratic again (it took minutes when it was)"
+
+
+def test_one_line_in_many_chunks_is_joined_once():
+    asm = LineAssembler()
+    text = REAL + " " + "x" * 100_000
+    out = []
+    for ch in text:
+        out += asm.feed(ch)
+    out += asm.flush()
+    assert [r.message for r in out] == ["noise 82 " + "x" * 100_000]
+
+
+def test_utc_log_suffix_is_part_of_the_printed_time():
+    rec = parse_header(REAL.replace("11:38:57.900", "11:38:57.900 UTC"))
+    assert rec is not None and rec.time == "11:38:57.900 UTC" and rec.message == "noise 82"
+
+
+def test_instant_of_is_aware_utc_and_takes_zone_date_and_clock_offset():
+    from datetime import date, datetime, timedelta, timezone
+
+    from kzbridge.kazoo.logparse import instant_of
+    plus2 = timezone(timedelta(hours=2))
+    day = date(2026, 11, 25)
+    got = instant_of("11:38:57.900", day, plus2)
+    assert got == datetime(2026, 11, 25, 9, 38, 57, 900_000, tzinfo=timezone.utc) and got.utcoffset() == timedelta(0)
+    utc_log = datetime(2026, 11, 25, 11, 38, 57, 900_000, tzinfo=timezone.utc)
+    assert instant_of("11:38:57.900 UTC", day, plus2) == utc_log
+    assert instant_of("2026-01-02 00:00:00.000", day, timezone.utc) == datetime(2026, 1, 2, tzinfo=timezone.utc)
+    # the node's clock runs 1.5 s ahead of ours: its printed time is taken back to ours
+    assert instant_of("11:38:57.900", day, timezone.utc, 1.5) == datetime(2026, 11, 25, 11, 38, 56, 400_000,
+                                                                         tzinfo=timezone.utc)
+    with pytest.raises(ValueError):
+        instant_of("noon", day, timezone.utc)
+
+
+def test_day_carry_moves_to_the_next_day_at_midnight_and_only_then():
+    from datetime import datetime, timedelta, timezone
+
+    from kzbridge.kazoo.logparse import DayCarry
+    tz = timezone(timedelta(hours=-5))
+    start = datetime(2026, 11, 25, 23, 59, 58, tzinfo=tz)
+    carry = DayCarry(start, tz)
+    printed = ["23:59:58.100", "23:59:59.990", "23:59:59.950",  # interleaved writers: ms back, same day
+               "00:00:00.010", "00:00:01.000", "13:00:00.000", "00:00:00.500"]
+    got = [carry.instant(p) for p in printed]
+    assert [g.astimezone(tz).date().day for g in got] == [25, 25, 25, 26, 26, 26, 27]
+    assert all(g.tzinfo is timezone.utc for g in got)
+    assert sorted(got[3:]) == got[3:], "sortable across midnight"
+
+
+def test_day_carry_first_record_takes_the_day_nearest_the_start():
+    from datetime import datetime, timezone
+
+    from kzbridge.kazoo.logparse import DayCarry
+    # we started at 23:59:59.8 on the 25th; the node, slightly ahead, already prints the 26th
+    carry = DayCarry(datetime(2026, 11, 25, 23, 59, 59, 800_000, tzinfo=timezone.utc), timezone.utc)
+    assert carry.instant("00:00:00.100") == datetime(2026, 11, 26, 0, 0, 0, 100_000, tzinfo=timezone.utc)
+    # and the other way round: started just after midnight, the node still prints the 25th
+    carry = DayCarry(datetime(2026, 11, 26, 0, 0, 0, 200_000, tzinfo=timezone.utc), timezone.utc)
+    assert carry.instant("23:59:59.900") == datetime(2026, 11, 25, 23, 59, 59, 900_000, tzinfo=timezone.utc)

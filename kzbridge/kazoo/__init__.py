@@ -10,8 +10,8 @@ _WHERE = {
     "CollectResult": "collect", "collect_file": "collect",
     "function_filter": "filters", "module_filter": "filters", "parse_filter": "filters", "pid_filter": "filters",
     "LogRecord": "logparse", "parse_text": "logparse",
-    "RunControl": "tracing", "RunSummary": "tracing", "Trace": "tracing", "detect_generation": "tracing",
-    "run_trace": "tracing", "start_trace": "tracing",
+    "RunSummary": "session", "Trace": "tracing", "TraceSession": "session", "detect_generation": "tracing",
+    "run_trace": "session", "start_trace": "tracing", "instant_of": "logparse",
 }
 __all__ = sorted(_WHERE)
 

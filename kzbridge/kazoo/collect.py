@@ -1,6 +1,6 @@
 """Bring files back from the node: streamed by a reader process on the node, with credits.
 
-The reader (remote.READER) sends chunks as messages; we grant credit for a
+The reader (programs.READER) sends chunks as messages; we grant credit for a
 window of chunks, so memory stays bounded and TCP pushes back when we fall
 behind. A run ends with the reader's own byte count and the file's size, which
 we check against what we wrote.
@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConnectionLostError, KzBridgeError, RemoteFileError, RpcTimeoutError
 from ..wire.literal import format_term
 from ..wire.node import HiddenNode, Mailbox
 from ..wire.terms import Atom
-from . import remote
+from . import programs
 
 # Whole-file collection: 4 MB messages, 4 in flight (16 MB at most queued on the node).
 # Per-message cost on both sides, not bandwidth, limited 1 MB chunks: measured on
@@ -33,7 +34,7 @@ A_DATA = Atom("kzb_data")
 A_EOF = Atom("kzb_eof")
 A_PART = Atom("kzb_part")
 A_ROTATED = Atom("kzb_rotated")
-A_ERROR = Atom("kzb_error")
+A_KZB_ERROR = Atom("kzb_error")
 A_ACK = Atom("kzb_ack")
 A_FINISH = Atom("kzb_finish")
 A_DOWN = Atom("DOWN")
@@ -76,11 +77,11 @@ class RemoteReader:
         self.on_data = on_data
         self._data_error: BaseException | None = None
 
-    async def start(self) -> "RemoteReader":
+    async def start(self) -> RemoteReader:
         self.mailbox = self.node.mailbox(high_water=self.window * 2 + 8,
                                          sink=self._sink if self.on_data is not None else None)
-        self.pid = await remote.spawn(
-            self.node, remote.READER, Owner=self.mailbox.pid, Path=self.path, Offset=self.offset,
+        self.pid = await programs.spawn(
+            self.node, programs.READER, Owner=self.mailbox.pid, Path=self.path, Offset=self.offset,
             Chunk=self.chunk, Window=self.window, Poll=self.poll_ms, Idle=self.idle_ms, Mode=Atom(self.mode))
         self._mref = self.node.monitor(self.mailbox, self.pid)
         return self
@@ -96,7 +97,7 @@ class RemoteReader:
             except BaseException as exc:  # surfaces from next_event, not inside the protocol
                 self._data_error = exc
                 assert self.mailbox is not None
-                self.mailbox.deliver((A_ERROR, None, Atom("local")))
+                self.mailbox.deliver((A_KZB_ERROR, None, Atom("local")))
         self._count(len(data))
         return True
 
@@ -139,7 +140,7 @@ class RemoteReader:
         if tag == A_EOF:
             self._close()
             return ReaderEvent("eof", sent=msg[3], position=msg[4], size=msg[5])
-        if tag == A_ERROR:
+        if tag == A_KZB_ERROR:
             self._close()
             reason = msg[2]
             raise RemoteFileError(f"{self.node.peer_name}: cannot read {self.path}: {_file_reason(reason)}")
@@ -189,11 +190,11 @@ class CollectResult:
     partial: bool = False
 
 
-def partial_path(local: str | os.PathLike) -> Path:
+def partial_path(local: str | os.PathLike[str]) -> Path:
     return Path(str(local) + ".partial")
 
 
-async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.PathLike, *,
+async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.PathLike[str], *,
                        rotated: bool = False, progress: Callable[[int, int], None] | None = None,
                        chunk: int | None = None, window: int | None = None) -> CollectResult:
     """Copy a remote file (with ``rotated``, its .4 .. .0 parts first) to ``local_path``.
@@ -203,7 +204,7 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
     """
     total = -1
     if progress is not None:
-        sizes = await remote.evaluate(node, remote.STAT_PARTS, Path=remote_path) if rotated else None
+        sizes = await programs.evaluate(node, programs.STAT_PARTS, Path=remote_path) if rotated else None
         total = sum(s for n, s in sizes) if sizes else await _size(node, remote_path)
     tmp = partial_path(local_path)
     started = time.monotonic()
@@ -238,7 +239,7 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
                 out.close()
                 tmp.unlink(missing_ok=True)
                 raise
-            raise type(exc)(f"{exc.message}; kept {written} bytes in {tmp} (partial)", hint=exc.hint) from None
+            raise type(exc)(f"{exc.message}; kept {written} bytes in {tmp} (partial)", hint=exc.hint) from exc
         except BaseException:
             reader.abandon()
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import BadFilterError, TermSyntaxError
+from ..errors import BadFilterError, TermSyntaxError, UsageError
 from ..wire.literal import format_term, parse_term
 from ..wire.terms import Atom, ErlString, ImproperList, Pid
 
@@ -29,7 +29,7 @@ def normalise_pid(text: str) -> ErlString:
     m = _PID.match(text.strip())
     if not m:
         raise BadFilterError(f"{text!r} is not a pid; write it as 0.116.0 or <0.116.0>")
-    return ErlString("<%s.%s.%s>" % m.groups())
+    return ErlString("<{}.{}.{}>".format(*m.groups()))
 
 
 def _atom_value(key: str, value: str) -> Atom:
@@ -40,21 +40,21 @@ def _atom_value(key: str, value: str) -> Atom:
     return Atom(value)
 
 
-def module_filter(module: str) -> list[tuple]:
+def module_filter(module: str) -> list[tuple[Any, ...]]:
     return [(Atom("module"), _atom_value("module", module))]
 
 
-def function_filter(function: str, module: str | None = None) -> list[tuple]:
+def function_filter(function: str, module: str | None = None) -> list[tuple[Any, ...]]:
     out = [] if module is None else module_filter(module)
-    return out + [(Atom("function"), _atom_value("function", function))]
+    return [*out, (Atom("function"), _atom_value("function", function))]
 
 
-def pid_filter(pid: str) -> list[tuple]:
+def pid_filter(pid: str) -> list[tuple[Any, ...]]:
     return [(Atom("pid"), normalise_pid(pid))]
 
 
-def parse_filter(spec: str) -> tuple:
-    """One ``--filter``: ``KEY=VALUE`` (binary for custom keys, atom for module/function/...),
+def parse_filter(spec: str) -> tuple[Any, ...]:
+    """One filter as text: ``KEY=VALUE`` (binary for custom keys, atom for module/function/...),
     ``KEY=*`` (key present), ``KEY:=TERM`` (an Erlang term literal), or ``KEY<V`` / ``KEY>V``.
     """
     m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(:=|=|<|>)(.*)\Z", spec, re.DOTALL)
@@ -84,13 +84,13 @@ def parse_filter(spec: str) -> tuple:
     return (k, value)
 
 
-def validate(filters: Any) -> list[tuple]:
+def validate(filters: Any) -> list[tuple[Any, ...]]:
     """Refuse every input the contract lists as crashing the tracing server."""
     if isinstance(filters, ImproperList) or not isinstance(filters, list):
         raise BadFilterError("trace filters must be a proper list of {Key, Value} tuples")
     if not filters:
         raise BadFilterError("an empty filter list crashes kz_data_tracing; give at least one filter",
-                             hint="e.g. --filter 'function=*' traces everything")
+                             hint="e.g. the filter function=* traces everything", setting="filters")
     out = []
     for f in filters:
         if type(f) is not tuple or len(f) not in (2, 3) or type(f[0]) is not Atom:
@@ -105,7 +105,7 @@ def validate(filters: Any) -> list[tuple]:
         if f[0] == Atom("pid") and isinstance(f[-1], str) and not _PID.match(f[-1]) and f[-1] != "*":
             raise BadFilterError(f"pid filter {f[-1]!r} would match nothing; use <X.Y.Z>")
         if f[0] == Atom("pid") and isinstance(f[-1], str) and not f[-1].startswith("<"):
-            f = f[:-1] + (normalise_pid(f[-1]),)
+            f = (*f[:-1], normalise_pid(f[-1]))
         out.append(f)
     return out
 
@@ -122,9 +122,9 @@ def _contains_pid(value: Any) -> bool:
 
 def validate_level(level: str) -> Atom:
     if level not in LEVELS:
-        raise BadFilterError(f"unknown level {level!r}; one of: {', '.join(LEVELS)}")
+        raise UsageError(f"unknown level {level!r}; one of: {', '.join(LEVELS)}", setting="level")
     return Atom(level)
 
 
-def describe(filters: list[tuple]) -> str:
+def describe(filters: list[tuple[Any, ...]]) -> str:
     return ", ".join(format_term(f) for f in filters)

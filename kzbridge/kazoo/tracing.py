@@ -7,47 +7,51 @@ Safety rules this module keeps:
   * every trace has a lease armed on the node itself (timer:apply_after running a
     stop program) before lager starts writing, renewed while we run, so a vanished
     client cannot leave a trace running longer than the lease.
+
+Following a trace into a local file, with its limits and stop requests, is
+kazoo.session's TraceSession; Trace.follow is a session that writes no file.
 """
 from __future__ import annotations
 
 import asyncio
-import codecs
+import contextlib
 import glob
 import os
 import secrets
 import time
 import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from ..errors import (
     BadFilterError,
-    ConnectionLostError,
     BadRpcError,
     KazooError,
     KzBridgeError,
     TracingUnavailableError,
     UnknownTraceError,
+    UsageError,
 )
 from ..wire.codec import binary_to_term, term_to_binary
 from ..wire.literal import format_term
 from ..wire.node import HiddenNode
 from ..wire.terms import Atom, ErlString
 from . import filters as flt
-from . import journal, remote
-from .collect import CollectResult, RemoteReader, collect_file
-from .logparse import LineAssembler, LogRecord
+from . import journal, programs
+from .collect import CollectResult, collect_file
+from .logparse import LogRecord
 
 DATA_SINK = flt.DATA_SINK
 LAGER_SINK = flt.LAGER_SINK
 DEFAULT_LEASE = flt.DEFAULT_LEASE
-DEFAULT_FORMAT: list = [
+DEFAULT_FORMAT: list[Any] = [
     Atom("time"), ErlString(" ["), Atom("severity"), ErlString("] |"), Atom("from_app"), ErlString("|"),
     (Atom("callid"), b"0000000000"), ErlString("|"), Atom("mod"), ErlString(":"), Atom("func"), ErlString(":"),
     Atom("line"), ErlString(" ("), Atom("pid"), ErlString(") "), Atom("message"), ErlString("\n"),
 ]
 # For the main sink the metadata keys are lager's own, so print those.
-LAGER_FORMAT: list = [
+LAGER_FORMAT: list[Any] = [
     Atom("time"), ErlString(" ["), Atom("severity"), ErlString("] |"), Atom("application"), ErlString("|"),
     (Atom("callid"), b"0000000000"), ErlString("|"), Atom("module"), ErlString(":"), Atom("function"),
     ErlString(":"), Atom("line"), ErlString(" ("), Atom("pid"), ErlString(") "), Atom("message"), ErlString("\n"),
@@ -58,6 +62,21 @@ A_UNDEFINED = Atom("undefined")
 A_KZ = Atom("kz_data_tracing")
 
 
+class TraceWarning(str):
+    """A warning about a trace, in plain words, and the setting it is about (one of errors.SETTINGS).
+
+    A ``str``, so it prints and serialises as its text; faces read ``setting`` to point at
+    their own name for it.
+    """
+
+    setting: str | None
+
+    def __new__(cls, text: str, setting: str | None = None) -> TraceWarning:
+        obj = super().__new__(cls, text)
+        obj.setting = setting
+        return obj
+
+
 async def detect_generation(node: HiddenNode) -> int:
     """1 or 2, from kz_data_tracing's exports; a clear error when the node has no tracing."""
     try:
@@ -65,7 +84,8 @@ async def detect_generation(node: HiddenNode) -> int:
     except BadRpcError as exc:
         raise TracingUnavailableError(
             f"{node.peer_name} has no kz_data_tracing module",
-            hint="is this a Kazoo node with kazoo_data? (--sink lager_event needs only lager)") from exc
+            hint="is this a Kazoo node with kazoo_data? the lager_event sink needs only lager",
+            setting="sink") from exc
     where = await node.rpc("erlang", "whereis", [A_KZ], timeout=10)
     if where == A_UNDEFINED:
         raise TracingUnavailableError(f"kz_data_tracing is not running on {node.peer_name}",
@@ -75,7 +95,8 @@ async def detect_generation(node: HiddenNode) -> int:
 
 async def has_data_sink(node: HiddenNode) -> bool:
     # The sink is a registered gen_event process once lager has read its config.
-    return await node.rpc("erlang", "whereis", [Atom("data_lager_event")], timeout=10) != A_UNDEFINED
+    where = await node.rpc("erlang", "whereis", [Atom("data_lager_event")], timeout=10)
+    return bool(where != A_UNDEFINED)
 
 
 def default_remote_path(node_name: str) -> str:
@@ -90,23 +111,27 @@ def default_remote_glob(node_name: str) -> str:
 
 @dataclass
 class Trace:
-    """A trace running on a node; use as ``async with`` to guarantee it stops."""
+    """A trace running on a node; use as ``async with`` to guarantee it stops.
+
+    ``generation`` is kz_data_tracing's API generation (1 or 2), None for a trace of the
+    lager_event sink, which goes through lager directly.
+    """
 
     node: HiddenNode
     ref: str
     remote_path: str
-    generation: int
+    generation: int | None
     sink: str
-    filters: list
+    filters: list[Any]
     level: str
     lease: float
     lager_trace: Any = None
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[TraceWarning] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     _tref: Any = None
     stopped: bool = False
     lease_renewals: int = 0
-    _keeper: "asyncio.Task | None" = None
+    _keeper: asyncio.Task[None] | None = None
     keeper_error: KzBridgeError | None = None
 
     @property
@@ -147,7 +172,7 @@ class Trace:
         else:
             await self.node.rpc("lager", "stop_trace", [self.lager_trace], timeout=10)
         # Whatever kz_data_tracing remembers, make sure lager writes no more to our file.
-        await remote.evaluate(self.node, remote.LEASE_STOP, Ref=A_UNDEFINED, File=self.remote_path,
+        await programs.evaluate(self.node, programs.LEASE_STOP, Ref=A_UNDEFINED, File=self.remote_path,
                               Trace=A_UNDEFINED)
         if self._tref is not None:
             await self.node.rpc("timer", "cancel", [self._tref], timeout=10)
@@ -156,39 +181,27 @@ class Trace:
         journal.mark_stopped(self.node_name, self.ref)
         return self.remote_path
 
-    async def collect(self, local_path: str | os.PathLike,
+    async def collect(self, local_path: str | os.PathLike[str],
                       progress: Callable[[int, int], None] | None = None) -> CollectResult:
         """Bring back the whole file, rotated parts first."""
         return await collect_file(self.node, self.remote_path, local_path, rotated=True, progress=progress)
 
     async def follow(self, poll_ms: int = 50) -> AsyncIterator[LogRecord]:
-        """Parsed records as lager writes them, until the trace stops (stop() from another task)."""
-        reader = await RemoteReader(self.node, self.remote_path, mode="follow", poll_ms=poll_ms).start()
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        asm = LineAssembler()
-        finished = False
-        asked = False
-        try:
-            while True:
-                if self.stopped and not asked:
-                    reader.finish()
-                    asked = True
-                ev = await reader.next_event(timeout=0.2)
-                if ev is None:
-                    continue
-                if ev.kind == "data":
-                    for rec in asm.feed(decoder.decode(ev.data)):
-                        yield rec
-                elif ev.kind == "eof":
-                    finished = True
-                    break
-            for rec in asm.flush():
-                yield rec
-        finally:
-            if not finished:
-                reader.abandon()
+        """Parsed records as lager writes them, until the trace stops (stop() from another task).
 
-    async def __aenter__(self) -> "Trace":
+        A TraceSession that writes no file and leaves the trace to its owner: leaving the
+        loop early stops following, not the trace. A lost connection raises TraceLostError.
+        """
+        from .session import Lost, Record, TraceSession
+        session = TraceSession(self, None, max_size=None, poll_ms=poll_ms, owns_trace=False)
+        async with contextlib.aclosing(session.events()) as events:
+            async for event in events:
+                if isinstance(event, Record):
+                    yield event.record
+                elif isinstance(event, Lost):
+                    raise event.error
+
+    async def __aenter__(self) -> Trace:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -196,7 +209,7 @@ class Trace:
             await self.stop()
 
 
-async def _keep_lease(trace_ref: "weakref.ref[Trace]", interval: float) -> None:
+async def _keep_lease(trace_ref: weakref.ref[Trace], interval: float) -> None:
     # Holds the Trace only weakly between renewals: forgetting a trace lets its lease run out.
     while True:
         await asyncio.sleep(interval)
@@ -212,8 +225,8 @@ async def _keep_lease(trace_ref: "weakref.ref[Trace]", interval: float) -> None:
 
 
 async def _arm_lease(node: HiddenNode, seconds: float, ref: str | None, path: str, lager_trace: Any) -> Any:
-    forms = await remote.forms(node, remote.LEASE_STOP)
-    binds = remote.bindings(Ref=ref.encode() if ref else A_UNDEFINED, File=ErlString(path),
+    forms = await programs.forms(node, programs.LEASE_STOP)
+    binds = programs.bindings(Ref=ref.encode() if ref else A_UNDEFINED, File=ErlString(path),
                             Trace=lager_trace if lager_trace is not None else A_UNDEFINED)
     reply = await node.rpc("timer", "apply_after", [int(seconds * 1000), Atom("erl_eval"), Atom("exprs"),
                                                      [forms, binds]], timeout=10)
@@ -222,28 +235,29 @@ async def _arm_lease(node: HiddenNode, seconds: float, ref: str | None, path: st
     raise KazooError(f"could not arm the stop lease on {node.peer_name}: {format_term(reply)}")
 
 
-async def start_trace(node: HiddenNode, filter_list: list, *, sink: str = DATA_SINK, level: str = "debug",
-                      format_list: list | None = None, remote_path: str | None = None,
+async def start_trace(node: HiddenNode, filter_list: list[Any], *, sink: str = DATA_SINK, level: str = "debug",
+                      format_list: list[Any] | None = None, remote_path: str | None = None,
                       lease: float = DEFAULT_LEASE, detached: bool = False) -> Trace:
     """Validate, arm the lease, start the trace; the returned Trace holds the ref."""
     checked = flt.validate(filter_list)
     level_atom = flt.validate_level(level)
     if lease <= 0:
-        raise BadFilterError("--lease must be positive")
+        raise UsageError("the lease must be positive", setting="lease")
     path = remote_path or default_remote_path(node.peer_name)
     if not path.startswith("/"):
-        raise BadFilterError(f"remote path {path!r} must be absolute (lager resolves relative paths elsewhere)")
-    warnings: list[str] = []
-    generation = 0
+        raise UsageError(f"remote path {path!r} must be absolute: lager resolves relative paths against its own log root",
+                         setting="remote_path")
+    if sink not in (DATA_SINK, LAGER_SINK):
+        raise UsageError(f"unknown sink {sink!r}: use data (kz_data_tracing) or lager_event", setting="sink")
+    warnings: list[TraceWarning] = []
+    generation: int | None = None
     if sink == DATA_SINK:
         generation = await detect_generation(node)
         if not await has_data_sink(node):
             raise TracingUnavailableError(
                 f"{node.peer_name} does not declare lager's data_lager_event sink; trace_file would crash there",
                 hint="declare {extra_sinks, [{data_lager_event, [{handlers, []}]}]} in its sys.config, "
-                     "or use --sink lager_event")
-    elif sink != LAGER_SINK:
-        raise BadFilterError(f"unknown sink {sink!r}: use data (kz_data_tracing) or lager_event")
+                     "or trace the lager_event sink", setting="sink")
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
@@ -252,7 +266,8 @@ async def start_trace(node: HiddenNode, filter_list: list, *, sink: str = DATA_S
         if sink == DATA_SINK:
             if generation == 1:
                 if level != "debug":
-                    warnings.append("generation 1 kz_data_tracing traces at debug only; --level ignored")
+                    warnings.append(TraceWarning("generation 1 kz_data_tracing traces at debug only; "
+                                                 "the level is ignored", setting="level"))
                 props = [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), fmt)]
                 reply = await node.rpc("kz_data_tracing", "trace_file", [checked, path.encode(), props], timeout=10)
             else:
@@ -278,7 +293,7 @@ async def start_trace(node: HiddenNode, filter_list: list, *, sink: str = DATA_S
     if not detached:
         trace.keep_alive()
     journal.record(journal.JournalEntry(
-        node=node.peer_name, ref=ref, remote_path=path, sink=sink, generation=generation,
+        node=node.peer_name, ref=ref, remote_path=path, sink=sink, generation=generation or 0,
         filters=flt.describe(checked), started=trace.started, lease_until=time.time() + lease, detached=detached,
         lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else ""))
     return trace
@@ -292,12 +307,12 @@ def _ok_ref(reply: Any, node: HiddenNode) -> str:
 
 def _start_error(reply: Any, node: HiddenNode) -> KzBridgeError:
     if reply == (A_ERROR, Atom("invalid_level")):
-        return BadFilterError(f"{node.peer_name} rejected the level (invalid_level)")
+        return UsageError(f"{node.peer_name} rejected the level (invalid_level)", setting="level")
     if reply == (A_ERROR, Atom("invalid_trace")):
-        return BadFilterError(f"{node.peer_name} rejected the filters (invalid_trace)")
+        return BadFilterError(f"{node.peer_name} rejected the filters (invalid_trace)", setting="filters")
     if reply == (A_ERROR, Atom("file_in_use")):
         return KazooError(f"{node.peer_name}: that file is already traced by another sink (file_in_use)",
-                          hint="choose another --remote-path")
+                          hint="choose another remote path", setting="remote_path")
     return KazooError(f"{node.peer_name}: trace_file answered {format_term(reply)[:200]}")
 
 
@@ -309,7 +324,7 @@ async def attach(node: HiddenNode, ref: str) -> Trace:
     """A Trace object for a ref started earlier (from the journal, else from status/1)."""
     entry = journal.find(node.peer_name, ref)
     if entry is not None:
-        trace = Trace(node, ref, entry.remote_path, entry.generation, entry.sink, [], "debug",
+        trace = Trace(node, ref, entry.remote_path, entry.generation or None, entry.sink, [], "debug",
                       max(1.0, entry.lease_until - time.time()), lager_trace_of(entry))
         trace.started = entry.started
         return trace
@@ -319,9 +334,9 @@ async def attach(node: HiddenNode, ref: str) -> Trace:
         if type(status) is tuple and len(status) == 3:
             return Trace(node, ref, status[1].decode(), 2, DATA_SINK, list(status[2][1][1:]),
                          format_term(status[2][2]), DEFAULT_LEASE)
-        raise UnknownTraceError(f"{node.peer_name} knows no trace {ref!r}", hint="kzbridge status lists them")
+        raise UnknownTraceError(f"{node.peer_name} knows no trace {ref!r}", hint="the node's status lists them")
     raise UnknownTraceError(f"no trace {ref!r} in the local journal, and generation 1 nodes cannot be asked",
-                            hint="kzbridge status lists what this machine started")
+                            hint="the status lists what this machine started")
 
 
 @dataclass
@@ -352,7 +367,7 @@ async def status(node: HiddenNode) -> tuple[int, list[TraceStatus]]:
 
 
 async def lager_file_traces(node: HiddenNode) -> list[tuple[str, str]]:
-    return [(s.name, f.decode()) for s, f in await remote.evaluate(node, remote.LAGER_FILE_TRACES)]
+    return [(s.name, f.decode()) for s, f in await programs.evaluate(node, programs.LAGER_FILE_TRACES)]
 
 
 async def orphans(node: HiddenNode) -> list[tuple[str, str]]:
@@ -379,7 +394,7 @@ async def clear_all(node: HiddenNode) -> list[str]:
     generation = await detect_generation(node)
     stopped = []
     if generation == 2:
-        for ref, result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=3600):
+        for ref, _result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=3600):
             stopped.append(ref.decode())
     for e in journal.active(node.peer_name):
         if e.ref in stopped:
@@ -393,148 +408,10 @@ async def clear_all(node: HiddenNode) -> list[str]:
     return stopped
 
 
-@dataclass
-class RunSummary:
-    ref: str
-    node: str
-    remote_path: str
-    local_path: str
-    lines: int
-    bytes: int
-    seconds: float
-    reason: str
-    verified: bool
-    partial: bool
-    generation: int
-    sink: str
-    rpc_calls: int = 0
-    messages_sent: int = 0
-    lease_renewals: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RunControl:
-    """How a run is told to end from outside (signals): stop = stop and collect; abandon = stop only."""
-
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    abandon: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: str = ""
-
-
-async def run_trace(trace: Trace, local_path: str, *, duration: float, max_size: int = 100 << 20,
-                    control: RunControl | None = None,
-                    on_record: Callable[[LogRecord], None] | None = None,
-                    on_progress: Callable[[float, int, int], None] | None = None,
-                    poll_ms: int = 50) -> RunSummary:
-    """Tail the trace into ``local_path`` until duration, max size or a stop request; then stop and finish.
-
-    The file is written as ``local_path.partial`` and renamed once the end is verified.
-    """
-    control = control or RunControl()
-    node = trace.node
-    calls_before = node.calls_made
-    started = time.monotonic()
-    tmp = local_path + ".partial"
-    reader = await RemoteReader(node, trace.remote_path, mode="follow", poll_ms=poll_ms).start()
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    asm = LineAssembler()
-    lines = 0
-    written = 0
-    reason = "duration"
-    verified = False
-    partial = True
-    finishing = False
-    try:
-        with open(tmp, "wb") as out:
-            try:
-                while True:
-                    now = time.monotonic()
-                    if not finishing:
-                        if control.stop.is_set():
-                            reason = control.reason or "interrupted"
-                        elif now - started >= duration:
-                            reason = "duration"
-                        elif written >= max_size:
-                            reason = "max-size"
-                        else:
-                            reason = ""
-                        if reason:
-                            finishing = True
-                            await trace.stop()
-                            if control.abandon.is_set():
-                                reason = "abandoned"
-                                break
-                            reader.finish()
-                    if control.abandon.is_set():
-                        if not trace.stopped:
-                            await trace.stop()
-                        reason = "abandoned"
-                        break
-                    ev = await _next_or_signal(reader, control, 0.25)
-                    if ev is None:
-                        if on_progress:
-                            on_progress(time.monotonic() - started, written, lines)
-                        continue
-                    if ev.kind == "data":
-                        out.write(ev.data)
-                        written += len(ev.data)
-                        recs = asm.feed(decoder.decode(ev.data))
-                        lines += len(recs)
-                        if on_record:
-                            for r in recs:
-                                on_record(r)
-                        if on_progress:
-                            on_progress(time.monotonic() - started, written, lines)
-                    elif ev.kind == "eof":
-                        tail = asm.flush()
-                        lines += len(tail)
-                        if on_record:
-                            for r in tail:
-                                on_record(r)
-                        verified = ev.sent == written and (ev.size < 0 or ev.position == ev.size)
-                        if ev.sent != written:
-                            trace.warnings.append(f"size check failed: node sent {ev.sent} bytes, we wrote {written}")
-                        elif not verified:
-                            trace.warnings.append(f"remote file is {ev.size} bytes, we read to {ev.position}")
-                        partial = False
-                        break
-            finally:
-                out.flush()
-    except ConnectionLostError as exc:
-        raise ConnectionLostError(
-            f"{exc.message}; kept {written} bytes in {tmp} (partial)",
-            hint=f"if the node is still up, the lease stops trace {trace.ref} within {trace.lease:g}s; "
-                 f"collect the rest later with: kzbridge collect {trace.remote_path} --rotated") from None
-    finally:
-        if not trace.stopped and node.alive:
-            try:
-                await asyncio.shield(trace.stop())
-            except KzBridgeError:
-                pass
-        if partial:
-            reader.abandon()
-    final = local_path if not partial else tmp
-    if not partial:
-        os.replace(tmp, local_path)
-    if lines == 0 and trace.sink == DATA_SINK and reason != "abandoned":
-        trace.warnings.append("the trace caught no events: on Kazoo 4.2.2+ nothing in production logs to the "
-                              "data sink; try --sink lager_event")
-    return RunSummary(trace.ref, trace.node_name, trace.remote_path, final, lines, written,
-                      time.monotonic() - started, reason, verified, partial, trace.generation, trace.sink,
-                      node.calls_made - calls_before, reader.messages_sent, trace.lease_renewals,
-                      list(trace.warnings))
-
-
-async def _next_or_signal(reader: RemoteReader, control: RunControl, timeout: float) -> Any:
-    """Wait for a reader event, but wake early when a stop is requested."""
-    if control.stop.is_set() or control.abandon.is_set():
-        return await reader.next_event(timeout=timeout)
-    ev_task = asyncio.ensure_future(reader.next_event(timeout=timeout))
-    stop_task = asyncio.ensure_future(control.stop.wait())
-    done, _ = await asyncio.wait({ev_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    stop_task.cancel()
-    if ev_task in done:
-        return ev_task.result()
-    # Stop requested while waiting: let the pending receive finish quickly to keep ordering.
-    return await ev_task
+def __getattr__(name: str) -> Any:
+    # run_trace and RunSummary live in kazoo.session now (which imports this module);
+    # the names stay reachable here for callers written against the old layout.
+    if name in ("run_trace", "RunSummary"):
+        from . import session
+        return getattr(session, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

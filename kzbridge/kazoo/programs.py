@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ..errors import BadRpcError, KzBridgeError, RemoteFileError
+from ..errors import BadRpcError, ProgramError, RemoteFileError
 from ..wire.node import HiddenNode
 from ..wire.terms import Atom, Encoded, ErlString, Pid
 
@@ -127,10 +127,10 @@ Sinks = [S || S <- [lager_event, data_lager_event], is_pid(whereis(S))],
 [{S, list_to_binary(F)} || S <- Sinks, {lager_file_backend, F} <- gen_event:which_handlers(S)].
 """
 
-_forms: "weakref.WeakKeyDictionary[HiddenNode, dict[str, Encoded]]" = weakref.WeakKeyDictionary()
+_forms: weakref.WeakKeyDictionary[HiddenNode, dict[str, Encoded]] = weakref.WeakKeyDictionary()
 
 
-def _parse_on_node(source: str) -> list:
+def _parse_on_node(source: str) -> list[Any]:
     """Abstract forms, built here, of ``(fun() -> {ok, T, _} = erl_scan:string(Source),
     {ok, F} = erl_parse:parse_exprs(T), term_to_binary(F) end)()``.
 
@@ -139,19 +139,19 @@ def _parse_on_node(source: str) -> list:
     about 20 ms per program and 2 ms per use). Inside a fun, so erl_eval returns no
     bindings. Line annotations are plain integers, valid on every OTP from 18 on.
     """
-    def atom(name: str) -> tuple:
+    def atom(name: str) -> tuple[Any, ...]:
         return (Atom("atom"), 1, Atom(name))
 
-    def var(name: str) -> tuple:
+    def var(name: str) -> tuple[Any, ...]:
         return (Atom("var"), 1, Atom(name))
 
-    def call(mod: str, fun: str, *args: tuple) -> tuple:
+    def call(mod: str, fun: str, *args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (Atom("call"), 1, (Atom("remote"), 1, atom(mod), atom(fun)), list(args))
 
-    def match(pattern: tuple, expr: tuple) -> tuple:
+    def match(pattern: tuple[Any, ...], expr: tuple[Any, ...]) -> tuple[Any, ...]:
         return (Atom("match"), 1, pattern, expr)
 
-    def tup(*items: tuple) -> tuple:
+    def tup(*items: tuple[Any, ...]) -> tuple[Any, ...]:
         return (Atom("tuple"), 1, list(items))
 
     body = [
@@ -159,7 +159,7 @@ def _parse_on_node(source: str) -> list:
         match(tup(atom("ok"), var("F")), call("erl_parse", "parse_exprs", var("T"))),
         call("erlang", "term_to_binary", var("F")),
     ]
-    fun = (Atom("fun"), 1, (Atom("clauses"), [(Atom("clause"), 1, [], [], body)]))
+    fun: tuple[Any, ...] = (Atom("fun"), 1, (Atom("clauses"), [(Atom("clause"), 1, [], [], body)]))
     return [(Atom("call"), 1, fun, [])]
 
 
@@ -171,16 +171,16 @@ async def forms(node: HiddenNode, source: str) -> Encoded:
     try:
         result = await node.rpc("erl_eval", "exprs", [_parse_on_node(source), []], timeout=10)
     except BadRpcError as exc:
-        raise KzBridgeError(f"the node could not parse a kzbridge program: {exc.message:.200}") from None
+        raise ProgramError(f"the node could not parse a kzbridge program: {exc.message:.200}") from exc
     if not (type(result) is tuple and len(result) == 3 and result[0] == Atom("value")
             and type(result[1]) is bytes and result[1][:2] == b"\x83l"):
-        raise KzBridgeError(f"the node could not parse a kzbridge program: {result!r:.200}")
+        raise ProgramError(f"the node could not parse a kzbridge program: {result!r:.200}")
     cache[source] = Encoded(result[1][1:])
     return cache[source]
 
 
 def bindings(**values: Any) -> list[tuple[Atom, Any]]:
-    return sorted(((Atom(k), v) for k, v in values.items()), key=lambda kv: kv[0].name)
+    return sorted(((Atom(k), v) for k, v in values.items()), key=lambda kv: str(kv[0]))
 
 
 async def evaluate(node: HiddenNode, source: str, timeout: float = 30.0, **values: Any) -> Any:
@@ -188,7 +188,7 @@ async def evaluate(node: HiddenNode, source: str, timeout: float = 30.0, **value
     result = await node.rpc("erl_eval", "exprs", [await forms(node, source), bindings(**values)], timeout=timeout)
     if type(result) is tuple and len(result) == 3 and result[0] == Atom("value"):
         return result[1]
-    raise KzBridgeError(f"unexpected erl_eval result {result!r:.200}")
+    raise ProgramError(f"unexpected erl_eval result {result!r:.200}")
 
 
 async def spawn(node: HiddenNode, source: str, **values: Any) -> Pid:

@@ -1,0 +1,181 @@
+"""The kzbridge command line: the group, its shared options and the one error handler.
+
+Every failure ends as one line on stderr and a documented exit code:
+  0 ok   1 other error   2 bad usage or filter   3 cannot connect / connection lost
+  4 remote call failed   5 timeout   6 node lacks what we need (tracing, ref, file)
+  7 sandbox problem   130 interrupted before the trace could be collected
+`kzbridge sup` uses sup's own codes instead (see its --help).
+
+Commands live in modules by family (node_cmds, trace_cmds, detached_cmds,
+sandbox_cmds), registered on ``main`` when this package loads; render.py draws.
+The library's errors are words plus the setting they are about; ``error_line``
+turns a setting into this face's option name (``OPTION_OF``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from .. import __version__
+from ..cookie import cookie_for_node
+from ..errors import KzBridgeError, TraceLostError, UsageError
+
+if TYPE_CHECKING:
+    from ..wire.node import HiddenNode
+
+# Heavier modules (asyncio, the tracing layer, the sandbox) are imported inside the
+# commands that need them: a one-shot `kzbridge rpc` should not pay for all of them.
+
+EXIT_INTERRUPTED = 130
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The library's settings (errors.SETTINGS) as this command line spells them.
+OPTION_OF = {
+    "node": "--node", "cookie": "--cookie", "timeout": "--timeout", "lease": "--lease",
+    "duration": "--duration", "max_size": "--max-size", "remote_path": "--remote-path",
+    "local_path": "--output", "sink": "--sink", "level": "--level", "format": "--format",
+    "filters": "--filter", "generation": "--generation", "name": "--name",
+}
+
+
+def resume_hint(exc: TraceLostError) -> str:
+    """How an operator gets the rest of a trace whose connection went away."""
+    return (f"if the node is still up, the lease stops trace {exc.ref} within {exc.lease:g}s; "
+            f"collect the rest later with: kzbridge collect {exc.remote_path} --rotated")
+
+
+def error_line(exc: KzBridgeError) -> str:
+    """``kzbridge: error: MESSAGE (HINT; see --option)``."""
+    notes = [resume_hint(exc) if isinstance(exc, TraceLostError) else exc.hint]
+    option = OPTION_OF.get(exc.setting or "")
+    if option:
+        notes.append(f"see {option}")
+    said = "; ".join(n for n in notes if n)
+    return f"kzbridge: error: {exc.message}" + (f" ({said})" if said else "")
+
+
+def warning_line(text: str) -> str:
+    """``kzbridge: warning: TEXT (see --option)`` for a TraceWarning (or any text)."""
+    option = OPTION_OF.get(getattr(text, "setting", None) or "")
+    return f"kzbridge: warning: {text}" + (f" (see {option})" if option else "")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so later writes do not raise."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _fail(exc: KzBridgeError) -> None:
+    click.echo(error_line(exc), err=True)
+    sys.exit(exc.exit_code)
+
+
+class Group(click.Group):
+    """Turns every library error into one line and its exit code, and any bug into one line too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KzBridgeError as exc:
+            _fail(exc)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("kzbridge: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(0)
+        except Exception as exc:  # a bug: still one line, details on demand
+            if os.environ.get("KZBRIDGE_DEBUG"):
+                raise
+            click.echo(f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)",
+                       err=True)
+            sys.exit(1)
+
+
+def node_options(fn: F) -> F:
+    """--node, cookie options, --timeout, --json on every command that talks to a node."""
+    @click.option("--node", "-n", envvar="KZBRIDGE_NODE", required=True,
+                  help="Target node, name@host (env KZBRIDGE_NODE), e.g. kazoo_apps@kazoo1.")
+    @click.option("--cookie", "-c", envvar="KZBRIDGE_COOKIE", default=None, show_envvar=True,
+                  help="Erlang cookie (never printed). Falls back to --cookie-file, a sandbox of that name, "
+                       "then ~/.erlang.cookie.")
+    @click.option("--cookie-file", type=click.Path(dir_okay=False), default=None, help="File holding the cookie.")
+    @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                  help="Seconds for connecting and for each remote call.")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
+                  body: Callable[[HiddenNode], Awaitable[T]], ticktime: float = 60.0) -> T:
+    """Connect an asyncio node, run ``body`` with it, close it."""
+    import asyncio
+
+    from ..wire.node import connect_node
+    secret = cookie_for_node(node, cookie, cookie_file)
+
+    async def main() -> T:
+        hidden = await connect_node(node, secret, timeout=timeout, ticktime=ticktime)
+        try:
+            return await body(hidden)
+        finally:
+            await hidden.close()
+    return asyncio.run(main())
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
+    t = text.strip().lower()
+    num = t.rstrip("kmgb")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise UsageError(f"bad size {text!r}: write e.g. 100MB, 512k or 1048576") from None
+    if unit not in units or value <= 0:
+        raise UsageError(f"bad size {text!r}: write e.g. 100MB, 512k or 1048576")
+    return int(value * units[unit])
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="kzbridge")
+def main() -> None:
+    """Trace Kazoo nodes from anywhere, as a hidden Erlang node.
+
+    kzbridge joins the cluster over Erlang distribution (no SSH, no sup), starts a
+    kz_data_tracing trace, watches it, always stops it (a lease on the node stops it
+    even if kzbridge dies) and brings the file back, parsed.
+
+    \b
+    Quick start, without a Kazoo at hand:
+      kzbridge demo
+    Against a node:
+      kzbridge trace-module kz_json --node kazoo_apps@host --duration 30 -o trace.log
+
+    Exit codes: 0 ok, 1 other error, 2 bad usage or filter, 3 connection, 4 remote call
+    failed, 5 timeout, 6 node lacks tracing/ref/file, 7 sandbox, 130 interrupted.
+    """
+
+
+# Registration: each family module adds its commands to ``main`` as it loads.
+from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds  # noqa: E402,F401,I001
+
+__all__ = ["EXIT_INTERRUPTED", "OPTION_OF", "error_line", "main", "warning_line"]

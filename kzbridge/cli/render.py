@@ -1,0 +1,131 @@
+"""What the command line draws: progress, record lines, a trace's summary, the trace observers.
+
+Pure text in, text out, plus observers for a TraceSession's events. The record
+line is where terminal-safe text (escaping control characters from the node) goes.
+No asyncio and no tracing layer at import time.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from ..kazoo.logparse import LogRecord
+    from ..kazoo.session import Event, RunSummary
+
+SIGNAL_NAMES = ("interrupted", "terminated")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class ProgressBar:
+    """One self-overwriting stderr line for long transfers: bar, bytes, rate; at most 10 redraws a second."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int, total: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < 0.1:
+            return
+        self._last = now
+        rate = done / max(now - self.started, 1e-6)
+        if total > 0:
+            filled = min(self.WIDTH, self.WIDTH * done // total)
+            bar = "[" + "#" * filled + "." * (self.WIDTH - filled) + f"] {100 * done / total:5.1f}%"
+            size = f"{human_bytes(done)} / {human_bytes(total)}"
+        else:
+            bar, size = "", human_bytes(done)
+        click.echo(f"\r  {bar}  {size}  {human_bytes(int(rate))}/s   ", err=True, nl=False)
+
+    def finish(self, nbytes: int) -> None:
+        self.update(nbytes, nbytes, final=True)
+        click.echo("", err=True)
+
+
+def record_line(rec: LogRecord, as_json: bool) -> str:
+    """One record as --follow prints it: a JSON object, or time, severity, who, callid, pid, message."""
+    if as_json:
+        return json.dumps(rec.to_dict(), ensure_ascii=False)
+    who = f"{rec.module or '?'}:{rec.function or '?'}"
+    callid = f" [{rec.callid}]" if rec.callid and rec.callid != "0000000000" else ""
+    return f"{rec.time} {rec.severity:<7} {who}{callid} {rec.pid or ''} {rec.message}"
+
+
+def summary_json(s: RunSummary) -> dict[str, Any]:
+    """The summary as --json has always printed it (generation 0 for the lager_event sink)."""
+    data = dict(s.__dict__)
+    data["generation"] = s.generation or 0
+    return data
+
+
+def summary_text(s: RunSummary) -> str:
+    return (f"ref {s.ref} on {s.node} ({s.sink} sink, generation {s.generation or '-'}), "
+            f"stopped by {s.reason} after {s.seconds:.1f}s\n"
+            f"  remote: {s.remote_path}\n  local:  {s.local_path}{' (PARTIAL)' if s.partial else ''}\n"
+            f"  {s.lines} lines, {s.bytes} bytes{', size verified' if s.verified else ''}")
+
+
+# ---------------------------------------------------------------- observers of a TraceSession
+
+
+def stop_notices(event: Event) -> None:
+    """Say what a signal did: the first stops and collects, the second stops without collecting."""
+    from ..kazoo.session import StoppedBy
+    if not isinstance(event, StoppedBy) or event.by not in SIGNAL_NAMES:
+        return
+    if event.reason == "requested":
+        click.echo(f"\nkzbridge: {event.by}: stopping the trace and collecting "
+                   "(press Ctrl-C again to stop without collecting)", err=True)
+    elif event.reason == "abandoned":
+        click.echo("kzbridge: stopping the trace without collecting", err=True)
+
+
+def progress_line(event: Event) -> None:
+    """Elapsed time, bytes and records on one self-overwriting stderr line; a newline at the end."""
+    from ..kazoo.session import Collected, Lost, Progress
+    if isinstance(event, Progress):
+        click.echo(f"\r  {event.elapsed:6.1f}s  {human_bytes(event.bytes):>10}  {event.records} lines   ",
+                   err=True, nl=False)
+    elif isinstance(event, (Collected, Lost)):
+        click.echo("", err=True)
+
+
+class RecordPrinter:
+    """--follow: each record on stdout as it arrives. When the reader of stdout goes away
+    (``| head``), stdout is pointed at /dev/null and ``on_closed`` is called once."""
+
+    def __init__(self, as_json: bool, on_closed: Callable[[], None], silence: Callable[[], None]) -> None:
+        self.as_json = as_json
+        self.on_closed = on_closed
+        self.silence = silence
+        self.closed = False
+
+    def __call__(self, event: Event) -> None:
+        from ..kazoo.session import Record
+        if not isinstance(event, Record) or self.closed:
+            return
+        try:
+            click.echo(record_line(event.record, self.as_json))
+        except BrokenPipeError:
+            self.closed = True
+            self.silence()
+            self.on_closed()
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()
