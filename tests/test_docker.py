@@ -54,7 +54,7 @@ def test_the_images_start_script_runs_directly_and_can_be_traced(private_epmd, t
     port = free_port()
     env = dict(os.environ, NODE_NAME=node, ERLANG_COOKIE=cookie, KZ_GENERATION="1", KZ_RATE="40",
                KZ_BUILD_DIR=str(tmp_path / "build"), DIST_PORT_MIN=str(port), DIST_PORT_MAX=str(port))
-    proc = subprocess.Popen(["sh", str(ROOT / "erlang_fixtures/bin/start-node.sh")], env=env,
+    proc = subprocess.Popen(["sh", str(ROOT / "kzbridge/erlang_fixtures/bin/start-node.sh")], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -85,6 +85,6 @@ def test_the_images_start_script_runs_directly_and_can_be_traced(private_epmd, t
 
 def test_start_script_refuses_a_missing_cookie():
     env = {k: v for k, v in os.environ.items() if k != "ERLANG_COOKIE"}
-    res = subprocess.run(["sh", str(ROOT / "erlang_fixtures/bin/start-node.sh")], env=env, capture_output=True,
+    res = subprocess.run(["sh", str(ROOT / "kzbridge/erlang_fixtures/bin/start-node.sh")], env=env, capture_output=True,
                          text=True, timeout=30)
     assert res.returncode != 0 and "ERLANG_COOKIE" in res.stderr
