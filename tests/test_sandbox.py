@@ -22,8 +22,6 @@ from kzbridge.wire.terms import Atom, ErlString
 
 from .conftest import RunEnv, poll_until, poll_until_async
 
-pytestmark = pytest.mark.live
-
 
 @pytest.fixture
 def start_box(private_epmd: int, run_env: RunEnv) -> Iterator[Any]:
