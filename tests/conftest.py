@@ -61,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,12 +113,12 @@ def poll_until(
 
 
 async def poll_until_async(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Any],
     timeout: float = 10.0,
     interval: float = 0.05,
     retry_on: tuple[type[BaseException], ...] = (),
     message: str | None = None,
-) -> T:
+) -> Any:
     """``poll_until`` for async tests; ``predicate`` may return an awaitable (a coroutine function)."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -131,7 +131,7 @@ async def poll_until_async(
             last = exc
         else:
             if value:
-                return value  # type: ignore[return-value]
+                return value
         if time.monotonic() >= deadline:
             why = f" (last error: {last!r})" if last is not None else ""
             raise AssertionError(f"{message or getattr(predicate, '__name__', 'condition')} not met in {timeout}s{why}")

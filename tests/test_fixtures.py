@@ -32,7 +32,7 @@ def test_poll_until_retries_listed_exceptions_and_lets_others_through():
         value = next(attempts)
         if isinstance(value, Exception):
             raise value
-        return value
+        return str(value)
 
     assert poll_until(flaky, timeout=5, interval=0.01, retry_on=(OSError,)) == "up"
     with pytest.raises(AssertionError, match="last error: OSError"):

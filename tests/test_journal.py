@@ -99,9 +99,11 @@ def test_api_round_trip_and_old_stopped_entries_are_forgotten(tmp_path, monkeypa
     assert [e.ref for e in journal.active("a@h")] == ["r1"]
     assert journal.find("a@h", "old") is None, "stopped more than a week ago: dropped at the next write"
     journal.extend_lease("a@h", "r1", now + 600)
-    assert journal.find("a@h", "r1").lease_until == now + 600
+    extended = journal.find("a@h", "r1")
+    assert extended is not None and extended.lease_until == now + 600
     journal.mark_stopped("a@h", "r1")
-    assert journal.find("a@h", "r1").stopped and journal.active("a@h") == []
+    stopped = journal.find("a@h", "r1")
+    assert stopped is not None and stopped.stopped and journal.active("a@h") == []
     raw = json.loads((tmp_path / "journal.json").read_text())
     assert raw[0]["ref"] == "r1" and "cookie" not in json.dumps(raw)
 

@@ -99,7 +99,7 @@ async def test_stopping_a_sandbox_leaves_the_files_of_one_whose_name_extends_it(
         assert journal.find(box.node, trace.ref) is not None, "the trace is recorded in the journal"
     assert paths[second.name].startswith(f"/tmp/kzbridge-{base}-"), "the name shares the first one's prefix"
     for p in paths.values():
-        poll_until(lambda p=p: os.path.exists(p), timeout=10, message=f"{p} created")
+        poll_until(lambda p=p: os.path.exists(p), timeout=10, message=f"{p} created")  # type: ignore[misc]
     assert sandbox.trace_files(first) == [paths[first.name]] + [f"{paths[first.name]}.{i}" for i in range(5)]
 
     assert sandbox.stop(first.name)
