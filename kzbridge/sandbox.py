@@ -17,10 +17,13 @@ the BEAM under libfaketime (Debian's ``faketime`` package): ``LD_PRELOAD`` of
 ``libfaketimeMT.so.1`` (the thread-safe build: the BEAM runs many threads) and
 ``FAKETIME`` set to the value ("+3600s", "-2s", "@2026-11-25 23:59:58"; relative offsets
 and "@" start times keep the clock running). Measured with Debian's OTP 25 and
-libfaketime 0.9.10: the BEAM starts and runs reliably with monotonic time faked along
-with the wall clock (the default), and ``FAKETIME_NO_CACHE=1`` (set here) makes a
-change of the value take effect at once instead of after libfaketime's 10 s cache;
-``DONT_FAKE_MONOTONIC=1`` is not needed. ``start(tz="America/New_York")`` sets the
+libfaketime 0.9.10: the BEAM starts and runs reliably with the defaults, monotonic time
+faked along with the wall clock, so erlang:system_time/1, os:timestamp/0 and
+erlang:monotonic_time/0 stay consistent. Neither ``DONT_FAKE_MONOTONIC=1`` nor
+``FAKETIME_NO_CACHE=1`` was needed (both also worked); the latter only matters when the
+value is changed while the node runs (a FAKETIME file), and costs a re-read on every
+clock call, so it is not set. Any of these variables in the caller's environment are
+dropped: only what ``start`` is asked for reaches the BEAM. ``start(tz="America/New_York")`` sets the
 BEAM's ``TZ``; lager's timestamps are local time, so they follow both.
 """
 
@@ -244,7 +247,7 @@ def _environment(home: Path, faketime: str | None, tz: str | None) -> dict[str, 
             raise UsageError(
                 "faketime must be an offset such as '+3.5s' or a start time such as '@2026-11-25 23:59:58'"
             )
-        env.update(LD_PRELOAD=faketime_library(), FAKETIME=faketime, FAKETIME_NO_CACHE="1")
+        env.update(LD_PRELOAD=faketime_library(), FAKETIME=faketime)
     if tz is not None:
         if not tz or not (Path("/usr/share/zoneinfo") / tz).is_file() or ".." in tz:
             raise UsageError(
