@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,30 @@ async def test_any_node_covers_both_generations(any_node, any_sandbox):
 @pytest.mark.asyncio
 async def test_erl_hidden_node_talks_to_a_plain_erl_node(erl_hidden_node, erl_node):
     assert await erl_hidden_node.rpc("erlang", "node", []) == Atom(erl_node.node)
+
+
+def test_the_runs_cleanup_names_only_files_its_own_nodes_made(tmp_path, monkeypatch):
+    from kzbridge.kazoo import journal
+
+    from .conftest import RunEnv
+
+    monkeypatch.setenv("KZBRIDGE_CACHE", str(tmp_path / "cache"))
+    tag = os.urandom(4).hex()
+    env = RunEnv(tmp_path / "cache", 0, tmp_path / "nodes", tmp_path / "ledger", sandbox_names=[f"kzt2_{tag}"])
+    mine_default = f"/tmp/kzbridge-kzt2_{tag}-20261125-120000-abcdef.log"
+    theirs_extended = f"/tmp/kzbridge-kzt2_{tag}-x-20261125-120000-abcdef.log"  # another run's node kzt2_<tag>-x
+    theirs_kazoo_default = f"/tmp/{os.urandom(16).hex()}.log"  # kz_data_tracing's default name, not in our ledger
+    mine_kazoo_default = f"/tmp/{os.urandom(16).hex()}.log"
+    journaled = f"/tmp/kzbpkg-journaled-{tag}.log"
+    env.ledger.write_text(f"{mine_kazoo_default}\n")
+    journal.record(journal.JournalEntry("n@h", "r", journaled, "data", 2, "", time.time(), time.time() + 60))
+    made = [mine_default, theirs_extended, theirs_kazoo_default, mine_kazoo_default, journaled]
+    try:
+        for f in made:
+            Path(f).write_text("x")
+        files = env.files_made()
+    finally:
+        for f in made:
+            Path(f).unlink(missing_ok=True)
+    assert {mine_default, mine_kazoo_default, f"{mine_kazoo_default}.4", journaled, f"{journaled}.0"} <= files
+    assert theirs_extended not in files and theirs_kazoo_default not in files
