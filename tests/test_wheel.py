@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from typing import Any
 
 import pytest
 
@@ -35,10 +36,10 @@ USER_TEST = textwrap.dedent("""
 """)
 
 
-def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    res: subprocess.CompletedProcess[str] = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert res.returncode == 0, f"{cmd}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    return res  # type: ignore[no-any-return]
+    return res
 
 
 def test_wheel_in_a_fresh_venv_runs_the_demo_and_the_plugins_sandbox(private_epmd, tmp_path, monkeypatch):
