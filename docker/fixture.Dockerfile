@@ -3,7 +3,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends erlang-nox erlang-lager \
  && rm -rf /var/lib/apt/lists/*
-COPY erlang_fixtures /opt/kzbridge/erlang_fixtures
+COPY kzbridge/erlang_fixtures /opt/kzbridge/erlang_fixtures
 RUN sh /opt/kzbridge/erlang_fixtures/bin/build.sh /opt/kzbridge/build
 ENV KZ_BUILD_DIR=/opt/kzbridge/build \
     NODE_NAME=kazoo_apps@kazoo \

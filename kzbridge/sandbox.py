@@ -1,52 +1,80 @@
 """The sandbox: a local fixture node that behaves like Kazoo's tracing side.
 
-It compiles erlang_fixtures/ with erlc (cached by source hash), starts epmd if
-needed and a detached BEAM on loopback, and waits until kz_data_tracing answers.
-State (node, cookie file, OS pid) lives in ``~/.cache/kzbridge/sandboxes`` so
-``sandbox list/stop`` and cookie lookup work from another process.
+It compiles the Erlang fixtures shipped inside the package (``kzbridge/erlang_fixtures``)
+with erlc (cached by source hash), starts epmd if needed and a detached BEAM on loopback,
+and waits until kz_data_tracing answers. State (node, cookie file, OS pid) lives in
+``<cache>/sandboxes`` (:mod:`kzbridge.cachedir`) so ``sandbox list/stop`` and cookie lookup
+work from another process.
+
+The cookie is on no command line: ``erl -setcookie`` would show it to every user in
+``ps``. Instead each sandbox gets a private home directory (0700) holding a 0400
+``.erlang.cookie``, which is where the BEAM reads its cookie from; kzbridge's own copy
+(``<name>.cookie``, for ``--cookie-file`` and lookup by node name) is created 0600 with
+O_EXCL, never world-readable even for a moment.
+
+Clock and zone (for tests of clock skew and time zones): ``start(faketime="+3.5s")`` runs
+the BEAM under libfaketime (Debian's ``faketime`` package): ``LD_PRELOAD`` of
+``libfaketimeMT.so.1`` (the thread-safe build: the BEAM runs many threads) and
+``FAKETIME`` set to the value ("+3600s", "-2s", "@2026-11-25 23:59:58"; relative offsets
+and "@" start times keep the clock running). Measured with Debian's OTP 25 and
+libfaketime 0.9.10: the BEAM starts and runs reliably with the defaults, monotonic time
+faked along with the wall clock, so erlang:system_time/1, os:timestamp/0 and
+erlang:monotonic_time/0 stay consistent. Neither ``DONT_FAKE_MONOTONIC=1`` nor
+``FAKETIME_NO_CACHE=1`` was needed (both also worked); the latter only matters when the
+value is changed while the node runs (a FAKETIME file), and costs a re-read on every
+clock call, so it is not set. Any of these variables in the caller's environment are
+dropped: only what ``start`` is asked for reaches the BEAM. ``start(tz="America/New_York")`` sets the
+BEAM's ``TZ``; lager's timestamps are local time, so they follow both.
 """
+
 from __future__ import annotations
 
-import glob
+import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from .cachedir import cache_dir, subdir
 from .errors import KzBridgeError, SandboxError, UsageError
 from .wire.terms import Atom
 
 _TRUE = Atom("true")
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 
+FAKETIME_LIBS = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+)
+
 
 def fixtures_dir() -> Path:
+    """The Erlang fixture sources: package data, or ``KZBRIDGE_FIXTURES`` when set."""
     env = os.environ.get("KZBRIDGE_FIXTURES")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "erlang_fixtures"
+    path = Path(env) if env else Path(__file__).resolve().parent / "erlang_fixtures"
     if not (path / "src" / "kz_data_tracing.erl").exists():
-        raise SandboxError(f"Erlang fixtures not found in {path}", hint="set KZBRIDGE_FIXTURES to erlang_fixtures/")
-    return path
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("KZBRIDGE_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "kzbridge" if not os.environ.get("KZBRIDGE_CACHE") else Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+        raise SandboxError(
+            f"Erlang fixtures not found in {path}",
+            hint="reinstall kzbridge, or set KZBRIDGE_FIXTURES to a copy of kzbridge/erlang_fixtures",
+        )
     return path
 
 
 def state_dir() -> Path:
-    path = cache_dir() / "sandboxes"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return subdir("sandboxes")
 
 
 def _require(tool: str) -> str:
@@ -56,11 +84,25 @@ def _require(tool: str) -> str:
     return found
 
 
+def faketime_library() -> str:
+    """Path of libfaketime's thread-safe library (Debian package ``faketime``/``libfaketime``)."""
+    candidates = list(FAKETIME_LIBS)
+    try:
+        listed = subprocess.run(["dpkg", "-L", "libfaketime"], capture_output=True, text=True, check=False).stdout
+        candidates = [line for line in listed.splitlines() if line.endswith("/libfaketimeMT.so.1")] + candidates
+    except OSError:  # no dpkg: only the known paths
+        pass
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    raise SandboxError("libfaketime not found", hint="apt-get install -y faketime")
+
+
 def build_fixtures() -> Path:
     """Compiled fixture beams, rebuilt only when the sources change."""
     src = fixtures_dir()
     digest = hashlib.sha256()
-    for path in sorted((src / "src").iterdir()) + [src / "bin" / "build.sh"]:
+    for path in [*sorted((src / "src").iterdir()), src / "bin" / "build.sh"]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     out = cache_dir() / "fixtures" / digest.hexdigest()[:16]
     if (out / "gen2" / "kz_data_tracing.beam").exists():
@@ -69,8 +111,10 @@ def build_fixtures() -> Path:
     proc = subprocess.run(["sh", str(src / "bin" / "build.sh"), str(out)], capture_output=True, text=True)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise SandboxError(f"compiling the Erlang fixtures failed: {detail[-1] if detail else proc.returncode}",
-                           hint="apt-get install -y erlang-nox erlang-lager")
+        raise SandboxError(
+            f"compiling the Erlang fixtures failed: {detail[-1] if detail else proc.returncode}",
+            hint="apt-get install -y erlang-nox erlang-lager",
+        )
     return out
 
 
@@ -88,6 +132,8 @@ class Sandbox:
     rate: float
     os_pid: int
     started: float
+    faketime: str | None = None
+    tz: str | None = None
 
     @property
     def cookie(self) -> str:
@@ -117,14 +163,15 @@ def _validate_name(name: str) -> str:
     return name
 
 
-def find(name: str) -> Sandbox | None:
-    path = _state_file(_validate_name(name.split("@")[0]))
-    if not path.exists():
-        return None
+def _load(path: Path) -> Sandbox | None:
     try:
         return Sandbox(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
+    except (OSError, ValueError, TypeError):
         return None
+
+
+def find(name: str) -> Sandbox | None:
+    return _load(_state_file(_validate_name(name.split("@")[0])))
 
 
 def cookie_for(node: str) -> str | None:
@@ -141,9 +188,8 @@ def cookie_for(node: str) -> str | None:
 def list_sandboxes() -> list[Sandbox]:
     out = []
     for path in sorted(state_dir().glob("*.json")):
-        try:
-            box = Sandbox(**json.loads(path.read_text()))
-        except (ValueError, TypeError):
+        box = _load(path)
+        if box is None:
             continue
         if box.alive():
             out.append(box)
@@ -152,10 +198,9 @@ def list_sandboxes() -> list[Sandbox]:
     return out
 
 
-async def _wait_ready(node: str, cookie: str, deadline: float, proc: subprocess.Popen | None) -> int:
-    import asyncio
-
+async def _wait_ready(node: str, cookie: str, deadline: float, proc: subprocess.Popen[bytes] | None) -> int:
     from .wire.node import connect_node
+
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() not in (None, 0):
@@ -173,11 +218,60 @@ async def _wait_ready(node: str, cookie: str, deadline: float, proc: subprocess.
     raise SandboxError(f"the fixture node {node} did not become ready: {last}")
 
 
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when called inside a running event loop
+    (an async test calling ``start``): then in a thread of its own, blocking the caller's loop meanwhile."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
-def start(name: str = "kzsandbox", *, cookie: str | None = None, generation: int = 2, rate: float = 20.0,
-          timeout: float = 30.0) -> Sandbox:
-    """Start a fixture node named ``name@127.0.0.1``; refuses if one of that name runs."""
+def _write_private(path: Path, text: str, mode: int) -> None:
+    """Create ``path`` afresh with ``mode`` (never readable by others, not even briefly)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, mode)
+
+
+def _environment(home: Path, faketime: str | None, tz: str | None) -> dict[str, str]:
+    env = dict(os.environ, HOME=str(home))
+    for var in ("LD_PRELOAD", "FAKETIME", "FAKETIME_NO_CACHE", "DONT_FAKE_MONOTONIC"):
+        env.pop(var, None)  # only what was asked for reaches the BEAM
+    if faketime is not None:
+        if not faketime.strip():
+            raise UsageError(
+                "faketime must be an offset such as '+3.5s' or a start time such as '@2026-11-25 23:59:58'"
+            )
+        env.update(LD_PRELOAD=faketime_library(), FAKETIME=faketime)
+    if tz is not None:
+        if not tz or not (Path("/usr/share/zoneinfo") / tz).is_file() or ".." in tz:
+            raise UsageError(
+                f"unknown time zone {tz!r}", hint="a name from /usr/share/zoneinfo (apt-get install tzdata)"
+            )
+        env["TZ"] = tz
+    return env
+
+
+def start(
+    name: str = "kzsandbox",
+    *,
+    cookie: str | None = None,
+    generation: int = 2,
+    rate: float = 20.0,
+    timeout: float = 30.0,
+    faketime: str | None = None,
+    tz: str | None = None,
+) -> Sandbox:
+    """Start a fixture node named ``name@127.0.0.1``; refuses if one of that name runs.
+
+    ``faketime``: run the node's clock off by this libfaketime value ("+3600s", "-2s",
+    "@2026-11-25 23:59:58"). ``tz``: the node's time zone ("America/New_York").
+    """
     _validate_name(name)
     if generation not in (1, 2):
         raise UsageError("--generation must be 1 or 2")
@@ -185,32 +279,55 @@ def start(name: str = "kzsandbox", *, cookie: str | None = None, generation: int
         raise UsageError("--rate must be 0 or more")
     existing = find(name)
     if existing is not None and existing.alive():
-        raise SandboxError(f"sandbox {existing.node} is already running (pid {existing.os_pid})",
-                           hint=f"kzbridge sandbox stop --name {name}")
+        raise SandboxError(
+            f"sandbox {existing.node} is already running (pid {existing.os_pid})",
+            hint=f"kzbridge sandbox stop --name {name}",
+        )
     build = build_fixtures()
+    workdir = state_dir() / name
+    home = workdir / "home"
+    shutil.rmtree(workdir, ignore_errors=True)
+    home.mkdir(mode=0o700, parents=True)
+    env = _environment(home, faketime, tz)
     ensure_epmd()
     node = f"{name}@{LOOPBACK}"
     cookie = cookie or secrets.token_hex(16)
     cookie_file = state_dir() / f"{name}.cookie"
-    cookie_file.touch(mode=0o600)
-    os.chmod(cookie_file, 0o600)
-    cookie_file.write_text(cookie)
-    workdir = state_dir() / name
-    workdir.mkdir(exist_ok=True)
+    _write_private(cookie_file, cookie, 0o600)
+    _write_private(home / ".erlang.cookie", cookie, 0o400)  # read by the BEAM: no -setcookie in ps
     cmd = [
-        _require("erl"), "-detached", "-noinput", "-name", node, "-setcookie", cookie,
+        _require("erl"), "-detached", "-noinput", "-name", node,
         "-pa", str(build / "common"), "-pa", str(build / f"gen{generation}"),
         "-config", str(fixtures_dir() / "config" / "sys"),
         "-kernel", "inet_dist_use_interface", "{127,0,0,1}",
         "-eval", f"kz_fixture:boot({rate!r})",
-    ]
-    proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    import asyncio
-    os_pid = asyncio.run(_wait_ready(node, cookie, time.monotonic() + timeout, proc))
-    box = Sandbox(node, str(cookie_file), generation, float(rate), os_pid, time.time())
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    os_pid = _run(_wait_ready(node, cookie, time.monotonic() + timeout, proc))
+    box = Sandbox(node, str(cookie_file), generation, float(rate), os_pid, time.time(), faketime, tz)
     _state_file(name).write_text(json.dumps(asdict(box)))
     return box
+
+
+def trace_files(box: Sandbox) -> list[str]:
+    """The trace files kzbridge recorded as written on this sandbox, rotated parts included.
+
+    They come from the journal (entries of exactly this node, since it started), and only
+    those kzbridge named itself (``/tmp/kzbridge-NAME-STAMP-HEX.log``): a ``--remote-path``
+    the user chose is the user's file. Another sandbox whose name starts with this one's
+    (``atk6`` and ``atk6-x``) has other entries and other names, so it keeps its files.
+    """
+    from .kazoo import journal
+
+    own = re.compile(rf"/tmp/kzbridge-{re.escape(box.name)}-\d{{8}}-\d{{6}}-[0-9a-f]+\.log\Z")
+    out: list[str] = []
+    for e in journal.load():
+        if e.node == box.node and e.started >= box.started - 60 and own.match(e.remote_path):
+            out += [e.remote_path] + [f"{e.remote_path}.{i}" for i in range(5)]
+    return out
 
 
 def stop(name: str, timeout: float = 10.0) -> bool:
@@ -230,14 +347,13 @@ def stop(name: str, timeout: float = 10.0) -> bool:
             os.kill(box.os_pid, signal.SIGKILL)
             while box.alive():
                 time.sleep(0.05)
+    # The sandbox ran on this machine, so the trace files kzbridge wrote on it are here;
+    # they go with it (collected copies are elsewhere).
+    for f in trace_files(box):
+        Path(f).unlink(missing_ok=True)
     _state_file(box.name).unlink(missing_ok=True)
     Path(box.cookie_file).unlink(missing_ok=True)
-    shutil.rmtree(state_dir() / box.name, ignore_errors=True)  # the node's working directory
-    # The sandbox ran on this machine, so the trace files kzbridge named after it are here;
-    # they go with it (collected copies are elsewhere).
-    from .kazoo.tracing import default_remote_glob
-    for f in glob.glob(default_remote_glob(box.node)):
-        Path(f).unlink(missing_ok=True)
+    shutil.rmtree(state_dir() / box.name, ignore_errors=True)  # the node's working and home directory
     return True
 
 

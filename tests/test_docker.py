@@ -1,4 +1,5 @@
 """What can be checked of the container setup without a Docker engine (none runs on CI)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,16 +7,18 @@ import os
 import secrets
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import yaml
 
+from kzbridge.errors import KzBridgeError
 from kzbridge.kazoo import filters as flt
 from kzbridge.kazoo import tracing
 from kzbridge.wire import epmd
 from kzbridge.wire.node import connect_node
+from kzbridge.wire.terms import Atom
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, free_port, poll_until_async
 
 
 def compose() -> dict:
@@ -52,32 +55,52 @@ def test_the_images_start_script_runs_directly_and_can_be_traced(private_epmd, t
     name = f"kzdock{secrets.token_hex(3)}"
     node, cookie = f"{name}@127.0.0.1", secrets.token_hex(8)
     port = free_port()
-    env = dict(os.environ, NODE_NAME=node, ERLANG_COOKIE=cookie, KZ_GENERATION="1", KZ_RATE="40",
-               KZ_BUILD_DIR=str(tmp_path / "build"), DIST_PORT_MIN=str(port), DIST_PORT_MAX=str(port))
-    proc = subprocess.Popen(["sh", str(ROOT / "erlang_fixtures/bin/start-node.sh")], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = dict(
+        os.environ,
+        NODE_NAME=node,
+        ERLANG_COOKIE=cookie,
+        KZ_GENERATION="1",
+        KZ_RATE="40",
+        KZ_BUILD_DIR=str(tmp_path / "build"),
+        TMPDIR=str(tmp_path),
+        DIST_PORT_MIN=str(port),
+        DIST_PORT_MAX=str(port),
+    )
+    proc = subprocess.Popen(
+        ["sh", str(ROOT / "kzbridge/erlang_fixtures/bin/start-node.sh")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         async def body():
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    info = await epmd.lookup(name, "127.0.0.1", timeout=1)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.2)
-            else:
-                raise AssertionError("the start script's node never registered")
+            info = await poll_until_async(lambda: epmd.lookup(name, "127.0.0.1", timeout=1), timeout=60,
+                                          interval=0.2, retry_on=(KzBridgeError,),
+                                          message="the start script's node registering")  # fmt: skip
             assert info.port == port, "distribution listens in the configured range"
-            await asyncio.sleep(1)
-            n = await connect_node(node, cookie)
-            trace = await tracing.start_trace(n, flt.module_filter("kz_json"))
-            assert trace.generation == 1
-            summary = await tracing.run_trace(trace, str(tmp_path / "t.log"), duration=2)
-            await n.close()
-            return summary
+
+            async def ready_node():
+                n = await connect_node(node, cookie)
+                if await n.rpc("kz_fixture", "ready", []) == Atom("true"):
+                    return n
+                await n.close()
+                return None
+
+            n = await poll_until_async(ready_node, timeout=30, interval=0.2, retry_on=(KzBridgeError,))
+            try:
+                trace = await tracing.start_trace(n, flt.module_filter("kz_json"))
+                assert trace.generation == 1
+                return await tracing.run_trace(trace, str(tmp_path / "t.log"), duration=2)
+            finally:
+                await n.close()
+
         summary = asyncio.run(body())
         assert summary.lines > 0 and summary.verified
+        beam = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # sh execs erl, erl execs the BEAM
+        assert node.encode() in beam and cookie.encode() not in beam, "the cookie is on no command line"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -85,6 +108,11 @@ def test_the_images_start_script_runs_directly_and_can_be_traced(private_epmd, t
 
 def test_start_script_refuses_a_missing_cookie():
     env = {k: v for k, v in os.environ.items() if k != "ERLANG_COOKIE"}
-    res = subprocess.run(["sh", str(ROOT / "erlang_fixtures/bin/start-node.sh")], env=env, capture_output=True,
-                         text=True, timeout=30)
+    res = subprocess.run(
+        ["sh", str(ROOT / "kzbridge/erlang_fixtures/bin/start-node.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode != 0 and "ERLANG_COOKIE" in res.stderr

@@ -1,23 +1,33 @@
 """A local record of the traces this machine started, so `status` and `stop` can find them later.
 
-One JSON file; each write replaces it atomically. Holds no cookie.
+One JSON file in kzbridge's cache directory (:mod:`kzbridge.cachedir`), mode 0600, holding no
+cookie. Several kzbridge processes may write at once (twelve concurrent ``start``\\ s, a
+``stop --all`` while a trace renews its lease): every read-modify-write holds an exclusive
+``flock`` on ``journal.lock`` beside it, so one writer at a time and none loses another's
+entry. Each write goes to a temporary file that is fsynced and then renamed over the
+journal, so readers (which take no lock) always see a whole file, old or new.
 """
+
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cachedir import cache_dir
+
+KEEP_STOPPED = 7 * 86400  # stopped entries are forgotten after a week
+
 
 def journal_path() -> Path:
-    base = os.environ.get("KZBRIDGE_CACHE") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kzbridge")
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return path / "journal.json"
+    return cache_dir() / "journal.json"
 
 
 @dataclass
@@ -31,13 +41,12 @@ class JournalEntry:
     started: float
     lease_until: float
     detached: bool = False
-    lager_trace: str = ""          # hex of the external-term lager trace tuple (lager_event sink)
+    lager_trace: str = ""  # hex of the external-term lager trace tuple (lager_event sink)
     stopped: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load() -> list[JournalEntry]:
-    path = journal_path()
+def _read(path: Path) -> list[JournalEntry]:
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -51,38 +60,75 @@ def load() -> list[JournalEntry]:
     return out
 
 
-def _save(entries: list[JournalEntry]) -> None:
-    path = journal_path()
-    cutoff = time.time() - 7 * 86400
+def load() -> list[JournalEntry]:
+    """Every entry, as of the last complete write."""
+    return _read(journal_path())
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path.with_name("journal.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _save(path: Path, entries: list[JournalEntry]) -> None:
+    cutoff = time.time() - KEEP_STOPPED
     keep = [e for e in entries if not e.stopped or e.stopped > cutoff]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".journal.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump([asdict(e) for e in keep], fh, indent=1)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".journal.")  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump([asdict(e) for e in keep], fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _update(change: Callable[[list[JournalEntry]], bool]) -> None:
+    """Read, change and write the journal under the lock; ``change`` returns whether to write."""
+    path = journal_path()
+    with _locked(path):
+        entries = _read(path)
+        if change(entries):
+            _save(path, entries)
 
 
 def record(entry: JournalEntry) -> None:
-    entries = [e for e in load() if not (e.node == entry.node and e.ref == entry.ref)]
-    entries.append(entry)
-    _save(entries)
+    def change(entries: list[JournalEntry]) -> bool:
+        entries[:] = [e for e in entries if not (e.node == entry.node and e.ref == entry.ref)]
+        entries.append(entry)
+        return True
+
+    _update(change)
 
 
 def mark_stopped(node: str, ref: str) -> None:
-    entries = load()
-    for e in entries:
-        if e.node == node and e.ref == ref and not e.stopped:
+    def change(entries: list[JournalEntry]) -> bool:
+        hit = [e for e in entries if e.node == node and e.ref == ref and not e.stopped]
+        for e in hit:
             e.stopped = time.time()
-    _save(entries)
+        return bool(hit)
+
+    _update(change)
 
 
 def extend_lease(node: str, ref: str, until: float) -> None:
     """Record a renewed lease, so ``status`` shows when the node would stop the trace now."""
-    entries = load()
-    hit = [e for e in entries if e.node == node and e.ref == ref and not e.stopped]
-    for e in hit:
-        e.lease_until = until
-    if hit:
-        _save(entries)
+
+    def change(entries: list[JournalEntry]) -> bool:
+        hit = [e for e in entries if e.node == node and e.ref == ref and not e.stopped]
+        for e in hit:
+            e.lease_until = until
+        return bool(hit)
+
+    _update(change)
 
 
 def find(node: str, ref: str) -> JournalEntry | None:

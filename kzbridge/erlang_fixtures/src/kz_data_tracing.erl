@@ -92,6 +92,7 @@ init([]) ->
 
 handle_call({trace_file, Filters, Filename, Level, Props}, _From, Traces) ->
     %% Like Kazoo, no validation: lager decides, and some inputs crash this server.
+    ledger(Filename),
     case lager:trace_file(to_list(Filename), [{sink, ?SINK} | Filters], Level, Props) of
         {ok, Trace} ->
             Ref = new_ref(),
@@ -124,6 +125,16 @@ handle_cast(_Msg, Traces) -> {noreply, Traces}.
 handle_info(_Info, Traces) -> {noreply, Traces}.
 terminate(_Reason, _Traces) -> ok.
 code_change(_Old, Traces, _Extra) -> {ok, Traces}.
+
+%% Not Kazoo: with KZ_FIXTURE_LEDGER set (kzbridge's tests set it), every file this node
+%% is asked to trace into is appended to that file first, so a test run can delete exactly
+%% the files its own nodes made (the default /tmp/<hex>.log names say nothing of their owner).
+ledger(Filename) ->
+    case os:getenv("KZ_FIXTURE_LEDGER") of
+        false -> ok;
+        "" -> ok;
+        Ledger -> file:write_file(Ledger, [to_list(Filename), "\n"], [append])
+    end.
 
 to_list(B) when is_binary(B) -> binary_to_list(B);
 to_list(L) -> L.

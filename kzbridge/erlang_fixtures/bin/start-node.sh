@@ -16,7 +16,12 @@ case "$gen" in 1|2) ;; *) echo "KZ_GENERATION must be 1 or 2" >&2; exit 2 ;; esa
 [ -d "$build/common" ] || "$here/bin/build.sh" "$build"
 case "$name" in *@*.*) namearg=-name ;; *) namearg=-sname ;; esac
 epmd -daemon
-exec erl -noinput $namearg "$name" -setcookie "$ERLANG_COOKIE" \
+# The cookie goes in a private home directory, where erl reads it, not on the command
+# line (which every user on the machine can read in ps).
+home=$(mktemp -d "${TMPDIR:-/tmp}/kzfixture-home.XXXXXX")
+(umask 077 && printf '%s' "$ERLANG_COOKIE" > "$home/.erlang.cookie")
+chmod 400 "$home/.erlang.cookie"
+HOME=$home exec erl -noinput $namearg "$name" \
   -pa "$build/common" -pa "$build/gen$gen" -config "$here/config/sys" \
   -kernel inet_dist_listen_min "${DIST_PORT_MIN:-9100}" inet_dist_listen_max "${DIST_PORT_MAX:-9105}" \
   -eval "kz_fixture:boot($rate)"
