@@ -20,14 +20,17 @@ decoder never produces them, so ``Atom('true')`` is what comes back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Atom:
     """An Erlang atom. Distinct from str so ``{Atom('ok'): 1, 'ok': 2}`` has two keys."""
 
     __slots__ = ("name", "_hash")
-    _interned: dict[str, "Atom"] = {}
+    # Declared for type checkers; set once in __new__ through object.__setattr__.
+    name: str
+    _hash: int
+    _interned: ClassVar[dict[str, "Atom"]] = {}
 
     def __new__(cls, name: str) -> "Atom":
         atom = cls._interned.get(name)
@@ -98,11 +101,14 @@ class _Ident:
     Plain __slots__ classes rather than frozen dataclasses: the decoder builds one
     per message and a frozen dataclass costs a microsecond more each time. The
     identity tuple is built once (``_k``): pids and refs key the node's tables and
-    are hashed several times per rpc.
+    are hashed several times per rpc. The attributes are declared in each class body
+    (annotations only, beside ``__slots__``) so type checkers see them; they are set
+    once in ``__init__`` through ``object.__setattr__``.
     """
 
     __slots__ = ("_k",)
-    _fields: tuple[str, ...] = ()
+    _k: tuple[Any, ...]
+    _fields: ClassVar[tuple[str, ...]] = ()
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -132,6 +138,11 @@ class Pid(_Ident):
 
     __slots__ = ("node", "id", "serial", "creation", "old")
     _fields = __slots__
+    node: Atom
+    id: int
+    serial: int
+    creation: int
+    old: bool
 
     def __init__(self, node: Atom, id: int, serial: int, creation: int, old: bool = False) -> None:  # noqa: A002
         _set(self, "node", node)
@@ -150,6 +161,10 @@ class Port(_Ident):
 
     __slots__ = ("node", "id", "creation", "form")
     _fields = __slots__
+    node: Atom
+    id: int
+    creation: int
+    form: int
 
     def __init__(self, node: Atom, id: int, creation: int, form: int = 89) -> None:  # noqa: A002
         _set(self, "node", node)
@@ -167,6 +182,10 @@ class Reference(_Ident):
 
     __slots__ = ("node", "ids", "creation", "form")
     _fields = __slots__
+    node: Atom
+    ids: tuple[int, ...]
+    creation: int
+    form: int
 
     def __init__(self, node: Atom, ids: tuple[int, ...], creation: int, form: int = 90) -> None:
         _set(self, "node", node)
@@ -191,6 +210,9 @@ class PidLiteral(_Ident):
 
     __slots__ = ("node", "id", "serial")
     _fields = __slots__
+    node: str | None
+    id: int
+    serial: int
 
     def __init__(self, node: str | None, id: int, serial: int) -> None:  # noqa: A002
         _set(self, "node", node)
@@ -297,9 +319,3 @@ def freeze(value: Any) -> Any:
         return tuple(freeze(v) for v in value)
     return value
 
-
-ATOM_OK = Atom("ok")
-ATOM_ERROR = Atom("error")
-ATOM_TRUE = Atom("true")
-ATOM_FALSE = Atom("false")
-ATOM_UNDEFINED = Atom("undefined")
