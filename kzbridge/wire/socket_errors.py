@@ -1,0 +1,57 @@
+"""Socket errors become kzbridge errors here, at the boundary, and nowhere else.
+
+httpcore's ``map_exceptions`` shape: a context manager around the I/O of one step,
+given an ordered mapping from the exception classes that step can meet to a function
+building our error from the caught one::
+
+    with map_exceptions({TimeoutError: lambda exc: HandshakeTimeoutError("..."),
+                         OSError: lambda exc: HostUnreachableError(f"... {describe(exc)}")}):
+        sock = socket.create_connection(...)
+
+The first matching class wins (so list ``TimeoutError`` before ``OSError``, of which it
+is a subclass); ``None`` instead of a function lets that class through unchanged
+(``ConnectError: None`` before ``KzBridgeError: ...`` keeps the specific connect errors).
+The new error is raised ``from`` the caught one, so the cause stays on the traceback.
+Both drivers and the EPMD client use it.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from typing import Callable, Iterator, Mapping, Union
+
+from ..errors import KzBridgeError
+
+Translation = Union[Callable[[BaseException], KzBridgeError], None]
+ExceptionMapping = Mapping[Union["type[BaseException]", "tuple[type[BaseException], ...]"], Translation]
+
+# The timeouts the stdlib raises: one class since Python 3.11 (socket.timeout and
+# asyncio.TimeoutError are TimeoutError). asyncio is not imported on newer Pythons:
+# the blocking driver exists because importing it costs more than a one-shot rpc.
+TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, socket.timeout)
+if sys.version_info < (3, 11):  # pragma: no cover
+    import asyncio
+
+    TIMEOUTS += (asyncio.TimeoutError,)
+
+
+@contextlib.contextmanager
+def map_exceptions(mapping: ExceptionMapping) -> Iterator[None]:
+    """Translate what escapes the block through ``mapping``; see the module docstring."""
+    try:
+        yield
+    except BaseException as exc:
+        for cls, translate in mapping.items():
+            if isinstance(exc, cls):
+                if translate is None:
+                    raise
+                raise translate(exc) from exc
+        raise
+
+
+def describe(exc: BaseException) -> str:
+    """The readable part of an OSError ("Connection refused"), else its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
