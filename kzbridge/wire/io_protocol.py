@@ -19,7 +19,8 @@ from .literal import format_term
 from .terms import Atom, BitBinary, ErlString, ImproperList
 
 A_OK = Atom("ok")
-A_ERROR = Atom("error")
+# The standard atom `error` of {error, Reason} replies (the domain has its own kzb_error tag).
+A_STD_ERROR = Atom("error")
 A_PUT_CHARS = Atom("put_chars")
 A_REQUESTS = Atom("requests")
 A_LATIN1 = Atom("latin1")
@@ -75,10 +76,10 @@ def io_steps(request: Any) -> Generator[tuple, Any, Any]:
             m, f, a = request[-3:]
             chars = yield ("apply", m, f, a)
             if isinstance(chars, ApplyFailed):
-                return (A_ERROR, chars.reason)
+                return (A_STD_ERROR, chars.reason)
             text = chardata_to_text(chars, latin1)
         else:
-            return (A_ERROR, Atom("request"))
+            return (A_STD_ERROR, Atom("request"))
         yield ("emit", text)
         return A_OK
     if type(request) is tuple and len(request) == 2 and request[0] == A_REQUESTS:
@@ -93,7 +94,7 @@ def io_steps(request: Any) -> Generator[tuple, Any, Any]:
     if type(request) is tuple and request and request[0] == Atom("setopts"):
         return A_OK
     if type(request) is tuple and request and request[0] == Atom("get_geometry"):
-        return (A_ERROR, Atom("enotsup"))
+        return (A_STD_ERROR, Atom("enotsup"))
     if type(request) is tuple and request and type(request[0]) is Atom and request[0].name.startswith("get_"):
         return Atom("eof")
-    return (A_ERROR, Atom("request"))
+    return (A_STD_ERROR, Atom("request"))

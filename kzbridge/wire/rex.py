@@ -29,10 +29,6 @@ class RpcResult:
     output: str = ""
 
 
-def rex_request(caller: Any, ref: Any, module: Atom, function: Atom, args: list, group_leader: Any) -> tuple:
-    return (A_GEN_CALL, (caller, ref), (A_CALL, module, function, args, group_leader))
-
-
 def rpc_result(value: Any, output: str, peer: str, what: str) -> RpcResult:
     """The RpcResult, or BadRpcError carrying the remote reason and the output so far."""
     if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
