@@ -114,17 +114,21 @@ def worker(tree: str, driver: str, node: str, cookie: str, calls: int) -> None:
     sys.path.insert(0, tree)
     import kzbridge
     assert os.path.dirname(os.path.dirname(os.path.abspath(kzbridge.__file__))) == os.path.abspath(tree)
+    c0 = time.process_time()
     if driver == "async":
         times = asyncio.run(kzbridge_side(node, cookie, calls))["rpc"]
     else:
         times = blocking_side(node, cookie, calls)
-    print(json.dumps(times))
+    # CPU seconds of this process over the whole run (connect, warm-up, measured calls and, for asyncio,
+    # the throughput part): the machine's load moves wall time far more than it moves this.
+    print(json.dumps({"times": times, "cpu": time.process_time() - c0}))
 
 
 def compare(baseline: str, node: str, cookie: str, calls: int, rounds: int) -> None:
     """Old tree against this one, alternating in rounds; see the module docstring."""
     trees = {"baseline": os.path.abspath(baseline), "this tree": str(ROOT)}
     p50: dict[tuple[str, str], list[float]] = {(t, d): [] for t in trees for d in ("async", "blocking")}
+    cpu: dict[tuple[str, str], list[float]] = {(t, d): [] for t in trees for d in ("async", "blocking")}
     for r in range(rounds):
         order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
         for driver in ("async", "blocking"):
@@ -132,7 +136,9 @@ def compare(baseline: str, node: str, cookie: str, calls: int, rounds: int) -> N
                 out = subprocess.run([sys.executable, __file__, "--worker", driver, "--tree", tree, "--node", node,
                                       "--cookie", cookie, "--calls", str(calls)],
                                      capture_output=True, text=True, check=True).stdout
-                p50[(label, driver)].append(pct(json.loads(out), 50))
+                got = json.loads(out)
+                p50[(label, driver)].append(pct(got["times"], 50))
+                cpu[(label, driver)].append(got["cpu"])
     print(f"rpc p50 latency, baseline {trees['baseline']} vs this tree ({rounds} rounds x {calls} calls, "
           "erlang:node/0, alternating)")
     for driver in ("async", "blocking"):
@@ -142,6 +148,9 @@ def compare(baseline: str, node: str, cookie: str, calls: int, rounds: int) -> N
                   f"(rounds {min(v):.1f}-{max(v):.1f})")
         ratios = [a / b for a, b in zip(p50[("this tree", driver)], p50[("baseline", driver)])]
         print(f"  {driver:<9} ratio this/baseline median {statistics.median(ratios):.3f} "
+              f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+        ratios = [a / b for a, b in zip(cpu[("this tree", driver)], cpu[("baseline", driver)])]
+        print(f"  {driver:<9} client CPU seconds per run, this/baseline median {statistics.median(ratios):.3f} "
               f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
 
 

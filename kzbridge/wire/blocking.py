@@ -16,7 +16,7 @@ from ..errors import BadRpcError, ConnectionLostError, RpcTimeoutError
 from . import epmd
 from .frames import TICK_FRAME, FrameReader, parse_message
 from .rex import RpcResult, rpc_result
-from .session import ConnectPlan, Output, RpcReply, call_name
+from .session import ConnectPlan, RpcReply, call_name
 from .socket_errors import TIMEOUTS, describe, map_exceptions
 from .terms import Atom
 
@@ -59,6 +59,8 @@ class BlockingNode:
         self._last_sent = time.monotonic()
         self._ticker: threading.Thread | None = None
         self._closed = threading.Event()
+        self._send_errors = map_exceptions({OSError: lambda exc: ConnectionLostError(
+            f"lost the connection to {self.peer_name}: {describe(exc)}")})
 
     def start_ticking(self, ticktime: float = 60.0) -> None:
         """Keep an idle connection alive: send a tick when nothing was sent for ticktime/4.
@@ -80,8 +82,7 @@ class BlockingNode:
         self._ticker.start()
 
     def _write(self, data: bytes) -> None:
-        with self._send_lock, map_exceptions({OSError: lambda exc: ConnectionLostError(
-                f"lost the connection to {self.peer_name}: {describe(exc)}")}):
+        with self._send_lock, self._send_errors:
             self.sock.sendall(data)
             self._last_sent = time.monotonic()
 
@@ -92,14 +93,12 @@ class BlockingNode:
                 raise RpcTimeoutError(f"{self.peer_name}: {what} did not answer in time",
                                       hint="raise the timeout, or check the node's load", setting="timeout")
             self.sock.settimeout(remaining)
-            with map_exceptions({
-                TIMEOUTS: None,
-                OSError: lambda exc: ConnectionLostError(f"{self.peer_name} went away during {what}: {describe(exc)}"),
-            }):
-                try:
+            try:
+                with map_exceptions({TIMEOUTS: None, OSError: lambda exc: ConnectionLostError(
+                        f"{self.peer_name} went away during {what}: {describe(exc)}")}):
                     data = self.sock.recv(1 << 18)
-                except TIMEOUTS:
-                    continue
+            except TIMEOUTS:
+                continue  # the deadline check above decides
             if not data:
                 raise ConnectionLostError(f"{self.peer_name} went away during {what}")
             self._frames.extend(self._reader.feed(data))
@@ -116,22 +115,17 @@ class BlockingNode:
         m, f, args = Atom(str(module)), Atom(str(function)), list(args or [])
         what = call_name(m, f, args)
         session = self.session
-        main, gl, frame = session.start_call(m, f, args)
+        main, gl, output, frame = session.start_call(m, f, args)
         try:
             self._write(frame)
             deadline = time.monotonic() + timeout
-            output: list[str] = []
             while True:
                 raw = self._next_frame(deadline, what)
                 if raw is None:
                     continue  # the node's tick; ours go out from start_ticking's thread or with our calls
                 for ev in session.receive(parse_message(raw)):
-                    if type(ev) is RpcReply:
-                        if ev.ref == main:
-                            return rpc_result(ev.value, "".join(output), self.peer_name, what)
-                    elif type(ev) is Output:
-                        if ev.gl == gl:
-                            output.append(ev.text)
+                    if type(ev) is RpcReply and ev.ref == main:
+                        return rpc_result(ev.value, "".join(output), self.peer_name, what)
                 if session.outbox:
                     self._write(session.data_to_send())
         finally:

@@ -101,7 +101,6 @@ class HiddenNode:
         # ref -> (future, "m:f/a", deadline or None)
         self._pending: dict[Reference, tuple[asyncio.Future[Any], str, float | None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._output: dict[Pid, list[str]] = {}
         self._output_callbacks: dict[Pid, Callable[[str], None]] = {}
         self._mailboxes: dict[Pid, Mailbox] = {}
         self._pausers: set[Pid] = set()
@@ -187,9 +186,7 @@ class HiddenNode:
         f = function if type(function) is Atom else Atom(str(function))
         args = list(args or [])
         session = self.session
-        ref, gl, frame = session.start_call(m, f, args)
-        output: list[str] = []
-        self._output[gl] = output
+        ref, gl, output, frame = session.start_call(m, f, args)
         if on_output is not None:
             self._output_callbacks[gl] = on_output
         loop = asyncio.get_running_loop()
@@ -208,8 +205,8 @@ class HiddenNode:
             value = await fut
         finally:
             self._pending.pop(ref, None)
-            self._output.pop(gl, None)
-            self._output_callbacks.pop(gl, None)
+            if on_output is not None:
+                del self._output_callbacks[gl]
             session.end_call(gl, loop.time())
         return rpc_result(value, "".join(output), self.peer_name, what)
 
@@ -247,17 +244,11 @@ class HiddenNode:
                 if mb is not None:
                     mb.deliver(ev.term)
             elif type(ev) is Output:
-                self._emit(ev.gl, ev.text)
+                cb = self._output_callbacks.get(ev.gl)
+                if cb is not None:
+                    cb(ev.text)
         if session.outbox and self.alive:
             self.conn.protocol.send_raw(session.data_to_send())
-
-    def _emit(self, gl: Pid, text: str) -> None:
-        output = self._output.get(gl)
-        if output is not None:
-            output.append(text)
-        cb = self._output_callbacks.get(gl)
-        if cb is not None:
-            cb(text)
 
     # ------------------------------------------------------------ flow control and loss
     def _pause_for(self, mb: Mailbox) -> None:

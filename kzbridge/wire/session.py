@@ -40,7 +40,7 @@ from collections import deque
 from typing import Any, Generator, NamedTuple, Sequence, Union
 
 from ..errors import ConnectError, ConnectionLostError, HandshakeTimeoutError, HostUnreachableError, KzBridgeError
-from ..errors import UsageError
+from ..errors import ProtocolError, UsageError
 from .codec import encode_term
 from .epmd import NodeInfo
 from .frames import (
@@ -115,13 +115,14 @@ class Deliver(NamedTuple):
 
 
 class Output(NamedTuple):
-    """Text a remote call printed through group leader ``gl``."""
+    """Text a remote call printed through group leader ``gl`` (also collected in the call's output list)."""
 
     gl: Pid
     text: str
 
 
 Event = Union[RpcReply, Message, Deliver, Output]
+_tuple_new = tuple.__new__
 _NO_EVENTS: tuple[Event, ...] = ()
 
 
@@ -219,7 +220,8 @@ class Session:
         self._ref_form = 90 if self.big_creation else 114
         self.caller = self.new_pid()
         self.mailboxes: set[Pid] = set()
-        self.group_leaders: set[Pid] = set()
+        # Our group leaders (one per call), each with the text printed through it.
+        self.group_leaders: dict[Pid, list[str]] = {}
         self._retired_gls: deque[tuple[float, Pid]] = deque()
         self._monitors: dict[Reference, Pid] = {}
         self._applies: dict[Reference, _IoRequest] = {}
@@ -256,12 +258,15 @@ class Session:
             + encode_term(function) + encode_term(args) + encode_term(gl)
         return _FRAME_LEN(len(body)) + body
 
-    def start_call(self, module: Atom, function: Atom, args: list[Any]) -> tuple[Reference, Pid, bytes]:
-        """A new call: its ref, its own group leader (ours until ``end_call``), and the frame to send."""
+    def start_call(self, module: Atom, function: Atom, args: list[Any]
+                   ) -> tuple[Reference, Pid, list[str], bytes]:
+        """A new call: its ref, its own group leader (ours until ``end_call``), the list that
+        collects what the call prints through it, and the frame to send."""
         ref = self.make_ref()
         gl = self.new_pid()
-        self.group_leaders.add(gl)
-        return ref, gl, self.rpc_frame(module, function, args, gl, ref)
+        output: list[str] = []
+        self.group_leaders[gl] = output
+        return ref, gl, output, self.rpc_frame(module, function, args, gl, ref)
 
     def end_call(self, gl: Pid, now: float) -> None:
         """The call is over; its group leader stays ours ``GROUP_LEADER_GRACE`` seconds more."""
@@ -269,7 +274,7 @@ class Session:
         retired.append((now + GROUP_LEADER_GRACE, gl))
         while retired and retired[0][0] < now:
             old = retired.popleft()[1]
-            self.group_leaders.discard(old)
+            self.group_leaders.pop(old, None)
             if self._applies:
                 for ref in [r for r, req in self._applies.items() if req.gl == old]:
                     del self._applies[ref]
@@ -313,54 +318,58 @@ class Session:
         """Handle one message from the peer; return the events for the driver (frames go to ``outbox``)."""
         ctl = msg.control
         op = ctl[0]
-        if op in _SENDS:
-            to = ctl[2]
-            if to == self.caller:
-                payload = msg.payload
-                if type(payload) is tuple and len(payload) == 2 and type(payload[0]) is Reference:
-                    if self._applies and payload[0] in self._applies:
-                        return self._applied(self._applies.pop(payload[0]), payload[1])
-                    return (RpcReply(payload[0], payload[1]),)
-                log.debug("message to our caller pid that is no reply: %.200r", payload)
+        try:
+            if op in _SENDS:
+                to = ctl[2]
+                if to == self.caller:
+                    payload = msg.payload
+                    if type(payload) is tuple and len(payload) == 2 and type(payload[0]) is Reference:
+                        if self._applies and payload[0] in self._applies:
+                            return self._applied(self._applies.pop(payload[0]), payload[1])
+                        return (_tuple_new(RpcReply, payload),)  # RpcReply(ref, value), built the fast way
+                    log.debug("message to our caller pid that is no reply: %.200r", payload)
+                    return _NO_EVENTS
+                if to in self.mailboxes:
+                    return (Message(to, msg),)
+                if to in self.group_leaders:
+                    payload = msg.payload
+                    if is_io_request(payload):
+                        _, sender, reply_as, request = payload
+                        return self._drive(_IoRequest(io_steps(request), to, sender, reply_as), None)
+                    return _NO_EVENTS
+                log.debug("message to unknown pid %s dropped", to)
                 return _NO_EVENTS
-            if to in self.mailboxes:
-                return (Message(to, msg),)
-            if to in self.group_leaders:
-                payload = msg.payload
-                if is_io_request(payload):
-                    _, sender, reply_as, request = payload
-                    return self._drive(_IoRequest(io_steps(request), to, sender, reply_as), None)
-                return _NO_EVENTS
-            log.debug("message to unknown pid %s dropped", to)
+            if op == OP_MONITOR_P:
+                # {19, FromPid, ToProc, Ref}: fine for live pids; otherwise DOWN at once.
+                if not self.is_live(ctl[2]):
+                    self.outbox.append(build_message((OP_MONITOR_P_EXIT, ctl[2], ctl[1], ctl[3], A_NOPROC)))
+            elif op == OP_MONITOR_P_EXIT or op == OP_PAYLOAD_MONITOR_P_EXIT:
+                ref = ctl[3]
+                reason = ctl[4] if op == OP_MONITOR_P_EXIT else msg.payload
+                owner = self._monitors.pop(ref, None)
+                if owner is not None and owner in self.mailboxes:
+                    return (Deliver(owner, (A_DOWN, ref, A_PROCESS, ctl[1], reason)),)
+            elif op in _EXITS:
+                frm, to = ctl[1], ctl[2]
+                reason = msg.payload if op in _EXITS_WITH_PAYLOAD else ctl[-1]
+                if to in self.mailboxes:
+                    return (Deliver(to, (A_EXIT, frm, reason)),)
+            elif op == OP_UNLINK_ID:
+                # {35, Id, From, To}: acknowledge so the peer's link state settles.
+                self.outbox.append(build_message((OP_UNLINK_ID_ACK, ctl[1], ctl[3], ctl[2])))
+            elif op == OP_LINK:
+                if not self.is_live(ctl[2]):
+                    self.outbox.append(build_message((OP_EXIT, ctl[2], ctl[1], A_NOPROC)))
+            elif op == OP_REG_SEND:
+                log.debug("dropping message to unregistered name %s", ctl[3])
+            elif op == OP_DEMONITOR_P or op == OP_UNLINK or op == OP_UNLINK_ID_ACK:
+                pass
+            else:
+                log.debug("ignoring control message %r", ctl)
             return _NO_EVENTS
-        if op == OP_MONITOR_P:
-            # {19, FromPid, ToProc, Ref}: fine for live pids; otherwise DOWN at once.
-            if not self.is_live(ctl[2]):
-                self.outbox.append(build_message((OP_MONITOR_P_EXIT, ctl[2], ctl[1], ctl[3], A_NOPROC)))
-        elif op == OP_MONITOR_P_EXIT or op == OP_PAYLOAD_MONITOR_P_EXIT:
-            ref = ctl[3]
-            reason = ctl[4] if op == OP_MONITOR_P_EXIT else msg.payload
-            owner = self._monitors.pop(ref, None)
-            if owner is not None and owner in self.mailboxes:
-                return (Deliver(owner, (A_DOWN, ref, A_PROCESS, ctl[1], reason)),)
-        elif op in _EXITS:
-            frm, to = ctl[1], ctl[2]
-            reason = msg.payload if op in _EXITS_WITH_PAYLOAD else ctl[-1]
-            if to in self.mailboxes:
-                return (Deliver(to, (A_EXIT, frm, reason)),)
-        elif op == OP_UNLINK_ID:
-            # {35, Id, From, To}: acknowledge so the peer's link state settles.
-            self.outbox.append(build_message((OP_UNLINK_ID_ACK, ctl[1], ctl[3], ctl[2])))
-        elif op == OP_LINK:
-            if not self.is_live(ctl[2]):
-                self.outbox.append(build_message((OP_EXIT, ctl[2], ctl[1], A_NOPROC)))
-        elif op == OP_REG_SEND:
-            log.debug("dropping message to unregistered name %s", ctl[3])
-        elif op == OP_DEMONITOR_P or op == OP_UNLINK or op == OP_UNLINK_ID_ACK:
-            pass
-        else:
-            log.debug("ignoring control message %r", ctl)
-        return _NO_EVENTS
+        except (IndexError, TypeError, ValueError) as exc:
+            # A control tuple of the wrong arity, or an unhashable where a pid belongs.
+            raise ProtocolError(f"malformed control message from {self.peer_name}: {ctl!r:.120}") from exc
 
     # ------------------------------------------------------------ io_requests
     def _applied(self, req: _IoRequest, value: Any) -> Sequence[Event]:
@@ -380,6 +389,9 @@ class Session:
                     self._applies[ref] = req
                     self.outbox.append(self.rpc_frame(step[1], step[2], step[3], req.gl, ref))
                     return events
+                output = self.group_leaders.get(req.gl)
+                if output is not None:
+                    output.append(step[1])
                 events.append(Output(req.gl, step[1]))
         except StopIteration as done:
             reply = done.value
