@@ -17,8 +17,18 @@ import pytest
 
 from kzbridge.errors import ConnectionLostError, ProtocolError
 from kzbridge.wire.blocking import BlockingNode
-from kzbridge.wire.frames import DEFAULT_MAX_FRAME, OP_SEND, UNUSED, build_message, parse_message
+from kzbridge.wire.frames import (
+    DEFAULT_MAX_FRAME,
+    OP_EXIT,
+    OP_LINK,
+    OP_SEND,
+    UNUSED,
+    DistMessage,
+    build_message,
+    parse_message,
+)
 from kzbridge.wire.node import connect_node
+from kzbridge.wire.terms import Atom, Pid
 
 from .peers.hostile import HostilePeer, recv_exact
 
@@ -38,8 +48,8 @@ def announce(length: int, then: bytes = b"p\x83h\x00", linger: float = 1.0) -> C
 def hostile(private_epmd: int) -> Iterator[Callable[..., HostilePeer]]:
     peers: list[HostilePeer] = []
 
-    def make(after: Callable[[socket.socket], None]) -> HostilePeer:
-        peers.append(HostilePeer(private_epmd, COOKIE, after, name=f"hostile{len(peers)}"))
+    def make(after: Callable[[socket.socket], None], with_ack: bytes = b"") -> HostilePeer:
+        peers.append(HostilePeer(private_epmd, COOKIE, after, name=f"hostile{len(peers)}", with_ack=with_ack))
         return peers[-1]
     yield make
     for p in peers:
@@ -100,9 +110,11 @@ def test_a_frame_over_the_limit_is_a_protocol_error_at_once(hostile):
 
     asyncio.run(body())
     peer2 = hostile(announce(DEFAULT_MAX_FRAME + 1, linger=5.0))
-    with BlockingNode(peer2.node, COOKIE, timeout=5) as b:
-        with pytest.raises(ProtocolError):
+    # The header may come with the handshake's ack (then connecting fails) or after it (then the call does).
+    with pytest.raises(ProtocolError) as err:
+        with BlockingNode(peer2.node, COOKIE, timeout=5) as b:
             b.rpc("erlang", "node", [], timeout=10)
+    assert "exceeds" in str(err.value)
 
 
 def test_a_slow_honest_big_frame_still_arrives_whole(hostile):
@@ -129,3 +141,36 @@ def test_a_slow_honest_big_frame_still_arrives_whole(hostile):
 
     value = asyncio.run(body())
     assert type(value) is bytes and len(value) == 20 << 20
+
+
+@pytest.mark.parametrize("driver", ["asyncio", "blocking"])
+def test_frames_that_come_with_the_handshake_ack_are_heard(hostile, driver):
+    """A LINK to a pid of ours that does not exist, in the same write as the ack, is answered with EXIT."""
+    ghost = Pid(Atom("kzbridge_ghost@127.0.0.1"), 4242, 0, 1)
+    linker = Pid(Atom("hostile@127.0.0.1"), 7, 0, 77)
+    answers: list[DistMessage] = []
+
+    def expect_exit(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        while True:
+            n = struct.unpack(">I", recv_exact(conn, 4))[0]
+            if n:
+                msg = parse_message(recv_exact(conn, n))
+                if msg.control[0] == OP_EXIT:
+                    answers.append(msg)
+                    return
+
+    peer = hostile(expect_exit, with_ack=build_message((OP_LINK, linker, ghost)))
+    if driver == "asyncio":
+        async def body() -> None:
+            n = await connect_node(peer.node, COOKIE, timeout=5)
+            await asyncio.sleep(0.5)
+            await n.close()
+        asyncio.run(body())
+    else:
+        with BlockingNode(peer.node, COOKIE, timeout=5) as b:
+            # The blocking node reads while it waits for a call's reply; this one never comes.
+            with pytest.raises(ConnectionLostError):
+                b.rpc("erlang", "node", [], timeout=5)
+    peer.thread.join(5)
+    assert [m.control for m in answers] == [(OP_EXIT, ghost, linker, Atom("noproc"))]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 from ..errors import BadRpcError, ConnectionLostError, RpcTimeoutError
 from . import epmd
@@ -53,7 +56,11 @@ class BlockingNode:
         self.caller = self.session.caller
         # FrameReader buffers what has arrived, so a forged frame length costs nothing up front.
         self._reader = FrameReader()
-        self._frames = list(self._reader.feed(hs.result.rest))
+        try:
+            self._frames = list(self._reader.feed(hs.result.rest))
+        except BaseException:
+            self.sock.close()
+            raise
         self._send_lock = threading.Lock()
         self._call_lock = threading.Lock()
         self._last_sent = time.monotonic()
@@ -142,10 +149,10 @@ class BlockingNode:
         except OSError:
             pass
 
-    def __enter__(self) -> "BlockingNode":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Callable, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from ..errors import ConnectionLostError, KzBridgeError, ProtocolError
 from . import epmd
@@ -47,8 +48,11 @@ class DistProtocol(asyncio.BufferedProtocol):
         self.handshake_done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
+        # Installed by start(); until then nothing is read after the handshake and a loss is kept.
         self.on_message: Callable[[DistMessage], None] = lambda m: None
-        self.on_lost: Callable[[KzBridgeError], None] = lambda e: None
+        self.on_lost: Callable[[KzBridgeError], None] = self._lost_before_start
+        self._early_loss: KzBridgeError | None = None
+        self._rest = b""
         self.last_received = time.monotonic()
         self.last_sent = time.monotonic()
         self.closed = False
@@ -145,7 +149,7 @@ class DistProtocol(asyncio.BufferedProtocol):
                 msg.settle()
         except KzBridgeError as exc:
             self._fail(exc)
-        except Exception as exc:  # a bug in a handler must not kill the loop silently
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the loop silently
             self._fail(ProtocolError(f"internal error handling a message: {exc!r}"))
 
     def _handshake_data(self, data: bytes) -> None:
@@ -162,10 +166,28 @@ class DistProtocol(asyncio.BufferedProtocol):
         if self.handshake.done:
             assert self.handshake.result is not None
             self.handshake_done.set_result(self.handshake.result)
-            rest = self.handshake.result.rest
-            if rest:
-                # Frames that arrived with the ack wait until the node layer installs on_message.
-                asyncio.get_running_loop().call_soon(self.data_received, rest)
+            # Frames that came with the ack, and any after them, wait until the node layer
+            # has installed its handlers (start): before, nobody would hear them.
+            self._rest = self.handshake.result.rest
+            if self.transport and not self.closed:
+                self.transport.pause_reading()
+
+    def start(self, on_message: Callable[[DistMessage], None], on_lost: Callable[[KzBridgeError], None]) -> None:
+        """Install the handlers and start reading frames (those that came with the ack first)."""
+        self.on_message = on_message
+        self.on_lost = on_lost
+        if self._early_loss is not None:
+            on_lost(self._early_loss)
+            return
+        if self.transport and not self.closed and not self._paused:
+            self.transport.resume_reading()
+        rest, self._rest = self._rest, b""
+        if rest:
+            self.data_received(rest)
+
+    def _lost_before_start(self, exc: KzBridgeError) -> None:
+        if self._early_loss is None:
+            self._early_loss = exc
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

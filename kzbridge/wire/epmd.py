@@ -104,7 +104,8 @@ def _exchange_blocking(host: str, request: bytes, timeout: float, port: int | No
             f"EPMD on {host}:{port} dropped the connection: {describe(exc)}", setting="address"),
     }):
         sock.sendall(request)
-        chunks, total = [], 0
+        chunks: list[bytes] = []
+        total = 0
         while True:
             chunk = sock.recv(65536)
             if not chunk:

@@ -68,9 +68,9 @@ class DistMessage:
     returns, for consumers that write the data out at once.
     """
 
-    __slots__ = ("control", "_frame", "_pos", "_payload", "_state")
+    __slots__ = ("_frame", "_payload", "_pos", "_state", "control")
 
-    def __init__(self, control: tuple, payload: Any = None, frame: Any = None, pos: int = 0) -> None:
+    def __init__(self, control: tuple[Any, ...], payload: Any = None, frame: Any = None, pos: int = 0) -> None:
         self.control = control
         self._frame = frame
         self._pos = pos
@@ -79,7 +79,7 @@ class DistMessage:
 
     @property
     def op(self) -> int:
-        return self.control[0]
+        return int(self.control[0])
 
     @property
     def payload(self) -> Any:
@@ -179,7 +179,7 @@ class FrameReader:
         return len(self._buf)
 
 
-def parse_message(frame: bytes) -> DistMessage:
+def parse_message(frame: bytes | memoryview) -> DistMessage:
     """Decode one non-tick frame into a DistMessage."""
     if not frame or frame[0] != PASS_THROUGH:
         raise ProtocolError(f"distribution frame starts with {frame[:1]!r}, expected pass-through 'p'")
@@ -193,7 +193,7 @@ def parse_message(frame: bytes) -> DistMessage:
     return DistMessage(control)
 
 
-def build_message(control: tuple, payload: Any = None, *, has_payload: bool | None = None) -> bytes:
+def build_message(control: tuple[Any, ...], payload: Any = None, *, has_payload: bool | None = None) -> bytes:
     """A complete framed message, length included."""
     out = bytearray(b"\0\0\0\0p")
     encode_into(control, out)

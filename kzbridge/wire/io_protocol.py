@@ -12,8 +12,9 @@ and returns the reply term. The asyncio node and the blocking node both drive it
 """
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Generator
+from typing import Any
 
 from .literal import format_term
 from .terms import Atom, BitBinary, ErlString, ImproperList
@@ -66,7 +67,7 @@ def chardata_to_text(data: Any, latin1: bool = False) -> str:
     return "".join(parts)
 
 
-def io_steps(request: Any) -> Generator[tuple, Any, Any]:
+def io_steps(request: Any) -> Generator[tuple[Any, ...], Any, Any]:
     """See the module docstring."""
     if type(request) is tuple and request and request[0] == A_PUT_CHARS:
         latin1 = len(request) in (3, 5) and request[1] == A_LATIN1

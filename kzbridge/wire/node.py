@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import ConnectionLostError, KzBridgeError, RpcTimeoutError
 from .connection import DEFAULT_TICKTIME, Connection, open_connection
@@ -31,7 +32,7 @@ class Mailbox:
     (TCP then pushes back on the node) until the queue drains below half.
     """
 
-    def __init__(self, node: "HiddenNode", pid: Pid, high_water: int = 64,
+    def __init__(self, node: HiddenNode, pid: Pid, high_water: int = 64,
                  consumer: Callable[[Any], bool] | None = None) -> None:
         self.node = node
         self.pid = pid
@@ -106,10 +107,8 @@ class HiddenNode:
         self._pausers: set[Pid] = set()
         self._lost: KzBridgeError | None = None
         self.calls_made = 0
-        p = conn.protocol
-        p.on_message = self._on_message
-        p.on_lost = self._on_lost
         conn.start_ticking(self._on_lost)
+        conn.protocol.start(self._on_message, self._on_lost)
 
     # ------------------------------------------------------------ identity
     @property
@@ -236,9 +235,8 @@ class HiddenNode:
                     log.debug("late or unknown reply to caller: %.200r", ev)
             elif type(ev) is Message:
                 mb = self._mailboxes.get(ev.to)
-                if mb is not None:
-                    if mb.consumer is None or not mb.consumer(ev.msg.payload_views()):
-                        mb.deliver(ev.msg.payload)
+                if mb is not None and (mb.consumer is None or not mb.consumer(ev.msg.payload_views())):
+                    mb.deliver(ev.msg.payload)
             elif type(ev) is Deliver:
                 mb = self._mailboxes.get(ev.to)
                 if mb is not None:

@@ -37,10 +37,18 @@ import os
 import struct
 import time
 from collections import deque
-from typing import Any, Generator, NamedTuple, Sequence, Union
+from collections.abc import Generator, Sequence
+from typing import Any, NamedTuple
 
-from ..errors import ConnectError, ConnectionLostError, HandshakeTimeoutError, HostUnreachableError, KzBridgeError
-from ..errors import ProtocolError, UsageError
+from ..errors import (
+    ConnectError,
+    ConnectionLostError,
+    HandshakeTimeoutError,
+    HostUnreachableError,
+    KzBridgeError,
+    ProtocolError,
+    UsageError,
+)
 from .codec import encode_term
 from .epmd import NodeInfo
 from .frames import (
@@ -121,7 +129,7 @@ class Output(NamedTuple):
     text: str
 
 
-Event = Union[RpcReply, Message, Deliver, Output]
+Event = RpcReply | Message | Deliver | Output
 _tuple_new = tuple.__new__
 _NO_EVENTS: tuple[Event, ...] = ()
 
@@ -195,7 +203,7 @@ class ConnectPlan:
             OSError: lambda exc: ConnectError(f"{self.node}: connection failed during the handshake: {describe(exc)}"),
         }
 
-    def session(self, result: HandshakeResult | None) -> "Session":
+    def session(self, result: HandshakeResult | None) -> Session:
         assert result is not None, "the handshake is not done"
         return Session(self.own_name, result, self.creation)
 

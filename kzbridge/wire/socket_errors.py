@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Callable, Mapping, Union
 
 from ..errors import KzBridgeError
 
-Translation = Union[Callable[[BaseException], KzBridgeError], None]
-ExceptionMapping = Mapping[Union["type[BaseException]", "tuple[type[BaseException], ...]"], Translation]
+Translation = Callable[[BaseException], KzBridgeError] | None
+ExceptionMapping = Mapping[type[BaseException] | tuple[type[BaseException], ...], Translation]
 
 # The timeouts the stdlib raises: one class since Python 3.11 (socket.timeout and
 # asyncio.TimeoutError are TimeoutError). asyncio is not imported on newer Pythons:
@@ -36,7 +36,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     TIMEOUTS += (asyncio.TimeoutError,)
 
 
-class map_exceptions:  # noqa: N801 - used like a function, as httpcore's is
+class map_exceptions:
     """Translate what escapes the block through ``mapping``; see the module docstring.
 
     A plain class rather than a contextlib generator: entering and leaving costs a
@@ -52,15 +52,14 @@ class map_exceptions:  # noqa: N801 - used like a function, as httpcore's is
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc is None:
-            return False
+            return
         for cls, translate in self.mapping.items():
             if isinstance(exc, cls):
                 if translate is None:
-                    return False
+                    return
                 raise translate(exc) from exc
-        return False
 
 
 def describe(exc: BaseException) -> str:

@@ -39,8 +39,9 @@ class HostilePeer:
     """See the module docstring. ``error`` holds what went wrong on the peer's side, if anything."""
 
     def __init__(self, epmd_port: int, cookie: str, after_handshake: Callable[[socket.socket], None],
-                 name: str = "hostile") -> None:
+                 name: str = "hostile", with_ack: bytes = b"") -> None:
         self.cookie = cookie
+        self.with_ack = with_ack  # distribution bytes sent in the same write as the ack
         self.after_handshake = after_handshake
         self.node = f"{name}@127.0.0.1"
         self.error: BaseException | None = None
@@ -69,7 +70,8 @@ class HostilePeer:
                 reply = recv_handshake_message(conn)
                 assert reply[:1] == b"r" and reply[5:21] == digest(self.cookie, challenge), "bad digest"
                 their_challenge = struct.unpack(">I", reply[1:5])[0]
-                send_handshake_message(conn, b"a" + digest(self.cookie, their_challenge))
+                ack = b"a" + digest(self.cookie, their_challenge)
+                conn.sendall(struct.pack(">H", len(ack)) + ack + self.with_ack)
                 self.after_handshake(conn)
         except BaseException as exc:  # reported to the test through .error
             self.error = exc
