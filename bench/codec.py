@@ -28,7 +28,7 @@ def _wire():  # noqa: ANN202 - the codec of whichever tree is first on sys.path
 
 def big_term() -> list:
     _, terms = _wire()
-    Atom, ErlString = terms.Atom, terms.ErlString  # noqa: N806
+    Atom, ErlString = terms.Atom, terms.ErlString
     out = []
     for i in range(5000):
         out.append({
@@ -103,7 +103,7 @@ def main() -> None:
     import erlang  # erlang-py
 
     codec, terms = _wire()
-    binary_to_term, term_to_binary, Atom = codec.binary_to_term, codec.term_to_binary, terms.Atom  # noqa: N806
+    binary_to_term, term_to_binary, Atom = codec.binary_to_term, codec.term_to_binary, terms.Atom
 
     term = big_term()
     data = term_to_binary(term)
