@@ -172,7 +172,8 @@ class ClientHandshake:
         if self.state is State.AWAIT_STATUS:
             return NotAllowedError(
                 "the node closed the connection before answering our name",
-                hint="its distribution may refuse our handshake version or flags (OTP 25.0-25.2 refuse the old handshake)")
+                hint="its distribution may refuse our handshake version or flags "
+                     "(OTP 25.0-25.2 refuse the old handshake)")
         return ProtocolError(f"the node closed the connection during the handshake ({self.state.value})")
 
     def _handle(self, msg: bytes) -> bytes:
@@ -195,14 +196,16 @@ class ClientHandshake:
             # Our name is unique per connection, so an existing one is stale or a clash: give way.
             self.state = State.FAILED
             raise NameInUseError(f"the node already has a connection from {self.own_name}",
-                                 hint="another kzbridge with the same name is connected; use another name", setting="name")
+                                 hint="another kzbridge with the same name is connected; use another name",
+                                 setting="name")
         if status == "nok":
             self.state = State.FAILED
             raise NameInUseError("the node is busy connecting to a node of our name (nok)")
         if status == "not_allowed":
             self.state = State.FAILED
             raise NotAllowedError(f"the node does not allow connections from {self.own_name}",
-                                  hint="check net_kernel:allow/1 on the node and the short/long name form")
+                                  hint="check net_kernel:allow/1 on the node and the short/long name form",
+                                  setting="name")
         raise ProtocolError(f"unknown handshake status {status!r}")
 
     def _on_challenge(self, msg: bytes) -> bytes:
