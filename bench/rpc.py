@@ -1,6 +1,12 @@
 """RPC latency, throughput and one-shot CLI cost, each against a baseline measured in the same run.
 
     python bench/rpc.py [--calls 5000] [--rounds 5]
+    python bench/rpc.py --baseline /path/to/older/checkout [--calls 5000] [--rounds 10]
+
+With ``--baseline`` it compares two kzbridge trees instead: each round runs the asyncio
+and the blocking rpc latency once with the baseline tree's wire and once with this
+tree's, in fresh interpreters (the same Python) taking turns against the same node,
+and prints p50 of both with the per-round range and the median per-round ratio.
 
 The latency and throughput measurements alternate between Erlang and kzbridge in
 short rounds (the machine's speed swings by a third from minute to minute), and the
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
+import json
 import os
 import shutil
 import statistics
@@ -22,9 +29,7 @@ import subprocess
 import sys
 import time
 
-from _common import erl_eval, erl_node, line, pct, private_epmd
-
-from kzbridge.wire.node import connect_node
+from _common import ROOT, erl_eval, erl_node, line, pct, private_epmd
 
 
 def erlang_baseline(node: str, cookie: str, calls: int) -> dict:
@@ -47,6 +52,7 @@ def erlang_baseline(node: str, cookie: str, calls: int) -> dict:
 
 
 async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
+    from kzbridge.wire.node import connect_node
     n = await connect_node(node, cookie)
     for _ in range(2000):
         await n.rpc("erlang", "node", [])
@@ -103,12 +109,69 @@ def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
     return {k: pct(v, 50) for k, v in vals.items()}
 
 
+def worker(tree: str, driver: str, node: str, cookie: str, calls: int) -> None:
+    """One measurement in this interpreter with ``tree``'s kzbridge; prints the latencies as JSON."""
+    sys.path.insert(0, tree)
+    import kzbridge
+    assert os.path.dirname(os.path.dirname(os.path.abspath(kzbridge.__file__))) == os.path.abspath(tree)
+    c0 = time.process_time()
+    if driver == "async":
+        times = asyncio.run(kzbridge_side(node, cookie, calls))["rpc"]
+    else:
+        times = blocking_side(node, cookie, calls)
+    # CPU seconds of this process over the whole run (connect, warm-up, measured calls and, for asyncio,
+    # the throughput part): the machine's load moves wall time far more than it moves this.
+    print(json.dumps({"times": times, "cpu": time.process_time() - c0}))
+
+
+def compare(baseline: str, node: str, cookie: str, calls: int, rounds: int) -> None:
+    """Old tree against this one, alternating in rounds; see the module docstring."""
+    trees = {"baseline": os.path.abspath(baseline), "this tree": str(ROOT)}
+    p50: dict[tuple[str, str], list[float]] = {(t, d): [] for t in trees for d in ("async", "blocking")}
+    cpu: dict[tuple[str, str], list[float]] = {(t, d): [] for t in trees for d in ("async", "blocking")}
+    for r in range(rounds):
+        order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
+        for driver in ("async", "blocking"):
+            for label, tree in order:
+                out = subprocess.run([sys.executable, __file__, "--worker", driver, "--tree", tree, "--node", node,
+                                      "--cookie", cookie, "--calls", str(calls)],
+                                     capture_output=True, text=True, check=True).stdout
+                got = json.loads(out)
+                p50[(label, driver)].append(pct(got["times"], 50))
+                cpu[(label, driver)].append(got["cpu"])
+    print(f"rpc p50 latency, baseline {trees['baseline']} vs this tree ({rounds} rounds x {calls} calls, "
+          "erlang:node/0, alternating)")
+    for driver in ("async", "blocking"):
+        for label in trees:
+            v = p50[(label, driver)]
+            print(f"  {driver:<9} {label:<10} p50 median {statistics.median(v):6.1f} us  "
+                  f"(rounds {min(v):.1f}-{max(v):.1f})")
+        ratios = [a / b for a, b in zip(p50[("this tree", driver)], p50[("baseline", driver)])]
+        print(f"  {driver:<9} ratio this/baseline median {statistics.median(ratios):.3f} "
+              f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+        ratios = [a / b for a, b in zip(cpu[("this tree", driver)], cpu[("baseline", driver)])]
+        print(f"  {driver:<9} client CPU seconds per run, this/baseline median {statistics.median(ratios):.3f} "
+              f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--baseline", help="another kzbridge checkout to compare this tree's rpc latency against")
+    ap.add_argument("--worker", choices=["async", "blocking"], help=argparse.SUPPRESS)
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
+    ap.add_argument("--node", help=argparse.SUPPRESS)
+    ap.add_argument("--cookie", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        worker(args.tree, args.worker, args.node, args.cookie, args.calls)
+        return
     private_epmd()
+    if args.baseline:
+        node, cookie = erl_node()
+        compare(args.baseline, node, cookie, max(100, args.calls // args.rounds), args.rounds)
+        return
     node, cookie = erl_node()
     per_round = max(100, args.calls // args.rounds)
     base: dict = {"rpc_call": [], "rex_call": [], "throughput": []}

@@ -20,12 +20,12 @@ from kzbridge.errors import (
 )
 from kzbridge.wire import epmd
 from kzbridge.wire.handshake import (
-    BIG_CREATION,
-    HANDSHAKE_23,
+    DFLAG_BIG_CREATION,
+    DFLAG_HANDSHAKE_23,
     OUR_FLAGS,
-    PUBLISHED,
-    UNLINK_ID,
-    V4_NC,
+    DFLAG_PUBLISHED,
+    DFLAG_UNLINK_ID,
+    DFLAG_V4_NC,
     ClientHandshake,
     State,
     digest,
@@ -34,7 +34,7 @@ from kzbridge.wire.handshake import (
 
 from .conftest import free_port
 
-PEER_FLAGS = OUR_FLAGS | PUBLISHED
+PEER_FLAGS = OUR_FLAGS | DFLAG_PUBLISHED
 
 
 def port2(name: bytes, port: int = 4000, highest: int = 6) -> bytes:
@@ -106,8 +106,9 @@ def test_v6_handshake_happy_path(bytewise):
     send_name = hs.start()
     assert send_name[2:3] == b"N"
     flags, creation, nlen = struct.unpack(">QIH", send_name[3:17])
-    assert flags & PUBLISHED == 0, "a hidden node must not advertise PUBLISHED"
-    assert flags & (V4_NC | UNLINK_ID | HANDSHAKE_23 | BIG_CREATION) == V4_NC | UNLINK_ID | HANDSHAKE_23 | BIG_CREATION
+    assert flags & DFLAG_PUBLISHED == 0, "a hidden node must not advertise DFLAG_PUBLISHED"
+    wanted = DFLAG_V4_NC | DFLAG_UNLINK_ID | DFLAG_HANDSHAKE_23 | DFLAG_BIG_CREATION
+    assert flags & wanted == wanted
     assert creation == 1234 and send_name[17:] == b"kzbridge_x@h"
     assert feed(hs, frame(b"sok"), bytewise) == b""
     reply = feed(hs, new_challenge(99), bytewise)
@@ -123,7 +124,7 @@ def test_v5_handshake_with_old_peer_and_with_complement():
     hs = ClientHandshake("kzb@h", "c", peer_version=5, creation=7, challenge=5)
     name = hs.start()
     assert name[2:3] == b"n" and struct.unpack(">H", name[3:5])[0] == 5
-    assert struct.unpack(">I", name[5:9])[0] & HANDSHAKE_23, "OTP 25.3+ wants the OTP 23 flags in 'n'"
+    assert struct.unpack(">I", name[5:9])[0] & DFLAG_HANDSHAKE_23, "OTP 25.3+ wants the OTP 23 flags in 'n'"
     hs.feed(frame(b"sok"))
     assert hs.feed(old_challenge(11))[2:3] == b"r"
     hs.feed(ack("c", 5))

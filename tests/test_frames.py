@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kzbridge.errors import ProtocolError
-from kzbridge.wire.frames import FrameReader, build_message, parse_message, SEND, UNUSED
+from kzbridge.wire.frames import OP_SEND, UNUSED, FrameReader, build_message, parse_message
 from kzbridge.wire.terms import Atom
 
 
@@ -95,8 +95,8 @@ def test_ticks_are_none_and_oversized_frames_are_refused():
 
 
 def test_a_built_message_parses_back():
-    msg = build_message((SEND, UNUSED, Atom("rex")), (Atom("hello"), b"bin", [1000, Atom("x")]))
+    msg = build_message((OP_SEND, UNUSED, Atom("rex")), (Atom("hello"), b"bin", [1000, Atom("x")]))
     (frame,) = FrameReader().feed(msg)
     parsed = parse_message(frame)
-    assert parsed.control == (SEND, UNUSED, Atom("rex"))
+    assert parsed.control == (OP_SEND, UNUSED, Atom("rex"))
     assert parsed.payload == (Atom("hello"), b"bin", [1000, Atom("x")])

@@ -303,3 +303,40 @@ def test_sync_node_stays_connected_while_idle_and_runs_async_helpers(make_erl_no
         assert s.rpc("erlang", "node", []) == Atom(node.node)
         assert s.run(lambda n: n.rpc("erlang", "abs", [-2])) == 2
         assert s.rpc_output("io", "format", ["hi~n"]).output == "hi\n"
+
+
+
+def test_both_drivers_answer_io_with_apply_round_trips_through_the_shared_session(erl_node):
+    """io:format needs an io_lib:format rex call per request: the session's own nested call, in both drivers."""
+    from kzbridge.wire.blocking import BlockingNode
+    fmt = [ErlString("~s|~p|~w~n"), [ErlString("ä"), (Atom("t"), [1, 2]), 3.5]]
+
+    async def body() -> None:
+        n = await connect_node(erl_node.node, erl_node.cookie)
+        seen: list[str] = []
+        res = await n.rpc_output("io", "format", fmt, on_output=seen.append)
+        assert res.value == Atom("ok") and res.output == "ä|{t,[1,2]}|3.5\n" and seen == [res.output]
+        # Many calls printing at once: each output stays with its own call.
+        outs = await asyncio.gather(*(n.rpc_output("io", "format", ["~p~n", [i]]) for i in range(50)))
+        assert [o.output for o in outs] == [f"{i}\n" for i in range(50)]
+        await n.close()
+    run(body())
+    with BlockingNode(erl_node.node, erl_node.cookie) as b:
+        res = b.rpc_output("io", "format", fmt)
+        assert res.value == Atom("ok") and res.output == "ä|{t,[1,2]}|3.5\n"
+        assert [b.rpc_output("io", "format", ["~p~n", [i]]).output for i in range(5)] == [f"{i}\n" for i in range(5)]
+
+
+def test_blocking_node_answers_monitors_and_links_from_the_node(erl_node):
+    """The blocking driver now handles every control message the asyncio one does (one session)."""
+    from kzbridge.wire.blocking import BlockingNode
+    with BlockingNode(erl_node.node, erl_node.cookie) as b:
+        dead = Pid(Atom(b.name), 30000, 0, b.session.creation, old=not b.session.big_creation)
+        src = ("Ref = erlang:monitor(process, Dead), "
+               "R1 = receive {'DOWN', Ref, process, _, Why} -> Why after 3000 -> timeout end, "
+               "process_flag(trap_exit, true), catch link(Dead), "
+               "R2 = receive {'EXIT', Dead, Why2} -> Why2 after 3000 -> timeout end, {R1, R2}.")
+        tokens = b.rpc("erl_scan", "string", [src])[1]
+        forms = b.rpc("erl_parse", "parse_exprs", [tokens])[1]
+        value = b.rpc("erl_eval", "exprs", [forms, [(Atom("Dead"), dead)]], timeout=10)[1]
+        assert value == (Atom("noproc"), Atom("noproc"))

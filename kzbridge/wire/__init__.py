@@ -14,7 +14,11 @@ _WHERE = {
     "Atom": "terms", "BitBinary": "terms", "Encoded": "terms", "ErlString": "terms", "Export": "terms", "Fun": "terms",
     "ImproperList": "terms", "Pid": "terms", "Port": "terms", "Reference": "terms",
 }
-__all__ = sorted(_WHERE)
+__all__ = [  # the keys of _WHERE
+    "Atom", "BitBinary", "BlockingNode", "Encoded", "ErlString", "Export", "Fun", "HiddenNode", "ImproperList",
+    "Mailbox", "Pid", "Port", "Reference", "RpcResult", "binary_to_term", "connect_node", "decode_prefix",
+    "format_term", "parse_term", "term_to_binary", "to_json",
+]
 
 
 def __getattr__(name: str) -> Any:

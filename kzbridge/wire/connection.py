@@ -2,29 +2,23 @@
 
 The protocol object is a thin loop around the sans-IO pieces (ClientHandshake,
 FrameReader, parse_message). It hands each DistMessage to a callback and
-reports loss once; it knows nothing about rpc or mailboxes.
+reports loss once; it knows nothing about rpc or mailboxes. ``open_connection``
+walks the shared ConnectPlan (session.py) with asyncio.
 """
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
-from ..errors import (
-    ConnectError,
-    ConnectionLostError,
-    HandshakeTimeoutError,
-    HostUnreachableError,
-    KzBridgeError,
-    ProtocolError,
-    UsageError,
-)
+from ..errors import ConnectionLostError, KzBridgeError, ProtocolError
 from . import epmd
 from .frames import TICK_FRAME, DistMessage, FrameReader, parse_message
-from .handshake import BIG_CREATION, OUR_FLAGS, ClientHandshake, HandshakeResult
-from .names import own_node_name, split_node_name
+from .handshake import ClientHandshake, HandshakeResult
+from .session import ConnectPlan, Session
+from .socket_errors import map_exceptions
 
 DEFAULT_TICKTIME = 60.0
 
@@ -33,12 +27,17 @@ class DistProtocol(asyncio.BufferedProtocol):
     """asyncio protocol for one connection; see module docstring.
 
     A buffered protocol: small reads land in one reused buffer; a large frame (a
-    streamed file chunk) is received straight into a buffer of its own size, which
-    saves two copies per byte when collecting files.
+    streamed file chunk) is received straight into a buffer of its own, which saves
+    two copies per byte when collecting files. That buffer is sized by what has
+    arrived, not by the length the peer announced: it starts at ``FIRST_BIG`` at most
+    and doubles (capped at the announced length) whenever it fills, so a peer that
+    announces a gigabyte and sends a few bytes costs a few megabytes. Honest 4 MB file
+    chunks reuse the kept buffer and never grow it after the first.
     """
 
     SMALL_BUFFER = 256 * 1024
     BIG_FRAME = 32 * 1024
+    FIRST_BIG = 8 << 20  # a file chunk (4 MB and its header) fits at once
     KEEP_BIG = 16 << 20  # file chunks are 4 MB; a buffer up to this size is kept for the next one
 
     def __init__(self, handshake_factory: Callable[[str], ClientHandshake]) -> None:
@@ -49,20 +48,24 @@ class DistProtocol(asyncio.BufferedProtocol):
         self.handshake_done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
+        # Installed by start(); until then nothing is read after the handshake and a loss is kept.
         self.on_message: Callable[[DistMessage], None] = lambda m: None
-        self.on_lost: Callable[[KzBridgeError], None] = lambda e: None
+        self.on_lost: Callable[[KzBridgeError], None] = self._lost_before_start
+        self._early_loss: KzBridgeError | None = None
+        self._rest = b""
         self.last_received = time.monotonic()
         self.last_sent = time.monotonic()
         self.closed = False
         self._paused = False
         self._small = bytearray(self.SMALL_BUFFER)
-        self._big: memoryview | None = None
+        self._big: memoryview | None = None  # the part of _big_store received into so far
         self._big_store = bytearray()
         self._big_filled = 0
+        self._big_len = 0  # the announced length of the frame being received in place
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's transport is not a subclass)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transport is not a subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -71,19 +74,34 @@ class DistProtocol(asyncio.BufferedProtocol):
                 pass
         local_ip = (transport.get_extra_info("sockname") or ("127.0.0.1",))[0]
         self.handshake = self._factory(local_ip)
-        transport.write(self.handshake.start())
+        self.transport.write(self.handshake.start())
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
-        if self._big is not None:
-            return self._big[self._big_filled:]
+        big = self._big
+        if big is not None:
+            if self._big_filled == len(big):
+                big = self._grow_big()
+            return big[self._big_filled:]
         return self._small
+
+    def _grow_big(self) -> memoryview:
+        """The in-place buffer is full but the frame is not: double it, up to the announced length."""
+        assert self._big is not None
+        size = min(self._big_len, max(2 * len(self._big), self.BIG_FRAME))
+        store = bytearray(size)
+        store[:self._big_filled] = self._big[:self._big_filled]
+        self._big_store = store
+        self._big = memoryview(store)
+        return self._big
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_received = time.monotonic()
-        if self._big is not None:
+        big = self._big
+        if big is not None:
             self._big_filled += nbytes
-            if self._big_filled == len(self._big):
-                frame, self._big = self._big, None
+            if self._big_filled == self._big_len:
+                frame = big[:self._big_len]
+                self._big = None
                 self._dispatch([frame])
                 if len(self._big_store) > self.KEEP_BIG:
                     # A one-off huge message (an rpc returning a big binary): do not keep its buffer.
@@ -108,18 +126,20 @@ class DistProtocol(asyncio.BufferedProtocol):
             return
         if big is not None:
             # The start of a large frame (a streamed file chunk): its head is copied once
-            # into a buffer of the frame's size and the rest is received there in place.
-            # One buffer, grown as needed and reused: decoding copies everything out of
-            # it, and fresh megabyte allocations per frame cost page faults.
+            # into a buffer and the rest is received there in place. One buffer, reused:
+            # decoding copies everything out of it, and fresh megabyte allocations per
+            # frame cost page faults. A new one is only as big as what has arrived
+            # allows (see the class docstring), never the announced length up front.
             n, part = big
             if len(self._big_store) < n:
-                self._big_store = bytearray(n)
+                self._big_store = bytearray(min(n, max(self.FIRST_BIG, len(part))))
+            self._big_len = n
             self._big = memoryview(self._big_store)[:n]
             self._big[:len(part)] = part
             self._big_filled = len(part)
         self._dispatch(frames)
 
-    def _dispatch(self, frames: list) -> None:
+    def _dispatch(self, frames: Sequence[bytes | memoryview | None]) -> None:
         try:
             for f in frames:
                 if f is None:
@@ -129,7 +149,7 @@ class DistProtocol(asyncio.BufferedProtocol):
                 msg.settle()
         except KzBridgeError as exc:
             self._fail(exc)
-        except Exception as exc:  # a bug in a handler must not kill the loop silently
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the loop silently
             self._fail(ProtocolError(f"internal error handling a message: {exc!r}"))
 
     def _handshake_data(self, data: bytes) -> None:
@@ -146,10 +166,28 @@ class DistProtocol(asyncio.BufferedProtocol):
         if self.handshake.done:
             assert self.handshake.result is not None
             self.handshake_done.set_result(self.handshake.result)
-            rest = self.handshake.result.rest
-            if rest:
-                # Frames that arrived with the ack wait until the node layer installs on_message.
-                asyncio.get_running_loop().call_soon(self.data_received, rest)
+            # Frames that came with the ack, and any after them, wait until the node layer
+            # has installed its handlers (start): before, nobody would hear them.
+            self._rest = self.handshake.result.rest
+            if self.transport and not self.closed:
+                self.transport.pause_reading()
+
+    def start(self, on_message: Callable[[DistMessage], None], on_lost: Callable[[KzBridgeError], None]) -> None:
+        """Install the handlers and start reading frames (those that came with the ack first)."""
+        self.on_message = on_message
+        self.on_lost = on_lost
+        if self._early_loss is not None:
+            on_lost(self._early_loss)
+            return
+        if self.transport and not self.closed and not self._paused:
+            self.transport.resume_reading()
+        rest, self._rest = self._rest, b""
+        if rest:
+            self.data_received(rest)
+
+    def _lost_before_start(self, exc: KzBridgeError) -> None:
+        if self._early_loss is None:
+            self._early_loss = exc
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -190,19 +228,19 @@ class DistProtocol(asyncio.BufferedProtocol):
 
 
 class Connection:
-    """An established connection: who we are, who they are, what flags are in force."""
+    """An established connection: its protocol object and the session on it."""
 
-    def __init__(self, protocol: DistProtocol, result: HandshakeResult, own_name: str, creation: int,
-                 ticktime: float) -> None:
+    def __init__(self, protocol: DistProtocol, session: Session, ticktime: float) -> None:
         self.protocol = protocol
-        self.peer_name = result.peer_name
-        self.own_name = own_name
-        self.flags = result.flags
-        self.version = result.version
-        self.big_creation = bool(result.flags & BIG_CREATION)
-        self.creation = creation if self.big_creation else (creation % 3) + 1
+        self.session = session
+        self.peer_name = session.peer_name
+        self.own_name = session.name
+        self.flags = session.flags
+        self.version = session.version
+        self.big_creation = session.big_creation
+        self.creation = session.creation
         self.ticktime = ticktime
-        self._tick_task: asyncio.Task | None = None
+        self._tick_task: asyncio.Task[None] | None = None
 
     def start_ticking(self, on_dead: Callable[[KzBridgeError], None]) -> None:
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(on_dead))
@@ -237,40 +275,19 @@ class Connection:
 
 async def open_connection(node: str, cookie: str, *, timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME,
                           name_prefix: str = "kzbridge", epmd_port: int | None = None) -> Connection:
-    """EPMD lookup, TCP connect, handshake. Each failure has its own error class."""
-    if not cookie:
-        raise UsageError("empty cookie", hint="pass --cookie, set KZBRIDGE_COOKIE or create ~/.erlang.cookie")
-    name, host = split_node_name(node)
-    deadline = time.monotonic() + timeout
-    info = await epmd.lookup(name, host, timeout=timeout, port=epmd_port)
+    """EPMD lookup, TCP connect, handshake (the steps of ConnectPlan). Each failure has its own error class."""
+    plan = ConnectPlan(node, cookie, timeout=timeout, name_prefix=name_prefix)
+    info = await epmd.lookup(plan.name, plan.host, timeout=timeout, port=epmd_port)
     loop = asyncio.get_running_loop()
-    creation = int.from_bytes(os.urandom(4), "big") | 4
-    holder: dict[str, str] = {}
-
-    def factory(local_ip: str) -> ClientHandshake:
-        holder["name"] = own_node_name(host, local_ip, name_prefix)
-        version = 6 if info.highest >= 6 else 5
-        return ClientHandshake(holder["name"], cookie, peer_version=version, creation=creation, flags=OUR_FLAGS)
-
-    remaining = max(0.1, deadline - time.monotonic())
-    try:
+    with map_exceptions(plan.tcp_errors(info.port)):
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: DistProtocol(factory), host, info.port), remaining)
-    except asyncio.TimeoutError:
-        raise HandshakeTimeoutError(f"{node}: TCP connect to port {info.port} timed out after {timeout:g}s",
-                                    hint="a firewall may block the node's distribution port") from None
-    except OSError as exc:
-        raise HostUnreachableError(f"{node}: cannot connect to distribution port {info.port}: {exc.strerror or exc}",
-                                   hint="a firewall may block the node's distribution port range") from None
-    remaining = max(0.1, deadline - time.monotonic())
+            loop.create_connection(lambda: DistProtocol(lambda local_ip: plan.handshake(info, local_ip)),
+                                   plan.host, info.port), plan.remaining())
     try:
-        result = await asyncio.wait_for(asyncio.shield(protocol.handshake_done), remaining)
-    except asyncio.TimeoutError:
+        with map_exceptions(plan.handshake_errors()):
+            result = await asyncio.wait_for(asyncio.shield(protocol.handshake_done), plan.remaining())
+    except BaseException:
         if protocol.transport:
             protocol.transport.abort()
-        raise HandshakeTimeoutError(f"{node}: the handshake did not finish within {timeout:g}s") from None
-    except ConnectError:
         raise
-    except KzBridgeError as exc:
-        raise ConnectError(f"{node}: handshake failed: {exc}") from exc
-    return Connection(protocol, result, holder["name"], creation, ticktime)
+    return Connection(protocol, plan.session(result), ticktime)

@@ -11,13 +11,12 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import HostUnreachableError, NodeNotRegisteredError, ProtocolError
+from .socket_errors import TIMEOUTS, describe, map_exceptions
 
 EPMD_PORT = 4369
 PORT_PLEASE2_REQ = 122
 PORT2_RESP = 119
 NAMES_REQ = 110
-NODE_TYPE_NORMAL = 77
-NODE_TYPE_HIDDEN = 72
 
 
 @dataclass(frozen=True)
@@ -89,35 +88,38 @@ def parse_names_reply(data: bytes) -> list[tuple[str, int]]:
 def _exchange_blocking(host: str, request: bytes, timeout: float, port: int | None) -> bytes:
     """One request, the whole reply (EPMD closes after it), with plain sockets."""
     port = port or epmd_port()
-    try:
+    with map_exceptions({
+        TIMEOUTS: lambda exc: HostUnreachableError(
+            f"EPMD on {host}:{port} did not answer within {timeout:g}s",
+            hint="is the host up and the EPMD port reachable?", setting="address"),
+        OSError: lambda exc: HostUnreachableError(
+            f"cannot reach EPMD on {host}:{port}: {describe(exc)}",
+            hint="is an Erlang node running there, and is the EPMD port open?", setting="address"),
+    }):
         sock = socket.create_connection((host, port), timeout=timeout)
-    except socket.timeout:
-        raise HostUnreachableError(f"EPMD on {host}:{port} did not answer within {timeout:g}s",
-                                   hint="is the host up and port 4369 reachable?") from None
-    except OSError as exc:
-        raise HostUnreachableError(f"cannot reach EPMD on {host}:{port}: {exc.strerror or exc}",
-                                   hint="is an Erlang node running there, and is port 4369 open?") from None
-    with sock:
-        try:
-            sock.sendall(request)
-            chunks, total = [], 0
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > 1 << 20:
-                    raise ProtocolError("EPMD reply larger than 1 MiB")
-        except socket.timeout:
-            raise HostUnreachableError(f"EPMD on {host}:{port} did not finish its reply within {timeout:g}s") from None
-        except OSError as exc:
-            raise HostUnreachableError(f"EPMD on {host}:{port} dropped the connection: {exc}") from None
+    with sock, map_exceptions({
+        TIMEOUTS: lambda exc: HostUnreachableError(
+            f"EPMD on {host}:{port} did not finish its reply within {timeout:g}s", setting="address"),
+        OSError: lambda exc: HostUnreachableError(
+            f"EPMD on {host}:{port} dropped the connection: {describe(exc)}", setting="address"),
+    }):
+        sock.sendall(request)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > 1 << 20:
+                raise ProtocolError("EPMD reply larger than 1 MiB")
 
 
 def _not_registered(name: str, host: str, registered: list[str]) -> NodeNotRegisteredError:
     listing = ", ".join(registered) if registered else "none"
-    return NodeNotRegisteredError(f"no node '{name}' on host {host}; registered: {listing}", registered=registered)
+    return NodeNotRegisteredError(f"no node '{name}' on host {host}; registered: {listing}", registered=registered,
+                                  setting="node")
 
 
 def lookup_blocking(name: str, host: str, *, timeout: float = 5.0, port: int | None = None) -> NodeInfo:

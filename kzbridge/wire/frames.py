@@ -16,43 +16,44 @@ from .terms import Atom
 PASS_THROUGH = 112
 UNUSED = Atom("")  # the placeholder field in SEND and REG_SEND control tuples
 
-# Control message operations.
-LINK = 1
-SEND = 2
-EXIT = 3
-UNLINK = 4
-NODE_LINK = 5
-REG_SEND = 6
-GROUP_LEADER = 7
-EXIT2 = 8
-SEND_TT = 12
-EXIT_TT = 13
-REG_SEND_TT = 16
-EXIT2_TT = 18
-MONITOR_P = 19
-DEMONITOR_P = 20
-MONITOR_P_EXIT = 21
-SEND_SENDER = 22
-SEND_SENDER_TT = 23
-PAYLOAD_EXIT = 24
-PAYLOAD_EXIT_TT = 25
-PAYLOAD_EXIT2 = 26
-PAYLOAD_EXIT2_TT = 27
-PAYLOAD_MONITOR_P_EXIT = 28
-SPAWN_REQUEST = 29
-SPAWN_REQUEST_TT = 30
-SPAWN_REPLY = 31
-SPAWN_REPLY_TT = 32
-ALIAS_SEND = 33
-ALIAS_SEND_TT = 34
-UNLINK_ID = 35
-UNLINK_ID_ACK = 36
+# Control message operations (erl_dist_protocol), OP_ so they never meet the DFLAG_ capability
+# flags of the same name (SEND_SENDER, UNLINK_ID). Plain ints: the receive path compares them per message.
+OP_LINK = 1
+OP_SEND = 2
+OP_EXIT = 3
+OP_UNLINK = 4
+OP_NODE_LINK = 5
+OP_REG_SEND = 6
+OP_GROUP_LEADER = 7
+OP_EXIT2 = 8
+OP_SEND_TT = 12
+OP_EXIT_TT = 13
+OP_REG_SEND_TT = 16
+OP_EXIT2_TT = 18
+OP_MONITOR_P = 19
+OP_DEMONITOR_P = 20
+OP_MONITOR_P_EXIT = 21
+OP_SEND_SENDER = 22
+OP_SEND_SENDER_TT = 23
+OP_PAYLOAD_EXIT = 24
+OP_PAYLOAD_EXIT_TT = 25
+OP_PAYLOAD_EXIT2 = 26
+OP_PAYLOAD_EXIT2_TT = 27
+OP_PAYLOAD_MONITOR_P_EXIT = 28
+OP_SPAWN_REQUEST = 29
+OP_SPAWN_REQUEST_TT = 30
+OP_SPAWN_REPLY = 31
+OP_SPAWN_REPLY_TT = 32
+OP_ALIAS_SEND = 33
+OP_ALIAS_SEND_TT = 34
+OP_UNLINK_ID = 35
+OP_UNLINK_ID_ACK = 36
 
 # Operations followed by a payload term.
 WITH_PAYLOAD = frozenset({
-    SEND, REG_SEND, SEND_TT, REG_SEND_TT, SEND_SENDER, SEND_SENDER_TT, PAYLOAD_EXIT, PAYLOAD_EXIT_TT,
-    PAYLOAD_EXIT2, PAYLOAD_EXIT2_TT, PAYLOAD_MONITOR_P_EXIT, SPAWN_REQUEST, SPAWN_REQUEST_TT,
-    ALIAS_SEND, ALIAS_SEND_TT,
+    OP_SEND, OP_REG_SEND, OP_SEND_TT, OP_REG_SEND_TT, OP_SEND_SENDER, OP_SEND_SENDER_TT, OP_PAYLOAD_EXIT,
+    OP_PAYLOAD_EXIT_TT, OP_PAYLOAD_EXIT2, OP_PAYLOAD_EXIT2_TT, OP_PAYLOAD_MONITOR_P_EXIT, OP_SPAWN_REQUEST,
+    OP_SPAWN_REQUEST_TT, OP_ALIAS_SEND, OP_ALIAS_SEND_TT,
 })
 
 DEFAULT_MAX_FRAME = 1 << 30
@@ -67,9 +68,9 @@ class DistMessage:
     returns, for consumers that write the data out at once.
     """
 
-    __slots__ = ("control", "_frame", "_pos", "_payload", "_state")
+    __slots__ = ("_frame", "_payload", "_pos", "_state", "control")
 
-    def __init__(self, control: tuple, payload: Any = None, frame: Any = None, pos: int = 0) -> None:
+    def __init__(self, control: tuple[Any, ...], payload: Any = None, frame: Any = None, pos: int = 0) -> None:
         self.control = control
         self._frame = frame
         self._pos = pos
@@ -78,7 +79,7 @@ class DistMessage:
 
     @property
     def op(self) -> int:
-        return self.control[0]
+        return int(self.control[0])
 
     @property
     def payload(self) -> Any:
@@ -110,9 +111,6 @@ class DistMessage:
 
     def __repr__(self) -> str:
         return f"DistMessage({self.control!r}, {self.payload!r})"
-
-
-TICK = None  # what FrameReader yields for a tick
 
 
 class FrameReader:
@@ -181,7 +179,7 @@ class FrameReader:
         return len(self._buf)
 
 
-def parse_message(frame: bytes) -> DistMessage:
+def parse_message(frame: bytes | memoryview) -> DistMessage:
     """Decode one non-tick frame into a DistMessage."""
     if not frame or frame[0] != PASS_THROUGH:
         raise ProtocolError(f"distribution frame starts with {frame[:1]!r}, expected pass-through 'p'")
@@ -195,7 +193,7 @@ def parse_message(frame: bytes) -> DistMessage:
     return DistMessage(control)
 
 
-def build_message(control: tuple, payload: Any = None, *, has_payload: bool | None = None) -> bytes:
+def build_message(control: tuple[Any, ...], payload: Any = None, *, has_payload: bool | None = None) -> bytes:
     """A complete framed message, length included."""
     out = bytearray(b"\0\0\0\0p")
     encode_into(control, out)

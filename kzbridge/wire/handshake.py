@@ -2,7 +2,7 @@
 
 Two generations exist:
   * the old one (protocol version 5): send_name ``n``, 32-bit flags; spoken by
-    OTP 18/19 (Kazoo 4.x) and accepted by OTP 25.3+ when it carries HANDSHAKE_23;
+    OTP 18/19 (Kazoo 4.x) and accepted by OTP 25.3+ when it carries the HANDSHAKE_23 flag;
   * the OTP 23+ one (version 6): send_name ``N`` with 64-bit flags and creation.
 EPMD's "highest version" decides which we open with. If we open with ``n`` and
 the peer answers with an ``N`` challenge, we send the ``c`` complement.
@@ -25,47 +25,47 @@ from ..errors import (
     VersionMismatchError,
 )
 
-# Distribution capability flags (erl_dist_protocol).
-PUBLISHED = 0x1
-ATOM_CACHE = 0x2
-EXTENDED_REFERENCES = 0x4
-DIST_MONITOR = 0x8
-FUN_TAGS = 0x10
-DIST_MONITOR_NAME = 0x20
-HIDDEN_ATOM_CACHE = 0x40
-NEW_FUN_TAGS = 0x80
-EXTENDED_PIDS_PORTS = 0x100
-EXPORT_PTR_TAG = 0x200
-BIT_BINARIES = 0x400
-NEW_FLOATS = 0x800
-UNICODE_IO = 0x1000
-DIST_HDR_ATOM_CACHE = 0x2000
-SMALL_ATOM_TAGS = 0x4000
-UTF8_ATOMS = 0x10000
-MAP_TAG = 0x20000
-BIG_CREATION = 0x40000
-SEND_SENDER = 0x80000
-BIG_SEQTRACE_LABELS = 0x100000
-EXIT_PAYLOAD = 0x400000
-FRAGMENTS = 0x800000
-HANDSHAKE_23 = 0x1000000
-UNLINK_ID = 0x2000000
-MANDATORY_25_DIGEST = 0x4000000
-SPAWN = 1 << 32
-NAME_ME = 1 << 33
-V4_NC = 1 << 34
-ALIAS = 1 << 35
+# Distribution capability flags (erl_dist_protocol), DFLAG_ as in OTP's own sources.
+DFLAG_PUBLISHED = 0x1
+DFLAG_ATOM_CACHE = 0x2
+DFLAG_EXTENDED_REFERENCES = 0x4
+DFLAG_DIST_MONITOR = 0x8
+DFLAG_FUN_TAGS = 0x10
+DFLAG_DIST_MONITOR_NAME = 0x20
+DFLAG_HIDDEN_ATOM_CACHE = 0x40
+DFLAG_NEW_FUN_TAGS = 0x80
+DFLAG_EXTENDED_PIDS_PORTS = 0x100
+DFLAG_EXPORT_PTR_TAG = 0x200
+DFLAG_BIT_BINARIES = 0x400
+DFLAG_NEW_FLOATS = 0x800
+DFLAG_UNICODE_IO = 0x1000
+DFLAG_DIST_HDR_ATOM_CACHE = 0x2000
+DFLAG_SMALL_ATOM_TAGS = 0x4000
+DFLAG_UTF8_ATOMS = 0x10000
+DFLAG_MAP_TAG = 0x20000
+DFLAG_BIG_CREATION = 0x40000
+DFLAG_SEND_SENDER = 0x80000
+DFLAG_BIG_SEQTRACE_LABELS = 0x100000
+DFLAG_EXIT_PAYLOAD = 0x400000
+DFLAG_FRAGMENTS = 0x800000
+DFLAG_HANDSHAKE_23 = 0x1000000
+DFLAG_UNLINK_ID = 0x2000000
+DFLAG_MANDATORY_25_DIGEST = 0x4000000
+DFLAG_SPAWN = 1 << 32
+DFLAG_NAME_ME = 1 << 33
+DFLAG_V4_NC = 1 << 34
+DFLAG_ALIAS = 1 << 35
 
 # What we advertise. Never PUBLISHED (we are hidden), no atom cache, no fragments.
 OUR_FLAGS = (
-    EXTENDED_REFERENCES | DIST_MONITOR | FUN_TAGS | DIST_MONITOR_NAME | NEW_FUN_TAGS
-    | EXTENDED_PIDS_PORTS | EXPORT_PTR_TAG | BIT_BINARIES | NEW_FLOATS | UNICODE_IO
-    | SMALL_ATOM_TAGS | UTF8_ATOMS | MAP_TAG | BIG_CREATION | SEND_SENDER
-    | BIG_SEQTRACE_LABELS | EXIT_PAYLOAD | HANDSHAKE_23 | UNLINK_ID | MANDATORY_25_DIGEST
-    | V4_NC
+    DFLAG_EXTENDED_REFERENCES | DFLAG_DIST_MONITOR | DFLAG_FUN_TAGS | DFLAG_DIST_MONITOR_NAME | DFLAG_NEW_FUN_TAGS
+    | DFLAG_EXTENDED_PIDS_PORTS | DFLAG_EXPORT_PTR_TAG | DFLAG_BIT_BINARIES | DFLAG_NEW_FLOATS | DFLAG_UNICODE_IO
+    | DFLAG_SMALL_ATOM_TAGS | DFLAG_UTF8_ATOMS | DFLAG_MAP_TAG | DFLAG_BIG_CREATION | DFLAG_SEND_SENDER
+    | DFLAG_BIG_SEQTRACE_LABELS | DFLAG_EXIT_PAYLOAD | DFLAG_HANDSHAKE_23 | DFLAG_UNLINK_ID | DFLAG_MANDATORY_25_DIGEST
+    | DFLAG_V4_NC
 )
 # Without these we cannot talk to the peer at all.
-REQUIRED_FROM_PEER = EXTENDED_REFERENCES | EXTENDED_PIDS_PORTS
+REQUIRED_FROM_PEER = DFLAG_EXTENDED_REFERENCES | DFLAG_EXTENDED_PIDS_PORTS
 
 MAX_HANDSHAKE_MESSAGE = 4096
 
@@ -168,11 +168,12 @@ class ClientHandshake:
         if self.state is State.AWAIT_ACK:
             return CookieRejectedError(
                 "the node closed the connection after our challenge reply: it rejected our cookie",
-                hint="check --cookie / KZBRIDGE_COOKIE / ~/.erlang.cookie against the node's cookie")
+                hint="check the cookie against the node's", setting="cookie")
         if self.state is State.AWAIT_STATUS:
             return NotAllowedError(
                 "the node closed the connection before answering our name",
-                hint="its distribution may refuse our handshake version or flags (OTP 25.0-25.2 refuse the old handshake)")
+                hint="its distribution may refuse our handshake version or flags "
+                     "(OTP 25.0-25.2 refuse the old handshake)")
         return ProtocolError(f"the node closed the connection during the handshake ({self.state.value})")
 
     def _handle(self, msg: bytes) -> bytes:
@@ -195,14 +196,16 @@ class ClientHandshake:
             # Our name is unique per connection, so an existing one is stale or a clash: give way.
             self.state = State.FAILED
             raise NameInUseError(f"the node already has a connection from {self.own_name}",
-                                 hint="another kzbridge with the same --name is connected; use another name")
+                                 hint="another kzbridge with the same name is connected; use another name",
+                                 setting="name")
         if status == "nok":
             self.state = State.FAILED
             raise NameInUseError("the node is busy connecting to a node of our name (nok)")
         if status == "not_allowed":
             self.state = State.FAILED
             raise NotAllowedError(f"the node does not allow connections from {self.own_name}",
-                                  hint="check net_kernel:allow/1 on the node and the short/long name form")
+                                  hint="check net_kernel:allow/1 on the node and the short/long name form",
+                                  setting="name")
         raise ProtocolError(f"unknown handshake status {status!r}")
 
     def _on_challenge(self, msg: bytes) -> bytes:
@@ -240,7 +243,7 @@ class ClientHandshake:
         if msg[1:] != digest(self.cookie, self.challenge):
             raise CookieRejectedError(
                 f"{self.peer_name} answered our challenge with a digest of another cookie",
-                hint="the node does not share our cookie")
+                hint="the node does not share our cookie", setting="cookie")
         self.state = State.DONE
         flags = self.flags & self.peer_flags
         self.result = HandshakeResult(self.peer_name, self.peer_flags, self.peer_creation, flags,

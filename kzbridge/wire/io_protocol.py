@@ -12,14 +12,16 @@ and returns the reply term. The asyncio node and the blocking node both drive it
 """
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Generator
+from typing import Any
 
 from .literal import format_term
 from .terms import Atom, BitBinary, ErlString, ImproperList
 
 A_OK = Atom("ok")
-A_ERROR = Atom("error")
+# The standard atom `error` of {error, Reason} replies (the domain has its own kzb_error tag).
+A_STD_ERROR = Atom("error")
 A_PUT_CHARS = Atom("put_chars")
 A_REQUESTS = Atom("requests")
 A_LATIN1 = Atom("latin1")
@@ -65,7 +67,7 @@ def chardata_to_text(data: Any, latin1: bool = False) -> str:
     return "".join(parts)
 
 
-def io_steps(request: Any) -> Generator[tuple, Any, Any]:
+def io_steps(request: Any) -> Generator[tuple[Any, ...], Any, Any]:
     """See the module docstring."""
     if type(request) is tuple and request and request[0] == A_PUT_CHARS:
         latin1 = len(request) in (3, 5) and request[1] == A_LATIN1
@@ -75,10 +77,10 @@ def io_steps(request: Any) -> Generator[tuple, Any, Any]:
             m, f, a = request[-3:]
             chars = yield ("apply", m, f, a)
             if isinstance(chars, ApplyFailed):
-                return (A_ERROR, chars.reason)
+                return (A_STD_ERROR, chars.reason)
             text = chardata_to_text(chars, latin1)
         else:
-            return (A_ERROR, Atom("request"))
+            return (A_STD_ERROR, Atom("request"))
         yield ("emit", text)
         return A_OK
     if type(request) is tuple and len(request) == 2 and request[0] == A_REQUESTS:
@@ -93,7 +95,7 @@ def io_steps(request: Any) -> Generator[tuple, Any, Any]:
     if type(request) is tuple and request and request[0] == Atom("setopts"):
         return A_OK
     if type(request) is tuple and request and request[0] == Atom("get_geometry"):
-        return (A_ERROR, Atom("enotsup"))
+        return (A_STD_ERROR, Atom("enotsup"))
     if type(request) is tuple and request and type(request[0]) is Atom and request[0].name.startswith("get_"):
         return Atom("eof")
-    return (A_ERROR, Atom("request"))
+    return (A_STD_ERROR, Atom("request"))

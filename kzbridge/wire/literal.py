@@ -166,7 +166,7 @@ class _Parser:
             return items
         if text == "#{":
             self.i += 1
-            out: dict = {}
+            out: dict[Any, Any] = {}
             if self.at("}"):
                 self.i += 1
                 return out
@@ -200,7 +200,7 @@ class _Parser:
             return PidLiteral(node, int(ident), int(serial))
         raise self.fail(f"unexpected {text!r}")
 
-    def sequence(self, close: str) -> list:
+    def sequence(self, close: str) -> list[Any]:
         if self.at(close):
             self.i += 1
             return []
@@ -326,7 +326,7 @@ def _quote(text: str, q: str) -> str:
         elif ch == "\r":
             out.append("\\r")
         elif ord(ch) < 32 or ord(ch) == 127:
-            out.append("\\%o" % ord(ch))
+            out.append(f"\\{ord(ch):o}")
         else:
             out.append(ch)
     return q + "".join(out) + q

@@ -10,10 +10,10 @@ from ..errors import UsageError
 def split_node_name(node: str) -> tuple[str, str]:
     """``'kazoo_apps@host'`` -> ``('kazoo_apps', 'host')``, with a clear error for bad input."""
     if node.count("@") != 1:
-        raise UsageError(f"node name {node!r} must look like name@host (e.g. kazoo_apps@kazoo1)")
+        raise UsageError(f"node name {node!r} must look like name@host (e.g. kazoo_apps@kazoo1)", setting="node")
     name, host = node.split("@")
     if not name or not host:
-        raise UsageError(f"node name {node!r} must look like name@host (e.g. kazoo_apps@kazoo1)")
+        raise UsageError(f"node name {node!r} must look like name@host (e.g. kazoo_apps@kazoo1)", setting="node")
     return name, host
 
 

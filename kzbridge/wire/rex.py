@@ -2,7 +2,8 @@
 
 The request is ``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` sent to the
 registered name ``rex``; the reply ``{Ref, Result}``; ``{badrpc, Reason}`` means the call
-failed on the node.
+failed on the node. ``session.Session.rpc_frame`` builds the request (from a pre-encoded
+head) and matches the replies; this module holds the atoms and reads the result.
 """
 from __future__ import annotations
 
@@ -27,10 +28,6 @@ class RpcResult:
 
     value: Any
     output: str = ""
-
-
-def rex_request(caller: Any, ref: Any, module: Atom, function: Atom, args: list, group_leader: Any) -> tuple:
-    return (A_GEN_CALL, (caller, ref), (A_CALL, module, function, args, group_leader))
 
 
 def rpc_result(value: Any, output: str, peer: str, what: str) -> RpcResult:

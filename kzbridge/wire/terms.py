@@ -20,16 +20,20 @@ decoder never produces them, so ``Atom('true')`` is what comes back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, final
 
 
+@final
 class Atom:
     """An Erlang atom. Distinct from str so ``{Atom('ok'): 1, 'ok': 2}`` has two keys."""
 
-    __slots__ = ("name", "_hash")
-    _interned: dict[str, "Atom"] = {}
+    __slots__ = ("_hash", "name")
+    # Declared for type checkers; set once in __new__ through object.__setattr__.
+    name: str
+    _hash: int
+    _interned: ClassVar[dict[str, Atom]] = {}
 
-    def __new__(cls, name: str) -> "Atom":
+    def __new__(cls, name: str) -> Atom:
         atom = cls._interned.get(name)
         if atom is None:
             if not isinstance(name, str):
@@ -59,7 +63,7 @@ class Atom:
     def __str__(self) -> str:
         return self.name
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (Atom, (self.name,))
 
 
@@ -88,7 +92,7 @@ class BitBinary:
 class ImproperList:
     """``[a, b | Tail]`` where Tail is not a list."""
 
-    items: tuple
+    items: tuple[Any, ...]
     tail: Any
 
 
@@ -98,17 +102,20 @@ class _Ident:
     Plain __slots__ classes rather than frozen dataclasses: the decoder builds one
     per message and a frozen dataclass costs a microsecond more each time. The
     identity tuple is built once (``_k``): pids and refs key the node's tables and
-    are hashed several times per rpc.
+    are hashed several times per rpc. The attributes are declared in each class body
+    (annotations only, beside ``__slots__``) so type checkers see them; they are set
+    once in ``__init__`` through ``object.__setattr__``.
     """
 
     __slots__ = ("_k",)
-    _fields: tuple[str, ...] = ()
+    _k: tuple[Any, ...]
+    _fields: ClassVar[tuple[str, ...]] = ()
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._k == other._k  # type: ignore[attr-defined]
+        return type(other) is type(self) and self._k == other._k
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
@@ -120,7 +127,7 @@ class _Ident:
         fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
         return f"{type(self).__name__}({fields})"
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), tuple(getattr(self, f) for f in self._fields))
 
 
@@ -130,10 +137,15 @@ _set = object.__setattr__
 class Pid(_Ident):
     """An Erlang process identifier. ``old`` records the 1-byte-creation wire form."""
 
-    __slots__ = ("node", "id", "serial", "creation", "old")
-    _fields = __slots__
+    __slots__ = ("creation", "id", "node", "old", "serial")
+    _fields = ("node", "id", "serial", "creation", "old")  # the constructor's order
+    node: Atom
+    id: int
+    serial: int
+    creation: int
+    old: bool
 
-    def __init__(self, node: Atom, id: int, serial: int, creation: int, old: bool = False) -> None:  # noqa: A002
+    def __init__(self, node: Atom, id: int, serial: int, creation: int, old: bool = False) -> None:
         _set(self, "node", node)
         _set(self, "id", id)
         _set(self, "serial", serial)
@@ -148,10 +160,14 @@ class Pid(_Ident):
 class Port(_Ident):
     """An Erlang port identifier; ``form`` is the wire tag it came in (102, 89 or 120)."""
 
-    __slots__ = ("node", "id", "creation", "form")
-    _fields = __slots__
+    __slots__ = ("creation", "form", "id", "node")
+    _fields = ("node", "id", "creation", "form")
+    node: Atom
+    id: int
+    creation: int
+    form: int
 
-    def __init__(self, node: Atom, id: int, creation: int, form: int = 89) -> None:  # noqa: A002
+    def __init__(self, node: Atom, id: int, creation: int, form: int = 89) -> None:
         _set(self, "node", node)
         _set(self, "id", id)
         _set(self, "creation", creation)
@@ -165,8 +181,12 @@ class Port(_Ident):
 class Reference(_Ident):
     """An Erlang reference; ``form`` is the wire tag it came in (101, 114 or 90)."""
 
-    __slots__ = ("node", "ids", "creation", "form")
-    _fields = __slots__
+    __slots__ = ("creation", "form", "ids", "node")
+    _fields = ("node", "ids", "creation", "form")
+    node: Atom
+    ids: tuple[int, ...]
+    creation: int
+    form: int
 
     def __init__(self, node: Atom, ids: tuple[int, ...], creation: int, form: int = 90) -> None:
         _set(self, "node", node)
@@ -189,10 +209,13 @@ class PidLiteral(_Ident):
     caller resolves them (the CLI asks the node, ``erlang:list_to_pid/1``) before sending.
     """
 
-    __slots__ = ("node", "id", "serial")
-    _fields = __slots__
+    __slots__ = ("id", "node", "serial")
+    _fields = ("node", "id", "serial")
+    node: str | None
+    id: int
+    serial: int
 
-    def __init__(self, node: str | None, id: int, serial: int) -> None:  # noqa: A002
+    def __init__(self, node: str | None, id: int, serial: int) -> None:
         _set(self, "node", node)
         _set(self, "id", id)
         _set(self, "serial", serial)
@@ -225,7 +248,7 @@ class Fun:
     old_index: int
     old_uniq: int
     pid: Pid
-    free_vars: tuple
+    free_vars: tuple[Any, ...]
 
 
 class Encoded:
@@ -251,7 +274,7 @@ class Encoded:
         return f"Encoded(<{len(self.data)} bytes>)"
 
 
-class FrozenList(tuple):
+class FrozenList(tuple[Any, ...]):
     """A list used as a map key (Python lists are unhashable). Encodes as a list."""
 
     __slots__ = ()
@@ -269,7 +292,7 @@ class FrozenList(tuple):
         return f"FrozenList({list(self)!r})"
 
 
-class FrozenMap(tuple):
+class FrozenMap(tuple[Any, ...]):
     """A map used as a map key; holds ``(key, value)`` pairs in wire order. Encodes as a map."""
 
     __slots__ = ()
@@ -297,9 +320,3 @@ def freeze(value: Any) -> Any:
         return tuple(freeze(v) for v in value)
     return value
 
-
-ATOM_OK = Atom("ok")
-ATOM_ERROR = Atom("error")
-ATOM_TRUE = Atom("true")
-ATOM_FALSE = Atom("false")
-ATOM_UNDEFINED = Atom("undefined")

@@ -1,0 +1,420 @@
+"""One node session, without I/O: what both drivers (asyncio and blocking) share.
+
+A ``Session`` is our hidden node's side of one established connection. It mints
+our pids and references, builds the frames we send (the rex rpc request with its
+pre-encoded head, sends, monitors, links, exits), and eats the peer's messages:
+``receive(msg)`` answers what the protocol wants answered on its own (MONITOR_P to a
+dead pid, UNLINK_ID, LINK to a dead pid, every io_request to one of our group
+leaders, including the nested "apply" rex calls ``io_steps`` asks for) by queuing
+frames in ``outbox``, and returns the events the driver must act on: a reply to one
+of its rpc calls (``RpcReply``), a message or signal for a mailbox (``Message``,
+``Deliver``), text a remote call printed (``Output``). Timers, sockets and waiting
+(futures, a loop over ``recv``) stay in the drivers.
+
+``ConnectPlan`` is the connect setup both drivers follow step by step: the cookie
+check, our creation, the handshake version from EPMD's answer, our per-connection
+name, and the error each failing step raises.
+
+Why an object that eats and emits data rather than one async implementation from
+which the sync driver is generated (httpcore's unasync)? The two drivers are not the
+same program with the awaits taken out. The blocking one exists because importing
+asyncio costs more than a one-shot command's whole rpc; it serves one call at a time
+from one loop over ``recv``, and io_requests are answered inline in that loop. The
+asyncio one multiplexes hundreds of calls, mailboxes with back-pressure, monitors and
+a deadline sweeper over a buffered protocol that receives big frames in place.
+Generated code would have to share the asyncio structure (tasks for io_requests,
+futures per call) and push it into the sync driver, or fill the shared code with
+``if sync`` branches that unasync cannot express. What both genuinely share is the
+protocol logic, and that needs no I/O at all: as a sans-IO object (h11's shape) it is
+written once, tested frame by frame without sockets (tests/test_session.py), and
+each driver stays a thin loop of its own kind.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import struct
+import time
+from collections import deque
+from collections.abc import Generator, Sequence
+from typing import Any, NamedTuple
+
+from ..errors import (
+    ConnectError,
+    ConnectionLostError,
+    HandshakeTimeoutError,
+    HostUnreachableError,
+    KzBridgeError,
+    ProtocolError,
+    UsageError,
+)
+from .codec import encode_term
+from .epmd import NodeInfo
+from .frames import (
+    OP_DEMONITOR_P,
+    OP_EXIT,
+    OP_EXIT2,
+    OP_EXIT2_TT,
+    OP_EXIT_TT,
+    OP_LINK,
+    OP_MONITOR_P,
+    OP_MONITOR_P_EXIT,
+    OP_PAYLOAD_EXIT,
+    OP_PAYLOAD_EXIT2,
+    OP_PAYLOAD_EXIT2_TT,
+    OP_PAYLOAD_EXIT_TT,
+    OP_PAYLOAD_MONITOR_P_EXIT,
+    OP_REG_SEND,
+    OP_SEND,
+    OP_SEND_SENDER,
+    OP_SEND_SENDER_TT,
+    OP_SEND_TT,
+    OP_UNLINK,
+    OP_UNLINK_ID,
+    OP_UNLINK_ID_ACK,
+    UNUSED,
+    DistMessage,
+    build_message,
+)
+from .handshake import DFLAG_BIG_CREATION, DFLAG_SEND_SENDER, OUR_FLAGS, ClientHandshake, HandshakeResult
+from .io_protocol import A_IO_REPLY, A_STD_ERROR, ApplyFailed, io_steps, is_io_request
+from .names import own_node_name, split_node_name
+from .rex import A_BADRPC, A_CALL, A_EXIT, A_GEN_CALL, A_NOPROC, A_REX
+from .socket_errors import TIMEOUTS, ExceptionMapping, describe
+from .terms import Atom, Pid, Reference
+
+log = logging.getLogger("kzbridge.wire")
+_FRAME_LEN = struct.Struct(">I").pack
+
+A_DOWN = Atom("DOWN")
+A_PROCESS = Atom("process")
+
+_SENDS = frozenset({OP_SEND, OP_SEND_SENDER, OP_SEND_TT, OP_SEND_SENDER_TT})
+_EXITS = frozenset({OP_EXIT, OP_EXIT2, OP_EXIT_TT, OP_EXIT2_TT,
+                    OP_PAYLOAD_EXIT, OP_PAYLOAD_EXIT2, OP_PAYLOAD_EXIT_TT, OP_PAYLOAD_EXIT2_TT})
+_EXITS_WITH_PAYLOAD = frozenset({OP_PAYLOAD_EXIT, OP_PAYLOAD_EXIT2, OP_PAYLOAD_EXIT_TT, OP_PAYLOAD_EXIT2_TT})
+
+# How long a call's group leader stays ours after the call: processes it spawned may still print.
+GROUP_LEADER_GRACE = 5.0
+
+
+# ---------------------------------------------------------------- events for the driver
+
+class RpcReply(NamedTuple):
+    """``{Ref, Value}`` arrived for our caller pid and is not one of the session's own calls."""
+
+    ref: Reference
+    value: Any
+
+
+class Message(NamedTuple):
+    """A message sent to a mailbox pid; ``msg`` can still decode its payload as views."""
+
+    to: Pid
+    msg: DistMessage
+
+
+class Deliver(NamedTuple):
+    """A term for a mailbox: ``('DOWN', Ref, process, Pid, Reason)`` or ``('EXIT', From, Reason)``."""
+
+    to: Pid
+    term: Any
+
+
+class Output(NamedTuple):
+    """Text a remote call printed through group leader ``gl`` (also collected in the call's output list)."""
+
+    gl: Pid
+    text: str
+
+
+Event = RpcReply | Message | Deliver | Output
+_tuple_new = tuple.__new__
+_NO_EVENTS: tuple[Event, ...] = ()
+
+
+class _IoRequest(NamedTuple):
+    """An io_request waiting for the reply to the rex call its formatting needed."""
+
+    steps: Generator[tuple[Any, ...], Any, Any]
+    gl: Pid
+    sender: Any
+    reply_as: Any
+
+
+# ---------------------------------------------------------------- connect setup
+
+class ConnectPlan:
+    """The connect setup, decided without I/O; each driver walks it with its own sockets.
+
+        plan = ConnectPlan(node, cookie, timeout=10)      # UsageError for an empty cookie or bad name
+        info = <EPMD lookup of plan.name on plan.host>
+        with map_exceptions(plan.tcp_errors(info.port)):
+            <TCP connect to (plan.host, info.port) within plan.remaining()>
+        hs = plan.handshake(info, local_ip)
+        with map_exceptions(plan.handshake_errors()):
+            <send hs.start(); feed hs what arrives and send what it returns, until hs.done>
+        session = plan.session(hs.result)
+    """
+
+    def __init__(self, node: str, cookie: str, *, timeout: float, name_prefix: str = "kzbridge") -> None:
+        if not cookie:
+            raise UsageError("empty cookie", hint="give the node's cookie, or create ~/.erlang.cookie",
+                             setting="cookie")
+        self.node = node
+        self.name, self.host = split_node_name(node)
+        self.cookie = cookie
+        self.timeout = timeout
+        self.name_prefix = name_prefix
+        self.deadline = time.monotonic() + timeout
+        self.creation = int.from_bytes(os.urandom(4), "big") | 4
+        self.own_name = ""
+
+    def remaining(self, floor: float = 0.1) -> float:
+        """Seconds left of the timeout, at least ``floor``."""
+        return max(floor, self.deadline - time.monotonic())
+
+    def handshake(self, info: NodeInfo, local_ip: str) -> ClientHandshake:
+        """Our name for this connection and the handshake, opened with the highest version EPMD reports."""
+        self.own_name = own_node_name(self.host, local_ip, self.name_prefix)
+        version = 6 if info.highest >= 6 else 5
+        return ClientHandshake(self.own_name, self.cookie, peer_version=version, creation=self.creation,
+                               flags=OUR_FLAGS)
+
+    def tcp_errors(self, port: int) -> ExceptionMapping:
+        """How a failed TCP connect to the distribution port reads."""
+        return {
+            TIMEOUTS: lambda exc: HandshakeTimeoutError(
+                f"{self.node}: TCP connect to port {port} timed out after {self.timeout:g}s",
+                hint="a firewall may block the node's distribution port", setting="timeout"),
+            OSError: lambda exc: HostUnreachableError(
+                f"{self.node}: cannot connect to distribution port {port}: {describe(exc)}",
+                hint="a firewall may block the node's distribution port range", setting="address"),
+        }
+
+    def handshake_errors(self) -> ExceptionMapping:
+        """How a failed handshake reads: its own ConnectError classes pass, the rest are wrapped."""
+        return {
+            TIMEOUTS: lambda exc: HandshakeTimeoutError(
+                f"{self.node}: the handshake did not finish within {self.timeout:g}s", setting="timeout"),
+            ConnectError: None,
+            KzBridgeError: lambda exc: ConnectError(f"{self.node}: handshake failed: {exc}"),
+            OSError: lambda exc: ConnectError(f"{self.node}: connection failed during the handshake: {describe(exc)}"),
+        }
+
+    def session(self, result: HandshakeResult | None) -> Session:
+        assert result is not None, "the handshake is not done"
+        return Session(self.own_name, result, self.creation)
+
+
+# ---------------------------------------------------------------- the session
+
+class Session:
+    """Our hidden node on one connection; see the module docstring."""
+
+    def __init__(self, own_name: str, result: HandshakeResult, creation: int) -> None:
+        self.name = own_name
+        self.peer_name = result.peer_name
+        self.flags = result.flags
+        self.version = result.version
+        self.big_creation = bool(result.flags & DFLAG_BIG_CREATION)
+        self.creation = creation if self.big_creation else (creation % 3) + 1
+        self._send_sender = bool(result.flags & DFLAG_SEND_SENDER)
+        self._atom = Atom(own_name)
+        self._pid_ids = itertools.count(1)
+        self._ref_ids = itertools.count(1)
+        self._ref_salt = int.from_bytes(os.urandom(4), "big")
+        self._ref_form = 90 if self.big_creation else 114
+        self.caller = self.new_pid()
+        self.mailboxes: set[Pid] = set()
+        # Our group leaders (one per call), each with the text printed through it.
+        self.group_leaders: dict[Pid, list[str]] = {}
+        self._retired_gls: deque[tuple[float, Pid]] = deque()
+        self._monitors: dict[Reference, Pid] = {}
+        self._applies: dict[Reference, _IoRequest] = {}
+        self.outbox: list[bytes] = []
+        # The rpc request's constant parts, encoded once: 'p', the REG_SEND control, and
+        # the payload's head up to the ref ({'$gen_call', {Caller, ...).
+        self._rpc_head = (b"p\x83" + encode_term((OP_REG_SEND, self.caller, UNUSED, A_REX))
+                          + b"\x83h\x03" + encode_term(A_GEN_CALL) + b"h\x02" + encode_term(self.caller))
+
+    # ------------------------------------------------------------ identities
+    def new_pid(self) -> Pid:
+        return Pid(self._atom, next(self._pid_ids) & 0x7FFF, 0, self.creation, old=not self.big_creation)
+
+    def make_ref(self) -> Reference:
+        n = next(self._ref_ids)
+        return Reference(self._atom, (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt), self.creation,
+                         self._ref_form)
+
+    def open_mailbox(self) -> Pid:
+        pid = self.new_pid()
+        self.mailboxes.add(pid)
+        return pid
+
+    def close_mailbox(self, pid: Pid) -> None:
+        self.mailboxes.discard(pid)
+
+    def is_live(self, target: Any) -> bool:
+        return target == self.caller or target in self.mailboxes or target in self.group_leaders
+
+    # ------------------------------------------------------------ rpc
+    def rpc_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
+        """``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` to rex, framed, from the pre-encoded head."""
+        body = self._rpc_head + encode_term(ref) + b"h\x05" + encode_term(A_CALL) + encode_term(module) \
+            + encode_term(function) + encode_term(args) + encode_term(gl)
+        return _FRAME_LEN(len(body)) + body
+
+    def start_call(self, module: Atom, function: Atom, args: list[Any]
+                   ) -> tuple[Reference, Pid, list[str], bytes]:
+        """A new call: its ref, its own group leader (ours until ``end_call``), the list that
+        collects what the call prints through it, and the frame to send."""
+        ref = self.make_ref()
+        gl = self.new_pid()
+        output: list[str] = []
+        self.group_leaders[gl] = output
+        return ref, gl, output, self.rpc_frame(module, function, args, gl, ref)
+
+    def end_call(self, gl: Pid, now: float) -> None:
+        """The call is over; its group leader stays ours ``GROUP_LEADER_GRACE`` seconds more."""
+        retired = self._retired_gls
+        retired.append((now + GROUP_LEADER_GRACE, gl))
+        while retired and retired[0][0] < now:
+            old = retired.popleft()[1]
+            self.group_leaders.pop(old, None)
+            if self._applies:
+                for ref in [r for r, req in self._applies.items() if req.gl == old]:
+                    del self._applies[ref]
+
+    # ------------------------------------------------------------ frames we send
+    def send_frame(self, to: Pid, msg: Any, sender: Pid | None = None) -> bytes:
+        """``To ! Msg``, naming ``sender`` when the peer takes SEND_SENDER."""
+        if sender is not None and self._send_sender:
+            return build_message((OP_SEND_SENDER, sender, to), msg)
+        return build_message((OP_SEND, UNUSED, to), msg)
+
+    def reg_send_frame(self, name: Atom, msg: Any, sender: Pid | None = None) -> bytes:
+        """``{Name, Node} ! Msg``."""
+        return build_message((OP_REG_SEND, sender or self.caller, UNUSED, name), msg)
+
+    def monitor_frame(self, owner: Pid, target: Pid | Atom) -> tuple[Reference, bytes]:
+        """Monitor ``target`` for mailbox ``owner``; its DOWN comes back as a ``Deliver`` to ``owner``."""
+        ref = self.make_ref()
+        self._monitors[ref] = owner
+        return ref, build_message((OP_MONITOR_P, owner, target, ref))
+
+    def demonitor_frame(self, owner: Pid, target: Pid | Atom, ref: Reference) -> bytes:
+        self._monitors.pop(ref, None)
+        return build_message((OP_DEMONITOR_P, owner, target, ref))
+
+    def link_frame(self, owner: Pid, target: Pid) -> bytes:
+        return build_message((OP_LINK, owner, target))
+
+    def exit_frame(self, target: Pid, reason: Any, sender: Pid | None = None) -> bytes:
+        """``exit(Target, Reason)`` from one of our pids."""
+        return build_message((OP_EXIT2, sender or self.caller, target, reason))
+
+    def data_to_send(self) -> bytes:
+        """The frames ``receive`` queued, joined; the outbox is empty afterwards."""
+        out = b"".join(self.outbox)
+        self.outbox.clear()
+        return out
+
+    # ------------------------------------------------------------ receiving
+    def receive(self, msg: DistMessage) -> Sequence[Event]:
+        """Handle one message from the peer; return the events for the driver (frames go to ``outbox``)."""
+        ctl = msg.control
+        op = ctl[0]
+        try:
+            if op in _SENDS:
+                to = ctl[2]
+                if to == self.caller:
+                    payload = msg.payload
+                    if type(payload) is tuple and len(payload) == 2 and type(payload[0]) is Reference:
+                        if self._applies and payload[0] in self._applies:
+                            return self._applied(self._applies.pop(payload[0]), payload[1])
+                        return (_tuple_new(RpcReply, payload),)  # RpcReply(ref, value), built the fast way
+                    log.debug("message to our caller pid that is no reply: %.200r", payload)
+                    return _NO_EVENTS
+                if to in self.mailboxes:
+                    return (Message(to, msg),)
+                if to in self.group_leaders:
+                    payload = msg.payload
+                    if is_io_request(payload):
+                        _, sender, reply_as, request = payload
+                        return self._drive(_IoRequest(io_steps(request), to, sender, reply_as), None)
+                    return _NO_EVENTS
+                log.debug("message to unknown pid %s dropped", to)
+                return _NO_EVENTS
+            if op == OP_MONITOR_P:
+                # {19, FromPid, ToProc, Ref}: fine for live pids; otherwise DOWN at once.
+                if not self.is_live(ctl[2]):
+                    self.outbox.append(build_message((OP_MONITOR_P_EXIT, ctl[2], ctl[1], ctl[3], A_NOPROC)))
+            elif op == OP_MONITOR_P_EXIT or op == OP_PAYLOAD_MONITOR_P_EXIT:
+                ref = ctl[3]
+                reason = ctl[4] if op == OP_MONITOR_P_EXIT else msg.payload
+                owner = self._monitors.pop(ref, None)
+                if owner is not None and owner in self.mailboxes:
+                    return (Deliver(owner, (A_DOWN, ref, A_PROCESS, ctl[1], reason)),)
+            elif op in _EXITS:
+                frm, to = ctl[1], ctl[2]
+                reason = msg.payload if op in _EXITS_WITH_PAYLOAD else ctl[-1]
+                if to in self.mailboxes:
+                    return (Deliver(to, (A_EXIT, frm, reason)),)
+            elif op == OP_UNLINK_ID:
+                # {35, Id, From, To}: acknowledge so the peer's link state settles.
+                self.outbox.append(build_message((OP_UNLINK_ID_ACK, ctl[1], ctl[3], ctl[2])))
+            elif op == OP_LINK:
+                if not self.is_live(ctl[2]):
+                    self.outbox.append(build_message((OP_EXIT, ctl[2], ctl[1], A_NOPROC)))
+            elif op == OP_REG_SEND:
+                log.debug("dropping message to unregistered name %s", ctl[3])
+            elif op == OP_DEMONITOR_P or op == OP_UNLINK or op == OP_UNLINK_ID_ACK:
+                pass
+            else:
+                log.debug("ignoring control message %r", ctl)
+            return _NO_EVENTS
+        except (IndexError, TypeError, ValueError) as exc:
+            # A control tuple of the wrong arity, or an unhashable where a pid belongs.
+            raise ProtocolError(f"malformed control message from {self.peer_name}: {ctl!r:.120}") from exc
+
+    # ------------------------------------------------------------ io_requests
+    def _applied(self, req: _IoRequest, value: Any) -> Sequence[Event]:
+        if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
+            value = ApplyFailed(value[1])
+        return self._drive(req, value)
+
+    def _drive(self, req: _IoRequest, value: Any) -> Sequence[Event]:
+        """Run an io_steps generator until it needs a rex call (queued) or finishes (reply queued)."""
+        events: list[Event] = []
+        try:
+            while True:
+                step = req.steps.send(value)
+                value = None
+                if step[0] == "apply":
+                    ref = self.make_ref()
+                    self._applies[ref] = req
+                    self.outbox.append(self.rpc_frame(step[1], step[2], step[3], req.gl, ref))
+                    return events
+                output = self.group_leaders.get(req.gl)
+                if output is not None:
+                    output.append(step[1])
+                events.append(Output(req.gl, step[1]))
+        except StopIteration as done:
+            reply = done.value
+        except KzBridgeError as exc:
+            reply = (A_STD_ERROR, Atom(f"kzbridge: {exc}"[:200]))
+        self.outbox.append(self.send_frame(req.sender, (A_IO_REPLY, req.reply_as, reply), sender=req.gl))
+        return events
+
+
+def lost_error(peer_name: str, what: str, exc: KzBridgeError) -> ConnectionLostError:
+    """What a call in flight fails with when the connection goes."""
+    return ConnectionLostError(f"{peer_name} went away during {what}: {exc.message}", hint=exc.hint,
+                               setting=exc.setting)
+
+
+def call_name(module: Atom, function: Atom, args: list[Any]) -> str:
+    """``m:f/arity`` for messages."""
+    return f"{module.name}:{function.name}/{len(args)}"

@@ -1,0 +1,82 @@
+"""A fake node that knows the cookie and then misbehaves: the receiving side of the handshake in plain sockets.
+
+It registers with EPMD (so our client finds it as ``name@127.0.0.1``), accepts one
+connection, answers the v6 handshake as a real node would (status ok, challenge,
+checks our digest, acks with its own), then runs ``after_handshake(conn)``.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from typing import Callable
+
+from kzbridge.wire.handshake import OUR_FLAGS, digest
+
+FLAGS = OUR_FLAGS | 0x1  # published, like a normal node
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("client closed during the handshake")
+        data += chunk
+    return data
+
+
+def recv_handshake_message(conn: socket.socket) -> bytes:
+    n = struct.unpack(">H", recv_exact(conn, 2))[0]
+    return recv_exact(conn, n)
+
+
+def send_handshake_message(conn: socket.socket, msg: bytes) -> None:
+    conn.sendall(struct.pack(">H", len(msg)) + msg)
+
+
+class HostilePeer:
+    """See the module docstring. ``error`` holds what went wrong on the peer's side, if anything."""
+
+    def __init__(self, epmd_port: int, cookie: str, after_handshake: Callable[[socket.socket], None],
+                 name: str = "hostile", with_ack: bytes = b"") -> None:
+        self.cookie = cookie
+        self.with_ack = with_ack  # distribution bytes sent in the same write as the ack
+        self.after_handshake = after_handshake
+        self.node = f"{name}@127.0.0.1"
+        self.error: BaseException | None = None
+        self.server = socket.create_server(("127.0.0.1", 0))
+        port = self.server.getsockname()[1]
+        self.epmd = socket.create_connection(("127.0.0.1", epmd_port))
+        raw = name.encode()
+        body = struct.pack(">BHBBHHH", 120, port, 77, 0, 6, 5, len(raw)) + raw + b"\0\0"
+        self.epmd.sendall(struct.pack(">H", len(body)) + body)
+        reply = recv_exact(self.epmd, 2)
+        if reply not in (b"y\x00", b"v\x00"):
+            raise RuntimeError(f"EPMD refused the registration: {reply!r}")
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+            with conn:
+                send_name = recv_handshake_message(conn)
+                assert send_name[:1] == b"N", send_name[:1]
+                send_handshake_message(conn, b"sok")
+                challenge = 0x12345678
+                me = self.node.encode()
+                send_handshake_message(conn, b"N" + struct.pack(">QIIH", FLAGS, challenge, 77, len(me)) + me)
+                reply = recv_handshake_message(conn)
+                assert reply[:1] == b"r" and reply[5:21] == digest(self.cookie, challenge), "bad digest"
+                their_challenge = struct.unpack(">I", reply[1:5])[0]
+                ack = b"a" + digest(self.cookie, their_challenge)
+                conn.sendall(struct.pack(">H", len(ack)) + ack + self.with_ack)
+                self.after_handshake(conn)
+        except BaseException as exc:  # reported to the test through .error
+            self.error = exc
+
+    def close(self) -> None:
+        self.epmd.close()
+        self.server.close()
+        self.thread.join(10)

@@ -1,0 +1,373 @@
+"""The node session without sockets: frames in, frames and events out.
+
+Frames from the "peer" are built with frames.build_message and go through the same
+readers a driver uses (FrameReader, parse_message), each fed three ways (h11's rule):
+whole, one byte at a time, and with the start of another frame trailing.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kzbridge.errors import (
+    ConnectError,
+    CookieRejectedError,
+    HandshakeTimeoutError,
+    HostUnreachableError,
+    ProtocolError,
+    UsageError,
+)
+from kzbridge.wire.epmd import NodeInfo
+from kzbridge.wire.frames import (
+    OP_DEMONITOR_P,
+    OP_EXIT,
+    OP_EXIT2,
+    OP_GROUP_LEADER,
+    OP_LINK,
+    OP_MONITOR_P,
+    OP_MONITOR_P_EXIT,
+    OP_PAYLOAD_EXIT,
+    OP_REG_SEND,
+    OP_SEND,
+    OP_SEND_SENDER,
+    OP_UNLINK_ID,
+    OP_UNLINK_ID_ACK,
+    UNUSED,
+    DistMessage,
+    FrameReader,
+    build_message,
+    parse_message,
+)
+from kzbridge.wire.handshake import DFLAG_BIG_CREATION, DFLAG_SEND_SENDER, OUR_FLAGS, HandshakeResult
+from kzbridge.wire.io_protocol import A_IO_REPLY, A_IO_REQUEST
+from kzbridge.wire.rex import A_CALL, A_GEN_CALL, A_REX
+from kzbridge.wire.session import (
+    GROUP_LEADER_GRACE,
+    ConnectPlan,
+    Deliver,
+    Message,
+    Output,
+    RpcReply,
+    Session,
+)
+from kzbridge.wire.socket_errors import map_exceptions
+from kzbridge.wire.terms import Atom, ErlString, Pid, Reference
+
+PEER = Atom("peer@host")
+A_OK = Atom("ok")
+A_NOPROC = Atom("noproc")
+
+
+def session(flags: int = OUR_FLAGS) -> Session:
+    return Session("kzb_test@127.0.0.1", HandshakeResult("peer@host", flags, 77, flags, 6, b""), creation=0x1234)
+
+
+def peer_pid(n: int) -> Pid:
+    return Pid(PEER, n, 0, 77)
+
+
+MODES = ["whole", "bytewise", "trailing"]
+TRAILING = build_message((OP_SEND, UNUSED, peer_pid(99)), Atom("next"))[:7]
+
+
+def feed(s: Session, data: bytes, mode: str) -> list[Any]:
+    """Split ``data`` into frames as a driver does and hand each message to the session."""
+    reader = FrameReader()
+    events: list[Any] = []
+    chunks = [data[i:i + 1] for i in range(len(data))] if mode == "bytewise" else [data]
+    if mode == "trailing":
+        chunks = [data + TRAILING]
+    for chunk in chunks:
+        for frame in reader.feed(chunk):
+            assert frame is not None
+            events.extend(s.receive(parse_message(frame)))
+    assert reader.buffered == (len(TRAILING) if mode == "trailing" else 0)
+    return events
+
+
+def sent(s: Session) -> list[DistMessage]:
+    """The frames the session queued, parsed back (and the outbox emptied)."""
+    out = FrameReader().feed(s.data_to_send())
+    assert s.outbox == []
+    return [parse_message(f) for f in out if f is not None]
+
+
+def unframe(frame: bytes) -> DistMessage:
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+    return parse_message(frame[4:])
+
+
+# ---------------------------------------------------------------- rpc
+
+def test_rpc_frame_is_the_gen_call_to_rex_that_the_term_form_encodes():
+    s = session()
+    m, f, args = Atom("erlang"), Atom("node"), [1, b"x", [Atom("y")]]
+    ref, gl, output, frame = s.start_call(m, f, args)
+    assert output == []
+    msg = unframe(frame)
+    assert msg.control == (OP_REG_SEND, s.caller, UNUSED, A_REX)
+    assert msg.payload == (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl))
+    assert frame == build_message((OP_REG_SEND, s.caller, UNUSED, A_REX),
+                                  (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl)))
+    assert s.is_live(gl) and gl != s.caller
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rex_reply_becomes_an_rpc_reply_event(mode):
+    s = session()
+    ref, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    other, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    data = (build_message((OP_SEND, UNUSED, s.caller), (other, Atom("second")))
+            + build_message((OP_SEND_SENDER, peer_pid(5), s.caller), (ref, [1000, 2])))
+    assert feed(s, data, mode) == [RpcReply(other, Atom("second")), RpcReply(ref, [1000, 2])]
+    assert s.outbox == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_messages_to_our_caller_that_are_no_replies_are_dropped(mode):
+    s = session()
+    data = (build_message((OP_SEND, UNUSED, s.caller), Atom("garbage"))
+            + build_message((OP_SEND, UNUSED, s.caller), ([1000, 2], Atom("unhashable_key")))
+            + build_message((OP_SEND, UNUSED, peer_pid(3)), Atom("to a pid we never made")))
+    assert feed(s, data, mode) == []
+    assert s.outbox == []
+
+
+def test_pids_and_refs_are_fresh_and_take_the_peers_creation_form():
+    s = session()
+    assert len({s.new_pid() for _ in range(100)} | {s.caller}) == 101
+    assert len({s.make_ref() for _ in range(100)}) == 100
+    assert s.caller.creation == 0x1234 and not s.caller.old and s.make_ref().form == 90
+    old = session(OUR_FLAGS & ~DFLAG_BIG_CREATION)
+    assert old.caller.old and old.caller.creation in (1, 2, 3) and old.make_ref().form == 114
+
+
+# ---------------------------------------------------------------- io requests
+
+def io_request(to: Pid, request: Any, sender: Pid | None = None, reply_as: Any = Atom("r1")) -> bytes:
+    return build_message((OP_SEND, UNUSED, to), (A_IO_REQUEST, sender or peer_pid(7), reply_as, request))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_io_request_is_answered_and_its_text_emitted(mode):
+    s = session()
+    _, gl, _, _ = s.start_call(Atom("io"), Atom("put_chars"), [])
+    data = io_request(gl, (Atom("put_chars"), Atom("unicode"), ErlString("héllo\n")))
+    assert feed(s, data, mode) == [Output(gl, "héllo\n")]
+    [reply] = sent(s)
+    assert reply.control == (OP_SEND_SENDER, gl, peer_pid(7))
+    assert reply.payload == (A_IO_REPLY, Atom("r1"), A_OK)
+
+
+def test_io_reply_is_a_plain_send_when_the_peer_lacks_send_sender():
+    s = session(OUR_FLAGS & ~DFLAG_SEND_SENDER)
+    _, gl, _, _ = s.start_call(Atom("io"), Atom("put_chars"), [])
+    assert feed(s, io_request(gl, (Atom("put_chars"), b"x")), "whole") == [Output(gl, "x")]
+    [reply] = sent(s)
+    assert reply.control == (OP_SEND, UNUSED, peer_pid(7))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_io_request_that_needs_an_apply_round_trip(mode):
+    s = session()
+    main, gl, output, _ = s.start_call(Atom("io"), Atom("format"), [])
+    fmt_args = [ErlString("~p~n"), [(Atom("a"), 1)]]
+    request = (Atom("put_chars"), Atom("unicode"), Atom("io_lib"), Atom("format"), fmt_args)
+    assert feed(s, io_request(gl, request), mode) == []
+    [apply] = sent(s)
+    assert apply.control == (OP_REG_SEND, s.caller, UNUSED, A_REX)
+    tag, (caller, apply_ref), call = apply.payload
+    assert tag == A_GEN_CALL and caller == s.caller and apply_ref != main
+    assert call == (A_CALL, Atom("io_lib"), Atom("format"), fmt_args, gl)
+    # The node answers the formatting call; the session resumes the request instead of reporting a reply.
+    events = feed(s, build_message((OP_SEND, UNUSED, s.caller), (apply_ref, [ErlString("{a,1}"), 10])), mode)
+    assert events == [Output(gl, "{a,1}\n")] and output == ["{a,1}\n"]
+    [reply] = sent(s)
+    assert reply.payload == (A_IO_REPLY, Atom("r1"), A_OK)
+    # A later reply with the same ref is an ordinary (unknown) reply for the driver to drop.
+    assert feed(s, build_message((OP_SEND, UNUSED, s.caller), (apply_ref, A_OK)), mode) == [RpcReply(apply_ref, A_OK)]
+
+
+def test_io_request_whose_apply_fails_is_answered_with_the_error():
+    s = session()
+    _, gl, _, _ = s.start_call(Atom("io"), Atom("format"), [])
+    request = (Atom("put_chars"), Atom("unicode"), Atom("io_lib"), Atom("format"), [b"~p", []])
+    feed(s, io_request(gl, request), "whole")
+    [apply] = sent(s)
+    apply_ref = apply.payload[1][1]
+    reason = (Atom("EXIT"), Atom("badarg"))
+    assert feed(s, build_message((OP_SEND, UNUSED, s.caller), (apply_ref, (Atom("badrpc"), reason))), "whole") == []
+    [reply] = sent(s)
+    assert reply.payload == (A_IO_REPLY, Atom("r1"), (Atom("error"), reason))
+
+
+def test_io_requests_batch_and_unknown_requests():
+    s = session()
+    _, gl, _, _ = s.start_call(Atom("io"), Atom("put_chars"), [])
+    batch = (Atom("requests"), [(Atom("put_chars"), b"a"), (Atom("put_chars"), Atom("unicode"), b"b")])
+    assert feed(s, io_request(gl, batch) + io_request(gl, Atom("bogus_request"), reply_as=2), "whole") \
+        == [Output(gl, "a"), Output(gl, "b")]
+    first, second = sent(s)
+    assert first.payload == (A_IO_REPLY, Atom("r1"), A_OK)
+    assert second.payload == (A_IO_REPLY, 2, (Atom("error"), Atom("request")))
+
+
+def test_group_leaders_stay_ours_for_a_grace_period_after_the_call():
+    s = session()
+    _, gl, _, _ = s.start_call(Atom("io"), Atom("format"), [])
+    request = (Atom("put_chars"), Atom("unicode"), Atom("io_lib"), Atom("format"), [b"x", []])
+    feed(s, io_request(gl, request), "whole")
+    sent(s)
+    s.end_call(gl, now=100.0)
+    assert s.is_live(gl)
+    _, gl2, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    s.end_call(gl2, now=100.0 + GROUP_LEADER_GRACE + 1)
+    assert not s.is_live(gl) and s.is_live(gl2)
+    assert feed(s, io_request(gl, (Atom("put_chars"), b"late")), "whole") == []
+    assert s.outbox == [] and s._applies == {}
+
+
+# ---------------------------------------------------------------- control messages
+
+@pytest.mark.parametrize("mode", MODES)
+def test_monitor_of_a_dead_pid_is_answered_with_monitor_p_exit(mode):
+    s = session()
+    live = s.open_mailbox()
+    dead = Pid(s.caller.node, 999, 0, s.caller.creation)
+    ref1, ref2 = Reference(PEER, (1, 2, 3), 77), Reference(PEER, (4, 5, 6), 77)
+    data = (build_message((OP_MONITOR_P, peer_pid(1), dead, ref1))
+            + build_message((OP_MONITOR_P, peer_pid(1), live, ref2)))
+    assert feed(s, data, mode) == []
+    [answer] = sent(s)
+    assert answer.control == (OP_MONITOR_P_EXIT, dead, peer_pid(1), ref1, A_NOPROC)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unlink_id_is_acknowledged(mode):
+    s = session()
+    mb = s.open_mailbox()
+    assert feed(s, build_message((OP_UNLINK_ID, 42, peer_pid(1), mb)), mode) == []
+    [ack] = sent(s)
+    assert ack.control == (OP_UNLINK_ID_ACK, 42, mb, peer_pid(1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_link_to_a_dead_pid_is_answered_with_exit(mode):
+    s = session()
+    live = s.open_mailbox()
+    dead = Pid(s.caller.node, 998, 0, s.caller.creation)
+    data = build_message((OP_LINK, peer_pid(1), dead)) + build_message((OP_LINK, peer_pid(1), live))
+    assert feed(s, data, mode) == []
+    [exit_] = sent(s)
+    assert exit_.control == (OP_EXIT, dead, peer_pid(1), A_NOPROC)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unknown_and_uninteresting_controls_are_ignored(mode):
+    s = session()
+    mb = s.open_mailbox()
+    data = (build_message((OP_GROUP_LEADER, peer_pid(1), mb))
+            + build_message((99, Atom("future"), 1))
+            + build_message((OP_DEMONITOR_P, peer_pid(1), mb, Reference(PEER, (1, 2, 3), 77)))
+            + build_message((OP_REG_SEND, peer_pid(1), UNUSED, Atom("nobody")), Atom("hi")))
+    assert feed(s, data, mode) == []
+    assert s.outbox == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_monitors_exits_and_messages_reach_mailboxes(mode):
+    s = session()
+    mb = s.open_mailbox()
+    ref, frame = s.monitor_frame(mb, peer_pid(4))
+    assert unframe(frame).control == (OP_MONITOR_P, mb, peer_pid(4), ref)
+    data = (build_message((OP_MONITOR_P_EXIT, peer_pid(4), mb, ref, Atom("killed")))
+            + build_message((OP_EXIT2, peer_pid(5), mb, Atom("bye")))
+            + build_message((OP_PAYLOAD_EXIT, peer_pid(6), mb), Atom("payload_reason"))
+            + build_message((OP_SEND_SENDER, peer_pid(7), mb), (Atom("chunk"), b"data")))
+    events = feed(s, data, mode)
+    assert events[:3] == [Deliver(mb, (Atom("DOWN"), ref, Atom("process"), peer_pid(4), Atom("killed"))),
+                          Deliver(mb, (Atom("EXIT"), peer_pid(5), Atom("bye"))),
+                          Deliver(mb, (Atom("EXIT"), peer_pid(6), Atom("payload_reason")))]
+    assert type(events[3]) is Message and events[3].to == mb
+    assert events[3].msg.payload == (Atom("chunk"), b"data")
+    # A second DOWN for the same ref, and signals to a closed mailbox, go nowhere.
+    s.close_mailbox(mb)
+    assert feed(s, data, mode) == []
+
+
+def test_send_frames():
+    s = session()
+    mb = s.open_mailbox()
+    assert unframe(s.send_frame(peer_pid(1), 1, sender=mb)).control == (OP_SEND_SENDER, mb, peer_pid(1))
+    assert unframe(s.send_frame(peer_pid(1), 1)).control == (OP_SEND, UNUSED, peer_pid(1))
+    assert unframe(session(OUR_FLAGS & ~DFLAG_SEND_SENDER).send_frame(peer_pid(1), 1, sender=mb)).control \
+        == (OP_SEND, UNUSED, peer_pid(1))
+    assert unframe(s.reg_send_frame(Atom("echo"), 2)).control == (OP_REG_SEND, s.caller, UNUSED, Atom("echo"))
+    assert unframe(s.exit_frame(peer_pid(1), Atom("kill"))).control == (OP_EXIT2, s.caller, peer_pid(1),
+                                                                         Atom("kill"))
+    assert unframe(s.link_frame(mb, peer_pid(1))).control == (OP_LINK, mb, peer_pid(1))
+
+
+controls = st.tuples(st.integers(0, 40)).flatmap(
+    lambda op: st.lists(st.one_of(st.integers(), st.binary(max_size=3), st.just(Atom("x")), st.just([1]),
+                                  st.just(peer_pid(1))), max_size=5).map(lambda rest: op + tuple(rest)))
+
+
+@settings(max_examples=500)
+@given(controls, st.one_of(st.none(), st.integers(), st.tuples(st.integers(), st.integers())))
+def test_fuzz_any_control_tuple_is_handled_or_a_protocol_error(control, payload):
+    s = session()
+    frame = build_message(control, payload)
+    try:
+        s.receive(parse_message(frame[4:]))
+    except ProtocolError:
+        pass
+
+
+# ---------------------------------------------------------------- connect plan and error mapping
+
+def test_connect_plan_checks_the_cookie_and_picks_the_version():
+    with pytest.raises(UsageError) as err:
+        ConnectPlan("a@b", "", timeout=1)
+    assert err.value.setting == "cookie" and "--" not in str(err.value)
+    with pytest.raises(UsageError):
+        ConnectPlan("no-at-sign", "c", timeout=1)
+    plan = ConnectPlan("kazoo_apps@kazoo1", "c", timeout=1)
+    assert (plan.name, plan.host) == ("kazoo_apps", "kazoo1")
+    hs6 = plan.handshake(NodeInfo("kazoo_apps", 4000, 77, 0, 6, 5), "10.0.0.1")
+    assert hs6.version == 6 and plan.own_name.startswith("kzbridge_") and hs6.own_name == plan.own_name
+    assert plan.handshake(NodeInfo("kazoo_apps", 4000, 77, 0, 5, 5), "10.0.0.1").version == 5
+    assert plan.creation & 4 and 0 < plan.remaining() <= 1
+
+
+def test_connect_errors_are_translated_once_with_the_cause_kept():
+    plan = ConnectPlan("n@h", "c", timeout=2)
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    with pytest.raises(HostUnreachableError) as err:
+        with map_exceptions(plan.tcp_errors(4000)):
+            raise refused
+    assert err.value.__cause__ is refused and "Connection refused" in str(err.value)
+    with pytest.raises(HandshakeTimeoutError) as err2:
+        with map_exceptions(plan.tcp_errors(4000)):
+            raise socket.timeout("timed out")
+    assert err2.value.setting == "timeout"
+    with pytest.raises(CookieRejectedError):  # the handshake's own connect errors pass unchanged
+        with map_exceptions(plan.handshake_errors()):
+            raise CookieRejectedError("rejected")
+    with pytest.raises(ConnectError) as err3:
+        with map_exceptions(plan.handshake_errors()):
+            raise ProtocolError("junk")
+    assert type(err3.value) is ConnectError and "handshake failed: junk" in str(err3.value)
+    with pytest.raises(ConnectError) as err4:
+        with map_exceptions(plan.handshake_errors()):
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    assert "connection failed during the handshake" in str(err4.value)
+    with pytest.raises(KeyError):  # what the mapping does not name is not ours to translate
+        with map_exceptions(plan.handshake_errors()):
+            raise KeyError("bug")
