@@ -46,7 +46,13 @@ def kazoo_target(request: Any) -> Iterator[tuple[str, str]]:
         sandbox.stop(name)
 
 
-@pytest.fixture
+try:  # pytest-asyncio in strict mode runs only async fixtures declared through it
+    from pytest_asyncio import fixture as _async_fixture
+except ImportError:  # without it an async fixture needs another asyncio plugin (anyio, auto mode)
+    _async_fixture = pytest.fixture
+
+
+@_async_fixture
 async def kazoo_node(kazoo_target: tuple[str, str]) -> AsyncIterator[Any]:
     """A connected HiddenNode (needs an asyncio test runner such as pytest-asyncio)."""
     from .wire.node import connect_node

@@ -72,15 +72,6 @@ import pytest_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
-# Tests that start Erlang without an Erlang fixture, until their files carry @pytest.mark.live
-# themselves (then remove them from here): (file name, test function name).
-_LIVE_WITHOUT_FIXTURES = {
-    ("test_cli.py", "test_demo_runs_the_main_job_end_to_end"),
-    ("test_cli.py", "test_sandbox_commands"),
-    ("test_pytest_plugin.py", "test_plugin_starts_its_own_sandbox_without_a_node"),
-}
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -237,8 +228,7 @@ def private_epmd(run_env: RunEnv) -> Iterator[int]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        fn = getattr(item, "originalname", item.name)
-        if "private_epmd" in fixtures or (item.path.name, fn) in _LIVE_WITHOUT_FIXTURES:
+        if "private_epmd" in fixtures:
             item.add_marker(pytest.mark.live)
 
 

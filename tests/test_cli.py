@@ -339,6 +339,7 @@ def test_detached_start_status_stop_clear_and_collect(sandbox_gen2, tmp_path):
     assert json.loads(res.stdout)["traces"] == []
 
 
+@pytest.mark.live
 def test_sandbox_commands(tmp_path):
     name = f"kzcli{os.getpid()}"
     res = kzb("sandbox", "start", "--name", name, "--generation", "1", "--rate", "5")
@@ -362,6 +363,7 @@ def test_sandbox_commands(tmp_path):
     assert kzb("sandbox", "stop", "--name", name).returncode == 2
 
 
+@pytest.mark.live
 def test_demo_runs_the_main_job_end_to_end(tmp_path):
     res = kzb("demo", "--duration", "2", cwd=str(tmp_path), timeout=120)
     assert res.returncode == 0, res.stderr

@@ -77,6 +77,10 @@ def test_timeline_carries_the_date_across_midnight() -> None:
     # The first line may already be past midnight.
     tl2 = Timeline(ClockCorrection(node))
     assert tl2.instant("00:00:03.000 x") == pytest.approx(epoch("2026-11-26T00:00:03"))
+    # Started just after midnight: a line stamped just before it is from the day before.
+    tl4 = Timeline(ClockCorrection(clock("2026-11-26T00:00:00.200")))
+    assert tl4.instant("23:59:59.900 x") == pytest.approx(epoch("2026-11-25T23:59:59.900"))
+    assert tl4.instant("00:00:00.300 x") == pytest.approx(epoch("2026-11-26T00:00:00.300"))
     # lager's buffering can reorder by milliseconds: that is not a new day.
     tl3 = Timeline(ClockCorrection(clock("2026-11-25T10:00:00")))
     assert tl3.instant("10:00:01.000 x") == pytest.approx(epoch("2026-11-25T10:00:01"))

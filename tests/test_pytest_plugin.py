@@ -1,6 +1,8 @@
 """The pytest plugin, as a user's CI would run it: a separate pytest process against a node."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -32,6 +34,7 @@ def test_plugin_fixtures_against_a_given_node(sandbox_gen2, tmp_path):
     assert "2 passed" in res.stdout
 
 
+@pytest.mark.live
 def test_plugin_starts_its_own_sandbox_without_a_node(tmp_path):
     (tmp_path / "test_user.py").write_text(textwrap.dedent("""
         from kzbridge.wire.terms import Atom

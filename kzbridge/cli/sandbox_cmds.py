@@ -24,11 +24,16 @@ def sandbox() -> None:
               help="kz_data_tracing API generation: 1 = Kazoo 4.0/4.1, 2 = Kazoo 4.2+.")
 @click.option("--rate", type=click.FloatRange(min=0), default=20.0, show_default=True,
               help="Data-sink log events per second from the traffic workers.")
+@click.option("--faketime", default=None, metavar="SPEC",
+              help="Run the node's clock off by SPEC under libfaketime: +3.5s, -2s, or '@2026-11-25 23:59:58' "
+                   "(to try clock correction across nodes and midnight).")
+@click.option("--tz", default=None, metavar="ZONE", help="The node's time zone, e.g. America/New_York.")
 @click.option("--json", "as_json", is_flag=True)
-def sandbox_start(name: str, cookie: str | None, generation: str, rate: float, as_json: bool) -> None:
+def sandbox_start(name: str, cookie: str | None, generation: str, rate: float, faketime: str | None,
+                  tz: str | None, as_json: bool) -> None:
     """Compile the fixtures if needed, start epmd and the node, wait until it answers."""
     from .. import sandbox as sandbox_mod
-    box = sandbox_mod.start(name, cookie=cookie, generation=int(generation), rate=rate)
+    box = sandbox_mod.start(name, cookie=cookie, generation=int(generation), rate=rate, faketime=faketime, tz=tz)
     if as_json:
         emit_json(sandbox_mod.info(box))
     else:
@@ -40,7 +45,7 @@ def sandbox_start(name: str, cookie: str | None, generation: str, rate: float, a
 @sandbox.command("stop")
 @click.option("--name", default="kzsandbox", show_default=True)
 def sandbox_stop(name: str) -> None:
-    """Stop a sandbox node (and delete the trace files kzbridge wrote on it, /tmp/kzbridge-NAME-*)."""
+    """Stop a sandbox node, and delete the trace files this machine's journal recorded on it."""
     from .. import sandbox as sandbox_mod
     if not sandbox_mod.stop(name):
         raise UsageError(f"no sandbox named {name!r} is running", hint="kzbridge sandbox list")

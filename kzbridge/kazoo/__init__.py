@@ -11,7 +11,7 @@ _WHERE = {
     "function_filter": "filters", "module_filter": "filters", "parse_filter": "filters", "pid_filter": "filters",
     "LogRecord": "logparse", "parse_text": "logparse",
     "RunSummary": "session", "Trace": "tracing", "TraceSession": "session", "detect_generation": "tracing",
-    "run_trace": "session", "start_trace": "tracing", "instant_of": "logparse",
+    "run_trace": "session", "start_trace": "tracing",
 }
 __all__ = sorted(_WHERE)
 

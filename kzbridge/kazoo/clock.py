@@ -15,7 +15,8 @@ in different zones. To put several nodes' lines on one timeline we measure, per 
 A ``Timeline`` then turns one file's printed times into UTC instants (float seconds since
 the epoch, on *our* clock): the date comes from the node's date at the trace's start and
 is carried across midnight (a time that jumps backwards by hours means the next day),
-the zone is removed, and the clock offset, interpolated between the measurements at start
+the zone is removed (a line stamped just before a midnight start belongs to the day
+before), and the clock offset, interpolated between the measurements at start
 and at stop, is subtracted.
 
 ``measure`` is the only part that talks to a node; everything else is pure.
@@ -257,6 +258,12 @@ class Timeline:
                 day += 1
                 base += 86400
                 self.days_carried += 1
+            elif sod > last + 86400 - MIDNIGHT_JUMP:
+                # Started just after midnight, and a line stamped just before it (clock
+                # uncertainty, lager's buffering): that line belongs to the day before.
+                day -= 1
+                base -= 86400
+                self.days_carried -= 1
             last = sod
             node_clock = base + sod
             if slope:

@@ -79,14 +79,14 @@ class RemoteReader:
 
     async def start(self) -> RemoteReader:
         self.mailbox = self.node.mailbox(high_water=self.window * 2 + 8,
-                                         sink=self._sink if self.on_data is not None else None)
+                                         consumer=self._take_data if self.on_data is not None else None)
         self.pid = await programs.spawn(
             self.node, programs.READER, Owner=self.mailbox.pid, Path=self.path, Offset=self.offset,
             Chunk=self.chunk, Window=self.window, Poll=self.poll_ms, Idle=self.idle_ms, Mode=Atom(self.mode))
         self._mref = self.node.monitor(self.mailbox, self.pid)
         return self
 
-    def _sink(self, msg: Any) -> bool:
+    def _take_data(self, msg: Any) -> bool:
         if not (type(msg) is tuple and len(msg) == 4 and msg[0] == A_DATA):
             return False
         data = msg[3]

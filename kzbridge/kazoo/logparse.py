@@ -7,18 +7,13 @@ may hold ``|``, ``:`` and newlines, so a line that does not start like a record
 continues the previous record's message.
 
 lager prints only the time of day (``HH:MM:SS.mmm``, `` UTC`` appended when the node
-runs with ``utc_log``), in the node's zone and by the node's clock. ``instant_of``
-turns that text into an aware UTC instant given the day, the zone and the node's
-clock offset; ``DayCarry`` supplies the day for a node's records in file order,
-starting from the trace's start and moving to the next day when the printed time
-jumps backwards by hours (midnight).
+runs with ``utc_log``); clock.Timeline turns it into an instant.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 _HEADER = re.compile(
@@ -145,69 +140,3 @@ def parse_text(text: str) -> list[LogRecord]:
     return list(parse_lines([text]))
 
 
-_CLOCK = re.compile(r"(?:(\d{4})-(\d{2})-(\d{2}) )?(\d{2}):(\d{2}):(\d{2})\.(\d{3})( UTC)?\Z")
-
-
-def _clock_parts(printed: str) -> tuple[date | None, time, bool]:
-    m = _CLOCK.match(printed)
-    if m is None:
-        raise ValueError(f"not a lager time: {printed!r}")
-    y, mo, d, hh, mm, ss, ms, utc = m.groups()
-    day = date(int(y), int(mo), int(d)) if y else None
-    return day, time(int(hh), int(mm), int(ss), int(ms) * 1000), utc is not None
-
-
-def instant_of(printed: str, day: date, tz: tzinfo, offset: float = 0.0) -> datetime:
-    """The aware UTC instant a node meant by ``printed`` (``[YYYY-MM-DD ]HH:MM:SS.mmm[ UTC]``).
-
-    ``day`` is the date the time falls on (a date in the text wins), ``tz`` the node's
-    zone (`` UTC`` in the text wins), ``offset`` the seconds the node's clock runs
-    ahead of ours; it is taken off, so instants of several nodes compare on our clock.
-    Raises ValueError for text that is not a lager time.
-    """
-    printed_day, clock, is_utc = _clock_parts(printed)
-    local = datetime.combine(printed_day or day, clock, tzinfo=timezone.utc if is_utc else tz)
-    return local.astimezone(timezone.utc) - timedelta(seconds=offset)
-
-
-def _seconds_of_day(clock: time) -> float:
-    return clock.hour * 3600 + clock.minute * 60 + clock.second + clock.microsecond / 1e6
-
-
-class DayCarry:
-    """Dates one node's printed times, taken in file order.
-
-    The first record's day is the one that puts it nearest ``start`` (the trace's start,
-    an aware datetime), so a node a little ahead of or behind us across midnight still
-    lands on the right day. After that a printed time that jumps backwards by more than
-    ``jump`` seconds (hours, not the milliseconds by which lager's writers interleave)
-    means midnight passed: the next day. A date in the text is taken as it is.
-    """
-
-    def __init__(self, start: datetime, tz: tzinfo, offset: float = 0.0, jump: float = 3 * 3600.0) -> None:
-        if start.tzinfo is None:
-            raise ValueError("start must be an aware datetime")
-        self.start = start
-        self.tz = tz
-        self.offset = offset
-        self.jump = jump
-        self.day: date | None = None
-        self._last = 0.0
-
-    def instant(self, printed: str) -> datetime:
-        printed_day, clock, is_utc = _clock_parts(printed)
-        if printed_day is not None:
-            return instant_of(printed, printed_day, self.tz, self.offset)
-        now = _seconds_of_day(clock)
-        if self.day is None:
-            zone = timezone.utc if is_utc else self.tz
-            near = self.start.astimezone(zone).date()
-            candidates = [near + timedelta(days=d) for d in (-1, 0, 1)]
-
-            def distance(d: date) -> float:
-                return abs((instant_of(printed, d, self.tz, self.offset) - self.start).total_seconds())
-            self.day = min(candidates, key=distance)
-        elif self._last - now > self.jump:
-            self.day += timedelta(days=1)
-        self._last = now
-        return instant_of(printed, self.day, self.tz, self.offset)

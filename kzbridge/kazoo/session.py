@@ -17,8 +17,10 @@ a StoppedBy(requested) when it came during the stop), then Collected with ``part
 ``.partial`` file left as it is. A lost connection ends the stream with ``Lost`` instead of Collected;
 the stream itself does not raise, ``run()`` raises the ``TraceLostError`` Lost carries.
 
-Each Record carries its node and a sortable aware-UTC ``instant`` (logparse.DayCarry, starting from
-the trace's start in our local zone, or the ``tz``/``clock_offset`` a caller measured), besides the
+Each Record carries its node and a sortable aware-UTC ``instant`` on our clock (clock.Timeline: the
+node's printed time with its date carried from the trace's start, its zone and its clock offset
+removed; the node's clock is measured when the session starts unless the caller passes a
+``correction``, as a cluster run does), besides the
 parsed LogRecord and its printed time, so streams of several nodes can be merged by instant.
 
 Policy lives here, presentation does not: the session enforces ``duration`` and ``max_size``,
@@ -44,14 +46,15 @@ import signal
 import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timezone
 from typing import IO, Any, Literal, Protocol
 
 from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageError
 from ..wire.node import HiddenNode
 from . import programs
 from .collect import ReaderEvent, RemoteReader, partial_path
-from .logparse import DayCarry, LineAssembler, LogRecord
+from . import clock
+from .logparse import LineAssembler, LogRecord
 from .tracing import DATA_SINK, DEFAULT_LEASE, Trace, TraceWarning, start_trace
 
 DEFAULT_MAX_SIZE = 100 << 20
@@ -150,13 +153,6 @@ def default_local_path(node_name: str, ref: str) -> str:
     return f"{node_name.split('@')[0]}-{ref}.log"
 
 
-def local_zone(at: float) -> tzinfo:
-    """Our local zone at the Unix time ``at`` (a fixed offset, so the day of a trace keeps it)."""
-    zone = datetime.fromtimestamp(at).astimezone().tzinfo
-    assert zone is not None
-    return zone
-
-
 def _check_limits(duration: float | None, max_size: int | None) -> None:
     if duration is not None and duration <= 0:
         raise UsageError("the duration must be positive", setting="duration")
@@ -210,7 +206,7 @@ class TraceSession:
 
     def __init__(self, trace: Trace, local_path: str | os.PathLike[str] | None, *, duration: float | None = None,
                  max_size: int | None = DEFAULT_MAX_SIZE, poll_ms: int = 50, owns_trace: bool = True,
-                 tz: tzinfo | None = None, clock_offset: float = 0.0, requests: StopRequests | None = None) -> None:
+                 correction: clock.ClockCorrection | None = None, requests: StopRequests | None = None) -> None:
         _check_limits(duration, max_size)
         self.trace = trace
         self.local_path = str(local_path) if local_path is not None else None
@@ -218,8 +214,7 @@ class TraceSession:
         self.max_size = max_size
         self.poll_ms = poll_ms
         self.owns_trace = owns_trace
-        self.tz = tz or local_zone(trace.started)
-        self.clock_offset = clock_offset
+        self.correction = correction
         self.summary: RunSummary | None = None
         self.requests = requests or StopRequests()
         self._begun = False
@@ -228,18 +223,21 @@ class TraceSession:
     async def start(cls, node: HiddenNode, filters: list[Any], *, local_path: str | os.PathLike[str] | None = None,
                     duration: float | None = None, max_size: int | None = DEFAULT_MAX_SIZE, sink: str = DATA_SINK,
                     level: str = "debug", format_list: list[Any] | None = None, remote_path: str | None = None,
-                    lease: float = DEFAULT_LEASE, poll_ms: int = 50, tz: tzinfo | None = None,
-                    clock_offset: float = 0.0, requests: StopRequests | None = None) -> TraceSession:
+                    lease: float = DEFAULT_LEASE, poll_ms: int = 50,
+                    correction: clock.ClockCorrection | None = None,
+                    requests: StopRequests | None = None) -> TraceSession:
         """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
 
         ``local_path`` defaults to NODE-REF.log in the current directory.
         """
         _check_limits(duration, max_size)
+        if correction is None:
+            correction = clock.ClockCorrection(await clock.measure(node))
         trace = await start_trace(node, filters, sink=sink, level=level, format_list=format_list,
                                   remote_path=remote_path, lease=lease)
         local = local_path if local_path is not None else default_local_path(node.peer_name, trace.ref)
-        return cls(trace, local, duration=duration, max_size=max_size, poll_ms=poll_ms, tz=tz,
-                   clock_offset=clock_offset, requests=requests)
+        return cls(trace, local, duration=duration, max_size=max_size, poll_ms=poll_ms, correction=correction,
+                   requests=requests)
 
     @property
     def node_name(self) -> str:
@@ -333,7 +331,16 @@ class TraceSession:
         node = trace.node
         calls_before = node.calls_made
         started = time.monotonic()
-        carry = DayCarry(datetime.fromtimestamp(trace.started, timezone.utc), self.tz, self.clock_offset)
+        if self.correction is None:
+            self.correction = clock.ClockCorrection(await clock.measure(node))
+        timeline = clock.Timeline(self.correction)
+        last_instant = [self.correction.start.measured_at]
+
+        def instant(printed: str) -> datetime:
+            t = timeline.instant(printed)
+            if t is not None:
+                last_instant[0] = t
+            return datetime.fromtimestamp(last_instant[0], timezone.utc)
         tmp = str(partial_path(self.local_path)) if self.local_path is not None else None
         reader = await RemoteReader(node, trace.remote_path, mode="follow", poll_ms=self.poll_ms).start()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -345,7 +352,7 @@ class TraceSession:
         out: IO[bytes] | None = None
 
         def records(recs: list[LogRecord]) -> list[Record]:
-            return [Record(trace.node_name, carry.instant(r.time), r) for r in recs]
+            return [Record(trace.node_name, instant(r.time), r) for r in recs]
         try:
             out = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in the finally below
             while True:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
 import secrets
 import time
@@ -102,11 +101,6 @@ async def has_data_sink(node: HiddenNode) -> bool:
 def default_remote_path(node_name: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"/tmp/kzbridge-{node_name.split('@')[0]}-{stamp}-{secrets.token_hex(3)}.log"
-
-
-def default_remote_glob(node_name: str) -> str:
-    """A glob for every file default_remote_path made for that node (rotated parts too)."""
-    return f"/tmp/kzbridge-{glob.escape(node_name.split('@')[0])}-*"
 
 
 @dataclass

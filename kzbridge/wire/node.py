@@ -143,17 +143,8 @@ class HiddenNode:
         """``{Name, Node} ! Msg``."""
         self._write(self.session.reg_send_frame(Atom(str(name)), msg, sender))
 
-    def mailbox(self, high_water: int = 64, consumer: Callable[[Any], bool] | None = None, *,
-                sink: Callable[[Any], bool] | None = None) -> Mailbox:
-        """A new pid of ours with a queue; ``consumer`` sees each message first (see Mailbox).
-
-        ``sink`` is the old name of ``consumer``, kept only until kazoo/collect.py passes
-        ``consumer=`` (the lead's merge of reshape-wire); remove it then.
-        """
-        if sink is not None:
-            if consumer is not None:
-                raise TypeError("pass consumer= only (sink= is its old name)")
-            consumer = sink
+    def mailbox(self, high_water: int = 64, consumer: Callable[[Any], bool] | None = None) -> Mailbox:
+        """A new pid of ours with a queue; ``consumer`` sees each message first (see Mailbox)."""
         mb = Mailbox(self, self.session.open_mailbox(), high_water, consumer)
         if self._lost is not None:
             mb.fail(self._lost)
