@@ -7,6 +7,7 @@ ends with one ConnectionLostError or ProtocolError line, never a MemoryError.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import struct
 import time
@@ -49,7 +50,7 @@ def hostile(private_epmd: int) -> Iterator[Callable[..., HostilePeer]]:
     peers: list[HostilePeer] = []
 
     def make(after: Callable[[socket.socket], None], with_ack: bytes = b"") -> HostilePeer:
-        peers.append(HostilePeer(private_epmd, COOKIE, after, name=f"hostile{len(peers)}", with_ack=with_ack))
+        peers.append(HostilePeer(private_epmd, COOKIE, after, name=f"hostile{secrets.token_hex(4)}", with_ack=with_ack))
         return peers[-1]
     yield make
     for p in peers:

@@ -12,25 +12,34 @@ is asked first. A node without that table (not Kazoo, or an older one) is asked 
 ``nodes()``, and the EPMD on the seed's host for the names registered there; names that
 are kzbridge's own hidden nodes are left out.
 
-The tracing itself is ``ClusterTrace`` (cluster_trace.py): one trace session per node.
+``ClusterTrace`` traces them: one TraceSession per node, one stop for all, and at the end
+``cluster.json`` (what ran, each node's clocks) and ``merged.log`` (merge.py) in one directory.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import fnmatch
-from collections.abc import Callable, Iterable
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadRpcError, KzBridgeError, UsageError
+from ..errors import BadRpcError, KazooError, KzBridgeError, UsageError
 from ..wire.terms import Atom
+from .merge import MergeSource, MergeStats, merge_to_file, short_labels
 
 if TYPE_CHECKING:
     from ..wire.node import HiddenNode
     from .clock import NodeClock
+    from .session import Event, RunSummary, TraceSession
 
 # ets:select(kz_nodes, [{'$1', [], [{element, 2, '$1'}]}]): the name of every record.
-_KZ_NODES_NAMES = [(Atom("$1"), [], [(Atom("element"), 2, Atom("$1"))])]
+_KZ_NODES_NAMES: list[tuple[Any, ...]] = [(Atom("$1"), [], [(Atom("element"), 2, Atom("$1"))])]
 # Hidden nodes that are tools, not cluster members: kzbridge's own and sup's.
 _TOOL_PREFIXES = ("kzbridge_", "sup_")
 
@@ -182,3 +191,317 @@ async def survey(conns: Connections, timeout: float = 10.0) -> list[NodeReport]:
         except KzBridgeError as exc:
             return NodeReport(name, False, error=str(exc))
     return list(await asyncio.gather(*(one(n) for n in conns.order)))
+
+
+# ---------------------------------------------------------------------------------------
+# Tracing many nodes: one TraceSession per node, one stop for all, one timeline.
+
+CLUSTER_FILE = "cluster.json"
+MERGED_FILE = "merged.log"
+
+
+def node_file(node: str) -> str:
+    """The per-node file name in a cluster run's directory."""
+    return f"{node}.log"
+
+
+@dataclass
+class ClusterLimits:
+    """What every node's trace shares; sizes per node, and across all nodes."""
+
+    duration: float | None = 60.0
+    max_size: int | None = 100 << 20
+    max_total_size: int | None = None
+    poll_ms: int = 50
+
+
+@dataclass
+class NodeOutcome:
+    """One node of a cluster run: what it ran, what came back, or why it did not."""
+
+    node: str
+    label: str
+    summary: RunSummary | None = None
+    error: KzBridgeError | None = None
+    start: NodeClock | None = None
+    stop: NodeClock | None = None
+    ref: str = ""
+    remote_path: str = ""
+
+    @property
+    def traced(self) -> bool:
+        return bool(self.ref)
+
+
+@dataclass
+class ClusterSummary:
+    directory: Path
+    outcomes: list[NodeOutcome]
+    started: float
+    stopped: float
+    merged: MergeStats | None = None
+    stopped_by: str = ""
+
+    @property
+    def complete(self) -> bool:
+        """Every node traced, collected whole and verified."""
+        return all(o.summary is not None and o.summary.verified and not o.summary.partial for o in self.outcomes)
+
+
+class ClusterTrace:
+    """The same trace on several nodes, started together, stopped together, merged.
+
+    ``start()`` validates the filters once, measures every node's clock and starts a
+    TraceSession on each connected node at once (each with its own lease, exactly as a
+    single-node trace). A node that cannot be reached or refuses the trace is recorded by
+    name and the others go on, unless ``require_all``: then the traces already started are
+    stopped and ClusterIncompleteError is raised. ``run(*observers)`` follows every node
+    concurrently; all sessions share one StopRequests, so Ctrl-C (``signals()``), a
+    caller's ``request_stop`` or ``max_total_size`` stop every node, while ``duration``
+    and ``max_size`` are each node's own. At the end the clocks are measured again and the
+    run's directory gets ``cluster.json`` and ``merged.log``.
+    """
+
+    def __init__(self, conns: Connections, directory: str | os.PathLike[str], filters: list[Any], *,
+                 limits: ClusterLimits | None = None, sink: str = "data", level: str = "debug",
+                 format_list: list[Any] | None = None, lease: float | None = None, require_all: bool = False) -> None:
+        from . import filters as flt
+        from .session import StopRequests
+        self.conns = conns
+        self.directory = Path(directory)
+        self.filters = flt.validate(filters)
+        self.limits = limits or ClusterLimits()
+        self.sink = sink
+        self.level = level
+        self.format_list = format_list
+        self.lease = lease
+        self.require_all = require_all
+        self.requests = StopRequests()
+        labels = short_labels(conns.order)
+        self.outcomes = {n: NodeOutcome(n, labels[n]) for n in conns.order}
+        for node, exc in conns.failed.items():
+            self.outcomes[node].error = exc
+        self.sessions: dict[str, TraceSession] = {}
+        self.started = 0.0
+
+    # -------------------------------------------------------------------- start
+
+    def _check_directory(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        taken = [name for name in [CLUSTER_FILE, MERGED_FILE, *(node_file(n) for n in self.outcomes)]
+                 if (self.directory / name).exists() or (self.directory / (name + ".partial")).exists()]
+        if taken:
+            raise UsageError(f"{self.directory} already holds {', '.join(taken[:3])}"
+                             f"{' ...' if len(taken) > 3 else ''}: give a new or empty directory",
+                             setting="local_path")
+
+    async def start(self) -> None:
+        from . import clock
+        from .session import TraceSession
+        from .tracing import DEFAULT_LEASE
+        self._check_directory()
+        live = [n for n in self.conns.order if n in self.conns.nodes]
+
+        async def one(name: str) -> TraceSession:
+            node = self.conns.nodes[name]
+            outcome = self.outcomes[name]
+            outcome.start = await clock.measure(node)
+            return await TraceSession.start(
+                node, self.filters, local_path=self.directory / node_file(name), duration=self.limits.duration,
+                max_size=self.limits.max_size, sink=self.sink, level=self.level, format_list=self.format_list,
+                lease=self.lease or DEFAULT_LEASE, poll_ms=self.limits.poll_ms,
+                correction=clock.ClockCorrection(outcome.start), requests=self.requests)
+        self.started = time.time()
+        results = await asyncio.gather(*(one(n) for n in live), return_exceptions=True)
+        for name, result in zip(live, results):
+            if isinstance(result, KzBridgeError):
+                self.outcomes[name].error = result
+            elif isinstance(result, BaseException):
+                await self._stop_started()
+                raise result
+            else:
+                self.sessions[name] = result
+                self.outcomes[name].ref = result.trace.ref
+                self.outcomes[name].remote_path = result.trace.remote_path
+        failed = [o.node for o in self.outcomes.values() if o.error is not None]
+        if not self.sessions or (failed and self.require_all):
+            stopped = await self._stop_started()
+            what = "; ".join(f"{n}: {self.outcomes[n].error}" for n in failed)
+            raise ClusterIncompleteError(
+                f"{len(failed)} of {len(self.outcomes)} nodes could not be traced ({what})"
+                + (f"; stopped the traces started on {', '.join(stopped)}" if stopped else ""),
+                failed=failed)
+
+    async def _stop_started(self) -> list[str]:
+        async def stop(name: str) -> str:
+            await self.sessions[name].stop()
+            return name
+        done = await asyncio.gather(*(stop(n) for n in self.sessions), return_exceptions=True)
+        self.sessions.clear()
+        return [d for d in done if isinstance(d, str)]
+
+    # -------------------------------------------------------------------- stop requests
+
+    def request_stop(self, by: str = "caller") -> None:
+        self.requests.request_stop(by)
+
+    def abandon(self, by: str = "caller") -> None:
+        self.requests.abandon(by)
+
+    def signals(self) -> contextlib.AbstractContextManager[None]:
+        return self.requests.signals()
+
+    # -------------------------------------------------------------------- run
+
+    async def events(self) -> AsyncIterator[tuple[str, Event]]:
+        """Every node's events as they come, tagged with the node's name."""
+        from .session import Collected, Lost, Progress
+        queue: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue(maxsize=1024)
+        totals: dict[str, int] = {}
+
+        async def pump(name: str, session: TraceSession) -> None:
+            try:
+                async for event in session.events():
+                    await queue.put((name, event))
+            except KzBridgeError as exc:  # the stream reports loss as Lost; anything else is recorded
+                self.outcomes[name].error = exc
+            finally:
+                await queue.put(None)
+        tasks = [asyncio.ensure_future(pump(n, s)) for n, s in self.sessions.items()]
+        running = len(tasks)
+        try:
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                    continue
+                name, event = item
+                if isinstance(event, Progress):
+                    totals[name] = event.bytes
+                    cap = self.limits.max_total_size
+                    if cap is not None and sum(totals.values()) >= cap:
+                        self.requests.request_stop("max-total-size")
+                elif isinstance(event, Collected):
+                    self.outcomes[name].summary = event.summary
+                elif isinstance(event, Lost):
+                    self.outcomes[name].error = event.error
+                yield name, event
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def run(self, *observers: Callable[[str, Event], None]) -> ClusterSummary:
+        """Follow every node to its end, then measure the clocks again, write cluster.json and merged.log."""
+        async for name, event in self.events():
+            for observe in observers:
+                observe(name, event)
+        return await self.finish()
+
+    async def finish(self) -> ClusterSummary:
+        from . import clock
+
+        async def measure(name: str) -> None:
+            node = self.conns.nodes.get(name)
+            if node is not None and node.alive and self.outcomes[name].start is not None:
+                try:
+                    self.outcomes[name].stop = await clock.measure(node)
+                except KzBridgeError:
+                    pass  # the start measurement stands alone; cluster.json says there is no stop
+        await asyncio.gather(*(measure(n) for n in self.sessions))
+        summary = ClusterSummary(self.directory, list(self.outcomes.values()), self.started, time.time(),
+                                 stopped_by=self.requests.abandon_by or self.requests.stop_by)
+        write_cluster_json(summary, self)
+        sources = merge_sources(self.directory, read_cluster_json(self.directory))
+        summary.merged = merge_to_file(sources, self.directory / MERGED_FILE)
+        write_cluster_json(summary, self)
+        return summary
+
+
+def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None) -> Path:
+    """The run's description (see README "Cluster tracing"): written whole, then renamed."""
+    from . import filters as flt
+    from .clock import ClockCorrection
+
+    def node_entry(o: NodeOutcome) -> dict[str, Any]:
+        s = o.summary
+        entry: dict[str, Any] = {
+            "node": o.node, "label": o.label, "traced": o.traced, "ref": o.ref, "remote_path": o.remote_path,
+            "file": node_file(o.node) if s is not None else None,
+            "partial_file": s.local_path if s is not None and s.partial else None,
+            "records": s.lines if s else 0, "bytes": s.bytes if s else 0,
+            "verified": bool(s and s.verified), "partial": bool(s and s.partial),
+            "stopped_by": s.reason if s else None, "generation": s.generation if s else None,
+            "warnings": [str(w) for w in s.warnings] if s else [],
+            "error": str(o.error) if o.error is not None else None,
+            "clock": ClockCorrection(o.start, o.stop).to_json() if o.start is not None else None,
+        }
+        if o.start is not None:
+            local = o.start.node_local_start
+            entry["utc_offset"] = o.start.utc_offset
+            entry["date_at_start"] = local.date().isoformat()
+            entry["utc_log"] = o.start.utc_log
+        return entry
+    data: dict[str, Any] = {
+        "kzbridge_cluster": 1,
+        "started": _iso(summary.started), "stopped": _iso(summary.stopped),
+        "stopped_by": summary.stopped_by or None,
+        "nodes": [node_entry(o) for o in summary.outcomes],
+        "failed": {o.node: str(o.error) for o in summary.outcomes if o.error is not None},
+        "merged": {"file": MERGED_FILE, "nodes": summary.merged.to_json()} if summary.merged else None,
+    }
+    if run is not None:
+        data.update(filters=flt.describe(run.filters), sink=run.sink, level=run.level,
+                    limits={"duration": run.limits.duration, "max_size": run.limits.max_size,
+                            "max_total_size": run.limits.max_total_size})
+    path = summary.directory / CLUSTER_FILE
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_cluster_json(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(directory) / CLUSTER_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} not found: give a cluster run's directory, or files with clocks",
+                         setting="local_path") from None
+    except (OSError, ValueError) as exc:
+        raise KazooError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("kzbridge_cluster") != 1 or not isinstance(data.get("nodes"), list):
+        raise KazooError(f"{path} is not a kzbridge cluster description")
+    return data
+
+
+def merge_sources(directory: str | os.PathLike[str], data: dict[str, Any]) -> list[MergeSource]:
+    """The per-node files a cluster.json names, with their clocks, in the run's node order."""
+    from .clock import ClockCorrection
+    out: list[MergeSource] = []
+    for entry in data["nodes"]:
+        if not isinstance(entry, dict):
+            raise KazooError("cluster.json: a node entry is not an object")
+        name = entry.get("partial_file") or entry.get("file")
+        if not name or entry.get("clock") is None:
+            continue
+        path = Path(directory) / Path(str(name)).name
+        if not path.exists():
+            raise KazooError(f"cluster.json names {path.name}, which is not in {directory}")
+        out.append(MergeSource(str(entry["node"]), path, ClockCorrection.from_json(entry["clock"]),
+                               str(entry.get("label") or "")))
+    return out
+
+
+class ClusterIncompleteError(KzBridgeError):
+    """Some nodes could not be traced and the run required all of them (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, failed: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, setting="node")
+        self.failed = failed

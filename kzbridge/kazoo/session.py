@@ -329,10 +329,10 @@ class TraceSession:
         self._begun = True
         trace = self.trace
         node = trace.node
+        if self.correction is None:  # setup, not the run's control traffic: measured before counting
+            self.correction = clock.ClockCorrection(await clock.measure(node))
         calls_before = node.calls_made
         started = time.monotonic()
-        if self.correction is None:
-            self.correction = clock.ClockCorrection(await clock.measure(node))
         timeline = clock.Timeline(self.correction)
         last_instant = [self.correction.start.measured_at]
 

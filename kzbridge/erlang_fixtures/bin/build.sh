@@ -20,7 +20,8 @@ lageropts="-pa $lager/ebin +{parse_transform,lager_transform} +{lager_extra_sink
 # shellcheck disable=SC2086
 erlc $lageropts -o "$tmp/common" \
   "$here/src/kazoo_data_app.erl" "$here/src/kazoo_data_sup.erl" "$here/src/kazoo_data_maintenance.erl" \
-  "$here/src/kz_json.erl" "$here/src/kzs_perf.erl" "$here/src/kz_traffic.erl" "$here/src/kz_fixture.erl"
+  "$here/src/kz_json.erl" "$here/src/kzs_perf.erl" "$here/src/kz_traffic.erl" "$here/src/kz_fixture.erl" \
+  "$here/src/kz_nodes.erl"
 cp "$here/src/kazoo_data.app.src" "$tmp/common/kazoo_data.app"
 # shellcheck disable=SC2086
 erlc $lageropts -DKZ_GEN1 -o "$tmp/gen1" "$here/src/kz_data_tracing.erl"

@@ -1,12 +1,13 @@
 %%% Fixture control: boot the fixture node and generate bulk log traffic on demand.
 -module(kz_fixture).
--export([boot/1, ready/0, burst/3, stamp/0, info/0]).
+-export([boot/1, ready/0, burst/3, stamp/0, info/0, chain/3]).
 
 %% Called from the node's command line: start lager, kazoo_data, traffic at Rate events/s.
 boot(Rate) ->
     {ok, _} = application:ensure_all_started(lager),
     {ok, _} = application:ensure_all_started(kazoo_data),
     {ok, _} = kz_traffic:start(Rate),
+    ok = kz_nodes:start(),
     ok.
 
 ready() ->
@@ -32,3 +33,21 @@ stamp() ->
 
 emit(data, I, Pad) -> data:info("burst ~b ~s", [I, Pad]);
 emit(lager, I, Pad) -> lager:info("burst ~b ~s", [I, Pad]).
+
+%% One call crossing nodes: log step Step of CallId here (data sink and main log, callid
+%% metadata as Kazoo sets it), then hand the call to the next hop, which logs Step + 1.
+%% Hops carry each next node's cookie, as the fixture nodes do not share one.
+chain(CallId, Hops, Step) ->
+    _ = spawn(fun() -> chain_step(CallId, Hops, Step) end),
+    ok.
+
+chain_step(CallId, Hops, Step) ->
+    lager:md([{callid, CallId}, {request, <<"chain">>}]),
+    data:info("chain ~s step ~b", [CallId, Step]),
+    lager:info("chain ~s step ~b", [CallId, Step]),
+    case Hops of
+        [] -> ok;
+        [{Next, Cookie} | Rest] ->
+            true = erlang:set_cookie(Next, Cookie),
+            true = rpc:cast(Next, kz_fixture, chain, [CallId, Rest, Step + 1])
+    end.
