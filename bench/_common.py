@@ -1,4 +1,5 @@
 """Shared helpers for the benchmarks: a private epmd and BEAM nodes on loopback, cleaned up on exit."""
+
 from __future__ import annotations
 
 import atexit
@@ -48,8 +49,12 @@ def private_epmd() -> int:
     if "KZBRIDGE_CACHE" not in os.environ:
         os.environ["KZBRIDGE_CACHE"] = f"/tmp/kzbridge-bench-{os.getpid()}"
         _own_cache.append(os.environ["KZBRIDGE_CACHE"])
-    p = subprocess.Popen(["epmd", "-port", str(port), "-address", "127.0.0.1"], start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        ["epmd", "-port", str(port), "-address", "127.0.0.1"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _procs.append(p)
     for _ in range(100):
         with socket.socket() as s:
@@ -62,9 +67,13 @@ def private_epmd() -> int:
 def erl_node(*extra: str) -> tuple[str, str]:
     name = f"b{secrets.token_hex(3)}@127.0.0.1"
     cookie = secrets.token_hex(8)
-    p = subprocess.Popen(["erl", "-noinput", "-name", name, "-setcookie", cookie, *extra],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        ["erl", "-noinput", "-name", name, "-setcookie", cookie, *extra],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     _procs.append(p)
     out = ""
     for _ in range(200):
@@ -79,8 +88,12 @@ def erl_eval(node: str, cookie: str, expr: str, timeout: float = 600) -> str:
     """Run ``expr`` in a fresh hidden BEAM connected to ``node`` (bound as Node); return its output."""
     me = f"e{secrets.token_hex(3)}@127.0.0.1"
     code = f"Node = '{node}', true = net_kernel:hidden_connect_node(Node), {expr}, halt()."
-    res = subprocess.run(["erl", "-noinput", "-hidden", "-name", me, "-setcookie", cookie, "-eval", code],
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        ["erl", "-noinput", "-hidden", "-name", me, "-setcookie", cookie, "-eval", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return res.stdout
 
 
@@ -90,8 +103,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 def summary(name: str, values: list[float], unit: str = "us") -> dict:
-    return {"name": name, "p50": pct(values, 50), "p99": pct(values, 99), "median": statistics.median(values),
-            "unit": unit, "n": len(values)}
+    return {
+        "name": name,
+        "p50": pct(values, 50),
+        "p99": pct(values, 99),
+        "median": statistics.median(values),
+        "unit": unit,
+        "n": len(values),
+    }
 
 
 def line(name: str, value: float, unit: str, baseline: float | None = None, base_name: str = "") -> None:

@@ -8,6 +8,7 @@ With ``--baseline`` it compares this tree's codec with another checkout's instea
 erlang-py needed): fresh interpreters taking turns, the best of each round's runs,
 on the mixed term and on a list of pids and references (the slot classes of terms.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ import time
 from _common import ROOT, pct  # noqa: F401  (also puts the repository on sys.path)
 
 
-def _wire():  # noqa: ANN202 - the codec of whichever tree is first on sys.path
+def _wire():
     from kzbridge.wire import codec, terms
+
     return codec, terms
 
 
@@ -31,11 +33,17 @@ def big_term() -> list:
     Atom, ErlString = terms.Atom, terms.ErlString
     out = []
     for i in range(5000):
-        out.append({
-            Atom("id"): i, Atom("name"): f"user-{i}".encode(), Atom("score"): i * 1.25,
-            Atom("tags"): [Atom("a"), Atom("b"), (Atom("k"), i, -i)], Atom("big"): 2**70 + i,
-            Atom("text"): ErlString(f"line {i} with text"), Atom("flag"): Atom("true"),
-        })
+        out.append(
+            {
+                Atom("id"): i,
+                Atom("name"): f"user-{i}".encode(),
+                Atom("score"): i * 1.25,
+                Atom("tags"): [Atom("a"), Atom("b"), (Atom("k"), i, -i)],
+                Atom("big"): 2**70 + i,
+                Atom("text"): ErlString(f"line {i} with text"),
+                Atom("flag"): Atom("true"),
+            }
+        )
     return out
 
 
@@ -75,17 +83,20 @@ def compare(baseline: str, rounds: int) -> None:
     for r in range(rounds):
         order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
         for label, tree in order:
-            out = subprocess.run([sys.executable, __file__, "--worker", tree], capture_output=True, text=True,
-                                 check=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", tree], capture_output=True, text=True, check=True
+            ).stdout
             for k, v in json.loads(out).items():
                 got[label].setdefault(k, []).append(v)
     print(f"codec, baseline {trees['baseline']} vs this tree ({rounds} rounds, median of 7 runs each, ms)")
     for k in got["baseline"]:
         b, t = got["baseline"][k], got["this tree"][k]
-        ratios = [x / y for x, y in zip(t, b)]
-        print(f"  {k:<18} baseline {statistics.median(b):7.1f} (best {min(b):6.1f})  this tree "
-              f"{statistics.median(t):7.1f} (best {min(t):6.1f})  ratio median {statistics.median(ratios):.3f} "
-              f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
+        ratios = [x / y for x, y in zip(t, b, strict=False)]
+        print(
+            f"  {k:<18} baseline {statistics.median(b):7.1f} (best {min(b):6.1f})  this tree "
+            f"{statistics.median(t):7.1f} (best {min(t):6.1f})  ratio median {statistics.median(ratios):.3f} "
+            f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
+        )
 
 
 def main() -> None:
@@ -125,9 +136,11 @@ def main() -> None:
         verdict = str(atom == "ok")
     except Exception as exc:  # erlang-py's atom __eq__ assumes the other side is an atom
         verdict = f"raises {type(exc).__name__}"
-    print(f"types: erlang-py atom == 'ok' -> {verdict}; "
-          f"bytes b'x' encodes as a binary: {erlang.term_to_binary(b'x') == term_to_binary(b'x')} "
-          f"(kzbridge: atom == 'ok' -> {Atom('ok') == 'ok'}, b'x' is a binary: True)")
+    print(
+        f"types: erlang-py atom == 'ok' -> {verdict}; "
+        f"bytes b'x' encodes as a binary: {erlang.term_to_binary(b'x') == term_to_binary(b'x')} "
+        f"(kzbridge: atom == 'ok' -> {Atom('ok') == 'ok'}, b'x' is a binary: True)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ not handed out recently can cost several times a warm one, on both sides, so the
 first call of each process is reported apart from the later ones, and the ratios
 are of medians over all rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,13 @@ asyncio.run(main())
 
 async def make_file(node: str, cookie: str, path: str, mb: int) -> None:
     n = await connect_node(node, cookie)
-    src = ("{ok, F} = file:open(Path, [write, raw, binary]), "
-           "B = list_to_binary([io_lib:format(\"~8..0b line of trace text|with:separators~n\", [I]) "
-           "|| I <- lists:seq(1, 20000)]), "
-           "Need = MB * 1048576, W = fun W(Done) when Done >= Need -> ok; "
-           "W(Done) -> ok = file:write(F, B), W(Done + byte_size(B)) end, W(0), file:close(F).")
+    src = (
+        "{ok, F} = file:open(Path, [write, raw, binary]), "
+        'B = list_to_binary([io_lib:format("~8..0b line of trace text|with:separators~n", [I]) '
+        "|| I <- lists:seq(1, 20000)]), "
+        "Need = MB * 1048576, W = fun W(Done) when Done >= Need -> ok; "
+        "W(Done) -> ok = file:write(F, B), W(Done + byte_size(B)) end, W(0), file:close(F)."
+    )
     await programs.evaluate(n, src, timeout=600, Path=ErlString(path), MB=mb)
     await n.close()
 
@@ -73,16 +76,23 @@ def main() -> None:
     rss = []
     out = tempfile.mktemp(prefix="kzb-bench-out-")
     for _ in range(args.rounds):
-        text = erl_eval(node, cookie,
-                        f"[begin T0 = erlang:monotonic_time(microsecond), "
-                        f"{{ok, B}} = rpc:call(Node, file, read_file, [\"{path}\"], infinity), "
-                        f"T = erlang:monotonic_time(microsecond) - T0, io:format(\"~p ~p~n\", [T, byte_size(B)]) "
-                        f"end || _ <- [1, 2, 3]]")
+        text = erl_eval(
+            node,
+            cookie,
+            f"[begin T0 = erlang:monotonic_time(microsecond), "
+            f'{{ok, B}} = rpc:call(Node, file, read_file, ["{path}"], infinity), '
+            f'T = erlang:monotonic_time(microsecond) - T0, io:format("~p ~p~n", [T, byte_size(B)]) '
+            f"end || _ <- [1, 2, 3]]",
+        )
         runs = [tuple(map(int, line.split())) for line in text.split("\n") if line.strip()]
         assert len(runs) == 3 and all(n == size for _, n in runs), text
         base.append([size / (us / 1e6) / 1e6 for us, _ in runs])
-        res = subprocess.run([sys.executable, "-c", CHILD, node, cookie, path, str(ROOT), out],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, node, cookie, path, str(ROOT), out],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(res.stdout)
         assert r["bytes"] == size == os.path.getsize(out)
         ours.append([size / t / 1e6 for t in r["times"]])
@@ -90,18 +100,24 @@ def main() -> None:
         os.unlink(out)
     os.unlink(path)
     med = statistics.median
-    print(f"collecting a {size / 1048576:.0f} MB file over loopback, MB/s (median of {args.rounds} rounds, "
-          "3 transfers per process)")
+    print(
+        f"collecting a {size / 1048576:.0f} MB file over loopback, MB/s (median of {args.rounds} rounds, "
+        "3 transfers per process)"
+    )
     print(f"  {'':<40} {'all':>8} {'first':>8} {'later':>8}")
     rows = []
     for name, runs in (("rpc:call(N, file, read_file, [F])", base), ("kzbridge collect_file", ours)):
         row = (med([x for r in runs for x in r]), med([r[0] for r in runs]), med([x for r in runs for x in r[1:]]))
         rows.append(row)
         print(f"  {name:<40} {row[0]:8.0f} {row[1]:8.0f} {row[2]:8.0f}")
-    print(f"  {'ratio':<40} {rows[1][0] / rows[0][0]:7.2f}x {rows[1][1] / rows[0][1]:7.2f}x "
-          f"{rows[1][2] / rows[0][2]:7.2f}x")
-    print(f"  {'slowest kzbridge transfer / fastest baseline':<40} "
-          f"{min(x for r in ours for x in r) / max(x for r in base for x in r):7.2f}x")
+    print(
+        f"  {'ratio':<40} {rows[1][0] / rows[0][0]:7.2f}x {rows[1][1] / rows[0][1]:7.2f}x "
+        f"{rows[1][2] / rows[0][2]:7.2f}x"
+    )
+    print(
+        f"  {'slowest kzbridge transfer / fastest baseline':<40} "
+        f"{min(x for r in ours for x in r) / max(x for r in base for x in r):7.2f}x"
+    )
     print(f"  kzbridge process peak RSS {max(rss):.0f} MB")
 
 

@@ -8,6 +8,7 @@ so we also know when the bytes reached the file (lager's own ~1 s buffering); th
 difference is what kzbridge adds. Overhead: rpc calls and messages per second that
 a running trace session sends to the node.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,9 +111,11 @@ async def overhead(box, seconds: float) -> None:
     os.unlink(local)
     await n.rpc("file", "delete", [trace.remote_path])
     print(f"load on the node during a {s.seconds:.0f} s trace ({s.lines} lines, {s.bytes} bytes, lease 60 s)")
-    print(f"  rpc calls {s.rpc_calls} ({s.rpc_calls / s.seconds:.3f}/s, of which {s.lease_renewals} lease renewals "
-          f"and the stop), reader acks {s.messages_sent} ({s.messages_sent / s.seconds:.3f}/s), "
-          f"total {(s.rpc_calls + s.messages_sent) / s.seconds:.3f}/s")
+    print(
+        f"  rpc calls {s.rpc_calls} ({s.rpc_calls / s.seconds:.3f}/s, of which {s.lease_renewals} lease renewals "
+        f"and the stop), reader acks {s.messages_sent} ({s.messages_sent / s.seconds:.3f}/s), "
+        f"total {(s.rpc_calls + s.messages_sent) / s.seconds:.3f}/s"
+    )
     await n.close()
 
 

@@ -10,6 +10,7 @@ ratios with their range, lines per second, and kzbridge's peak RSS.
 
     python bench/merge.py [--lines 1000000] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,11 @@ def make_file(path: Path, lines: int, start_sod: float, seed: int) -> None:
             ms = int(t * 1000)
             h, rest = divmod(ms // 1000, 3600)
             m, s = divmod(rest, 60)
-            buf.append(f"{h % 24:02d}:{m:02d}:{s:02d}.{ms % 1000:03d} [debug] |kazoo_data|call-{seed}-{i % 97:08x}|"
-                       f"kz_json:get_value:{{7,5}} (<0.{116 + i % 9}.0>) get_value count from doc with {i % 13} keys "
-                       f"and some more text\n")
+            buf.append(
+                f"{h % 24:02d}:{m:02d}:{s:02d}.{ms % 1000:03d} [debug] |kazoo_data|call-{seed}-{i % 97:08x}|"
+                f"kz_json:get_value:{{7,5}} (<0.{116 + i % 9}.0>) get_value count from doc with {i % 13} keys "
+                f"and some more text\n"
+            )
             if len(buf) == 10000:
                 fh.write("".join(buf))
                 buf.clear()
@@ -71,8 +74,9 @@ def run_sort(files: list[Path], out: Path) -> float:
 
 
 def run_ours(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), json.dumps(spec)], check=True,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ROOT), json.dumps(spec)], check=True, capture_output=True, text=True
+    )
     return json.loads(proc.stdout)
 
 
@@ -92,8 +96,11 @@ def main() -> None:
         size = sum(f.stat().st_size for f in files)
         print(f"made 3 x {args.lines} lines ({size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
         start = time.mktime(time.strptime("2026-11-25 09:59:00", "%Y-%m-%d %H:%M:%S")) - time.timezone
-        spec = {"start": start, "out": str(work / "merged.log"),
-                "sources": [{"node": f"n{i}@h", "path": str(f), "offset": 0.0} for i, f in enumerate(files)]}
+        spec = {
+            "start": start,
+            "out": str(work / "merged.log"),
+            "sources": [{"node": f"n{i}@h", "path": str(f), "offset": 0.0} for i, f in enumerate(files)],
+        }
         ratios, ours_t, sort_t, rss = [], [], [], []
         for r in range(args.rounds):
             # Alternate who goes first: the page cache and the VM favour whoever runs second.
@@ -108,13 +115,17 @@ def main() -> None:
             ours_t.append(o["seconds"])
             sort_t.append(s)
             rss.append(o["rss_kb"] / 1024)
-            print(f"round {r + 1}: sort -m {s:.2f}s, kzbridge {o['seconds']:.2f}s "
-                  f"({o['seconds'] / s:.2f}x), peak RSS {o['rss_kb'] / 1024:.0f} MB")
+            print(
+                f"round {r + 1}: sort -m {s:.2f}s, kzbridge {o['seconds']:.2f}s "
+                f"({o['seconds'] / s:.2f}x), peak RSS {o['rss_kb'] / 1024:.0f} MB"
+            )
         lines = 3 * args.lines
-        print(f"merge of 3 x {args.lines} lines: kzbridge {statistics.median(ratios):.2f}x sort -m's time "
-              f"(rounds {min(ratios):.2f}-{max(ratios):.2f}); "
-              f"{lines / statistics.median(ours_t) / 1e6:.2f} M lines/s vs {lines / statistics.median(sort_t) / 1e6:.2f}"
-              f" M lines/s; peak RSS {max(rss):.0f} MB (limit 100 MB)")
+        print(
+            f"merge of 3 x {args.lines} lines: kzbridge {statistics.median(ratios):.2f}x sort -m's time "
+            f"(rounds {min(ratios):.2f}-{max(ratios):.2f}); "
+            f"{lines / statistics.median(ours_t) / 1e6:.2f} M lines/s vs {lines / statistics.median(sort_t) / 1e6:.2f}"
+            f" M lines/s; peak RSS {max(rss):.0f} MB (limit 100 MB)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

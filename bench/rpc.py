@@ -16,6 +16,7 @@ Baselines: Erlang-to-Erlang rpc:call between two BEAM nodes on this machine (and
 same gen_server call to rex that kzbridge makes), erl_call, and booting a hidden BEAM
 for one rpc (what Kazoo's sup does).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,15 @@ def erlang_baseline(node: str, cookie: str, calls: int) -> dict:
         f"[rpc:call(Node, erlang, node, []) || _ <- lists:seq(1, 2000)], "
         f"T1 = [begin T0 = erlang:monotonic_time(nanosecond), rpc:call(Node, erlang, node, []), "
         f"erlang:monotonic_time(nanosecond) - T0 end || _ <- lists:seq(1, {calls})], "
-        f"T2 = [begin T0 = erlang:monotonic_time(nanosecond), gen_server:call({{rex, Node}}, {{call, erlang, node, [], user}}), "
+        f"T2 = [begin T0 = erlang:monotonic_time(nanosecond), "
+        f"gen_server:call({{rex, Node}}, {{call, erlang, node, [], user}}), "
         f"erlang:monotonic_time(nanosecond) - T0 end || _ <- lists:seq(1, {calls})], "
         f"Self = self(), C0 = erlang:monotonic_time(nanosecond), "
-        f"[spawn(fun() -> [rpc:call(Node, erlang, node, []) || _ <- lists:seq(1, 100)], Self ! done end) || _ <- lists:seq(1, 100)], "
+        f"[spawn(fun() -> [rpc:call(Node, erlang, node, []) || _ <- lists:seq(1, 100)], Self ! done end) "
+        f"|| _ <- lists:seq(1, 100)], "
         f"[receive done -> ok end || _ <- lists:seq(1, 100)], "
         f"C = erlang:monotonic_time(nanosecond) - C0, "
-        f"io:format(\"~w~n~w~n~w~n\", [T1, T2, C])"
+        f'io:format("~w~n~w~n~w~n", [T1, T2, C])'
     )
     out = erl_eval(node, cookie, expr).strip().splitlines()
     t1 = [x / 1000 for x in eval(out[0])]
@@ -53,6 +56,7 @@ def erlang_baseline(node: str, cookie: str, calls: int) -> dict:
 
 async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
     from kzbridge.wire.node import connect_node
+
     n = await connect_node(node, cookie)
     for _ in range(2000):
         await n.rpc("erlang", "node", [])
@@ -65,6 +69,7 @@ async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
     async def worker() -> None:
         for _ in range(100):
             await n.rpc("erlang", "node", [])
+
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(100)))
     thr = 10000 / (time.perf_counter() - t0)
@@ -74,6 +79,7 @@ async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
 
 def blocking_side(node: str, cookie: str, calls: int) -> list[float]:
     from kzbridge.wire.blocking import BlockingNode
+
     with BlockingNode(node, cookie) as n:
         for _ in range(2000):
             n.rpc("erlang", "node", [])
@@ -93,8 +99,17 @@ def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
     kzb = script if os.path.exists(script) else (shutil.which("kzbridge") or "")
     if kzb:
         cmds["kzbridge_script"] = [kzb, "rpc", "--node", node, "--cookie", cookie, "erlang", "node"]
-    cmds["beam_boot"] = ["erl", "-noinput", "-hidden", "-name", f"sup_{os.getpid()}@127.0.0.1", "-setcookie", cookie,
-                         "-eval", f"io:format(\"~p~n\", [rpc:call('{node}', erlang, node, [])]), halt()."]
+    cmds["beam_boot"] = [
+        "erl",
+        "-noinput",
+        "-hidden",
+        "-name",
+        f"sup_{os.getpid()}@127.0.0.1",
+        "-setcookie",
+        cookie,
+        "-eval",
+        f"io:format(\"~p~n\", [rpc:call('{node}', erlang, node, [])]), halt().",
+    ]
     erl_call = sorted(glob.glob("/usr/lib/erlang/lib/erl_interface-*/bin/erl_call"))
     if erl_call:
         cmds["erl_call"] = [erl_call[-1], "-n", node, "-c", cookie, "-a", "erlang node"]
@@ -113,6 +128,7 @@ def worker(tree: str, driver: str, node: str, cookie: str, calls: int) -> None:
     """One measurement in this interpreter with ``tree``'s kzbridge; prints the latencies as JSON."""
     sys.path.insert(0, tree)
     import kzbridge
+
     assert os.path.dirname(os.path.dirname(os.path.abspath(kzbridge.__file__))) == os.path.abspath(tree)
     c0 = time.process_time()
     if driver == "async":
@@ -133,25 +149,49 @@ def compare(baseline: str, node: str, cookie: str, calls: int, rounds: int) -> N
         order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
         for driver in ("async", "blocking"):
             for label, tree in order:
-                out = subprocess.run([sys.executable, __file__, "--worker", driver, "--tree", tree, "--node", node,
-                                      "--cookie", cookie, "--calls", str(calls)],
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        driver,
+                        "--tree",
+                        tree,
+                        "--node",
+                        node,
+                        "--cookie",
+                        cookie,
+                        "--calls",
+                        str(calls),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 got = json.loads(out)
                 p50[(label, driver)].append(pct(got["times"], 50))
                 cpu[(label, driver)].append(got["cpu"])
-    print(f"rpc p50 latency, baseline {trees['baseline']} vs this tree ({rounds} rounds x {calls} calls, "
-          "erlang:node/0, alternating)")
+    print(
+        f"rpc p50 latency, baseline {trees['baseline']} vs this tree ({rounds} rounds x {calls} calls, "
+        "erlang:node/0, alternating)"
+    )
     for driver in ("async", "blocking"):
         for label in trees:
             v = p50[(label, driver)]
-            print(f"  {driver:<9} {label:<10} p50 median {statistics.median(v):6.1f} us  "
-                  f"(rounds {min(v):.1f}-{max(v):.1f})")
-        ratios = [a / b for a, b in zip(p50[("this tree", driver)], p50[("baseline", driver)])]
-        print(f"  {driver:<9} ratio this/baseline median {statistics.median(ratios):.3f} "
-              f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
-        ratios = [a / b for a, b in zip(cpu[("this tree", driver)], cpu[("baseline", driver)])]
-        print(f"  {driver:<9} client CPU seconds per run, this/baseline median {statistics.median(ratios):.3f} "
-              f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+            print(
+                f"  {driver:<9} {label:<10} p50 median {statistics.median(v):6.1f} us  "
+                f"(rounds {min(v):.1f}-{max(v):.1f})"
+            )
+        ratios = [a / b for a, b in zip(p50[("this tree", driver)], p50[("baseline", driver)], strict=False)]
+        print(
+            f"  {driver:<9} ratio this/baseline median {statistics.median(ratios):.3f} "
+            f"(rounds {min(ratios):.3f}-{max(ratios):.3f})"
+        )
+        ratios = [a / b for a, b in zip(cpu[("this tree", driver)], cpu[("baseline", driver)], strict=False)]
+        print(
+            f"  {driver:<9} client CPU seconds per run, this/baseline median {statistics.median(ratios):.3f} "
+            f"(rounds {min(ratios):.3f}-{max(ratios):.3f})"
+        )
 
 
 def main() -> None:
@@ -197,6 +237,7 @@ def main() -> None:
     def rng(name: str) -> str:
         v = ratios[name]
         return f"{statistics.median(v):.2f}x (rounds {min(v):.2f}-{max(v):.2f})"
+
     print(f"rpc round trip on an open connection ({args.rounds} rounds x {per_round} calls, erlang:node/0)")
     e50, e99 = pct(base["rpc_call"], 50), pct(base["rpc_call"], 99)
     print(f"  {'baseline: Erlang rpc:call between two BEAMs':<48} p50 {e50:7.1f} us  p99 {e99:7.1f} us")
@@ -206,8 +247,10 @@ def main() -> None:
     print(f"  {'kzbridge rpc':<48} p50 {k50:7.1f} us  p99 {k99:7.1f} us")
     b50, b99 = pct(blocking, 50), pct(blocking, 99)
     print(f"  {'kzbridge BlockingNode (one-shot client)':<48} p50 {b50:7.1f} us  p99 {b99:7.1f} us")
-    print(f"  ratio p50 kzbridge / rpc:call = {rng('async')}; / rex call = {rng('rex')}; "
-          f"pooled p99 / rpc:call = {k99 / e99:.2f}x")
+    print(
+        f"  ratio p50 kzbridge / rpc:call = {rng('async')}; / rex call = {rng('rex')}; "
+        f"pooled p99 / rpc:call = {k99 / e99:.2f}x"
+    )
     print(f"  ratio p50 blocking / rpc:call = {rng('blocking')}")
     print("throughput, 100 concurrent callers x 100 calls on one connection (median of rounds)")
     line("baseline: Erlang, 100 processes", statistics.median(base["throughput"]), "calls/s")

@@ -2,6 +2,7 @@
 
 Names are imported on first use, so the command line starts fast.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,15 +24,23 @@ __all__ = [
 ]
 
 _WHERE = {
-    "connect": "client", "connect_sync": "client", "SyncNode": "client", "SyncTrace": "client",
+    "connect": "client",
+    "connect_sync": "client",
+    "SyncNode": "client",
+    "SyncTrace": "client",
     "KzBridgeError": "errors",
-    "Atom": "wire.terms", "ErlString": "wire.terms", "Pid": "wire.terms", "Reference": "wire.terms",
-    "format_term": "wire.literal", "parse_term": "wire.literal",
+    "Atom": "wire.terms",
+    "ErlString": "wire.terms",
+    "Pid": "wire.terms",
+    "Reference": "wire.terms",
+    "format_term": "wire.literal",
+    "parse_term": "wire.literal",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         import importlib
+
         return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'kzbridge' has no attribute {name!r}")

@@ -6,6 +6,7 @@ runs its own event loop in a thread for scripts, with blocking versions of the
 tracing calls (``start_trace`` gives a ``SyncTrace``); they drive the same
 TraceSession, so limits, stop requests and the summary are the same everywhere.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,15 @@ T = TypeVar("T")
 class connect:
     """Async context manager yielding a connected HiddenNode."""
 
-    def __init__(self, node: str, cookie: str | None = None, *, cookie_file: str | None = None,
-                 timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME) -> None:
+    def __init__(
+        self,
+        node: str,
+        cookie: str | None = None,
+        *,
+        cookie_file: str | None = None,
+        timeout: float = 10.0,
+        ticktime: float = DEFAULT_TICKTIME,
+    ) -> None:
         self.node = node
         self.cookie = cookie_for_node(node, cookie, cookie_file)
         self.timeout = timeout
@@ -57,9 +65,17 @@ class SyncNode:
     asyncio connection (``async_node``) opened on first use in a private loop thread.
     """
 
-    def __init__(self, node: str, cookie: str | None = None, *, cookie_file: str | None = None,
-                 timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME) -> None:
+    def __init__(
+        self,
+        node: str,
+        cookie: str | None = None,
+        *,
+        cookie_file: str | None = None,
+        timeout: float = 10.0,
+        ticktime: float = DEFAULT_TICKTIME,
+    ) -> None:
         from .wire.blocking import BlockingNode
+
         self._target = node
         self._cookie = cookie_for_node(node, cookie, cookie_file)
         self._timeout = timeout
@@ -74,8 +90,7 @@ class SyncNode:
     def rpc(self, module: str, function: str, args: list[Any] | None = None, timeout: float = 30.0) -> Any:
         return self.blocking.rpc(module, function, args, timeout)
 
-    def rpc_output(self, module: str, function: str, args: list[Any] | None = None,
-                   timeout: float = 30.0) -> RpcResult:
+    def rpc_output(self, module: str, function: str, args: list[Any] | None = None, timeout: float = 30.0) -> RpcResult:
         result: RpcResult = self.blocking.rpc_output(module, function, args, timeout)
         return result
 
@@ -86,8 +101,9 @@ class SyncNode:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, name="kzbridge-loop", daemon=True)
             self._thread.start()
-            self._async = self._run(connect_node(self._target, self._cookie, timeout=self._timeout,
-                                                 ticktime=self._ticktime))
+            self._async = self._run(
+                connect_node(self._target, self._cookie, timeout=self._timeout, ticktime=self._ticktime)
+            )
         return self._async
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -105,11 +121,13 @@ class SyncNode:
         Its lease is renewed in the background (on the loop thread) until ``stop()``.
         """
         from .kazoo import tracing
+
         return SyncTrace(self, self.run(lambda n: tracing.start_trace(n, filter_list, **options)))
 
     def collect_file(self, remote_path: str, local_path: str | os.PathLike[str], **options: Any) -> CollectResult:
         """Bring any file back from the node (options as ``kazoo.collect.collect_file``)."""
         from .kazoo.collect import collect_file
+
         return self.run(lambda n: collect_file(n, remote_path, local_path, **options))
 
     def close(self) -> None:
@@ -173,13 +191,21 @@ class SyncTrace:
         """Stop the trace (idempotent); returns the remote file name."""
         return self._owner._run(self.trace.stop())
 
-    def collect(self, local_path: str | os.PathLike[str],
-                progress: Callable[[int, int], None] | None = None) -> CollectResult:
+    def collect(
+        self, local_path: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+    ) -> CollectResult:
         """Bring back the whole file, rotated parts first (stop first, or get what is there so far)."""
         return self._owner._run(self.trace.collect(local_path, progress=progress))
 
-    def run(self, local_path: str | os.PathLike[str], *, duration: float, max_size: int | None = None,
-            poll_ms: int = 50, observers: Sequence[Observer] = ()) -> RunSummary:
+    def run(
+        self,
+        local_path: str | os.PathLike[str],
+        *,
+        duration: float,
+        max_size: int | None = None,
+        poll_ms: int = 50,
+        observers: Sequence[Observer] = (),
+    ) -> RunSummary:
         """Follow into ``local_path`` until ``duration`` (or ``max_size``), stop, verify: a TraceSession's run.
 
         ``observers`` see every event (on the loop thread). A lost connection raises TraceLostError.
@@ -187,9 +213,15 @@ class SyncTrace:
         from .kazoo.session import DEFAULT_MAX_SIZE, TraceSession
 
         async def run() -> RunSummary:
-            session = TraceSession(self.trace, local_path, duration=duration, poll_ms=poll_ms,
-                                   max_size=max_size if max_size is not None else DEFAULT_MAX_SIZE)
+            session = TraceSession(
+                self.trace,
+                local_path,
+                duration=duration,
+                poll_ms=poll_ms,
+                max_size=max_size if max_size is not None else DEFAULT_MAX_SIZE,
+            )
             return await session.run(*observers)
+
         return self._owner._run(run())
 
     def follow(self, duration: float | None = None) -> Iterator[LogRecord]:
@@ -197,6 +229,7 @@ class SyncTrace:
         ``duration`` if given). Leaving the loop early stops following, not the trace.
         """
         from .kazoo.session import Lost, Record, TraceSession
+
         session = TraceSession(self.trace, None, duration=duration, max_size=None, owns_trace=False)
         stream = session.events()
 
@@ -207,6 +240,7 @@ class SyncTrace:
                     return event.record
                 if isinstance(event, Lost):
                     raise event.error
+
         try:
             while True:
                 try:

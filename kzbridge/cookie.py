@@ -3,6 +3,7 @@ a sandbox started under that node name, ~/.erlang.cookie.
 
 The cookie is a secret: nothing here logs or prints it.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ def resolve_cookie(cookie: str | None = None, cookie_file: str | os.PathLike[str
     default = Path.home() / ".erlang.cookie"
     if default.exists():
         return _read(default)
-    raise UsageError("no Erlang cookie given",
-                     hint="use --cookie, --cookie-file, KZBRIDGE_COOKIE, or create ~/.erlang.cookie")
+    raise UsageError(
+        "no Erlang cookie given", hint="use --cookie, --cookie-file, KZBRIDGE_COOKIE, or create ~/.erlang.cookie"
+    )
 
 
 def cookie_for_node(node: str, cookie: str | None = None, cookie_file: str | os.PathLike[str] | None = None) -> str:
@@ -43,4 +45,5 @@ def cookie_for_node(node: str, cookie: str | None = None, cookie_file: str | os.
     if cookie or cookie_file or os.environ.get("KZBRIDGE_COOKIE"):
         return resolve_cookie(cookie, cookie_file)
     from . import sandbox
+
     return sandbox.cookie_for(node) or resolve_cookie(None, None)

@@ -33,17 +33,36 @@ flag, and ``setting`` names the setting the error is about (one of ``SETTINGS``)
 each face (the CLI, the Python API, the pytest plugin) can point at its own name for
 it: the CLI adds "see --timeout", a script reads ``exc.setting == "timeout"``.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 # The settings an error can be about, as the library names them (keyword arguments of
 # connect/start_trace/run and friends). Faces map them to their own spelling.
-SETTINGS = frozenset({
-    "node", "cookie", "timeout", "lease", "duration", "max_size", "max_total_size", "remote_path",
-    "local_path", "sink", "level", "format", "filters", "generation", "name", "address", "epmd_port",
-    "max_rate", "mode",
-})
+SETTINGS = frozenset(
+    {
+        "node",
+        "cookie",
+        "timeout",
+        "lease",
+        "duration",
+        "max_size",
+        "max_total_size",
+        "remote_path",
+        "local_path",
+        "sink",
+        "level",
+        "format",
+        "filters",
+        "generation",
+        "name",
+        "address",
+        "epmd_port",
+        "max_rate",
+        "mode",
+    }
+)
 
 
 class KzBridgeError(Exception):
@@ -102,8 +121,9 @@ class HostUnreachableError(ConnectError):
 class NodeNotRegisteredError(ConnectError):
     """EPMD on the host does not know the node; carries the names it does know."""
 
-    def __init__(self, message: str, *, registered: list[str] | None = None, hint: str | None = None,
-                 setting: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, registered: list[str] | None = None, hint: str | None = None, setting: str | None = None
+    ) -> None:
         super().__init__(message, hint=hint, setting=setting)
         self.registered = registered or []
 
@@ -142,8 +162,19 @@ class TraceLostError(ConnectionLostError):
     stops the trace by itself. How to resume is for each face to phrase.
     """
 
-    def __init__(self, message: str, *, ref: str, node: str, remote_path: str, partial_path: str,
-                 kept_bytes: int, lease: float, hint: str | None = None, setting: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        ref: str,
+        node: str,
+        remote_path: str,
+        partial_path: str,
+        kept_bytes: int,
+        lease: float,
+        hint: str | None = None,
+        setting: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint, setting=setting)
         self.ref = ref
         self.node = node
@@ -162,8 +193,9 @@ class RpcError(KzBridgeError):
 class BadRpcError(RpcError):
     """The node answered ``{badrpc, Reason}``; ``reason`` holds the decoded term."""
 
-    def __init__(self, message: str, *, reason: Any = None, output: str = "", hint: str | None = None,
-                 setting: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: Any = None, output: str = "", hint: str | None = None, setting: str | None = None
+    ) -> None:
         super().__init__(message, hint=hint, setting=setting)
         self.reason = reason
         self.output = output

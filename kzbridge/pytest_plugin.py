@@ -9,6 +9,7 @@ Options: --kazoo-node NAME@HOST and --kazoo-cookie (else KZBRIDGE_COOKIE); witho
 --kazoo-node a sandbox fixture node (generation --kazoo-generation) is started once
 per session and stopped afterwards.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,12 @@ def pytest_addoption(parser: Any) -> None:
     group = parser.getgroup("kzbridge")
     group.addoption("--kazoo-node", default=os.environ.get("KZBRIDGE_NODE"), help="Kazoo node to test against.")
     group.addoption("--kazoo-cookie", default=None, help="Its cookie (else KZBRIDGE_COOKIE).")
-    group.addoption("--kazoo-generation", default="2", choices=["1", "2"],
-                    help="kz_data_tracing generation of the sandbox started when no --kazoo-node is given.")
+    group.addoption(
+        "--kazoo-generation",
+        default="2",
+        choices=["1", "2"],
+        help="kz_data_tracing generation of the sandbox started when no --kazoo-node is given.",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +43,7 @@ def kazoo_target(request: Any) -> Iterator[tuple[str, str]]:
         yield node, cookie
         return
     from . import sandbox
+
     name = f"kzpytest_{secrets.token_hex(4)}"
     box = sandbox.start(name, generation=int(request.config.getoption("--kazoo-generation")), rate=50)
     try:
@@ -46,16 +52,20 @@ def kazoo_target(request: Any) -> Iterator[tuple[str, str]]:
         sandbox.stop(name)
 
 
+_async_fixture: Any = pytest.fixture
 try:  # pytest-asyncio in strict mode runs only async fixtures declared through it
-    from pytest_asyncio import fixture as _async_fixture
+    import pytest_asyncio
+
+    _async_fixture = pytest_asyncio.fixture
 except ImportError:  # without it an async fixture needs another asyncio plugin (anyio, auto mode)
-    _async_fixture = pytest.fixture
+    pass
 
 
 @_async_fixture
 async def kazoo_node(kazoo_target: tuple[str, str]) -> AsyncIterator[Any]:
     """A connected HiddenNode (needs an asyncio test runner such as pytest-asyncio)."""
     from .wire.node import connect_node
+
     node = await connect_node(*kazoo_target)
     try:
         yield node
@@ -67,5 +77,6 @@ async def kazoo_node(kazoo_target: tuple[str, str]) -> AsyncIterator[Any]:
 def kazoo_sync(kazoo_target: tuple[str, str]) -> Iterator[Any]:
     """A connected SyncNode for plain (non-async) tests."""
     from .client import connect_sync
+
     with connect_sync(kazoo_target[0], kazoo_target[1]) as node:
         yield node

@@ -72,6 +72,7 @@ import pytest_asyncio
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

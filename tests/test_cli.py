@@ -1,4 +1,5 @@
 """The kzbridge command as operators run it: real subprocesses, real signals, real nodes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,16 +20,22 @@ from kzbridge.wire.terms import Atom
 
 
 def kzb(*args: str, timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 class Running:
     """A kzbridge subprocess whose stderr is read by a thread, so tests can wait on messages."""
 
     def __init__(self, *args: str, cwd: str | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "kzbridge", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=cwd)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kzbridge", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+        )
         self.err: list[str] = []
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
@@ -71,6 +78,7 @@ def node_rpc(box, *args):
             return await n.rpc(*args)
         finally:
             await n.close()
+
     return asyncio.run(body())
 
 
@@ -113,19 +121,26 @@ def test_pids_typed_or_pasted_back_from_our_output_reach_the_node_as_its_pids(sa
     no_traceback(res)
 
 
-@pytest.mark.parametrize("args,code,fragment", [
-    (["ping", "--node", "nobody@127.0.0.1", "--cookie", "x"], 3, "registered:"),
-    (["ping", "--node", "no-at-sign", "--cookie", "x"], 2, "name@host"),
-    (["rpc", "--node", "{node}", "erlang", "node", "[1"], 2, "cannot parse"),
-    (["rpc", "--node", "{node}", "nomod", "nofun"], 4, "undefined function nomod:nofun/0"),
-    (["ping", "--node", "{node}", "--cookie", "wrong"], 3, "rejected our cookie"),
-    (["trace", "--node", "{node}", "--filter", "Bad"], 2, "bad filter"),
-    (["trace-pid", "--node", "{node}", "12"], 2, "is not a pid"),
-    (["stop", "--node", "{node}", "ffffffffffff"], 6, "knows no trace"),
-    (["collect", "--node", "{node}", "/nonexistent/file.log"], 6, "no such file"),
-    (["trace-module", "kz_json", "--node", "{node}", "--max-size", "lots"], 2, "bad size"),
-    (["trace-module", "kz_json", "--node", "{node}", "--remote-path", "rel.log"], 2, "own log root (see --remote-path)"),
-])
+@pytest.mark.parametrize(
+    "args,code,fragment",
+    [
+        (["ping", "--node", "nobody@127.0.0.1", "--cookie", "x"], 3, "registered:"),
+        (["ping", "--node", "no-at-sign", "--cookie", "x"], 2, "name@host"),
+        (["rpc", "--node", "{node}", "erlang", "node", "[1"], 2, "cannot parse"),
+        (["rpc", "--node", "{node}", "nomod", "nofun"], 4, "undefined function nomod:nofun/0"),
+        (["ping", "--node", "{node}", "--cookie", "wrong"], 3, "rejected our cookie"),
+        (["trace", "--node", "{node}", "--filter", "Bad"], 2, "bad filter"),
+        (["trace-pid", "--node", "{node}", "12"], 2, "is not a pid"),
+        (["stop", "--node", "{node}", "ffffffffffff"], 6, "knows no trace"),
+        (["collect", "--node", "{node}", "/nonexistent/file.log"], 6, "no such file"),
+        (["trace-module", "kz_json", "--node", "{node}", "--max-size", "lots"], 2, "bad size"),
+        (
+            ["trace-module", "kz_json", "--node", "{node}", "--remote-path", "rel.log"],
+            2,
+            "own log root (see --remote-path)",
+        ),
+    ],
+)
 def test_bad_input_gives_one_line_and_a_documented_exit_code(sandbox_gen2, tmp_path, args, code, fragment):
     res = kzb(*[a.replace("{node}", sandbox_gen2.node) for a in args], cwd=str(tmp_path))
     assert res.returncode == code, (res.returncode, res.stderr)
@@ -159,8 +174,19 @@ def test_trace_module_runs_to_its_duration(sandbox_gen1, tmp_path):
 
 
 def test_follow_prints_json_lines_as_they_arrive(sandbox_gen2, tmp_path):
-    res = kzb("trace", "--filter", "request=req-3", "--node", sandbox_gen2.node, "--duration", "2.5", "--follow",
-              "--json", "-o", str(tmp_path / "f.log"))
+    res = kzb(
+        "trace",
+        "--filter",
+        "request=req-3",
+        "--node",
+        sandbox_gen2.node,
+        "--duration",
+        "2.5",
+        "--follow",
+        "--json",
+        "-o",
+        str(tmp_path / "f.log"),
+    )
     assert res.returncode == 0, res.stderr
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     events, summary = lines[:-1], lines[-1]["summary"]
@@ -171,14 +197,35 @@ def test_follow_prints_json_lines_as_they_arrive(sandbox_gen2, tmp_path):
 def test_trace_pid_and_trace_function_match_only_their_events(sandbox_gen2, tmp_path):
     worker = node_rpc(sandbox_gen2, "kz_traffic", "workers", [])[1]
     bare = f"0.{worker.id}.{worker.serial}"  # the form operators copy off Kazoo's console
-    res = kzb("trace-pid", bare, "--node", sandbox_gen2.node, "--duration", "2.5", "--follow", "--json",
-              "-o", str(tmp_path / "p.log"))
+    res = kzb(
+        "trace-pid",
+        bare,
+        "--node",
+        sandbox_gen2.node,
+        "--duration",
+        "2.5",
+        "--follow",
+        "--json",
+        "-o",
+        str(tmp_path / "p.log"),
+    )
     assert res.returncode == 0, res.stderr
     events = [json.loads(line) for line in res.stdout.splitlines()][:-1]
     assert events and {e["pid"] for e in events} == {f"<{bare}>"}
 
-    res = kzb("trace-function", "kz_json", "set_value", "--node", sandbox_gen2.node, "--duration", "2.5",
-              "--follow", "--json", "-o", str(tmp_path / "f.log"))
+    res = kzb(
+        "trace-function",
+        "kz_json",
+        "set_value",
+        "--node",
+        sandbox_gen2.node,
+        "--duration",
+        "2.5",
+        "--follow",
+        "--json",
+        "-o",
+        str(tmp_path / "f.log"),
+    )
     assert res.returncode == 0, res.stderr
     events = [json.loads(line) for line in res.stdout.splitlines()][:-1]
     assert events and all(e["message"].startswith("set_value") for e in events)
@@ -188,9 +235,11 @@ def test_trace_pid_and_trace_function_match_only_their_events(sandbox_gen2, tmp_
 def run_on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, str]:
     """Run kzbridge with stderr on a pseudo-terminal (progress is only drawn for a person)."""
     import pty
+
     primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "kzbridge", *args], stdout=subprocess.PIPE,
-                            stderr=secondary, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kzbridge", *args], stdout=subprocess.PIPE, stderr=secondary, text=True
+    )
     os.close(secondary)
     seen = b""
     while True:
@@ -207,8 +256,9 @@ def run_on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, str]:
 
 
 def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_gen2, tmp_path):
-    code, err = run_on_a_terminal("trace-module", "kz_json", "--node", sandbox_gen2.node, "--duration", "2.5",
-                                  "-o", str(tmp_path / "t.log"))
+    code, err = run_on_a_terminal(
+        "trace-module", "kz_json", "--node", sandbox_gen2.node, "--duration", "2.5", "-o", str(tmp_path / "t.log")
+    )
     assert code == 0, err
     assert re.search(r"\r\s+\d+\.\ds\s+[\d.]+ [KMG]?B\s+\d+ lines", err), err  # elapsed, bytes, lines
 
@@ -225,11 +275,26 @@ def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_
 
 def test_ctrl_c_during_a_collection_keeps_the_partial_file_and_says_where(sandbox_gen2, tmp_path):
     import pty
+
     big = f"/tmp/kzb-sparse-{time.time_ns()}.bin"
     node_rpc(sandbox_gen2, "os", "cmd", [f"truncate -s 1G {big}"])  # sparse: no disk, reads fast
     primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "kzbridge", "collect", big, "--node", sandbox_gen2.node,
-                             "-o", str(tmp_path / "big.bin")], stdout=subprocess.PIPE, stderr=secondary, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kzbridge",
+            "collect",
+            big,
+            "--node",
+            sandbox_gen2.node,
+            "-o",
+            str(tmp_path / "big.bin"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        text=True,
+    )
     os.close(secondary)
     seen = b""
     try:
@@ -258,8 +323,18 @@ def test_ctrl_c_during_a_collection_keeps_the_partial_file_and_says_where(sandbo
 
 def test_sigint_stops_and_collects_second_sigint_stops_without_collecting(sandbox_gen2, tmp_path):
     out = tmp_path / "int.log"
-    run = Running("trace-module", "kz_json", "--node", sandbox_gen2.node, "--duration", "60", "-o", str(out),
-                  "--json", cwd=str(tmp_path))
+    run = Running(
+        "trace-module",
+        "kz_json",
+        "--node",
+        sandbox_gen2.node,
+        "--duration",
+        "60",
+        "-o",
+        str(out),
+        "--json",
+        cwd=str(tmp_path),
+    )
     ref = run.ref()
     time.sleep(2)
     run.send_signal(signal.SIGINT)
@@ -270,11 +345,11 @@ def test_sigint_stops_and_collects_second_sigint_stops_without_collecting(sandbo
     assert node_rpc(sandbox_gen2, "kz_data_tracing", "status", [ref.encode()]) == Atom("false")
 
 
-
 def test_second_sigint_during_the_stop_stops_without_collecting(fresh_sandbox, tmp_path):
     out = tmp_path / "int2.log"
-    run = Running("trace-module", "kz_json", "--node", fresh_sandbox.node, "--duration", "60", "-o", str(out),
-                  cwd=str(tmp_path))
+    run = Running(
+        "trace-module", "kz_json", "--node", fresh_sandbox.node, "--duration", "60", "-o", str(out), cwd=str(tmp_path)
+    )
     ref = run.ref()
     # Freeze the node: the stop that the first Ctrl-C starts cannot finish, so the second
     # Ctrl-C lands while it is under way, every time.
@@ -304,8 +379,17 @@ def test_sigterm_stops_and_collects(sandbox_gen1, tmp_path):
 
 
 def test_sigkill_leaves_no_trace_beyond_the_lease(sandbox_gen2, tmp_path):
-    run = Running("trace-module", "kz_json", "--node", sandbox_gen2.node, "--lease", "5", "-o",
-                  str(tmp_path / "k.log"), cwd=str(tmp_path))
+    run = Running(
+        "trace-module",
+        "kz_json",
+        "--node",
+        sandbox_gen2.node,
+        "--lease",
+        "5",
+        "-o",
+        str(tmp_path / "k.log"),
+        cwd=str(tmp_path),
+    )
     ref = run.ref()
     time.sleep(0.5)
     run.send_signal(signal.SIGKILL)
@@ -351,8 +435,9 @@ def test_sandbox_commands(tmp_path):
         assert any(b["node"] == node and b["generation"] == 1 for b in json.loads(listed.stdout))
         again = kzb("sandbox", "start", "--name", name)
         assert again.returncode == 7 and "already running" in again.stderr
-        traced = kzb("trace-module", "kz_json", "--node", node, "--duration", "1", "-o", str(tmp_path / "s.log"),
-                     "--json")
+        traced = kzb(
+            "trace-module", "kz_json", "--node", node, "--duration", "1", "-o", str(tmp_path / "s.log"), "--json"
+        )
         remote = json.loads(traced.stdout)["remote_path"]
         assert os.path.exists(remote) and (tmp_path / "s.log").exists()
     finally:
@@ -388,21 +473,28 @@ def test_generation_1_status_comes_from_the_journal_and_stop_all(sandbox_gen1, t
 
 def test_orphans_from_the_command_line(fresh_sandbox):
     node = fresh_sandbox.node
+
     async def make_orphan():
         n = await connect_node(node, fresh_sandbox.cookie)
-        await n.rpc("kz_data_tracing", "trace_file", [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-cli-orphan.log",
-                                                      [Atom("message")], Atom("debug")])
+        await n.rpc(
+            "kz_data_tracing",
+            "trace_file",
+            [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-cli-orphan.log", [Atom("message")], Atom("debug")],
+        )
         try:
             await n.rpc("kz_data_tracing", "trace_file", [[], b"/tmp/kzb-y.log", [Atom("message")]])
         except Exception:
             pass
         await n.close()
+
     asyncio.run(make_orphan())
 
     def orphan_listed() -> bool:  # once the supervisor has restarted the crashed server
         res = kzb("status", "--orphans", "--node", node, "--json")
-        return res.returncode == 0 and {"sink": "data_lager_event", "file": "/tmp/kzb-cli-orphan.log"} in \
-            json.loads(res.stdout)
+        return res.returncode == 0 and {"sink": "data_lager_event", "file": "/tmp/kzb-cli-orphan.log"} in json.loads(
+            res.stdout
+        )
+
     poll_until(orphan_listed, timeout=20)
     res = kzb("clear", "--orphans", "--node", node)
     assert res.returncode == 0 and "/tmp/kzb-cli-orphan.log" in res.stdout

@@ -1,4 +1,5 @@
 """Pure parts of the command line: error and warning lines, the summary as JSON."""
+
 from __future__ import annotations
 
 from kzbridge.cli import error_line, warning_line
@@ -18,9 +19,16 @@ def test_an_error_about_a_setting_points_at_this_faces_option():
 
 
 def test_a_lost_trace_is_phrased_as_the_command_that_resumes_it():
-    exc = TraceLostError("lost the connection; kept 10 bytes in t.log.partial (partial)", ref="abc", node="n@h",
-                         remote_path="/tmp/r.log", partial_path="t.log.partial", kept_bytes=10, lease=60.0,
-                         hint="words from the domain")
+    exc = TraceLostError(
+        "lost the connection; kept 10 bytes in t.log.partial (partial)",
+        ref="abc",
+        node="n@h",
+        remote_path="/tmp/r.log",
+        partial_path="t.log.partial",
+        kept_bytes=10,
+        lease=60.0,
+        hint="words from the domain",
+    )
     line = error_line(exc)
     assert line.startswith("kzbridge: error: lost the connection; kept 10 bytes in t.log.partial (partial) (")
     assert "the lease stops trace abc within 60s" in line
@@ -28,8 +36,10 @@ def test_a_lost_trace_is_phrased_as_the_command_that_resumes_it():
 
 
 def test_warnings_name_their_option_and_the_summary_keeps_its_json_shape():
-    assert warning_line(TraceWarning("the level is ignored", setting="level")) == \
-        "kzbridge: warning: the level is ignored (see --level)"
+    assert (
+        warning_line(TraceWarning("the level is ignored", setting="level"))
+        == "kzbridge: warning: the level is ignored (see --level)"
+    )
     assert warning_line("plain") == "kzbridge: warning: plain"
     s = RunSummary("lgabc", "n@h", "/tmp/r.log", "l.log", 3, 30, 1.0, "duration", True, False, None, "lager_event")
     data = summary_json(s)

@@ -2,6 +2,7 @@
 
 The live cluster tests run the same code against skewed sandboxes under libfaketime.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,8 +29,9 @@ def epoch(text: str) -> float:
     return dt.datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-def clock(start_utc: str, offset: float = 0.0, utc_offset: int = 0, utc_log: bool = False,
-          uncertainty: float = 0.0) -> NodeClock:
+def clock(
+    start_utc: str, offset: float = 0.0, utc_offset: int = 0, utc_log: bool = False, uncertainty: float = 0.0
+) -> NodeClock:
     return NodeClock(offset, uncertainty, utc_offset, epoch(start_utc), utc_log)
 
 
@@ -106,6 +108,7 @@ def test_offset_is_interpolated_between_start_and_stop() -> None:
 
 def test_clock_json_rejects_garbage() -> None:
     from kzbridge.errors import KazooError
+
     for bad in ({}, {"start": 3}, {"start": {"offset": "x"}}):
         with pytest.raises(KazooError):
             ClockCorrection.from_json(bad)  # type: ignore[arg-type]
@@ -119,7 +122,9 @@ def test_format_instant() -> None:
 def test_short_labels() -> None:
     assert short_labels(["a@h1", "b@h1"]) == {"a@h1": "a", "b@h1": "b"}
     assert short_labels(["kazoo_apps@kz1.example.com", "kazoo_apps@kz2.example.com"]) == {
-        "kazoo_apps@kz1.example.com": "kazoo_apps@kz1", "kazoo_apps@kz2.example.com": "kazoo_apps@kz2"}
+        "kazoo_apps@kz1.example.com": "kazoo_apps@kz1",
+        "kazoo_apps@kz2.example.com": "kazoo_apps@kz2",
+    }
     assert short_labels(["a@x.one", "a@x.two"]) == {"a@x.one": "a@x.one", "a@x.two": "a@x.two"}
 
 
@@ -140,13 +145,16 @@ def test_causal_chain_merges_in_true_order_though_clocks_disagree(tmp_path: Path
     def printed(node: NodeClock, true: float) -> str:
         local = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=true + node.offset + node.utc_offset)
         return local.strftime("%H:%M:%S.") + f"{local.microsecond // 1000:03d}"
+
     steps = [(a, "a"), (b, "b"), (c, "c"), (a, "a"), (b, "b"), (c, "c")]
     files: dict[str, list[str]] = {"a": [], "b": [], "c": []}
     for i, (node, name) in enumerate(steps):
         files[name].append(f"{printed(node, true0 + i * 0.010)} [info] |app|call-1|m:f:1 (<0.1.0>) step {i}")
     files["b"].insert(1, "  a continuation line of b's first record")
-    sources = [MergeSource(n, _write(tmp_path, f"{n}.log", files[n]), ClockCorrection(k))
-               for n, k in (("a", a), ("b", b), ("c", c))]
+    sources = [
+        MergeSource(n, _write(tmp_path, f"{n}.log", files[n]), ClockCorrection(k))
+        for n, k in (("a", a), ("b", b), ("c", c))
+    ]
     out = io.BytesIO()
     stats = write_merged(sources, out)
     text = out.getvalue().decode()
@@ -200,7 +208,7 @@ def test_live_merger_holds_until_every_node_has_passed() -> None:
     m = LiveMerger(["a", "b"], hold=2.0)
     m.push("a", 10.0, "a10", now=10.5)
     m.push("a", 11.0, "a11", now=11.2)
-    assert m.release(now=11.2) == []          # b has said nothing yet; hold not expired
+    assert m.release(now=11.2) == []  # b has said nothing yet; hold not expired
     m.push("b", 10.5, "b10.5", now=11.3)
     assert m.release(now=11.3) == ["a10", "b10.5"]
     m.passed("b", 12.0, now=12.0)
@@ -218,6 +226,6 @@ def test_live_merger_holds_until_every_node_has_passed() -> None:
     assert m.release(now=20.1) == ["a20"]
     m.push("a", 30.0, "a30", now=30.0)
     m.gone("a")
-    assert m.watermark(30.0) == float("inf")   # every stream ended: nothing holds back
+    assert m.watermark(30.0) == float("inf")  # every stream ended: nothing holds back
     assert m.release(now=30.0) == ["a30"]
     assert m.drain() == []

@@ -1,4 +1,5 @@
 """Cluster selection, concurrent connection and survey against real erl nodes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ def test_parse_node_list_and_excludes() -> None:
     assert cluster.apply_excludes(nodes, ["*@kz2", "ecallmgr@kz1"]) == ["kazoo_apps@kz1"]
 
 
-def test_discovery_without_kz_nodes_uses_nodes_and_epmd(make_erl_node) -> None:  # noqa: ANN001
+def test_discovery_without_kz_nodes_uses_nodes_and_epmd(make_erl_node) -> None:
     a = make_erl_node()
     b = make_erl_node(cookie=a.cookie)
     from kzbridge.wire.node import connect_node
@@ -30,6 +31,7 @@ def test_discovery_without_kz_nodes_uses_nodes_and_epmd(make_erl_node) -> None: 
             return await cluster.discover(seed)
         finally:
             await seed.close()
+
     found = asyncio.run(body())
     assert found.source == "nodes+epmd"
     assert found.nodes[0] == a.node
@@ -37,7 +39,7 @@ def test_discovery_without_kz_nodes_uses_nodes_and_epmd(make_erl_node) -> None: 
     assert not any(n.startswith("kzbridge_") for n in found.nodes)
 
 
-def test_connect_all_is_concurrent_and_reports_failures_by_name(make_erl_node) -> None:  # noqa: ANN001
+def test_connect_all_is_concurrent_and_reports_failures_by_name(make_erl_node) -> None:
     nodes = [make_erl_node() for _ in range(3)]
     cookies = {n.node: n.cookie for n in nodes}
     cookies[nodes[2].node] = "wrong-cookie"
@@ -52,6 +54,7 @@ def test_connect_all_is_concurrent_and_reports_failures_by_name(make_erl_node) -
         reports = await cluster.survey(conns)
         await conns.close()
         return conns, reports, elapsed
+
     conns, reports, _ = asyncio.run(body())
     assert set(conns.failed) == {nodes[2].node, missing}
     assert isinstance(conns.failed[nodes[2].node], CookieRejectedError)

@@ -1,4 +1,5 @@
 """The term codec alone: round trips, Python-side type distinctions, and fuzzing."""
+
 from __future__ import annotations
 
 import struct
@@ -113,14 +114,17 @@ def test_compressed_terms_decode_and_bombs_are_refused():
         binary_to_term(lying)
 
 
-@pytest.mark.parametrize("data", [
-    b"\x83l\xff\xff\xff\xffj",          # list claims 4G elements
-    b"\x83m\x7f\xff\xff\xff",           # binary claims 2 GB
-    b"\x83t\xff\xff\xff\xff",           # map claims 4G pairs
-    b"\x83i\xff\xff\xff\xff",           # tuple claims 4G elements
-    b"\x83o\xff\xff\xff\xff\x00",       # bignum claims 4 GB
-    b"\x83k\xff\xff",                    # string claims 64K, has none
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x83l\xff\xff\xff\xffj",  # list claims 4G elements
+        b"\x83m\x7f\xff\xff\xff",  # binary claims 2 GB
+        b"\x83t\xff\xff\xff\xff",  # map claims 4G pairs
+        b"\x83i\xff\xff\xff\xff",  # tuple claims 4G elements
+        b"\x83o\xff\xff\xff\xff\x00",  # bignum claims 4 GB
+        b"\x83k\xff\xff",  # string claims 64K, has none
+    ],
+)
 def test_forged_lengths_are_refused_without_allocating(data):
     with pytest.raises(DecodeError):
         binary_to_term(data)
@@ -164,6 +168,7 @@ def test_unhashable_map_keys_are_frozen():
 
 def test_term_literals_parse_and_print_back():
     from kzbridge.wire.literal import format_term, parse_term
+
     text = '[{module, kz_json}, <<"bin">>, "str", #{a => 1}, [1, 2 | tail], \'Quoted atom\', -5, 2.5, $a]'
     value = parse_term(text)
     assert value[0] == (Atom("module"), Atom("kz_json")) and value[1] == b"bin" and value[2] == "str"
@@ -176,6 +181,7 @@ def test_pid_literals_parse_print_back_and_are_never_sent_unresolved():
     from kzbridge.wire.codec import EncodeError
     from kzbridge.wire.literal import format_term, parse_term, pid_literals, replace_pid_literals
     from kzbridge.wire.terms import PidLiteral
+
     value = parse_term("[<0.116.0>, {a, <kazoo_apps@10.0.0.5.42.0>}, <<1,2>>, [<0.116.0> | t]]")
     here, there = PidLiteral(None, 116, 0), PidLiteral("kazoo_apps@10.0.0.5", 42, 0)
     assert value[0] == here and value[1][1] == there and value[2] == b"\x01\x02"

@@ -1,4 +1,5 @@
 """EPMD and handshake: sans-IO parsers fed whole, byte by byte and with trailing bytes; fuzzed; live."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,10 +23,10 @@ from kzbridge.wire import epmd
 from kzbridge.wire.handshake import (
     DFLAG_BIG_CREATION,
     DFLAG_HANDSHAKE_23,
-    OUR_FLAGS,
     DFLAG_PUBLISHED,
     DFLAG_UNLINK_ID,
     DFLAG_V4_NC,
+    OUR_FLAGS,
     ClientHandshake,
     State,
     digest,
@@ -80,7 +81,7 @@ def new_challenge(challenge: int, name: bytes = b"peer@h", flags: int = PEER_FLA
     return frame(b"N" + struct.pack(">QIIH", flags, challenge, 77, len(name)) + name)
 
 
-def old_challenge(challenge: int, name: bytes = b"peer@h", flags: int = 0x3ffff) -> bytes:
+def old_challenge(challenge: int, name: bytes = b"peer@h", flags: int = 0x3FFFF) -> bytes:
     return frame(b"n" + struct.pack(">HII", 5, flags & 0xFFFFFFFF, challenge) + name)
 
 
@@ -96,7 +97,7 @@ def feed(hs: ClientHandshake, data: bytes, bytewise: bool) -> bytes:
         if hs.done:
             hs.leftover = data[i:]
             break
-        out += hs.feed(data[i:i + 1])
+        out += hs.feed(data[i : i + 1])
     return out
 
 
@@ -105,7 +106,7 @@ def test_v6_handshake_happy_path(bytewise):
     hs = ClientHandshake("kzbridge_x@h", "secret", peer_version=6, creation=1234, challenge=42)
     send_name = hs.start()
     assert send_name[2:3] == b"N"
-    flags, creation, nlen = struct.unpack(">QIH", send_name[3:17])
+    flags, creation, _nlen = struct.unpack(">QIH", send_name[3:17])
     assert flags & DFLAG_PUBLISHED == 0, "a hidden node must not advertise DFLAG_PUBLISHED"
     wanted = DFLAG_V4_NC | DFLAG_UNLINK_ID | DFLAG_HANDSHAKE_23 | DFLAG_BIG_CREATION
     assert flags & wanted == wanted
@@ -135,13 +136,18 @@ def test_v5_handshake_with_old_peer_and_with_complement():
     hs.feed(frame(b"sok"))
     out = hs.feed(new_challenge(11))
     complement = frame(b"c" + struct.pack(">II", OUR_FLAGS >> 32, 7))
-    assert out.startswith(complement) and out[len(complement) + 2:len(complement) + 3] == b"r"
+    assert out.startswith(complement) and out[len(complement) + 2 : len(complement) + 3] == b"r"
 
 
-@pytest.mark.parametrize("status,error", [
-    (b"salive", NameInUseError), (b"snok", NameInUseError), (b"snot_allowed", NotAllowedError),
-    (b"swhat", ProtocolError),
-])
+@pytest.mark.parametrize(
+    "status,error",
+    [
+        (b"salive", NameInUseError),
+        (b"snok", NameInUseError),
+        (b"snot_allowed", NotAllowedError),
+        (b"swhat", ProtocolError),
+    ],
+)
 def test_status_refusals_have_their_own_errors(status, error):
     hs = ClientHandshake("kzb@h", "c", peer_version=6, creation=7)
     hs.start()

@@ -1,4 +1,5 @@
 """The Erlang fixtures keep Kazoo's tracing contract (shared/kazoo-contract.md), checked over distribution."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,6 +51,7 @@ def test_exports_differ_by_generation(sandbox_gen1, sandbox_gen2):
             return {(f.name, a) for f, a in await n.rpc("kz_data_tracing", "module_info", [Atom("exports")])}
         finally:
             await n.close()
+
     gen1, gen2 = run(exports(sandbox_gen1)), run(exports(sandbox_gen2))
     assert {("trace_file", a) for a in range(4)} | {("stop_trace", 1)} <= gen1
     assert ("trace_file", 4) not in gen1 and ("status", 0) not in gen1
@@ -61,25 +63,34 @@ def test_replies_and_errors_of_both_generations(any_sandbox, tmp_path):
         n = await node_of(any_sandbox)
         gen = any_sandbox.generation
         path = f"/tmp/kzb-contract-{time.time_ns()}.log".encode()
-        third = ([(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), FORMAT)]
-                 if gen == 1 else FORMAT)
+        third = (
+            [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), FORMAT)]
+            if gen == 1
+            else FORMAT
+        )
         ok, ref = await n.rpc("kz_data_tracing", "trace_file", [[(Atom("module"), Atom("kz_json"))], path, third])
         assert ok == OK and re.fullmatch(rb"[0-9a-f]{12}", ref)
         # two traces to the same file are both accepted
         ok2, ref2 = await n.rpc("kz_data_tracing", "trace_file", [[(Atom("module"), Atom("kz_json"))], path, third])
         assert ok2 == OK and ref2 != ref
         assert await n.rpc("kz_data_tracing", "stop_trace", [b"ffffffffffff"]) == (ERROR, Atom("invalid_trace"))
-        assert await n.rpc("kz_data_tracing", "trace_file", [[(Atom("module"),)], path + b"x", third]) == \
-            (ERROR, Atom("invalid_trace"))
+        assert await n.rpc("kz_data_tracing", "trace_file", [[(Atom("module"),)], path + b"x", third]) == (
+            ERROR,
+            Atom("invalid_trace"),
+        )
         if gen == 2:
-            assert await n.rpc("kz_data_tracing", "trace_file",
-                               [[(Atom("module"), Atom("kz_json"))], path + b"y", FORMAT, Atom("loud")]) == \
-                (ERROR, Atom("invalid_level"))
+            assert await n.rpc(
+                "kz_data_tracing",
+                "trace_file",
+                [[(Atom("module"), Atom("kz_json"))], path + b"y", FORMAT, Atom("loud")],
+            ) == (ERROR, Atom("invalid_level"))
             entry = await n.rpc("kz_data_tracing", "status", [ref])
             assert entry[0] == ref and entry[1] == path
-            assert entry[2] == ((Atom("lager_file_backend"), path.decode()),
-                                [(Atom("sink"), Atom("data_lager_event")), (Atom("module"), Atom("kz_json"))],
-                                Atom("debug"))
+            assert entry[2] == (
+                (Atom("lager_file_backend"), path.decode()),
+                [(Atom("sink"), Atom("data_lager_event")), (Atom("module"), Atom("kz_json"))],
+                Atom("debug"),
+            )
             assert entry in await n.rpc("kz_data_tracing", "status", [])
             assert await n.rpc("kz_data_tracing", "status", [b"ffffffffffff"]) == Atom("false")
         await asyncio.sleep(1.5)
@@ -88,6 +99,7 @@ def test_replies_and_errors_of_both_generations(any_sandbox, tmp_path):
         assert await file_size(n, path.decode()) > 0, "traffic reaches the data sink"
         await n.rpc("file", "delete", [path.decode()])
         await n.close()
+
     run(body())
 
 
@@ -106,6 +118,7 @@ def test_default_file_name_and_the_generation_2_empty_file_defect(any_sandbox):
             assert size > 0, "generation 1's trace_file/1 works"
         await n.rpc("file", "delete", [fname.decode()])
         await n.close()
+
     run(body())
 
 
@@ -115,13 +128,15 @@ def test_clear_all_traces_generation_2(sandbox_gen2):
         refs = []
         for i in range(2):
             path = f"/tmp/kzb-clear-{i}-{time.time_ns()}.log".encode()
-            _ok, ref = await n.rpc("kz_data_tracing", "trace_file",
-                                   [[(Atom("function"), Atom("*"))], path, FORMAT, Atom("info")])
+            _ok, ref = await n.rpc(
+                "kz_data_tracing", "trace_file", [[(Atom("function"), Atom("*"))], path, FORMAT, Atom("info")]
+            )
             refs.append(ref)
         cleared = await n.rpc("kz_data_tracing", "clear_all_traces", [])
         assert sorted(cleared) == sorted((r, OK) for r in refs)
         assert await n.rpc("kz_data_tracing", "status", []) == []
         await n.close()
+
     run(body())
 
 
@@ -130,8 +145,9 @@ def test_maintenance_wrappers_print_through_the_callers_group_leader(any_sandbox
         n = await node_of(any_sandbox)
         res = await n.rpc_output("kazoo_data_maintenance", "trace_module", [b"kz_json"])
         assert res.value == OK
-        m = re.fullmatch(r"trace started, stop with 'sup kazoo_data_maintenance stop_trace ([0-9a-f]{12})'\n",
-                         res.output)
+        m = re.fullmatch(
+            r"trace started, stop with 'sup kazoo_data_maintenance stop_trace ([0-9a-f]{12})'\n", res.output
+        )
         assert m, res.output
         res = await n.rpc_output("kazoo_data_maintenance", "stop_trace", [m.group(1).encode()])
         assert res.value == OK and re.fullmatch(r"trace stopped, see log at /tmp/[0-9a-f]{32}\.log\n", res.output)
@@ -142,6 +158,7 @@ def test_maintenance_wrappers_print_through_the_callers_group_leader(any_sandbox
         assert res.output.startswith("trace started")
         await n.rpc_output("kazoo_data_maintenance", "stop_trace", [res.output.split()[-1].strip("'").encode()])
         await n.close()
+
     run(body())
 
 
@@ -150,13 +167,21 @@ def test_traffic_reaches_both_sinks_with_custom_metadata(sandbox_gen2):
         n = await node_of(sandbox_gen2)
         stamp = time.time_ns()
         data_path, main_path = f"/tmp/kzb-data-{stamp}.log", f"/tmp/kzb-main-{stamp}.log"
-        fmt = [(Atom("callid"), b"none"), ErlString("|"), (Atom("request"), b"none"), ErlString("|"),
-               Atom("message"), ErlString("\n")]
-        ok, ref = await n.rpc("kz_data_tracing", "trace_file",
-                              [[(Atom("request"), b"req-1")], data_path.encode(), fmt, Atom("debug")])
+        fmt = [
+            (Atom("callid"), b"none"),
+            ErlString("|"),
+            (Atom("request"), b"none"),
+            ErlString("|"),
+            Atom("message"),
+            ErlString("\n"),
+        ]
+        ok, ref = await n.rpc(
+            "kz_data_tracing", "trace_file", [[(Atom("request"), b"req-1")], data_path.encode(), fmt, Atom("debug")]
+        )
         props = [(Atom("formatter_config"), fmt)]
-        ok2, trace = await n.rpc("lager", "trace_file",
-                                 [ErlString(main_path), [(Atom("module"), Atom("kz_json"))], Atom("debug"), props])
+        ok2, trace = await n.rpc(
+            "lager", "trace_file", [ErlString(main_path), [(Atom("module"), Atom("kz_json"))], Atom("debug"), props]
+        )
         assert ok == OK and ok2 == OK
         await asyncio.sleep(2.5)
         await n.rpc("kz_data_tracing", "stop_trace", [ref])
@@ -166,13 +191,15 @@ def test_traffic_reaches_both_sinks_with_custom_metadata(sandbox_gen2):
         assert data[0] == OK and main[0] == OK
         data_lines = data[1].decode().splitlines()
         records = [line for line in data_lines if line.startswith("call-")]
-        assert records and all(line.startswith("call-1-") and "|req-1|" in line for line in records), \
-            "only worker 1's events match {request, <<\"req-1\">>}"
+        assert records and all(line.startswith("call-1-") and "|req-1|" in line for line in records), (
+            'only worker 1\'s events match {request, <<"req-1">>}'
+        )
         assert b"pipes|and:colons:here" in data[1] and b"second line of the same message" in data[1]
         assert b"kz_json:get_value" in main[1], "main-sink traffic traced through lager directly"
         for p in (data_path, main_path):
             await n.rpc("file", "delete", [p])
         await n.close()
+
     run(body())
 
 
@@ -180,8 +207,11 @@ def test_crashing_inputs_crash_and_restart_the_server_leaving_lager_traces(fresh
     async def body():
         n = await node_of(fresh_sandbox)
         before = await tracing_pid(n)
-        _ok, ref = await n.rpc("kz_data_tracing", "trace_file",
-                               [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-survivor.log", FORMAT, Atom("debug")])
+        _ok, ref = await n.rpc(
+            "kz_data_tracing",
+            "trace_file",
+            [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-survivor.log", FORMAT, Atom("debug")],
+        )
         crashing = [
             [],
             [(Atom("pid"), await n.rpc("erlang", "whereis", [Atom("init")]))],
@@ -194,6 +224,7 @@ def test_crashing_inputs_crash_and_restart_the_server_leaving_lager_traces(fresh
             async def restarted(previous=before):
                 pid = await tracing_pid(n)
                 return pid if type(pid) is Pid and pid != previous else None
+
             before = await poll_until(restarted)  # the supervisor restarted the server
         # state is lost, the lager trace is not
         assert await n.rpc("kz_data_tracing", "status", []) == []
@@ -212,6 +243,8 @@ def test_crashing_inputs_crash_and_restart_the_server_leaving_lager_traces(fresh
 
         async def supervisor_gone():
             return await n.rpc("erlang", "whereis", [Atom("kazoo_data_sup")]) == Atom("undefined")
+
         await poll_until(supervisor_gone)
         await n.close()
+
     run(body())

@@ -1,4 +1,5 @@
 """The frame reader without sockets: any split of a byte stream yields the same frames."""
+
 from __future__ import annotations
 
 import struct
@@ -19,7 +20,7 @@ def framed(payload: bytes) -> bytes:
 def split(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(stream) + 1) for c in cuts})
     pieces, last = [], 0
-    for p in points + [len(stream)]:
+    for p in [*points, len(stream)]:
         pieces.append(stream[last:p])
         last = p
     return pieces
@@ -29,8 +30,12 @@ frames_st = st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=1
 
 
 @settings(max_examples=300, deadline=None)
-@given(frames_st, st.lists(st.integers(min_value=0, max_value=5000), max_size=20), st.booleans(),
-       st.integers(min_value=1, max_value=200))
+@given(
+    frames_st,
+    st.lists(st.integers(min_value=0, max_value=5000), max_size=20),
+    st.booleans(),
+    st.integers(min_value=1, max_value=200),
+)
 def test_any_split_gives_the_same_frames(payloads, cuts, as_views, threshold):
     """Also with the big-frame hand-over: the caller finishes a detached frame from the stream itself."""
     stream = b"".join(framed(p) for p in payloads)

@@ -4,6 +4,7 @@ Allocation must follow the bytes that arrived, not the length announced: a 1 GB
 frame header followed by a few bytes costs a few megabytes, and the connection
 ends with one ConnectionLostError or ProtocolError line, never a MemoryError.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ import socket
 import struct
 import time
 import tracemalloc
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -39,9 +40,11 @@ LIMIT = 100 << 20  # well above a few in-place buffers, far below the gigabyte a
 
 def announce(length: int, then: bytes = b"p\x83h\x00", linger: float = 1.0) -> Callable[[socket.socket], None]:
     """After the handshake: a frame header announcing ``length`` bytes, a few of them, then close."""
+
     def act(conn: socket.socket) -> None:
         conn.sendall(struct.pack(">I", length) + then)
         time.sleep(linger)
+
     return act
 
 
@@ -52,6 +55,7 @@ def hostile(private_epmd: int) -> Iterator[Callable[..., HostilePeer]]:
     def make(after: Callable[[socket.socket], None], with_ack: bytes = b"") -> HostilePeer:
         peers.append(HostilePeer(private_epmd, COOKIE, after, name=f"hostile{secrets.token_hex(4)}", with_ack=with_ack))
         return peers[-1]
+
     yield make
     for p in peers:
         p.close()
@@ -112,14 +116,14 @@ def test_a_frame_over_the_limit_is_a_protocol_error_at_once(hostile):
     asyncio.run(body())
     peer2 = hostile(announce(DEFAULT_MAX_FRAME + 1, linger=5.0))
     # The header may come with the handshake's ack (then connecting fails) or after it (then the call does).
-    with pytest.raises(ProtocolError) as err:
-        with BlockingNode(peer2.node, COOKIE, timeout=5) as b:
-            b.rpc("erlang", "node", [], timeout=10)
+    with pytest.raises(ProtocolError) as err, BlockingNode(peer2.node, COOKIE, timeout=5) as b:
+        b.rpc("erlang", "node", [], timeout=10)
     assert "exceeds" in str(err.value)
 
 
 def test_a_slow_honest_big_frame_still_arrives_whole(hostile):
     """The in-place buffer grows past its first size as bytes come, and the frame decodes."""
+
     def send_big(conn: socket.socket) -> None:
         # Wait for our client's rpc frame to learn its caller pid, then send it a 20 MB message in pieces.
         n = struct.unpack(">I", recv_exact(conn, 4))[0]
@@ -127,7 +131,7 @@ def test_a_slow_honest_big_frame_still_arrives_whole(hostile):
         caller, ref = msg.payload[1]
         frame = build_message((OP_SEND, UNUSED, caller), (ref, b"x" * (20 << 20)))
         for i in range(0, len(frame), 1 << 20):
-            conn.sendall(frame[i:i + (1 << 20)])
+            conn.sendall(frame[i : i + (1 << 20)])
             time.sleep(0.01)
         time.sleep(0.5)
 
@@ -163,15 +167,16 @@ def test_frames_that_come_with_the_handshake_ack_are_heard(hostile, driver):
 
     peer = hostile(expect_exit, with_ack=build_message((OP_LINK, linker, ghost)))
     if driver == "asyncio":
+
         async def body() -> None:
             n = await connect_node(peer.node, COOKIE, timeout=5)
             await asyncio.sleep(0.5)
             await n.close()
+
         asyncio.run(body())
     else:
-        with BlockingNode(peer.node, COOKIE, timeout=5) as b:
-            # The blocking node reads while it waits for a call's reply; this one never comes.
-            with pytest.raises(ConnectionLostError):
-                b.rpc("erlang", "node", [], timeout=5)
+        # The blocking node reads while it waits for a call's reply; this one never comes.
+        with BlockingNode(peer.node, COOKIE, timeout=5) as b, pytest.raises(ConnectionLostError):
+            b.rpc("erlang", "node", [], timeout=5)
     peer.thread.join(5)
     assert [m.control for m in answers] == [(OP_EXIT, ghost, linker, Atom("noproc"))]

@@ -1,4 +1,5 @@
 """Pure functions of the Kazoo layer: the log parser and filter validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,13 +29,13 @@ def test_profiler_line_with_values_and_integer_line():
 
 
 def test_multiline_messages_and_chunked_input():
-    text = (REAL + "\nsecond line | with: separators\n" + REAL.replace("noise 82", "next") + "\n")
+    text = REAL + "\nsecond line | with: separators\n" + REAL.replace("noise 82", "next") + "\n"
     records = parse_text(text)
     assert [r.message for r in records] == ["noise 82\nsecond line | with: separators", "next"]
     asm = LineAssembler()
     out = []
     for i in range(0, len(text), 7):
-        out += asm.feed(text[i:i + 7])
+        out += asm.feed(text[i : i + 7])
     out += asm.flush()
     assert [r.message for r in out] == [r.message for r in records]
 
@@ -63,14 +64,17 @@ def test_parse_filter_forms():
             flt.parse_filter(bad)
 
 
-@pytest.mark.parametrize("filters", [
-    [],
-    [(Atom("pid"), Pid(Atom("n@h"), 1, 0, 1))],
-    ImproperList(((Atom("module"), Atom("kz_json")),), Atom("foo")),
-    [(Atom("any"), [(Atom("module"), Atom("kz_json"))])],
-    (Atom("module"), Atom("kz_json")),
-    [(Atom("pid"), ErlString("0.1.2.3"))],
-])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        [],
+        [(Atom("pid"), Pid(Atom("n@h"), 1, 0, 1))],
+        ImproperList(((Atom("module"), Atom("kz_json")),), Atom("foo")),
+        [(Atom("any"), [(Atom("module"), Atom("kz_json"))])],
+        (Atom("module"), Atom("kz_json")),
+        [(Atom("pid"), ErlString("0.1.2.3"))],
+    ],
+)
 def test_crashing_and_useless_filters_are_refused(filters):
     with pytest.raises(BadFilterError):
         flt.validate(filters)
@@ -83,6 +87,7 @@ def test_valid_filters_pass_and_bare_pids_are_fixed():
 
 def test_a_record_of_200000_continuation_lines_is_assembled_in_linear_time():
     import time as _time
+
     lines = [f"continuation line {i} | with: separators" for i in range(200_000)]
     started = _time.monotonic()
     asm = LineAssembler()
@@ -110,5 +115,3 @@ def test_one_line_in_many_chunks_is_joined_once():
 def test_utc_log_suffix_is_part_of_the_printed_time():
     rec = parse_header(REAL.replace("11:38:57.900", "11:38:57.900 UTC"))
     assert rec is not None and rec.time == "11:38:57.900 UTC" and rec.message == "noise 82"
-
-

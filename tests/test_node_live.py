@@ -1,4 +1,5 @@
 """The wire against real BEAM nodes (Debian's OTP) and an independent v5 node (py-interface)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -70,8 +71,10 @@ def test_node_encoded_terms_reencode_byte_identically(live, term):
 
 
 def test_node_made_identifiers_and_funs_round_trip_byte_exactly(live):
-    src = ("[self(), make_ref(), hd(erlang:ports()), fun lists:map/2, fun(X) -> X end, "
-           "maps:from_list([{I, I} || I <- lists:seq(1, 40)]), <<1:3>>, 1 bsl 2100, 'ñ∂', \"héllo\", 1.0e300].")
+    src = (
+        "[self(), make_ref(), hd(erlang:ports()), fun lists:map/2, fun(X) -> X end, "
+        "maps:from_list([{I, I} || I <- lists:seq(1, 40)]), <<1:3>>, 1 bsl 2100, 'ñ∂', \"héllo\", 1.0e300]."
+    )
     tokens = live.rpc("erl_scan", "string", [src])[1]
     forms = live.rpc("erl_parse", "parse_exprs", [tokens])[1]
     value = live.rpc("erl_eval", "exprs", [forms, []])[1]
@@ -101,6 +104,7 @@ def test_rpc_values_output_and_errors(erl_node):
                 await n.rpc("erlang", "error", [Atom("boom")])
             assert "boom" in str(err.value) and err.value.reason[0] == Atom("EXIT")
             assert await n.rpc("erlang", "throw", [Atom("thrown")]) == Atom("thrown")
+
     run(body())
 
 
@@ -114,6 +118,7 @@ def test_large_replies_are_received_whole_and_their_buffer_is_not_kept(erl_node)
                 # kept for the next file chunk up to 16 MB; a one-off 40 MB reply's buffer is let go
                 assert len(proto._big_store) <= proto.KEEP_BIG
             assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+
     run(body())
 
 
@@ -125,6 +130,7 @@ def test_timeout_many_concurrent_calls_and_sync_wrapper(erl_node):
             results = await asyncio.gather(*(n.rpc("erlang", "abs", [-i]) for i in range(100)))
             assert results == list(range(100))
             assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+
     run(body())
     with connect_sync(erl_node.node, erl_node.cookie) as s:
         assert s.rpc("erlang", "abs", [-5]) == 5
@@ -154,6 +160,7 @@ def test_monitor_link_and_exit_signals(erl_node):
             await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, [(Atom("Owner"), mb.pid)]]])
             assert (await mb.receive(5))[0] == Atom("done")
             assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+
     run(body())
 
 
@@ -168,6 +175,7 @@ def test_not_allowed(erl_node):
             await n.rpc("net_kernel", "allow", [[Atom("somebody@127.0.0.1")]])
         with pytest.raises(NotAllowedError):
             await connect_node(erl_node.node, erl_node.cookie, timeout=5)
+
     run(body())
 
 
@@ -184,6 +192,7 @@ def test_peer_killed_mid_call_fails_fast(erl_node):
         assert "timer:sleep/1" in str(err.value)
         with pytest.raises(ConnectionLostError):
             await n.rpc("erlang", "node", [])
+
     run(body())
 
 
@@ -198,16 +207,19 @@ def test_peer_that_stops_ticking_is_declared_lost(erl_node):
             assert time.monotonic() - t0 < 6
         finally:
             os.kill(erl_node.pid, signal.SIGCONT)
+
     run(body())
 
 
 def test_idle_connection_survives_the_nodes_tick_time(make_erl_node):
     node = make_erl_node("-kernel", "net_ticktime", "2")
+
     async def body():
         n = await connect_node(node.node, node.cookie, ticktime=2.0)
         await asyncio.sleep(7)  # several tick periods with no traffic from us but ticks
         assert await n.rpc("erlang", "node", []) == Atom(node.node)
         await n.close()
+
     run(body())
 
 
@@ -230,6 +242,7 @@ def test_garbage_from_a_fake_peer_is_a_protocol_error(private_epmd):
         conn.sendall(b"\x00\x05sok\x00\x00" + b"\xff" * 50)
         time.sleep(3)
         conn.close()
+
     threading.Thread(target=serve, daemon=True).start()
     try:
         t0 = time.monotonic()
@@ -251,6 +264,7 @@ def test_v5_handshake_against_independent_py_interface_node(pyinterface_peer):
         reply = await mb.receive(5)
         assert reply[0] == Atom("echo") and canon(reply[1]) == canon(payload)
         await n.close()
+
     run(body())
 
 
@@ -261,6 +275,7 @@ def test_v5_wrong_cookie_against_py_interface(pyinterface_peer):
 
 def test_blocking_node_for_one_shot_commands(erl_node):
     from kzbridge.wire.blocking import BlockingNode
+
     with BlockingNode(erl_node.node, erl_node.cookie) as n:
         assert n.handshake_version == 6
         res = n.rpc_output("io", "format", ["~s|~p~n", [ErlString("a"), (Atom("b"), 2)]])
@@ -275,6 +290,7 @@ def test_blocking_node_for_one_shot_commands(erl_node):
 
 def test_blocking_node_speaks_v5_to_py_interface(pyinterface_peer):
     from kzbridge.wire.blocking import BlockingNode
+
     with BlockingNode(pyinterface_peer.node, pyinterface_peer.cookie) as n:
         assert n.handshake_version == 5
 
@@ -283,15 +299,20 @@ def test_stray_messages_to_our_pids_do_not_break_the_connection(erl_node):
     async def body():
         async with connect(erl_node.node, erl_node.cookie) as n:
             mb = n.mailbox()
-            src = ("Caller ! {[1000, 2], unhashable_key}, Caller ! {make_ref(), late_reply}, Caller ! garbage, "
-                   "Gl ! {io_request, self(), ref, bogus_request}, Owner ! ok.")
+            src = (
+                "Caller ! {[1000, 2], unhashable_key}, Caller ! {make_ref(), late_reply}, Caller ! garbage, "
+                "Gl ! {io_request, self(), ref, bogus_request}, Owner ! ok."
+            )
             tokens = (await n.rpc("erl_scan", "string", [src]))[1]
             forms = (await n.rpc("erl_parse", "parse_exprs", [tokens]))[1]
-            binds = sorted([(Atom("Caller"), n.caller), (Atom("Gl"), n.new_pid()), (Atom("Owner"), mb.pid)],
-                           key=lambda kv: kv[0].name)
+            binds = sorted(
+                [(Atom("Caller"), n.caller), (Atom("Gl"), n.new_pid()), (Atom("Owner"), mb.pid)],
+                key=lambda kv: kv[0].name,
+            )
             await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, binds]])
             assert await mb.receive(5) == Atom("ok")
             assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+
     run(body())
 
 
@@ -305,10 +326,10 @@ def test_sync_node_stays_connected_while_idle_and_runs_async_helpers(make_erl_no
         assert s.rpc_output("io", "format", ["hi~n"]).output == "hi\n"
 
 
-
 def test_both_drivers_answer_io_with_apply_round_trips_through_the_shared_session(erl_node):
     """io:format needs an io_lib:format rex call per request: the session's own nested call, in both drivers."""
     from kzbridge.wire.blocking import BlockingNode
+
     fmt = [ErlString("~s|~p|~w~n"), [ErlString("ä"), (Atom("t"), [1, 2]), 3.5]]
 
     async def body() -> None:
@@ -320,6 +341,7 @@ def test_both_drivers_answer_io_with_apply_round_trips_through_the_shared_sessio
         outs = await asyncio.gather(*(n.rpc_output("io", "format", ["~p~n", [i]]) for i in range(50)))
         assert [o.output for o in outs] == [f"{i}\n" for i in range(50)]
         await n.close()
+
     run(body())
     with BlockingNode(erl_node.node, erl_node.cookie) as b:
         res = b.rpc_output("io", "format", fmt)
@@ -330,12 +352,15 @@ def test_both_drivers_answer_io_with_apply_round_trips_through_the_shared_sessio
 def test_blocking_node_answers_monitors_and_links_from_the_node(erl_node):
     """The blocking driver now handles every control message the asyncio one does (one session)."""
     from kzbridge.wire.blocking import BlockingNode
+
     with BlockingNode(erl_node.node, erl_node.cookie) as b:
         dead = Pid(Atom(b.name), 30000, 0, b.session.creation, old=not b.session.big_creation)
-        src = ("Ref = erlang:monitor(process, Dead), "
-               "R1 = receive {'DOWN', Ref, process, _, Why} -> Why after 3000 -> timeout end, "
-               "process_flag(trap_exit, true), catch link(Dead), "
-               "R2 = receive {'EXIT', Dead, Why2} -> Why2 after 3000 -> timeout end, {R1, R2}.")
+        src = (
+            "Ref = erlang:monitor(process, Dead), "
+            "R1 = receive {'DOWN', Ref, process, _, Why} -> Why after 3000 -> timeout end, "
+            "process_flag(trap_exit, true), catch link(Dead), "
+            "R2 = receive {'EXIT', Dead, Why2} -> Why2 after 3000 -> timeout end, {R1, R2}."
+        )
         tokens = b.rpc("erl_scan", "string", [src])[1]
         forms = b.rpc("erl_parse", "parse_exprs", [tokens])[1]
         value = b.rpc("erl_eval", "exprs", [forms, [(Atom("Dead"), dead)]], timeout=10)[1]

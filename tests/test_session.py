@@ -4,10 +4,10 @@ Frames from the "peer" are built with frames.build_message and go through the sa
 readers a driver uses (FrameReader, parse_message), each fed three ways (h11's rule):
 whole, one byte at a time, and with the start of another frame trailing.
 """
+
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 from typing import Any
 
@@ -80,7 +80,7 @@ def feed(s: Session, data: bytes, mode: str) -> list[Any]:
     """Split ``data`` into frames as a driver does and hand each message to the session."""
     reader = FrameReader()
     events: list[Any] = []
-    chunks = [data[i:i + 1] for i in range(len(data))] if mode == "bytewise" else [data]
+    chunks = [data[i : i + 1] for i in range(len(data))] if mode == "bytewise" else [data]
     if mode == "trailing":
         chunks = [data + TRAILING]
     for chunk in chunks:
@@ -105,6 +105,7 @@ def unframe(frame: bytes) -> DistMessage:
 
 # ---------------------------------------------------------------- rpc
 
+
 def test_rpc_frame_is_the_gen_call_to_rex_that_the_term_form_encodes():
     s = session()
     m, f, args = Atom("erlang"), Atom("node"), [1, b"x", [Atom("y")]]
@@ -113,8 +114,9 @@ def test_rpc_frame_is_the_gen_call_to_rex_that_the_term_form_encodes():
     msg = unframe(frame)
     assert msg.control == (OP_REG_SEND, s.caller, UNUSED, A_REX)
     assert msg.payload == (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl))
-    assert frame == build_message((OP_REG_SEND, s.caller, UNUSED, A_REX),
-                                  (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl)))
+    assert frame == build_message(
+        (OP_REG_SEND, s.caller, UNUSED, A_REX), (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl))
+    )
     assert s.is_live(gl) and gl != s.caller
 
 
@@ -123,8 +125,9 @@ def test_rex_reply_becomes_an_rpc_reply_event(mode):
     s = session()
     ref, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
     other, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    data = (build_message((OP_SEND, UNUSED, s.caller), (other, Atom("second")))
-            + build_message((OP_SEND_SENDER, peer_pid(5), s.caller), (ref, [1000, 2])))
+    data = build_message((OP_SEND, UNUSED, s.caller), (other, Atom("second"))) + build_message(
+        (OP_SEND_SENDER, peer_pid(5), s.caller), (ref, [1000, 2])
+    )
     assert feed(s, data, mode) == [RpcReply(other, Atom("second")), RpcReply(ref, [1000, 2])]
     assert s.outbox == []
 
@@ -132,9 +135,11 @@ def test_rex_reply_becomes_an_rpc_reply_event(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_messages_to_our_caller_that_are_no_replies_are_dropped(mode):
     s = session()
-    data = (build_message((OP_SEND, UNUSED, s.caller), Atom("garbage"))
-            + build_message((OP_SEND, UNUSED, s.caller), ([1000, 2], Atom("unhashable_key")))
-            + build_message((OP_SEND, UNUSED, peer_pid(3)), Atom("to a pid we never made")))
+    data = (
+        build_message((OP_SEND, UNUSED, s.caller), Atom("garbage"))
+        + build_message((OP_SEND, UNUSED, s.caller), ([1000, 2], Atom("unhashable_key")))
+        + build_message((OP_SEND, UNUSED, peer_pid(3)), Atom("to a pid we never made"))
+    )
     assert feed(s, data, mode) == []
     assert s.outbox == []
 
@@ -149,6 +154,7 @@ def test_pids_and_refs_are_fresh_and_take_the_peers_creation_form():
 
 
 # ---------------------------------------------------------------- io requests
+
 
 def io_request(to: Pid, request: Any, sender: Pid | None = None, reply_as: Any = Atom("r1")) -> bytes:
     return build_message((OP_SEND, UNUSED, to), (A_IO_REQUEST, sender or peer_pid(7), reply_as, request))
@@ -211,8 +217,10 @@ def test_io_requests_batch_and_unknown_requests():
     s = session()
     _, gl, _, _ = s.start_call(Atom("io"), Atom("put_chars"), [])
     batch = (Atom("requests"), [(Atom("put_chars"), b"a"), (Atom("put_chars"), Atom("unicode"), b"b")])
-    assert feed(s, io_request(gl, batch) + io_request(gl, Atom("bogus_request"), reply_as=2), "whole") \
-        == [Output(gl, "a"), Output(gl, "b")]
+    assert feed(s, io_request(gl, batch) + io_request(gl, Atom("bogus_request"), reply_as=2), "whole") == [
+        Output(gl, "a"),
+        Output(gl, "b"),
+    ]
     first, second = sent(s)
     assert first.payload == (A_IO_REPLY, Atom("r1"), A_OK)
     assert second.payload == (A_IO_REPLY, 2, (Atom("error"), Atom("request")))
@@ -235,14 +243,16 @@ def test_group_leaders_stay_ours_for_a_grace_period_after_the_call():
 
 # ---------------------------------------------------------------- control messages
 
+
 @pytest.mark.parametrize("mode", MODES)
 def test_monitor_of_a_dead_pid_is_answered_with_monitor_p_exit(mode):
     s = session()
     live = s.open_mailbox()
     dead = Pid(s.caller.node, 999, 0, s.caller.creation)
     ref1, ref2 = Reference(PEER, (1, 2, 3), 77), Reference(PEER, (4, 5, 6), 77)
-    data = (build_message((OP_MONITOR_P, peer_pid(1), dead, ref1))
-            + build_message((OP_MONITOR_P, peer_pid(1), live, ref2)))
+    data = build_message((OP_MONITOR_P, peer_pid(1), dead, ref1)) + build_message(
+        (OP_MONITOR_P, peer_pid(1), live, ref2)
+    )
     assert feed(s, data, mode) == []
     [answer] = sent(s)
     assert answer.control == (OP_MONITOR_P_EXIT, dead, peer_pid(1), ref1, A_NOPROC)
@@ -272,10 +282,12 @@ def test_link_to_a_dead_pid_is_answered_with_exit(mode):
 def test_unknown_and_uninteresting_controls_are_ignored(mode):
     s = session()
     mb = s.open_mailbox()
-    data = (build_message((OP_GROUP_LEADER, peer_pid(1), mb))
-            + build_message((99, Atom("future"), 1))
-            + build_message((OP_DEMONITOR_P, peer_pid(1), mb, Reference(PEER, (1, 2, 3), 77)))
-            + build_message((OP_REG_SEND, peer_pid(1), UNUSED, Atom("nobody")), Atom("hi")))
+    data = (
+        build_message((OP_GROUP_LEADER, peer_pid(1), mb))
+        + build_message((99, Atom("future"), 1))
+        + build_message((OP_DEMONITOR_P, peer_pid(1), mb, Reference(PEER, (1, 2, 3), 77)))
+        + build_message((OP_REG_SEND, peer_pid(1), UNUSED, Atom("nobody")), Atom("hi"))
+    )
     assert feed(s, data, mode) == []
     assert s.outbox == []
 
@@ -286,14 +298,18 @@ def test_monitors_exits_and_messages_reach_mailboxes(mode):
     mb = s.open_mailbox()
     ref, frame = s.monitor_frame(mb, peer_pid(4))
     assert unframe(frame).control == (OP_MONITOR_P, mb, peer_pid(4), ref)
-    data = (build_message((OP_MONITOR_P_EXIT, peer_pid(4), mb, ref, Atom("killed")))
-            + build_message((OP_EXIT2, peer_pid(5), mb, Atom("bye")))
-            + build_message((OP_PAYLOAD_EXIT, peer_pid(6), mb), Atom("payload_reason"))
-            + build_message((OP_SEND_SENDER, peer_pid(7), mb), (Atom("chunk"), b"data")))
+    data = (
+        build_message((OP_MONITOR_P_EXIT, peer_pid(4), mb, ref, Atom("killed")))
+        + build_message((OP_EXIT2, peer_pid(5), mb, Atom("bye")))
+        + build_message((OP_PAYLOAD_EXIT, peer_pid(6), mb), Atom("payload_reason"))
+        + build_message((OP_SEND_SENDER, peer_pid(7), mb), (Atom("chunk"), b"data"))
+    )
     events = feed(s, data, mode)
-    assert events[:3] == [Deliver(mb, (Atom("DOWN"), ref, Atom("process"), peer_pid(4), Atom("killed"))),
-                          Deliver(mb, (Atom("EXIT"), peer_pid(5), Atom("bye"))),
-                          Deliver(mb, (Atom("EXIT"), peer_pid(6), Atom("payload_reason")))]
+    assert events[:3] == [
+        Deliver(mb, (Atom("DOWN"), ref, Atom("process"), peer_pid(4), Atom("killed"))),
+        Deliver(mb, (Atom("EXIT"), peer_pid(5), Atom("bye"))),
+        Deliver(mb, (Atom("EXIT"), peer_pid(6), Atom("payload_reason"))),
+    ]
     assert type(events[3]) is Message and events[3].to == mb
     assert events[3].msg.payload == (Atom("chunk"), b"data")
     # A second DOWN for the same ref, and signals to a closed mailbox, go nowhere.
@@ -306,17 +322,22 @@ def test_send_frames():
     mb = s.open_mailbox()
     assert unframe(s.send_frame(peer_pid(1), 1, sender=mb)).control == (OP_SEND_SENDER, mb, peer_pid(1))
     assert unframe(s.send_frame(peer_pid(1), 1)).control == (OP_SEND, UNUSED, peer_pid(1))
-    assert unframe(session(OUR_FLAGS & ~DFLAG_SEND_SENDER).send_frame(peer_pid(1), 1, sender=mb)).control \
-        == (OP_SEND, UNUSED, peer_pid(1))
+    assert unframe(session(OUR_FLAGS & ~DFLAG_SEND_SENDER).send_frame(peer_pid(1), 1, sender=mb)).control == (
+        OP_SEND,
+        UNUSED,
+        peer_pid(1),
+    )
     assert unframe(s.reg_send_frame(Atom("echo"), 2)).control == (OP_REG_SEND, s.caller, UNUSED, Atom("echo"))
-    assert unframe(s.exit_frame(peer_pid(1), Atom("kill"))).control == (OP_EXIT2, s.caller, peer_pid(1),
-                                                                         Atom("kill"))
+    assert unframe(s.exit_frame(peer_pid(1), Atom("kill"))).control == (OP_EXIT2, s.caller, peer_pid(1), Atom("kill"))
     assert unframe(s.link_frame(mb, peer_pid(1))).control == (OP_LINK, mb, peer_pid(1))
 
 
 controls = st.tuples(st.integers(0, 40)).flatmap(
-    lambda op: st.lists(st.one_of(st.integers(), st.binary(max_size=3), st.just(Atom("x")), st.just([1]),
-                                  st.just(peer_pid(1))), max_size=5).map(lambda rest: op + tuple(rest)))
+    lambda op: st.lists(
+        st.one_of(st.integers(), st.binary(max_size=3), st.just(Atom("x")), st.just([1]), st.just(peer_pid(1))),
+        max_size=5,
+    ).map(lambda rest: op + tuple(rest))
+)
 
 
 @settings(max_examples=500)
@@ -331,6 +352,7 @@ def test_fuzz_any_control_tuple_is_handled_or_a_protocol_error(control, payload)
 
 
 # ---------------------------------------------------------------- connect plan and error mapping
+
 
 def test_connect_plan_checks_the_cookie_and_picks_the_version():
     with pytest.raises(UsageError) as err:
@@ -349,25 +371,21 @@ def test_connect_plan_checks_the_cookie_and_picks_the_version():
 def test_connect_errors_are_translated_once_with_the_cause_kept():
     plan = ConnectPlan("n@h", "c", timeout=2)
     refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
-    with pytest.raises(HostUnreachableError) as err:
-        with map_exceptions(plan.tcp_errors(4000)):
-            raise refused
+    with pytest.raises(HostUnreachableError) as err, map_exceptions(plan.tcp_errors(4000)):
+        raise refused
     assert err.value.__cause__ is refused and "Connection refused" in str(err.value)
-    with pytest.raises(HandshakeTimeoutError) as err2:
-        with map_exceptions(plan.tcp_errors(4000)):
-            raise socket.timeout("timed out")
+    with pytest.raises(HandshakeTimeoutError) as err2, map_exceptions(plan.tcp_errors(4000)):
+        raise TimeoutError("timed out")
     assert err2.value.setting == "timeout"
-    with pytest.raises(CookieRejectedError):  # the handshake's own connect errors pass unchanged
-        with map_exceptions(plan.handshake_errors()):
-            raise CookieRejectedError("rejected")
-    with pytest.raises(ConnectError) as err3:
-        with map_exceptions(plan.handshake_errors()):
-            raise ProtocolError("junk")
+    # the handshake's own connect errors pass unchanged
+    with pytest.raises(CookieRejectedError), map_exceptions(plan.handshake_errors()):
+        raise CookieRejectedError("rejected")
+    with pytest.raises(ConnectError) as err3, map_exceptions(plan.handshake_errors()):
+        raise ProtocolError("junk")
     assert type(err3.value) is ConnectError and "handshake failed: junk" in str(err3.value)
-    with pytest.raises(ConnectError) as err4:
-        with map_exceptions(plan.handshake_errors()):
-            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    with pytest.raises(ConnectError) as err4, map_exceptions(plan.handshake_errors()):
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
     assert "connection failed during the handshake" in str(err4.value)
-    with pytest.raises(KeyError):  # what the mapping does not name is not ours to translate
-        with map_exceptions(plan.handshake_errors()):
-            raise KeyError("bug")
+    # what the mapping does not name is not ours to translate
+    with pytest.raises(KeyError), map_exceptions(plan.handshake_errors()):
+        raise KeyError("bug")

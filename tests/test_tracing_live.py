@@ -1,4 +1,5 @@
 """Tracing end to end against sandbox nodes of both generations: API, guarantees, faults."""
+
 from __future__ import annotations
 
 import asyncio
@@ -69,6 +70,7 @@ def test_run_trace_collects_parsed_events_on_both_generations(any_sandbox, tmp_p
         assert summary.rpc_calls / summary.seconds < 2
         await n.close()
         return summary
+
     summary = run(body())
     recs = records(out)
     assert len(recs) == summary.lines
@@ -81,9 +83,11 @@ def test_trace_object_follow_and_context_manager(sandbox_gen2):
         n = await node_of(sandbox_gen2)
         got = []
         async with await tracing.start_trace(n, [flt.parse_filter("request=req-2")]) as trace:
+
             async def stopper():
                 await asyncio.sleep(2.5)
                 await trace.stop()
+
             task = asyncio.ensure_future(stopper())
             async for rec in trace.follow():
                 got.append(rec)
@@ -91,6 +95,7 @@ def test_trace_object_follow_and_context_manager(sandbox_gen2):
         assert got and all(r.callid.startswith("call-2-") for r in got)
         assert await n.rpc("kz_data_tracing", "status", []) == []
         await n.close()
+
     run(body())
 
 
@@ -109,16 +114,19 @@ def test_a_held_trace_outlives_its_lease_and_a_forgotten_one_does_not(sandbox_ge
         assert await n.rpc("kz_data_tracing", "status", [held.ref.encode()]) != Atom("false")
         assert held.lease_renewals >= 4 and held.keeper_error is None
         from kzbridge.kazoo import journal
+
         assert journal.find(n.peer_name, held.ref).lease_until > time.time(), "status shows the renewed lease"
         assert await n.rpc("kz_data_tracing", "status", [gone]) == Atom("false"), "its lease ran out"
         await held.stop()
         assert await n.rpc("kz_data_tracing", "status", []) == []
         await n.close()
+
     run(body())
 
 
 def test_sync_api_follow_run_collect_and_with_always_stops(sandbox_gen2, tmp_path):
     import kzbridge
+
     with kzbridge.connect_sync(sandbox_gen2.node) as kz:  # a local sandbox supplies its own cookie
         with kz.start_trace([flt.parse_filter("request=req-2")], lease=1.5) as trace:
             assert len(trace.ref) == 12 and trace.generation == 2
@@ -150,6 +158,7 @@ def test_lager_event_sink_traces_the_main_log(sandbox_gen1, tmp_path):
         assert (Atom("lager_file_backend"), trace.remote_path) not in handlers
         await n.close()
         return summary
+
     summary = run(body())
     recs = records(out)
     assert summary.lines == len(recs) > 0
@@ -168,6 +177,7 @@ def test_crashing_filters_are_refused_before_anything_is_sent(sandbox_gen2):
         assert n.calls_made == calls, "nothing reached the node"
         assert await n.rpc("erlang", "whereis", [Atom("kz_data_tracing")]) == server
         await n.close()
+
     run(body())
 
 
@@ -184,6 +194,7 @@ def test_abandoned_run_stops_the_trace_without_collecting(sandbox_gen2, tmp_path
         assert await n.rpc("kz_data_tracing", "status", [trace.ref.encode()]) == Atom("false")
         await n.close()
         return summary
+
     summary = run(body())
     assert summary.reason == "abandoned" and summary.partial and not out.exists()
     assert summary.local_path.endswith(".partial")
@@ -196,6 +207,7 @@ def test_empty_trace_says_so_and_suggests_the_main_sink(sandbox_gen2, tmp_path):
         summary = await run_trace(trace, str(tmp_path / "e.log"), duration=1.5)
         await n.close()
         return summary
+
     summary = run(body())
     assert summary.lines == 0 and any("lager_event sink" in w and w.setting == "sink" for w in summary.warnings)
 
@@ -215,15 +227,23 @@ def test_lease_stops_the_trace_when_the_client_vanishes(fresh_sandbox):
         await asyncio.sleep(1.5)
         assert await m.rpc("filelib", "file_size", [trace.remote_path]) == size
         await m.close()
+
     run(body())
 
 
 def test_orphans_after_a_server_crash_are_found_and_cleared(fresh_sandbox):
     async def body():
         n = await node_of(fresh_sandbox)
-        ok, _ref = await n.rpc("kz_data_tracing", "trace_file",
-                                [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-orphan.log",
-                                [Atom("message"), ErlString("\n")], Atom("debug")])
+        ok, _ref = await n.rpc(
+            "kz_data_tracing",
+            "trace_file",
+            [
+                [(Atom("module"), Atom("kz_json"))],
+                b"/tmp/kzb-orphan.log",
+                [Atom("message"), ErlString("\n")],
+                Atom("debug"),
+            ],
+        )
         assert ok == Atom("ok")
         try:  # someone else's crash (not ours: kzbridge refuses this input)
             await n.rpc("kz_data_tracing", "trace_file", [[], b"/tmp/kzb-x.log", [Atom("message")]])
@@ -232,10 +252,12 @@ def test_orphans_after_a_server_crash_are_found_and_cleared(fresh_sandbox):
 
         async def orphaned():
             return ("data_lager_event", "/tmp/kzb-orphan.log") in await tracing.orphans(n)
+
         await poll_until(orphaned)  # the supervisor restarts the crashed server
         assert "/tmp/kzb-orphan.log" in await tracing.clear_orphans(n)
         assert await tracing.orphans(n) == []
         await n.close()
+
     run(body())
 
 
@@ -253,6 +275,7 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
             await n.rpc("kz_fixture", "burst", [Atom("data"), 10000, 1000], timeout=120)
             await asyncio.sleep(1.5)
             await n.rpc("kz_fixture", "burst", [Atom("data"), 2000, 1000], timeout=120)
+
         task = asyncio.ensure_future(flood())
         session = TraceSession(trace, out, duration=120, max_size=1 << 30)
 
@@ -260,6 +283,7 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
             await task
             await asyncio.sleep(2)
             session.request_stop()
+
         stopper = asyncio.ensure_future(stop_after_flood())
         rotations = []
         summary = await session.run(lambda event: rotations.append(event) if isinstance(event, Rotated) else None)
@@ -270,6 +294,7 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
         collected = await collect_file(n, trace.remote_path, str(tmp_path / "again.log"), rotated=True)
         await n.close()
         return summary, parts, collected
+
     summary, parts, collected = run(body())
     assert parts, "lager rotated the file at 10 MB"
     assert summary.verified and summary.bytes > 10 * 1024 * 1024
@@ -281,14 +306,18 @@ def test_file_past_lagers_rotation_size_comes_back_whole_and_in_order(fresh_sand
 
 def test_node_killed_during_collection_keeps_a_marked_partial_file(fresh_sandbox, tmp_path):
     from kzbridge import sandbox
+
     out = tmp_path / "dying.log"
     path = f"/tmp/kzb-big-{time.time_ns()}.bin"
 
     async def body():
         n = await node_of(fresh_sandbox)
-        write = ("{ok, F} = file:open(Path, [write, raw, binary]), B = binary:copy(<<\"x\">>, 1048576), "
-                 "[ok = file:write(F, B) || _ <- lists:seq(1, 150)], file:close(F).")
+        write = (
+            '{ok, F} = file:open(Path, [write, raw, binary]), B = binary:copy(<<"x">>, 1048576), '
+            "[ok = file:write(F, B) || _ <- lists:seq(1, 150)], file:close(F)."
+        )
         from kzbridge.kazoo import programs
+
         await programs.evaluate(n, write, timeout=60, Path=ErlString(path))
         got = {"n": 0}
 
@@ -297,9 +326,11 @@ def test_node_killed_during_collection_keeps_a_marked_partial_file(fresh_sandbox
             if done >= 20 * 1048576 and not got.get("killed"):
                 got["killed"] = True
                 os.kill(fresh_sandbox.os_pid, 9)
+
         with pytest.raises((ConnectionLostError, RemoteFileError)) as err:
             await collect_file(n, path, str(out), progress=progress, chunk=1 << 20, window=4)
         return err.value
+
     try:
         err = run(body())
     finally:
@@ -317,6 +348,7 @@ def test_node_without_tracing_gives_a_clear_error(erl_node):
         with pytest.raises(TracingUnavailableError):
             await tracing.start_trace(n, flt.module_filter("kz_json"))
         await n.close()
+
     run(body())
 
 
@@ -331,6 +363,7 @@ def test_lager_sink_trace_is_also_stopped_by_its_lease(fresh_sandbox):
         await asyncio.sleep(4)
         assert handler not in await m.rpc("gen_event", "which_handlers", [Atom("lager_event")])
         await m.close()
+
     run(body())
 
 
@@ -344,6 +377,7 @@ def test_max_size_stops_the_run_and_format_and_level_apply(sandbox_gen2, tmp_pat
         summary = await run_trace(trace, out, duration=60, max_size=2000)
         await n.close()
         return summary
+
     summary = run(body())
     assert summary.reason == "max-size" and summary.seconds < 30 and summary.bytes >= 2000
     lines = Path(out).read_text().splitlines()
@@ -355,17 +389,21 @@ def test_max_size_stops_the_run_and_format_and_level_apply(sandbox_gen2, tmp_pat
 def test_unwritable_remote_path_is_accepted_by_the_node_like_kazoo(sandbox_gen2):
     async def body():
         n = await node_of(sandbox_gen2)
-        reply = await n.rpc("kz_data_tracing", "trace_file",
-                            [[(Atom("module"), Atom("kz_json"))], b"/nonexistent-dir/x.log",
-                             [Atom("message")], Atom("debug")])
+        reply = await n.rpc(
+            "kz_data_tracing",
+            "trace_file",
+            [[(Atom("module"), Atom("kz_json"))], b"/nonexistent-dir/x.log", [Atom("message")], Atom("debug")],
+        )
         assert reply[0] == Atom("ok"), "a path that cannot be written still answers {ok, Ref}"
         assert await n.rpc("kz_data_tracing", "stop_trace", [reply[1]]) == (Atom("ok"), b"/nonexistent-dir/x.log")
         await n.close()
+
     run(body())
 
 
 def test_node_dying_during_a_run_keeps_the_partial_file_and_says_so(fresh_sandbox, tmp_path):
     from kzbridge import sandbox
+
     out = tmp_path / "run.log"
 
     async def body():
@@ -375,11 +413,13 @@ def test_node_dying_during_a_run_keeps_the_partial_file_and_says_so(fresh_sandbo
         async def kill_later():
             await asyncio.sleep(2.5)
             os.kill(fresh_sandbox.os_pid, 9)
+
         killer = asyncio.ensure_future(kill_later())
         with pytest.raises(TraceLostError) as err:
             await run_trace(trace, str(out), duration=60)
         await killer
         return err.value, trace
+
     err, trace = run(body())
     partial = tmp_path / "run.log.partial"
     assert str(partial) in str(err) and "partial" in str(err) and trace.remote_path in str(err)
@@ -403,4 +443,5 @@ def test_programs_are_parsed_once_on_the_node_and_bad_ones_are_a_clear_error(erl
             await programs.forms(n, "X = .")
         assert err.value.__cause__ is not None, "the node's own answer stays attached"
         await n.close()
+
     run(body())

@@ -11,6 +11,7 @@ sandbox_cmds), registered on ``main`` when this package loads; render.py draws.
 The library's errors are words plus the setting they are about; ``error_line``
 turns a setting into this face's option name (``OPTION_OF``).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,17 +39,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # The library's settings (errors.SETTINGS) as this command line spells them.
 OPTION_OF = {
-    "node": "--node", "cookie": "--cookie", "timeout": "--timeout", "lease": "--lease",
-    "duration": "--duration", "max_size": "--max-size", "remote_path": "--remote-path",
-    "local_path": "--output", "sink": "--sink", "level": "--level", "format": "--format",
-    "filters": "--filter", "generation": "--generation", "name": "--name",
+    "node": "--node",
+    "cookie": "--cookie",
+    "timeout": "--timeout",
+    "lease": "--lease",
+    "duration": "--duration",
+    "max_size": "--max-size",
+    "remote_path": "--remote-path",
+    "local_path": "--output",
+    "sink": "--sink",
+    "level": "--level",
+    "format": "--format",
+    "filters": "--filter",
+    "generation": "--generation",
+    "name": "--name",
 }
 
 
 def resume_hint(exc: TraceLostError) -> str:
     """How an operator gets the rest of a trace whose connection went away."""
-    return (f"if the node is still up, the lease stops trace {exc.ref} within {exc.lease:g}s; "
-            f"collect the rest later with: kzbridge collect {exc.remote_path} --rotated")
+    return (
+        f"if the node is still up, the lease stops trace {exc.ref} within {exc.lease:g}s; "
+        f"collect the rest later with: kzbridge collect {exc.remote_path} --rotated"
+    )
 
 
 def error_line(exc: KzBridgeError) -> str:
@@ -98,34 +111,61 @@ class Group(click.Group):
         except Exception as exc:  # a bug: still one line, details on demand
             if os.environ.get("KZBRIDGE_DEBUG"):
                 raise
-            click.echo(f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)",
-                       err=True)
+            click.echo(
+                f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)",
+                err=True,
+            )
             sys.exit(1)
 
 
 def node_options(fn: F) -> F:
     """--node, cookie options, --timeout, --json on every command that talks to a node."""
-    @click.option("--node", "-n", envvar="KZBRIDGE_NODE", required=True,
-                  help="Target node, name@host (env KZBRIDGE_NODE), e.g. kazoo_apps@kazoo1.")
-    @click.option("--cookie", "-c", envvar="KZBRIDGE_COOKIE", default=None, show_envvar=True,
-                  help="Erlang cookie (never printed). Falls back to --cookie-file, a sandbox of that name, "
-                       "then ~/.erlang.cookie.")
+
+    @click.option(
+        "--node",
+        "-n",
+        envvar="KZBRIDGE_NODE",
+        required=True,
+        help="Target node, name@host (env KZBRIDGE_NODE), e.g. kazoo_apps@kazoo1.",
+    )
+    @click.option(
+        "--cookie",
+        "-c",
+        envvar="KZBRIDGE_COOKIE",
+        default=None,
+        show_envvar=True,
+        help="Erlang cookie (never printed). Falls back to --cookie-file, a sandbox of that name, "
+        "then ~/.erlang.cookie.",
+    )
     @click.option("--cookie-file", type=click.Path(dir_okay=False), default=None, help="File holding the cookie.")
-    @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-                  help="Seconds for connecting and for each remote call.")
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        help="Seconds for connecting and for each remote call.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
-def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
-                  body: Callable[[HiddenNode], Awaitable[T]], ticktime: float = 60.0) -> T:
+def run_with_node(
+    node: str,
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    body: Callable[[HiddenNode], Awaitable[T]],
+    ticktime: float = 60.0,
+) -> T:
     """Connect an asyncio node, run ``body`` with it, close it."""
     import asyncio
 
     from ..wire.node import connect_node
+
     secret = cookie_for_node(node, cookie, cookie_file)
 
     async def main() -> T:
@@ -134,6 +174,7 @@ def run_with_node(node: str, cookie: str | None, cookie_file: str | None, timeou
             return await body(hidden)
         finally:
             await hidden.close()
+
     return asyncio.run(main())
 
 
@@ -145,7 +186,7 @@ def parse_size(text: str) -> int:
     units = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
     t = text.strip().lower()
     num = t.rstrip("kmgb")
-    unit = t[len(num):]
+    unit = t[len(num) :]
     try:
         value = float(num)
     except ValueError:

@@ -1,4 +1,5 @@
 """Detached traces and files: start, stop, status, clear, collect."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,6 +30,7 @@ def keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: boo
         yield
     except KeyboardInterrupt:
         from ..kazoo.collect import partial_path
+
         path = local()
         part = partial_path(path) if path else None
         if part is None or not part.exists():
@@ -45,45 +47,90 @@ def keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: boo
 @click.option("--function", default=None, help="Filter on function.")
 @click.option("--pid", default=None, help="Filter on pid (0.1.0 or <0.1.0>).")
 @click.option("--filter", "filter_specs", multiple=True, help="KEY=VALUE metadata filter, repeatable.")
-@click.option("--duration", "-d", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="The node stops the trace by itself after this many seconds.")
+@click.option(
+    "--duration",
+    "-d",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="The node stops the trace by itself after this many seconds.",
+)
 @click.option("--level", default="debug", type=click.Choice(flt.LEVELS), show_default=True)
-@click.option("--sink", type=click.Choice([flt.DATA_SINK, flt.LAGER_SINK]), default=flt.DATA_SINK,
-              show_default=True)
+@click.option("--sink", type=click.Choice([flt.DATA_SINK, flt.LAGER_SINK]), default=flt.DATA_SINK, show_default=True)
 @click.option("--remote-path", default=None)
-def start(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
-          module: str | None, function: str | None, pid: str | None, filter_specs: tuple[str, ...],
-          duration: float, level: str, sink: str, remote_path: str | None) -> None:
+def start(
+    node: str,
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    as_json: bool,
+    module: str | None,
+    function: str | None,
+    pid: str | None,
+    filter_specs: tuple[str, ...],
+    duration: float,
+    level: str,
+    sink: str,
+    remote_path: str | None,
+) -> None:
     """Start a detached trace and print its ref; the node stops it after --duration.
 
     Stop and collect it later with `kzbridge stop REF`.
     """
     from ..kazoo import tracing
+
     filters = filters_from(filter_specs, module, function, pid)
 
     async def body(n: HiddenNode) -> Trace:
-        return await tracing.start_trace(n, filters, sink=sink, level=level, remote_path=remote_path,
-                                         lease=duration, detached=True)
+        return await tracing.start_trace(
+            n, filters, sink=sink, level=level, remote_path=remote_path, lease=duration, detached=True
+        )
+
     trace = run_with_node(node, cookie, cookie_file, timeout, body)
     if as_json:
-        emit_json({"ref": trace.ref, "node": trace.node_name, "remote_path": trace.remote_path,
-                   "generation": trace.generation or 0, "sink": trace.sink, "stops_at": time.time() + duration})
+        emit_json(
+            {
+                "ref": trace.ref,
+                "node": trace.node_name,
+                "remote_path": trace.remote_path,
+                "generation": trace.generation or 0,
+                "sink": trace.sink,
+                "stops_at": time.time() + duration,
+            }
+        )
     else:
         click.echo(trace.ref)
-        click.echo(f"kzbridge: trace {trace.ref} writes {trace.remote_path} on {trace.node_name}; the node stops it "
-                   f"in {duration:g}s. Collect with: kzbridge stop {trace.ref} -n {trace.node_name}", err=True)
+        click.echo(
+            f"kzbridge: trace {trace.ref} writes {trace.remote_path} on {trace.node_name}; the node stops it "
+            f"in {duration:g}s. Collect with: kzbridge stop {trace.ref} -n {trace.node_name}",
+            err=True,
+        )
 
 
 @main.command()
 @node_options
 @click.argument("ref", required=False)
 @click.option("--all", "all_", is_flag=True, help="Stop every trace this machine started on the node.")
-@click.option("--output", "-o", type=click.Path(), default=None,
-              help="Local file (default NODE-REF.log in the current directory), or a directory to put "
-                   "NODE-REF.log files in (needed with --all).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="Local file (default NODE-REF.log in the current directory), or a directory to put "
+    "NODE-REF.log files in (needed with --all).",
+)
 @click.option("--no-collect", is_flag=True, help="Only stop; leave the file on the node.")
-def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
-         ref: str | None, all_: bool, output: str | None, no_collect: bool) -> None:
+def stop(
+    node: str,
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    as_json: bool,
+    ref: str | None,
+    all_: bool,
+    output: str | None,
+    no_collect: bool,
+) -> None:
     """Stop a trace by REF (or --all) and bring its file back."""
     if not ref and not all_:
         raise UsageError("give a REF or --all")
@@ -115,13 +162,14 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
                 item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
             done.append(item)
         return done
+
     with keeps_partial_on_interrupt(lambda: collecting[0] if collecting else None, sys.stderr.isatty()):
         done = run_with_node(node, cookie, cookie_file, timeout, body)
     if as_json:
         emit_json(done)
     elif not done:
         click.echo("kzbridge: no running traces from this machine on that node", err=True)
-    for item in ([] if as_json else done):
+    for item in [] if as_json else done:
         line = f"stopped {item['ref']} ({item['remote_path']})"
         if "local_path" in item:
             line += f" -> {item['local_path']}, {item['bytes']} bytes"
@@ -131,8 +179,9 @@ def stop(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
 @main.command()
 @node_options
 @click.option("--orphans", is_flag=True, help="List lager traces kz_data_tracing no longer knows.")
-def status(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
-           orphans: bool) -> None:
+def status(
+    node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, orphans: bool
+) -> None:
     """Running traces on the node, joined with what this machine started."""
     from ..kazoo import tracing
 
@@ -141,6 +190,7 @@ def status(node: str, cookie: str | None, cookie_file: str | None, timeout: floa
 
     async def list_traces(n: HiddenNode) -> tuple[int, list[TraceStatus]]:
         return await tracing.status(n)
+
     if orphans:
         found = run_with_node(node, cookie, cookie_file, timeout, list_orphans)
         if as_json:
@@ -165,13 +215,15 @@ def status(node: str, cookie: str | None, cookie_file: str | None, timeout: floa
 @main.command()
 @node_options
 @click.option("--orphans", "orphans_only", is_flag=True, help="Stop only orphaned lager traces.")
-def clear(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
-          orphans_only: bool) -> None:
+def clear(
+    node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, orphans_only: bool
+) -> None:
     """Stop every trace on the node (generation 2: clear_all_traces; generation 1: ours)."""
     from ..kazoo import tracing
 
     async def body(n: HiddenNode) -> list[str]:
         return await (tracing.clear_orphans(n) if orphans_only else tracing.clear_all(n))
+
     stopped = run_with_node(node, cookie, cookie_file, timeout, body)
     if as_json:
         emit_json({"stopped": stopped})
@@ -185,18 +237,33 @@ def clear(node: str, cookie: str | None, cookie_file: str | None, timeout: float
 @main.command()
 @node_options
 @click.argument("remote_path")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Local file (default: the remote file's name).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local file (default: the remote file's name).",
+)
 @click.option("--rotated", is_flag=True, help="Also bring lager's rotated parts .4 .. .0 first, in order.")
-def collect(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
-            remote_path: str, output: str | None, rotated: bool) -> None:
+def collect(
+    node: str,
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    as_json: bool,
+    remote_path: str,
+    output: str | None,
+    rotated: bool,
+) -> None:
     """Bring any file back from the node (streamed; a partial file is kept on failure)."""
     from ..kazoo.collect import collect_file
+
     local = output or os.path.basename(remote_path) or "collected.log"
     bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
 
     async def body(n: HiddenNode) -> CollectResult:
         return await collect_file(n, remote_path, local, rotated=rotated, progress=bar.update if bar else None)
+
     with keeps_partial_on_interrupt(lambda: local, bar is not None):
         res = run_with_node(node, cookie, cookie_file, timeout, body)
     if bar is not None:
@@ -205,5 +272,7 @@ def collect(node: str, cookie: str | None, cookie_file: str | None, timeout: flo
         emit_json(res.__dict__)
     else:
         rate = res.bytes / res.seconds / 1e6 if res.seconds > 0 else 0
-        click.echo(f"{res.remote_path} -> {res.local_path}: {res.bytes} bytes in {res.seconds:.2f}s "
-                   f"({rate:.0f} MB/s), verified")
+        click.echo(
+            f"{res.remote_path} -> {res.local_path}: {res.bytes} bytes in {res.seconds:.2f}s "
+            f"({rate:.0f} MB/s), verified"
+        )

@@ -1,4 +1,5 @@
 """One-shot commands on a node: ping, rpc, sup. A blocking connection, no asyncio."""
+
 from __future__ import annotations
 
 import sys
@@ -18,10 +19,19 @@ if TYPE_CHECKING:
     from ..wire.rex import RpcResult
 
 
-def call_once(node: str, cookie: str | None, cookie_file: str | None, timeout: float, module: str, function: str,
-              args: list[Any], on_connected: Callable[[Any], None] | None = None) -> RpcResult:
+def call_once(
+    node: str,
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    module: str,
+    function: str,
+    args: list[Any],
+    on_connected: Callable[[Any], None] | None = None,
+) -> RpcResult:
     """One rpc on a blocking connection: the one-shot commands skip asyncio's start-up cost."""
     from ..wire.blocking import BlockingNode
+
     with BlockingNode(node, cookie_for_node(node, cookie, cookie_file), timeout=timeout) as n:
         if on_connected:
             on_connected(n)
@@ -33,6 +43,7 @@ def resolve_pids(n: Any, args: list[Any], timeout: float) -> list[Any]:
     """Pids typed as <0.A.B> or <name@host.A.B> become real pids, made by the node that owns them."""
     from ..wire.literal import pid_literals, replace_pid_literals
     from ..wire.terms import ErlString, Pid
+
     found = pid_literals(args)
     if not found:
         return args
@@ -58,17 +69,31 @@ def ping(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
     """Connect and check the node answers (exit 0 on pong)."""
     conn: dict[str, Any] = {}
     t0 = time.perf_counter()
-    otp = call_once(node, cookie, cookie_file, timeout, "erlang", "system_info", [Atom("otp_release")],
-                    on_connected=lambda n: conn.update(node=n.peer_name, handshake=n.handshake_version, name=n.name,
-                                                       t=time.perf_counter())).value
-    info = {"node": conn["node"], "pong": True, "otp": str(otp), "handshake": conn["handshake"],
-            "ms": round((time.perf_counter() - conn["t"]) * 1000, 2), "connect_ms": round((conn["t"] - t0) * 1000, 2),
-            "as": conn["name"]}
+    otp = call_once(
+        node,
+        cookie,
+        cookie_file,
+        timeout,
+        "erlang",
+        "system_info",
+        [Atom("otp_release")],
+        on_connected=lambda n: conn.update(
+            node=n.peer_name, handshake=n.handshake_version, name=n.name, t=time.perf_counter()
+        ),
+    ).value
+    info = {
+        "node": conn["node"],
+        "pong": True,
+        "otp": str(otp),
+        "handshake": conn["handshake"],
+        "ms": round((time.perf_counter() - conn["t"]) * 1000, 2),
+        "connect_ms": round((conn["t"] - t0) * 1000, 2),
+        "as": conn["name"],
+    }
     if as_json:
         emit_json(info)
     else:
-        click.echo(f"pong from {info['node']} (OTP {info['otp']}, handshake v{info['handshake']}, "
-                   f"rpc {info['ms']} ms)")
+        click.echo(f"pong from {info['node']} (OTP {info['otp']}, handshake v{info['handshake']}, rpc {info['ms']} ms)")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -76,8 +101,16 @@ def ping(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
 @click.argument("module")
 @click.argument("function")
 @click.argument("args", nargs=-1)
-def rpc(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
-        module: str, function: str, args: tuple[str, ...]) -> None:
+def rpc(
+    node: str,
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    as_json: bool,
+    module: str,
+    function: str,
+    args: tuple[str, ...],
+) -> None:
     """Call MODULE:FUNCTION(ARGS...) on the node; each ARG is an Erlang term literal.
 
     \b
@@ -105,8 +138,17 @@ def rpc(node: str, cookie: str | None, cookie_file: str | None, timeout: float, 
 @click.argument("module")
 @click.argument("function")
 @click.argument("args", nargs=-1)
-def sup(node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool,
-        erlang_terms: bool, module: str, function: str, args: tuple[str, ...]) -> None:
+def sup(
+    node: str,
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    as_json: bool,
+    erlang_terms: bool,
+    module: str,
+    function: str,
+    args: tuple[str, ...],
+) -> None:
     """Run a maintenance function the way Kazoo's sup does, printing what it prints.
 
     Arguments arrive as binaries (with -e: as Erlang terms). Exit codes are sup's:

@@ -4,6 +4,7 @@ Pure text in, text out, plus observers for a TraceSession's events. The record
 line is where terminal-safe text (escaping control characters from the node) goes.
 No asyncio and no tracing layer at import time.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,10 +75,12 @@ def summary_json(s: RunSummary) -> dict[str, Any]:
 
 
 def summary_text(s: RunSummary) -> str:
-    return (f"ref {s.ref} on {s.node} ({s.sink} sink, generation {s.generation or '-'}), "
-            f"stopped by {s.reason} after {s.seconds:.1f}s\n"
-            f"  remote: {s.remote_path}\n  local:  {s.local_path}{' (PARTIAL)' if s.partial else ''}\n"
-            f"  {s.lines} lines, {s.bytes} bytes{', size verified' if s.verified else ''}")
+    return (
+        f"ref {s.ref} on {s.node} ({s.sink} sink, generation {s.generation or '-'}), "
+        f"stopped by {s.reason} after {s.seconds:.1f}s\n"
+        f"  remote: {s.remote_path}\n  local:  {s.local_path}{' (PARTIAL)' if s.partial else ''}\n"
+        f"  {s.lines} lines, {s.bytes} bytes{', size verified' if s.verified else ''}"
+    )
 
 
 # ---------------------------------------------------------------- observers of a TraceSession
@@ -86,11 +89,15 @@ def summary_text(s: RunSummary) -> str:
 def stop_notices(event: Event) -> None:
     """Say what a signal did: the first stops and collects, the second stops without collecting."""
     from ..kazoo.session import StoppedBy
+
     if not isinstance(event, StoppedBy) or event.by not in SIGNAL_NAMES:
         return
     if event.reason == "requested":
-        click.echo(f"\nkzbridge: {event.by}: stopping the trace and collecting "
-                   "(press Ctrl-C again to stop without collecting)", err=True)
+        click.echo(
+            f"\nkzbridge: {event.by}: stopping the trace and collecting "
+            "(press Ctrl-C again to stop without collecting)",
+            err=True,
+        )
     elif event.reason == "abandoned":
         click.echo("kzbridge: stopping the trace without collecting", err=True)
 
@@ -98,9 +105,11 @@ def stop_notices(event: Event) -> None:
 def progress_line(event: Event) -> None:
     """Elapsed time, bytes and records on one self-overwriting stderr line; a newline at the end."""
     from ..kazoo.session import Collected, Lost, Progress
+
     if isinstance(event, Progress):
-        click.echo(f"\r  {event.elapsed:6.1f}s  {human_bytes(event.bytes):>10}  {event.records} lines   ",
-                   err=True, nl=False)
+        click.echo(
+            f"\r  {event.elapsed:6.1f}s  {human_bytes(event.bytes):>10}  {event.records} lines   ", err=True, nl=False
+        )
     elif isinstance(event, (Collected, Lost)):
         click.echo("", err=True)
 
@@ -117,6 +126,7 @@ class RecordPrinter:
 
     def __call__(self, event: Event) -> None:
         from ..kazoo.session import Record
+
         if not isinstance(event, Record) or self.closed:
             return
         try:

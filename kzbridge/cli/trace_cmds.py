@@ -3,6 +3,7 @@
 They parse options, start a TraceSession, attach render's observers and print the
 summary; the session owns the limits, the stop requests and the signals.
 """
+
 from __future__ import annotations
 
 import signal
@@ -37,28 +38,62 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def trace_options(fn: F) -> F:
-    @click.option("--duration", "-d", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-                  help="Seconds to trace before stopping and collecting.")
+    @click.option(
+        "--duration",
+        "-d",
+        type=click.FloatRange(min=0.1),
+        default=60.0,
+        show_default=True,
+        help="Seconds to trace before stopping and collecting.",
+    )
     @click.option("--follow", "-f", is_flag=True, help="Print events as they arrive (until Ctrl-C or --duration).")
-    @click.option("--max-size", default="100MB", show_default=True,
-                  help="Stop when the remote file reaches this size (e.g. 10MB, 512k).")
-    @click.option("--level", default="debug", show_default=True, type=click.Choice(flt.LEVELS),
-                  help="Lowest severity traced (generation 2 and lager_event sink).")
-    @click.option("--format", "format_", default=None,
-                  help="lager formatter_config as an Erlang list, e.g. '[time,\" \",message,\"\\n\"]'. "
-                       "Default: Kazoo's format, which the parser reads.")
-    @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-                  help="Local file for the trace (default NODE-REF.log in the current directory).")
-    @click.option("--sink", type=click.Choice([flt.DATA_SINK, flt.LAGER_SINK]), default=flt.DATA_SINK,
-                  show_default=True,
-                  help="data: through kz_data_tracing (Kazoo's data sink). lager_event: Kazoo's main log, "
-                       "through lager directly (what Kazoo 4.2.2+ actually logs to).")
-    @click.option("--lease", type=click.FloatRange(min=5), default=flt.DEFAULT_LEASE, show_default=True,
-                  help="Seconds after which the node stops the trace by itself if kzbridge stops renewing.")
+    @click.option(
+        "--max-size",
+        default="100MB",
+        show_default=True,
+        help="Stop when the remote file reaches this size (e.g. 10MB, 512k).",
+    )
+    @click.option(
+        "--level",
+        default="debug",
+        show_default=True,
+        type=click.Choice(flt.LEVELS),
+        help="Lowest severity traced (generation 2 and lager_event sink).",
+    )
+    @click.option(
+        "--format",
+        "format_",
+        default=None,
+        help='lager formatter_config as an Erlang list, e.g. \'[time," ",message,"\\n"]\'. '
+        "Default: Kazoo's format, which the parser reads.",
+    )
+    @click.option(
+        "--output",
+        "-o",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Local file for the trace (default NODE-REF.log in the current directory).",
+    )
+    @click.option(
+        "--sink",
+        type=click.Choice([flt.DATA_SINK, flt.LAGER_SINK]),
+        default=flt.DATA_SINK,
+        show_default=True,
+        help="data: through kz_data_tracing (Kazoo's data sink). lager_event: Kazoo's main log, "
+        "through lager directly (what Kazoo 4.2.2+ actually logs to).",
+    )
+    @click.option(
+        "--lease",
+        type=click.FloatRange(min=5),
+        default=flt.DEFAULT_LEASE,
+        show_default=True,
+        help="Seconds after which the node stops the trace by itself if kzbridge stops renewing.",
+    )
     @click.option("--remote-path", default=None, help="Trace file on the node (default /tmp/kzbridge-...log).")
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -87,8 +122,9 @@ def format_arg(text: str | None) -> list[Any] | None:
         return None
     value = parse_term(text)
     if not isinstance(value, list) or not value:
-        raise UsageError("the format must be a non-empty Erlang list, e.g. '[time,\" \",message,\"\\n\"]'",
-                         setting="format")
+        raise UsageError(
+            'the format must be a non-empty Erlang list, e.g. \'[time," ",message,"\\n"]\'', setting="format"
+        )
     return value
 
 
@@ -101,25 +137,39 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
 
     async def body(n: HiddenNode) -> RunSummary:
         from ..kazoo.session import StopRequests, TraceSession
+
         requests = StopRequests()
         with requests.signals():
             session = await TraceSession.start(
-                n, checked, local_path=opts.output, duration=opts.duration, max_size=limit, sink=opts.sink,
-                level=opts.level, format_list=fmt, remote_path=opts.remote_path, lease=opts.lease,
-                requests=requests)
+                n,
+                checked,
+                local_path=opts.output,
+                duration=opts.duration,
+                max_size=limit,
+                sink=opts.sink,
+                level=opts.level,
+                format_list=fmt,
+                remote_path=opts.remote_path,
+                lease=opts.lease,
+                requests=requests,
+            )
             trace = session.trace
             for w in trace.warnings:
                 click.echo(warning_line(w), err=True)
-            click.echo(f"kzbridge: tracing {flt.describe(checked)} on {n.peer_name} (ref {trace.ref}, "
-                       f"generation {trace.generation or '-'}, sink {trace.sink}) for up to {opts.duration:g}s "
-                       f"-> {session.local_path}", err=True)
+            click.echo(
+                f"kzbridge: tracing {flt.describe(checked)} on {n.peer_name} (ref {trace.ref}, "
+                f"generation {trace.generation or '-'}, sink {trace.sink}) for up to {opts.duration:g}s "
+                f"-> {session.local_path}",
+                err=True,
+            )
             observers: list[Observer] = [render.stop_notices]
             if show_progress:
                 observers.append(render.progress_line)
             if opts.follow:
                 # `kzbridge ... --follow | head`: the reader left; stop and collect as on Ctrl-C.
-                observers.append(render.RecordPrinter(opts.as_json, lambda: requests.request_stop("output closed"),
-                                                      _silence_stdout))
+                observers.append(
+                    render.RecordPrinter(opts.as_json, lambda: requests.request_stop("output closed"), _silence_stdout)
+                )
             return await session.run(*observers)
 
     summary = run_with_node(opts.node, opts.cookie, opts.cookie_file, opts.timeout, body)
@@ -174,8 +224,9 @@ def trace_pid(pid: str, **kw: Any) -> None:
     run_trace_command(flt.pid_filter(pid), TraceOptions(**kw))
 
 
-def filters_from(filter_specs: tuple[str, ...], module: str | None = None, function: str | None = None,
-                 pid: str | None = None) -> list[Any]:
+def filters_from(
+    filter_specs: tuple[str, ...], module: str | None = None, function: str | None = None, pid: str | None = None
+) -> list[Any]:
     out: list[Any] = []
     if module:
         out += flt.module_filter(module)
@@ -192,9 +243,14 @@ def filters_from(filter_specs: tuple[str, ...], module: str | None = None, funct
 @main.command("trace")
 @node_options
 @trace_options
-@click.option("--filter", "filter_specs", multiple=True, required=True,
-              help="KEY=VALUE metadata filter, repeatable (ANDed). VALUE * matches any; module/function "
-                   "values are atoms, others binaries; KEY:=TERM takes an Erlang term.")
+@click.option(
+    "--filter",
+    "filter_specs",
+    multiple=True,
+    required=True,
+    help="KEY=VALUE metadata filter, repeatable (ANDed). VALUE * matches any; module/function "
+    "values are atoms, others binaries; KEY:=TERM takes an Erlang term.",
+)
 def trace_cmd(filter_specs: tuple[str, ...], **kw: Any) -> None:
     """Trace events matching custom metadata, e.g. a call: --filter callid=abc123.
 

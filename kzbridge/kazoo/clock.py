@@ -21,6 +21,7 @@ and at stop, is subtracted.
 
 ``measure`` is the only part that talks to a node; everything else is pure.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -93,8 +94,13 @@ class NodeClock:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeClock:
         try:
-            return cls(float(data["offset"]), float(data["uncertainty"]), int(data["utc_offset"]),
-                       float(data["measured_at"]), bool(data.get("utc_log", False)))
+            return cls(
+                float(data["offset"]),
+                float(data["uncertainty"]),
+                int(data["utc_offset"]),
+                float(data["measured_at"]),
+                bool(data.get("utc_log", False)),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise KazooError(f"a clock record is malformed: {exc}") from exc
 
@@ -116,6 +122,7 @@ def _from_tuple(value: Any) -> dt.datetime:
 async def measure(node: HiddenNode, rounds: int = 7, timeout: float = 5.0) -> NodeClock:
     """Measure ``node``'s clock against ours (see the module docstring)."""
     from ..wire.terms import Atom
+
     samples: list[ClockSample] = []
     for _ in range(max(1, rounds)):
         sent = time.time()
@@ -134,8 +141,7 @@ async def measure(node: HiddenNode, rounds: int = 7, timeout: float = 5.0) -> No
     except (TypeError, ValueError) as exc:
         raise KazooError(f"{node.peer_name}: universaltime_to_localtime answered {local!r:.80}") from exc
     utc_log = await node.rpc("application", "get_env", [Atom("sasl"), Atom("utc_log")], timeout=timeout)
-    return NodeClock(best.offset, best.round_trip / 2, utc_offset, at,
-                     utc_log == (Atom("ok"), Atom("true")))
+    return NodeClock(best.offset, best.round_trip / 2, utc_offset, at, utc_log == (Atom("ok"), Atom("true")))
 
 
 @dataclass(frozen=True)
@@ -158,8 +164,11 @@ class ClockCorrection:
         return self.start.offset + (stop.offset - self.start.offset) * share
 
     def to_json(self) -> dict[str, Any]:
-        return {"start": self.start.to_json(), "stop": self.stop.to_json() if self.stop else None,
-                "uncertainty": self.uncertainty}
+        return {
+            "start": self.start.to_json(),
+            "stop": self.stop.to_json() if self.stop else None,
+            "uncertainty": self.uncertainty,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClockCorrection:

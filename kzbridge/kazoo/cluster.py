@@ -15,6 +15,7 @@ are kzbridge's own hidden nodes are left out.
 ``ClusterTrace`` traces them: one TraceSession per node, one stop for all, and at the end
 ``cluster.json`` (what ran, each node's clocks) and ``merged.log`` (merge.py) in one directory.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,6 +63,7 @@ def _names(value: Any) -> list[str]:
 async def discover(seed: HiddenNode, *, timeout: float = 10.0, epmd_port: int | None = None) -> Discovery:
     """The cluster as ``seed`` sees it (see the module docstring); the seed itself included."""
     from ..wire import epmd
+
     try:
         listed = await seed.rpc("ets", "select", [Atom("kz_nodes"), _KZ_NODES_NAMES], timeout=timeout)
         found = _names(listed)
@@ -96,6 +98,7 @@ def apply_excludes(nodes: list[str], exclude: Iterable[str]) -> list[str]:
 def parse_node_list(values: Iterable[str]) -> list[str]:
     """Names from repeated options and comma-separated lists (``KZBRIDGE_NODE=a@h,b@h``), in order, once each."""
     from ..wire.names import split_node_name
+
     out: list[str] = []
     for value in values:
         for part in value.split(","):
@@ -125,22 +128,25 @@ class Connections:
         await self.close()
 
 
-async def connect_all(nodes: list[str], cookie_for: Callable[[str], str], *, timeout: float = 10.0,
-                      ticktime: float = 60.0) -> Connections:
+async def connect_all(
+    nodes: list[str], cookie_for: Callable[[str], str], *, timeout: float = 10.0, ticktime: float = 60.0
+) -> Connections:
     """Connect to every node at once; a node that cannot be reached is recorded, not raised.
 
     ``cookie_for(node)`` gives each node's cookie (the same options apply to every node; a
     local sandbox supplies its own). Errors other than kzbridge's own propagate.
     """
     from ..wire.node import connect_node
+
     if not nodes:
         raise UsageError("no nodes to connect to", setting="node")
 
     async def one(node: str) -> HiddenNode:
         return await connect_node(node, cookie_for(node), timeout=timeout, ticktime=ticktime)
+
     results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
     conns = Connections(order=list(nodes))
-    for node, result in zip(nodes, results):
+    for node, result in zip(nodes, results, strict=False):
         if isinstance(result, KzBridgeError):
             conns.failed[node] = result
         elif isinstance(result, BaseException):
@@ -158,18 +164,25 @@ class NodeReport:
     node: str
     answered: bool
     otp: str = ""
-    generation: int | None = None   # kz_data_tracing API generation; None: no kz_data_tracing
+    generation: int | None = None  # kz_data_tracing API generation; None: no kz_data_tracing
     clock: NodeClock | None = None
     error: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "answered": self.answered, "otp": self.otp, "generation": self.generation,
-                "clock": self.clock.to_json() if self.clock else None, "error": self.error}
+        return {
+            "node": self.node,
+            "answered": self.answered,
+            "otp": self.otp,
+            "generation": self.generation,
+            "clock": self.clock.to_json() if self.clock else None,
+            "error": self.error,
+        }
 
 
 async def survey_one(node: HiddenNode, timeout: float = 10.0) -> NodeReport:
     from . import clock as clock_mod
     from .tracing import detect_generation
+
     report = NodeReport(node.peer_name, True)
     otp = await node.rpc("erlang", "system_info", [Atom("otp_release")], timeout=timeout)
     report.otp = otp if isinstance(otp, str) else str(otp)
@@ -183,6 +196,7 @@ async def survey_one(node: HiddenNode, timeout: float = 10.0) -> NodeReport:
 
 async def survey(conns: Connections, timeout: float = 10.0) -> list[NodeReport]:
     """Every node in ``conns.order``: surveyed at once if connected, else with its connect error."""
+
     async def one(name: str) -> NodeReport:
         if name in conns.failed:
             return NodeReport(name, False, error=str(conns.failed[name]))
@@ -190,6 +204,7 @@ async def survey(conns: Connections, timeout: float = 10.0) -> list[NodeReport]:
             return await survey_one(conns.nodes[name], timeout)
         except KzBridgeError as exc:
             return NodeReport(name, False, error=str(exc))
+
     return list(await asyncio.gather(*(one(n) for n in conns.order)))
 
 
@@ -262,11 +277,22 @@ class ClusterTrace:
     run's directory gets ``cluster.json`` and ``merged.log``.
     """
 
-    def __init__(self, conns: Connections, directory: str | os.PathLike[str], filters: list[Any], *,
-                 limits: ClusterLimits | None = None, sink: str = "data", level: str = "debug",
-                 format_list: list[Any] | None = None, lease: float | None = None, require_all: bool = False) -> None:
+    def __init__(
+        self,
+        conns: Connections,
+        directory: str | os.PathLike[str],
+        filters: list[Any],
+        *,
+        limits: ClusterLimits | None = None,
+        sink: str = "data",
+        level: str = "debug",
+        format_list: list[Any] | None = None,
+        lease: float | None = None,
+        require_all: bool = False,
+    ) -> None:
         from . import filters as flt
         from .session import StopRequests
+
         self.conns = conns
         self.directory = Path(directory)
         self.filters = flt.validate(filters)
@@ -288,17 +314,23 @@ class ClusterTrace:
 
     def _check_directory(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        taken = [name for name in [CLUSTER_FILE, MERGED_FILE, *(node_file(n) for n in self.outcomes)]
-                 if (self.directory / name).exists() or (self.directory / (name + ".partial")).exists()]
+        taken = [
+            name
+            for name in [CLUSTER_FILE, MERGED_FILE, *(node_file(n) for n in self.outcomes)]
+            if (self.directory / name).exists() or (self.directory / (name + ".partial")).exists()
+        ]
         if taken:
-            raise UsageError(f"{self.directory} already holds {', '.join(taken[:3])}"
-                             f"{' ...' if len(taken) > 3 else ''}: give a new or empty directory",
-                             setting="local_path")
+            raise UsageError(
+                f"{self.directory} already holds {', '.join(taken[:3])}"
+                f"{' ...' if len(taken) > 3 else ''}: give a new or empty directory",
+                setting="local_path",
+            )
 
     async def start(self) -> None:
         from . import clock
         from .session import TraceSession
         from .tracing import DEFAULT_LEASE
+
         self._check_directory()
         live = [n for n in self.conns.order if n in self.conns.nodes]
 
@@ -307,13 +339,23 @@ class ClusterTrace:
             outcome = self.outcomes[name]
             outcome.start = await clock.measure(node)
             return await TraceSession.start(
-                node, self.filters, local_path=self.directory / node_file(name), duration=self.limits.duration,
-                max_size=self.limits.max_size, sink=self.sink, level=self.level, format_list=self.format_list,
-                lease=self.lease or DEFAULT_LEASE, poll_ms=self.limits.poll_ms,
-                correction=clock.ClockCorrection(outcome.start), requests=self.requests)
+                node,
+                self.filters,
+                local_path=self.directory / node_file(name),
+                duration=self.limits.duration,
+                max_size=self.limits.max_size,
+                sink=self.sink,
+                level=self.level,
+                format_list=self.format_list,
+                lease=self.lease or DEFAULT_LEASE,
+                poll_ms=self.limits.poll_ms,
+                correction=clock.ClockCorrection(outcome.start),
+                requests=self.requests,
+            )
+
         self.started = time.time()
         results = await asyncio.gather(*(one(n) for n in live), return_exceptions=True)
-        for name, result in zip(live, results):
+        for name, result in zip(live, results, strict=False):
             if isinstance(result, KzBridgeError):
                 self.outcomes[name].error = result
             elif isinstance(result, BaseException):
@@ -330,12 +372,14 @@ class ClusterTrace:
             raise ClusterIncompleteError(
                 f"{len(failed)} of {len(self.outcomes)} nodes could not be traced ({what})"
                 + (f"; stopped the traces started on {', '.join(stopped)}" if stopped else ""),
-                failed=failed)
+                failed=failed,
+            )
 
     async def _stop_started(self) -> list[str]:
         async def stop(name: str) -> str:
             await self.sessions[name].stop()
             return name
+
         done = await asyncio.gather(*(stop(n) for n in self.sessions), return_exceptions=True)
         self.sessions.clear()
         return [d for d in done if isinstance(d, str)]
@@ -356,6 +400,7 @@ class ClusterTrace:
     async def events(self) -> AsyncIterator[tuple[str, Event]]:
         """Every node's events as they come, tagged with the node's name."""
         from .session import Collected, Lost, Progress
+
         queue: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue(maxsize=1024)
         totals: dict[str, int] = {}
 
@@ -367,6 +412,7 @@ class ClusterTrace:
                 self.outcomes[name].error = exc
             finally:
                 await queue.put(None)
+
         tasks = [asyncio.ensure_future(pump(n, s)) for n, s in self.sessions.items()]
         running = len(tasks)
         try:
@@ -408,9 +454,15 @@ class ClusterTrace:
                     self.outcomes[name].stop = await clock.measure(node)
                 except KzBridgeError:
                     pass  # the start measurement stands alone; cluster.json says there is no stop
+
         await asyncio.gather(*(measure(n) for n in self.sessions))
-        summary = ClusterSummary(self.directory, list(self.outcomes.values()), self.started, time.time(),
-                                 stopped_by=self.requests.abandon_by or self.requests.stop_by)
+        summary = ClusterSummary(
+            self.directory,
+            list(self.outcomes.values()),
+            self.started,
+            time.time(),
+            stopped_by=self.requests.abandon_by or self.requests.stop_by,
+        )
         write_cluster_json(summary, self)
         sources = merge_sources(self.directory, read_cluster_json(self.directory))
         summary.merged = merge_to_file(sources, self.directory / MERGED_FILE)
@@ -426,12 +478,19 @@ def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None)
     def node_entry(o: NodeOutcome) -> dict[str, Any]:
         s = o.summary
         entry: dict[str, Any] = {
-            "node": o.node, "label": o.label, "traced": o.traced, "ref": o.ref, "remote_path": o.remote_path,
+            "node": o.node,
+            "label": o.label,
+            "traced": o.traced,
+            "ref": o.ref,
+            "remote_path": o.remote_path,
             "file": node_file(o.node) if s is not None else None,
             "partial_file": s.local_path if s is not None and s.partial else None,
-            "records": s.lines if s else 0, "bytes": s.bytes if s else 0,
-            "verified": bool(s and s.verified), "partial": bool(s and s.partial),
-            "stopped_by": s.reason if s else None, "generation": s.generation if s else None,
+            "records": s.lines if s else 0,
+            "bytes": s.bytes if s else 0,
+            "verified": bool(s and s.verified),
+            "partial": bool(s and s.partial),
+            "stopped_by": s.reason if s else None,
+            "generation": s.generation if s else None,
             "warnings": [str(w) for w in s.warnings] if s else [],
             "error": str(o.error) if o.error is not None else None,
             "clock": ClockCorrection(o.start, o.stop).to_json() if o.start is not None else None,
@@ -442,18 +501,27 @@ def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None)
             entry["date_at_start"] = local.date().isoformat()
             entry["utc_log"] = o.start.utc_log
         return entry
+
     data: dict[str, Any] = {
         "kzbridge_cluster": 1,
-        "started": _iso(summary.started), "stopped": _iso(summary.stopped),
+        "started": _iso(summary.started),
+        "stopped": _iso(summary.stopped),
         "stopped_by": summary.stopped_by or None,
         "nodes": [node_entry(o) for o in summary.outcomes],
         "failed": {o.node: str(o.error) for o in summary.outcomes if o.error is not None},
         "merged": {"file": MERGED_FILE, "nodes": summary.merged.to_json()} if summary.merged else None,
     }
     if run is not None:
-        data.update(filters=flt.describe(run.filters), sink=run.sink, level=run.level,
-                    limits={"duration": run.limits.duration, "max_size": run.limits.max_size,
-                            "max_total_size": run.limits.max_total_size})
+        data.update(
+            filters=flt.describe(run.filters),
+            sink=run.sink,
+            level=run.level,
+            limits={
+                "duration": run.limits.duration,
+                "max_size": run.limits.max_size,
+                "max_total_size": run.limits.max_total_size,
+            },
+        )
     path = summary.directory / CLUSTER_FILE
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -470,8 +538,9 @@ def read_cluster_json(directory: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"{path} not found: give a cluster run's directory, or files with clocks",
-                         setting="local_path") from None
+        raise UsageError(
+            f"{path} not found: give a cluster run's directory, or files with clocks", setting="local_path"
+        ) from None
     except (OSError, ValueError) as exc:
         raise KazooError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict) or data.get("kzbridge_cluster") != 1 or not isinstance(data.get("nodes"), list):
@@ -482,6 +551,7 @@ def read_cluster_json(directory: str | os.PathLike[str]) -> dict[str, Any]:
 def merge_sources(directory: str | os.PathLike[str], data: dict[str, Any]) -> list[MergeSource]:
     """The per-node files a cluster.json names, with their clocks, in the run's node order."""
     from .clock import ClockCorrection
+
     out: list[MergeSource] = []
     for entry in data["nodes"]:
         if not isinstance(entry, dict):
@@ -492,8 +562,11 @@ def merge_sources(directory: str | os.PathLike[str], data: dict[str, Any]) -> li
         path = Path(directory) / Path(str(name)).name
         if not path.exists():
             raise KazooError(f"cluster.json names {path.name}, which is not in {directory}")
-        out.append(MergeSource(str(entry["node"]), path, ClockCorrection.from_json(entry["clock"]),
-                               str(entry.get("label") or "")))
+        out.append(
+            MergeSource(
+                str(entry["node"]), path, ClockCorrection.from_json(entry["clock"]), str(entry.get("label") or "")
+            )
+        )
     return out
 
 

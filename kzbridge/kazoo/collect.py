@@ -5,6 +5,7 @@ window of chunks, so memory stays bounded and TCP pushes back when we fall
 behind. A run ends with the reader's own byte count and the file's size, which
 we check against what we wrote.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ A_NORMAL = Atom("normal")
 
 @dataclass
 class ReaderEvent:
-    kind: str            # data | part | rotated | eof
+    kind: str  # data | part | rotated | eof
     data: bytes = b""
     name: str = ""
     sent: int = 0
@@ -54,9 +55,19 @@ class ReaderEvent:
 class RemoteReader:
     """One reader process on the node and the mailbox it streams into."""
 
-    def __init__(self, node: HiddenNode, path: str, *, mode: str = "once", offset: int = 0,
-                 chunk: int | None = None, window: int | None = None, poll_ms: int = 50,
-                 idle_ms: int = 120_000, on_data: Callable[[memoryview], None] | None = None) -> None:
+    def __init__(
+        self,
+        node: HiddenNode,
+        path: str,
+        *,
+        mode: str = "once",
+        offset: int = 0,
+        chunk: int | None = None,
+        window: int | None = None,
+        poll_ms: int = 50,
+        idle_ms: int = 120_000,
+        on_data: Callable[[memoryview], None] | None = None,
+    ) -> None:
         self.node = node
         self.path = path
         self.mode = mode
@@ -78,11 +89,21 @@ class RemoteReader:
         self._data_error: BaseException | None = None
 
     async def start(self) -> RemoteReader:
-        self.mailbox = self.node.mailbox(high_water=self.window * 2 + 8,
-                                         consumer=self._take_data if self.on_data is not None else None)
+        self.mailbox = self.node.mailbox(
+            high_water=self.window * 2 + 8, consumer=self._take_data if self.on_data is not None else None
+        )
         self.pid = await programs.spawn(
-            self.node, programs.READER, Owner=self.mailbox.pid, Path=self.path, Offset=self.offset,
-            Chunk=self.chunk, Window=self.window, Poll=self.poll_ms, Idle=self.idle_ms, Mode=Atom(self.mode))
+            self.node,
+            programs.READER,
+            Owner=self.mailbox.pid,
+            Path=self.path,
+            Offset=self.offset,
+            Chunk=self.chunk,
+            Window=self.window,
+            Poll=self.poll_ms,
+            Idle=self.idle_ms,
+            Mode=Atom(self.mode),
+        )
         self._mref = self.node.monitor(self.mailbox, self.pid)
         return self
 
@@ -147,10 +168,13 @@ class RemoteReader:
         if tag == A_DOWN and msg[1] == self._mref:
             self._close()
             if msg[4] == A_NORMAL:
-                raise RemoteFileError(f"the reader of {self.path} on {self.node.peer_name} stopped early "
-                                      "(no acknowledgement for too long)")
-            raise RemoteFileError(f"the reader of {self.path} on {self.node.peer_name} crashed: "
-                                  f"{format_term(msg[4])[:200]}")
+                raise RemoteFileError(
+                    f"the reader of {self.path} on {self.node.peer_name} stopped early "
+                    "(no acknowledgement for too long)"
+                )
+            raise RemoteFileError(
+                f"the reader of {self.path} on {self.node.peer_name} crashed: {format_term(msg[4])[:200]}"
+            )
         return None
 
     def _close(self) -> None:
@@ -194,9 +218,16 @@ def partial_path(local: str | os.PathLike[str]) -> Path:
     return Path(str(local) + ".partial")
 
 
-async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.PathLike[str], *,
-                       rotated: bool = False, progress: Callable[[int, int], None] | None = None,
-                       chunk: int | None = None, window: int | None = None) -> CollectResult:
+async def collect_file(
+    node: HiddenNode,
+    remote_path: str,
+    local_path: str | os.PathLike[str],
+    *,
+    rotated: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int | None = None,
+    window: int | None = None,
+) -> CollectResult:
     """Copy a remote file (with ``rotated``, its .4 .. .0 parts first) to ``local_path``.
 
     Written to ``local_path.partial`` and renamed when complete and verified; if the
@@ -218,8 +249,10 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
             written += len(data)
             if progress is not None:
                 progress(written, total)
-        reader = await RemoteReader(node, remote_path, mode="rotated" if rotated else "once",
-                                    chunk=chunk, window=window, on_data=on_data).start()
+
+        reader = await RemoteReader(
+            node, remote_path, mode="rotated" if rotated else "once", chunk=chunk, window=window, on_data=on_data
+        ).start()
         try:
             while True:
                 ev = await reader.next_event(timeout=60.0)
@@ -229,8 +262,9 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
                     parts.append(ev.name)
                 elif ev.kind == "eof":
                     if ev.sent != written:
-                        raise RemoteFileError(f"size check failed for {remote_path}: node sent {ev.sent} bytes, "
-                                              f"we wrote {written}")
+                        raise RemoteFileError(
+                            f"size check failed for {remote_path}: node sent {ev.sent} bytes, we wrote {written}"
+                        )
                     break
         except (ConnectionLostError, RemoteFileError) as exc:
             out.flush()
@@ -244,8 +278,9 @@ async def collect_file(node: HiddenNode, remote_path: str, local_path: str | os.
             reader.abandon()
             raise
     os.replace(tmp, local_path)
-    return CollectResult(remote_path, str(local_path), written, parts or [remote_path],
-                         time.monotonic() - started, verified=True)
+    return CollectResult(
+        remote_path, str(local_path), written, parts or [remote_path], time.monotonic() - started, verified=True
+    )
 
 
 async def _size(node: HiddenNode, path: str) -> int:

@@ -4,6 +4,7 @@ The contract lists the crashing inputs: an empty filter list, a pid value (not a
 string) anywhere, an improper list, ``{any, [{K, V}]}``. And ``{pid, "0.1.0"}``
 silently matches nothing, so ``X.Y.Z`` is normalised to ``<X.Y.Z>``.
 """
+
 from __future__ import annotations
 
 import re
@@ -89,8 +90,11 @@ def validate(filters: Any) -> list[tuple[Any, ...]]:
     if isinstance(filters, ImproperList) or not isinstance(filters, list):
         raise BadFilterError("trace filters must be a proper list of {Key, Value} tuples")
     if not filters:
-        raise BadFilterError("an empty filter list crashes kz_data_tracing; give at least one filter",
-                             hint="e.g. the filter function=* traces everything", setting="filters")
+        raise BadFilterError(
+            "an empty filter list crashes kz_data_tracing; give at least one filter",
+            hint="e.g. the filter function=* traces everything",
+            setting="filters",
+        )
     out = []
     for f in filters:
         if type(f) is not tuple or len(f) not in (2, 3) or type(f[0]) is not Atom:
@@ -98,8 +102,10 @@ def validate(filters: Any) -> list[tuple[Any, ...]]:
         if f[0] == Atom("any") or f[0] == Atom("all"):
             raise BadFilterError(f"filter {format_term(f)}: {f[0]} lists crash kz_data_tracing's server")
         if _contains_pid(f):
-            raise BadFilterError(f"filter {format_term(f)} holds a pid value, which crashes kz_data_tracing "
-                                 "and leaks a file handler; write the pid as a string \"<0.1.0>\"")
+            raise BadFilterError(
+                f"filter {format_term(f)} holds a pid value, which crashes kz_data_tracing "
+                'and leaks a file handler; write the pid as a string "<0.1.0>"'
+            )
         if len(f) == 3 and f[1] not in _OPS.values():
             raise BadFilterError(f"filter {format_term(f)}: operator must be '=', '<' or '>'")
         if f[0] == Atom("pid") and isinstance(f[-1], str) and not _PID.match(f[-1]) and f[-1] != "*":

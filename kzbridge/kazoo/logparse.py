@@ -9,6 +9,7 @@ continues the previous record's message.
 lager prints only the time of day (``HH:MM:SS.mmm``, `` UTC`` appended when the node
 runs with ``utc_log``); clock.Timeline turns it into an instant.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,9 +67,16 @@ def parse_header(text: str) -> LogRecord | None:
     else:
         line = int(line_text)
     return LogRecord(
-        time=m.group("time"), severity=m.group("severity"), app=_opt(m.group("app")),
-        callid=_opt(m.group("callid")), module=_opt(m.group("module")), function=_opt(m.group("function")),
-        line=line, column=column, pid=_opt(m.group("pid")), message=m.group("message"),
+        time=m.group("time"),
+        severity=m.group("severity"),
+        app=_opt(m.group("app")),
+        callid=_opt(m.group("callid")),
+        module=_opt(m.group("module")),
+        function=_opt(m.group("function")),
+        line=line,
+        column=column,
+        pid=_opt(m.group("pid")),
+        message=m.group("message"),
     )
 
 
@@ -82,9 +90,9 @@ class LineAssembler:
     """
 
     def __init__(self) -> None:
-        self._pending: list[str] = []     # pieces of the line not yet ended by a newline
+        self._pending: list[str] = []  # pieces of the line not yet ended by a newline
         self._current: LogRecord | None = None
-        self._more: list[str] = []        # continuation lines of the current record
+        self._more: list[str] = []  # continuation lines of the current record
         self.orphan_lines = 0
 
     def feed(self, text: str) -> list[LogRecord]:
@@ -138,5 +146,3 @@ def parse_lines(lines: Iterable[str]) -> Iterator[LogRecord]:
 
 def parse_text(text: str) -> list[LogRecord]:
     return list(parse_lines([text]))
-
-

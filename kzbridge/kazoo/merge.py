@@ -17,6 +17,7 @@ out of order (lager flushes about once a second), so it holds each record until 
 node's stream has passed its instant (a watermark), but never longer than ``hold``
 seconds behind the newest data, and reports the nodes that hold the others back.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -51,6 +52,7 @@ def short_labels(nodes: list[str]) -> dict[str, str]:
     def forms(node: str) -> list[str]:
         name, _, host = node.partition("@")
         return [name, f"{name}@{host.split('.')[0]}" if host else name, node]
+
     for level in range(3):
         labels = {n: forms(n)[level] for n in nodes}
         if len(set(labels.values())) == len(set(nodes)):
@@ -91,7 +93,7 @@ class _RecordReader:
                 break
             index, seq, key, instant, current = self.index, self._seq, self._key, self._instant, self._current
             append = out.append
-            for line, t in zip(lines, self._timeline.instants(lines)):
+            for line, t in zip(lines, self._timeline.instants(lines), strict=False):
                 if t is None:
                     if current is None:
                         current = [line]
@@ -221,7 +223,7 @@ class MergeStats:
         self.lines = self.lines or [0] * len(self.nodes)
 
     def to_json(self) -> dict[str, Any]:
-        return {n: {"records": r, "lines": ln} for n, r, ln in zip(self.nodes, self.records, self.lines)}
+        return {n: {"records": r, "lines": ln} for n, r, ln in zip(self.nodes, self.records, self.lines, strict=False)}
 
 
 @dataclass
@@ -285,8 +287,7 @@ class LiveMerger:
 
     def lagging(self, now: float) -> list[str]:
         """Live nodes that have said nothing (no data, no poll) for ``hold`` seconds."""
-        return [n for n in self._index
-                if n not in self._gone and now - self._heard.get(n, float("-inf")) > self.hold]
+        return [n for n in self._index if n not in self._gone and now - self._heard.get(n, float("-inf")) > self.hold]
 
     def release(self, now: float) -> list[Any]:
         mark = self.watermark(now)

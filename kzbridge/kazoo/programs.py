@@ -5,6 +5,7 @@ Each program is Erlang source, parsed on the node once per connection
 inside one rpc or in a spawned process that streams messages to one of our pids.
 Works on every OTP from 18 on (named funs in erl_eval exist since 17).
 """
+
 from __future__ import annotations
 
 import weakref
@@ -139,6 +140,7 @@ def _parse_on_node(source: str) -> list[Any]:
     about 20 ms per program and 2 ms per use). Inside a fun, so erl_eval returns no
     bindings. Line annotations are plain integers, valid on every OTP from 18 on.
     """
+
     def atom(name: str) -> tuple[Any, ...]:
         return (Atom("atom"), 1, Atom(name))
 
@@ -172,8 +174,13 @@ async def forms(node: HiddenNode, source: str) -> Encoded:
         result = await node.rpc("erl_eval", "exprs", [_parse_on_node(source), []], timeout=10)
     except BadRpcError as exc:
         raise ProgramError(f"the node could not parse a kzbridge program: {exc.message:.200}") from exc
-    if not (type(result) is tuple and len(result) == 3 and result[0] == Atom("value")
-            and type(result[1]) is bytes and result[1][:2] == b"\x83l"):
+    if not (
+        type(result) is tuple
+        and len(result) == 3
+        and result[0] == Atom("value")
+        and type(result[1]) is bytes
+        and result[1][:2] == b"\x83l"
+    ):
         raise ProgramError(f"the node could not parse a kzbridge program: {result!r:.200}")
     cache[source] = Encoded(result[1][1:])
     return cache[source]
@@ -193,8 +200,12 @@ async def evaluate(node: HiddenNode, source: str, timeout: float = 30.0, **value
 
 async def spawn(node: HiddenNode, source: str, **values: Any) -> Pid:
     """Run ``source`` in a new process on the node; return its pid."""
-    pid = await node.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"),
-                                              [await forms(node, source), bindings(**values)]], timeout=10)
+    pid = await node.rpc(
+        "erlang",
+        "spawn",
+        [Atom("erl_eval"), Atom("exprs"), [await forms(node, source), bindings(**values)]],
+        timeout=10,
+    )
     if type(pid) is not Pid:
         raise RemoteFileError(f"could not start a reader process on the node: {pid!r:.200}")
     return pid

@@ -36,6 +36,7 @@ attached by ``run()``; an observer may call ``request_stop``.
 trace running when the stream is closed early (the session still stops it at its limits or on
 request): that is Trace.follow.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,9 +52,8 @@ from typing import IO, Any, Literal, Protocol
 
 from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageError
 from ..wire.node import HiddenNode
-from . import programs
+from . import clock, programs
 from .collect import ReaderEvent, RemoteReader, partial_path
-from . import clock
 from .logparse import LineAssembler, LogRecord
 from .tracing import DATA_SINK, DEFAULT_LEASE, Trace, TraceWarning, start_trace
 
@@ -67,7 +67,7 @@ class Record:
     """One parsed event of the trace file, with its node and when it happened."""
 
     node: str
-    instant: datetime          # aware, UTC; sortable across nodes and midnight
+    instant: datetime  # aware, UTC; sortable across nodes and midnight
     record: LogRecord
 
     @property
@@ -78,8 +78,8 @@ class Record:
 
 @dataclass(frozen=True)
 class Progress:
-    elapsed: float             # seconds since the session began reading
-    bytes: int                 # written to the local file so far
+    elapsed: float  # seconds since the session began reading
+    bytes: int  # written to the local file so far
     records: int
 
 
@@ -97,7 +97,7 @@ class Rotated:
 @dataclass(frozen=True)
 class StoppedBy:
     reason: StopReason
-    by: str = ""               # who asked, for requested/abandoned: "interrupted", "terminated", "caller", ...
+    by: str = ""  # who asked, for requested/abandoned: "interrupted", "terminated", "caller", ...
 
     @property
     def label(self) -> str:
@@ -192,6 +192,7 @@ class StopRequests:
                 self.abandon(name)
             else:
                 self.request_stop(name)
+
         for sig, name in SIGNALS:
             loop.add_signal_handler(sig, on_signal, name)
         try:
@@ -204,9 +205,18 @@ class StopRequests:
 class TraceSession:
     """One trace on one node: its limits, its stop requests, its event stream, its summary."""
 
-    def __init__(self, trace: Trace, local_path: str | os.PathLike[str] | None, *, duration: float | None = None,
-                 max_size: int | None = DEFAULT_MAX_SIZE, poll_ms: int = 50, owns_trace: bool = True,
-                 correction: clock.ClockCorrection | None = None, requests: StopRequests | None = None) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        local_path: str | os.PathLike[str] | None,
+        *,
+        duration: float | None = None,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        poll_ms: int = 50,
+        owns_trace: bool = True,
+        correction: clock.ClockCorrection | None = None,
+        requests: StopRequests | None = None,
+    ) -> None:
         _check_limits(duration, max_size)
         self.trace = trace
         self.local_path = str(local_path) if local_path is not None else None
@@ -220,12 +230,23 @@ class TraceSession:
         self._begun = False
 
     @classmethod
-    async def start(cls, node: HiddenNode, filters: list[Any], *, local_path: str | os.PathLike[str] | None = None,
-                    duration: float | None = None, max_size: int | None = DEFAULT_MAX_SIZE, sink: str = DATA_SINK,
-                    level: str = "debug", format_list: list[Any] | None = None, remote_path: str | None = None,
-                    lease: float = DEFAULT_LEASE, poll_ms: int = 50,
-                    correction: clock.ClockCorrection | None = None,
-                    requests: StopRequests | None = None) -> TraceSession:
+    async def start(
+        cls,
+        node: HiddenNode,
+        filters: list[Any],
+        *,
+        local_path: str | os.PathLike[str] | None = None,
+        duration: float | None = None,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        sink: str = DATA_SINK,
+        level: str = "debug",
+        format_list: list[Any] | None = None,
+        remote_path: str | None = None,
+        lease: float = DEFAULT_LEASE,
+        poll_ms: int = 50,
+        correction: clock.ClockCorrection | None = None,
+        requests: StopRequests | None = None,
+    ) -> TraceSession:
         """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
 
         ``local_path`` defaults to NODE-REF.log in the current directory.
@@ -233,11 +254,19 @@ class TraceSession:
         _check_limits(duration, max_size)
         if correction is None:
             correction = clock.ClockCorrection(await clock.measure(node))
-        trace = await start_trace(node, filters, sink=sink, level=level, format_list=format_list,
-                                  remote_path=remote_path, lease=lease)
+        trace = await start_trace(
+            node, filters, sink=sink, level=level, format_list=format_list, remote_path=remote_path, lease=lease
+        )
         local = local_path if local_path is not None else default_local_path(node.peer_name, trace.ref)
-        return cls(trace, local, duration=duration, max_size=max_size, poll_ms=poll_ms, correction=correction,
-                   requests=requests)
+        return cls(
+            trace,
+            local,
+            duration=duration,
+            max_size=max_size,
+            poll_ms=poll_ms,
+            correction=correction,
+            requests=requests,
+        )
 
     @property
     def node_name(self) -> str:
@@ -341,6 +370,7 @@ class TraceSession:
             if t is not None:
                 last_instant[0] = t
             return datetime.fromtimestamp(last_instant[0], timezone.utc)
+
         tmp = str(partial_path(self.local_path)) if self.local_path is not None else None
         reader = await RemoteReader(node, trace.remote_path, mode="follow", poll_ms=self.poll_ms).start()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -353,6 +383,7 @@ class TraceSession:
 
         def records(recs: list[LogRecord]) -> list[Record]:
             return [Record(trace.node_name, instant(r.time), r) for r in recs]
+
         try:
             out = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in the finally below
             while True:
@@ -397,11 +428,11 @@ class TraceSession:
                         yield rec
                     verified = ev.sent == written and (ev.size < 0 or ev.position == ev.size)
                     if ev.sent != written:
-                        trace.warnings.append(TraceWarning(
-                            f"size check failed: node sent {ev.sent} bytes, we wrote {written}"))
+                        trace.warnings.append(
+                            TraceWarning(f"size check failed: node sent {ev.sent} bytes, we wrote {written}")
+                        )
                     elif not verified:
-                        trace.warnings.append(TraceWarning(
-                            f"remote file is {ev.size} bytes, we read to {ev.position}"))
+                        trace.warnings.append(TraceWarning(f"remote file is {ev.size} bytes, we read to {ev.position}"))
                     partial = False
                     yield Progress(time.monotonic() - started, written, lines)
                     break
@@ -410,10 +441,16 @@ class TraceSession:
                 out.flush()
             kept = f"; kept {written} bytes in {tmp} (partial)" if tmp is not None else ""
             lost = TraceLostError(
-                f"{exc.message}{kept}", ref=trace.ref, node=trace.node_name, remote_path=trace.remote_path,
-                partial_path=tmp or "", kept_bytes=written, lease=trace.lease,
+                f"{exc.message}{kept}",
+                ref=trace.ref,
+                node=trace.node_name,
+                remote_path=trace.remote_path,
+                partial_path=tmp or "",
+                kept_bytes=written,
+                lease=trace.lease,
                 hint=f"if the node is still up, the lease stops trace {trace.ref} within {trace.lease:g}s; "
-                     f"the rest of {trace.remote_path} (and its rotated parts) can be collected later")
+                f"the rest of {trace.remote_path} (and its rotated parts) can be collected later",
+            )
             lost.__cause__ = exc  # what raising it "from exc" would keep; it travels in an event
             yield Lost(lost)
             return
@@ -431,20 +468,44 @@ class TraceSession:
             os.replace(tmp, self.local_path)
             final = self.local_path
         if lines == 0 and trace.sink == DATA_SINK and stopped.reason != "abandoned":
-            trace.warnings.append(TraceWarning(
-                "the trace caught no events: on Kazoo 4.2.2+ nothing in production logs to the data sink; "
-                "try the lager_event sink", setting="sink"))
+            trace.warnings.append(
+                TraceWarning(
+                    "the trace caught no events: on Kazoo 4.2.2+ nothing in production logs to the data sink; "
+                    "try the lager_event sink",
+                    setting="sink",
+                )
+            )
         reason = "abandoned" if self.requests.abandon_by and partial else stopped.label
         self.summary = RunSummary(
-            trace.ref, trace.node_name, trace.remote_path, final, lines, written, time.monotonic() - started,
-            reason, verified, partial, trace.generation, trace.sink, node.calls_made - calls_before,
-            reader.messages_sent, trace.lease_renewals, list(trace.warnings))
+            trace.ref,
+            trace.node_name,
+            trace.remote_path,
+            final,
+            lines,
+            written,
+            time.monotonic() - started,
+            reason,
+            verified,
+            partial,
+            trace.generation,
+            trace.sink,
+            node.calls_made - calls_before,
+            reader.messages_sent,
+            trace.lease_renewals,
+            list(trace.warnings),
+        )
         yield Collected(self.summary)
 
 
-async def run_trace(trace: Trace, local_path: str | os.PathLike[str], *, duration: float,
-                    max_size: int = DEFAULT_MAX_SIZE, poll_ms: int = 50,
-                    observers: Sequence[Observer] = ()) -> RunSummary:
+async def run_trace(
+    trace: Trace,
+    local_path: str | os.PathLike[str],
+    *,
+    duration: float,
+    max_size: int = DEFAULT_MAX_SIZE,
+    poll_ms: int = 50,
+    observers: Sequence[Observer] = (),
+) -> RunSummary:
     """Follow ``trace`` into ``local_path`` until ``duration`` or ``max_size``, stop it, verify: the summary.
 
     The one-call form of ``TraceSession(trace, local_path, ...).run(*observers)``.

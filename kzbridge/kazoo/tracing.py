@@ -11,6 +11,7 @@ Safety rules this module keeps:
 Following a trace into a local file, with its limits and stop requests, is
 kazoo.session's TraceSession; Trace.follow is a session that writes no file.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,15 +46,45 @@ DATA_SINK = flt.DATA_SINK
 LAGER_SINK = flt.LAGER_SINK
 DEFAULT_LEASE = flt.DEFAULT_LEASE
 DEFAULT_FORMAT: list[Any] = [
-    Atom("time"), ErlString(" ["), Atom("severity"), ErlString("] |"), Atom("from_app"), ErlString("|"),
-    (Atom("callid"), b"0000000000"), ErlString("|"), Atom("mod"), ErlString(":"), Atom("func"), ErlString(":"),
-    Atom("line"), ErlString(" ("), Atom("pid"), ErlString(") "), Atom("message"), ErlString("\n"),
+    Atom("time"),
+    ErlString(" ["),
+    Atom("severity"),
+    ErlString("] |"),
+    Atom("from_app"),
+    ErlString("|"),
+    (Atom("callid"), b"0000000000"),
+    ErlString("|"),
+    Atom("mod"),
+    ErlString(":"),
+    Atom("func"),
+    ErlString(":"),
+    Atom("line"),
+    ErlString(" ("),
+    Atom("pid"),
+    ErlString(") "),
+    Atom("message"),
+    ErlString("\n"),
 ]
 # For the main sink the metadata keys are lager's own, so print those.
 LAGER_FORMAT: list[Any] = [
-    Atom("time"), ErlString(" ["), Atom("severity"), ErlString("] |"), Atom("application"), ErlString("|"),
-    (Atom("callid"), b"0000000000"), ErlString("|"), Atom("module"), ErlString(":"), Atom("function"),
-    ErlString(":"), Atom("line"), ErlString(" ("), Atom("pid"), ErlString(") "), Atom("message"), ErlString("\n"),
+    Atom("time"),
+    ErlString(" ["),
+    Atom("severity"),
+    ErlString("] |"),
+    Atom("application"),
+    ErlString("|"),
+    (Atom("callid"), b"0000000000"),
+    ErlString("|"),
+    Atom("module"),
+    ErlString(":"),
+    Atom("function"),
+    ErlString(":"),
+    Atom("line"),
+    ErlString(" ("),
+    Atom("pid"),
+    ErlString(") "),
+    Atom("message"),
+    ErlString("\n"),
 ]
 A_OK = Atom("ok")
 A_ERROR = Atom("error")
@@ -84,11 +115,14 @@ async def detect_generation(node: HiddenNode) -> int:
         raise TracingUnavailableError(
             f"{node.peer_name} has no kz_data_tracing module",
             hint="is this a Kazoo node with kazoo_data? the lager_event sink needs only lager",
-            setting="sink") from exc
+            setting="sink",
+        ) from exc
     where = await node.rpc("erlang", "whereis", [A_KZ], timeout=10)
     if where == A_UNDEFINED:
-        raise TracingUnavailableError(f"kz_data_tracing is not running on {node.peer_name}",
-                                      hint="the kazoo_data application is down; check the node's logs")
+        raise TracingUnavailableError(
+            f"kz_data_tracing is not running on {node.peer_name}",
+            hint="the kazoo_data application is down; check the node's logs",
+        )
     return 2 if (Atom("trace_file"), 4) in exports else 1
 
 
@@ -135,8 +169,13 @@ class Trace:
     async def renew_lease(self, seconds: float | None = None) -> None:
         """Arm a fresh lease, then cancel the old one (no gap in between)."""
         old = self._tref
-        self._tref = await _arm_lease(self.node, seconds or self.lease, self.ref if self.sink == DATA_SINK else None,
-                                      self.remote_path, self.lager_trace)
+        self._tref = await _arm_lease(
+            self.node,
+            seconds or self.lease,
+            self.ref if self.sink == DATA_SINK else None,
+            self.remote_path,
+            self.lager_trace,
+        )
         self.lease_renewals += 1
         journal.extend_lease(self.node_name, self.ref, time.time() + (seconds or self.lease))
         if old is not None:
@@ -150,7 +189,8 @@ class Trace:
         """
         if self._keeper is None and not self.stopped:
             self._keeper = asyncio.get_running_loop().create_task(
-                _keep_lease(weakref.ref(self), self.lease / 3), name=f"kzbridge-lease-{self.ref}")
+                _keep_lease(weakref.ref(self), self.lease / 3), name=f"kzbridge-lease-{self.ref}"
+            )
 
     async def stop(self) -> str:
         """Stop the trace (idempotent); returns the remote file name."""
@@ -166,8 +206,9 @@ class Trace:
         else:
             await self.node.rpc("lager", "stop_trace", [self.lager_trace], timeout=10)
         # Whatever kz_data_tracing remembers, make sure lager writes no more to our file.
-        await programs.evaluate(self.node, programs.LEASE_STOP, Ref=A_UNDEFINED, File=self.remote_path,
-                              Trace=A_UNDEFINED)
+        await programs.evaluate(
+            self.node, programs.LEASE_STOP, Ref=A_UNDEFINED, File=self.remote_path, Trace=A_UNDEFINED
+        )
         if self._tref is not None:
             await self.node.rpc("timer", "cancel", [self._tref], timeout=10)
             self._tref = None
@@ -175,8 +216,9 @@ class Trace:
         journal.mark_stopped(self.node_name, self.ref)
         return self.remote_path
 
-    async def collect(self, local_path: str | os.PathLike[str],
-                      progress: Callable[[int, int], None] | None = None) -> CollectResult:
+    async def collect(
+        self, local_path: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+    ) -> CollectResult:
         """Bring back the whole file, rotated parts first."""
         return await collect_file(self.node, self.remote_path, local_path, rotated=True, progress=progress)
 
@@ -187,6 +229,7 @@ class Trace:
         loop early stops following, not the trace. A lost connection raises TraceLostError.
         """
         from .session import Lost, Record, TraceSession
+
         session = TraceSession(self, None, max_size=None, poll_ms=poll_ms, owns_trace=False)
         async with contextlib.aclosing(session.events()) as events:
             async for event in events:
@@ -220,18 +263,30 @@ async def _keep_lease(trace_ref: weakref.ref[Trace], interval: float) -> None:
 
 async def _arm_lease(node: HiddenNode, seconds: float, ref: str | None, path: str, lager_trace: Any) -> Any:
     forms = await programs.forms(node, programs.LEASE_STOP)
-    binds = programs.bindings(Ref=ref.encode() if ref else A_UNDEFINED, File=ErlString(path),
-                            Trace=lager_trace if lager_trace is not None else A_UNDEFINED)
-    reply = await node.rpc("timer", "apply_after", [int(seconds * 1000), Atom("erl_eval"), Atom("exprs"),
-                                                     [forms, binds]], timeout=10)
+    binds = programs.bindings(
+        Ref=ref.encode() if ref else A_UNDEFINED,
+        File=ErlString(path),
+        Trace=lager_trace if lager_trace is not None else A_UNDEFINED,
+    )
+    reply = await node.rpc(
+        "timer", "apply_after", [int(seconds * 1000), Atom("erl_eval"), Atom("exprs"), [forms, binds]], timeout=10
+    )
     if type(reply) is tuple and reply[0] == A_OK:
         return reply[1]
     raise KazooError(f"could not arm the stop lease on {node.peer_name}: {format_term(reply)}")
 
 
-async def start_trace(node: HiddenNode, filter_list: list[Any], *, sink: str = DATA_SINK, level: str = "debug",
-                      format_list: list[Any] | None = None, remote_path: str | None = None,
-                      lease: float = DEFAULT_LEASE, detached: bool = False) -> Trace:
+async def start_trace(
+    node: HiddenNode,
+    filter_list: list[Any],
+    *,
+    sink: str = DATA_SINK,
+    level: str = "debug",
+    format_list: list[Any] | None = None,
+    remote_path: str | None = None,
+    lease: float = DEFAULT_LEASE,
+    detached: bool = False,
+) -> Trace:
     """Validate, arm the lease, start the trace; the returned Trace holds the ref."""
     checked = flt.validate(filter_list)
     level_atom = flt.validate_level(level)
@@ -239,8 +294,10 @@ async def start_trace(node: HiddenNode, filter_list: list[Any], *, sink: str = D
         raise UsageError("the lease must be positive", setting="lease")
     path = remote_path or default_remote_path(node.peer_name)
     if not path.startswith("/"):
-        raise UsageError(f"remote path {path!r} must be absolute: lager resolves relative paths against its own log root",
-                         setting="remote_path")
+        raise UsageError(
+            f"remote path {path!r} must be absolute: lager resolves relative paths against its own log root",
+            setting="remote_path",
+        )
     if sink not in (DATA_SINK, LAGER_SINK):
         raise UsageError(f"unknown sink {sink!r}: use data (kz_data_tracing) or lager_event", setting="sink")
     warnings: list[TraceWarning] = []
@@ -251,7 +308,9 @@ async def start_trace(node: HiddenNode, filter_list: list[Any], *, sink: str = D
             raise TracingUnavailableError(
                 f"{node.peer_name} does not declare lager's data_lager_event sink; trace_file would crash there",
                 hint="declare {extra_sinks, [{data_lager_event, [{handlers, []}]}]} in its sys.config, "
-                     "or trace the lager_event sink", setting="sink")
+                "or trace the lager_event sink",
+                setting="sink",
+            )
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
@@ -260,13 +319,17 @@ async def start_trace(node: HiddenNode, filter_list: list[Any], *, sink: str = D
         if sink == DATA_SINK:
             if generation == 1:
                 if level != "debug":
-                    warnings.append(TraceWarning("generation 1 kz_data_tracing traces at debug only; "
-                                                 "the level is ignored", setting="level"))
+                    warnings.append(
+                        TraceWarning(
+                            "generation 1 kz_data_tracing traces at debug only; the level is ignored", setting="level"
+                        )
+                    )
                 props = [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), fmt)]
                 reply = await node.rpc("kz_data_tracing", "trace_file", [checked, path.encode(), props], timeout=10)
             else:
-                reply = await node.rpc("kz_data_tracing", "trace_file", [checked, path.encode(), fmt, level_atom],
-                                       timeout=10)
+                reply = await node.rpc(
+                    "kz_data_tracing", "trace_file", [checked, path.encode(), fmt, level_atom], timeout=10
+                )
             ref, lager_trace = _ok_ref(reply, node), None
         else:
             props = [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), fmt)]
@@ -286,10 +349,20 @@ async def start_trace(node: HiddenNode, filter_list: list[Any], *, sink: str = D
         trace.lease_renewals = 0
     if not detached:
         trace.keep_alive()
-    journal.record(journal.JournalEntry(
-        node=node.peer_name, ref=ref, remote_path=path, sink=sink, generation=generation or 0,
-        filters=flt.describe(checked), started=trace.started, lease_until=time.time() + lease, detached=detached,
-        lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else ""))
+    journal.record(
+        journal.JournalEntry(
+            node=node.peer_name,
+            ref=ref,
+            remote_path=path,
+            sink=sink,
+            generation=generation or 0,
+            filters=flt.describe(checked),
+            started=trace.started,
+            lease_until=time.time() + lease,
+            detached=detached,
+            lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
+        )
+    )
     return trace
 
 
@@ -305,8 +378,11 @@ def _start_error(reply: Any, node: HiddenNode) -> KzBridgeError:
     if reply == (A_ERROR, Atom("invalid_trace")):
         return BadFilterError(f"{node.peer_name} rejected the filters (invalid_trace)", setting="filters")
     if reply == (A_ERROR, Atom("file_in_use")):
-        return KazooError(f"{node.peer_name}: that file is already traced by another sink (file_in_use)",
-                          hint="choose another remote path", setting="remote_path")
+        return KazooError(
+            f"{node.peer_name}: that file is already traced by another sink (file_in_use)",
+            hint="choose another remote path",
+            setting="remote_path",
+        )
     return KazooError(f"{node.peer_name}: trace_file answered {format_term(reply)[:200]}")
 
 
@@ -318,19 +394,38 @@ async def attach(node: HiddenNode, ref: str) -> Trace:
     """A Trace object for a ref started earlier (from the journal, else from status/1)."""
     entry = journal.find(node.peer_name, ref)
     if entry is not None:
-        trace = Trace(node, ref, entry.remote_path, entry.generation or None, entry.sink, [], "debug",
-                      max(1.0, entry.lease_until - time.time()), lager_trace_of(entry))
+        trace = Trace(
+            node,
+            ref,
+            entry.remote_path,
+            entry.generation or None,
+            entry.sink,
+            [],
+            "debug",
+            max(1.0, entry.lease_until - time.time()),
+            lager_trace_of(entry),
+        )
         trace.started = entry.started
         return trace
     generation = await detect_generation(node)
     if generation == 2:
         status = await node.rpc("kz_data_tracing", "status", [ref.encode()], timeout=10)
         if type(status) is tuple and len(status) == 3:
-            return Trace(node, ref, status[1].decode(), 2, DATA_SINK, list(status[2][1][1:]),
-                         format_term(status[2][2]), DEFAULT_LEASE)
+            return Trace(
+                node,
+                ref,
+                status[1].decode(),
+                2,
+                DATA_SINK,
+                list(status[2][1][1:]),
+                format_term(status[2][2]),
+                DEFAULT_LEASE,
+            )
         raise UnknownTraceError(f"{node.peer_name} knows no trace {ref!r}", hint="the node's status lists them")
-    raise UnknownTraceError(f"no trace {ref!r} in the local journal, and generation 1 nodes cannot be asked",
-                            hint="the status lists what this machine started")
+    raise UnknownTraceError(
+        f"no trace {ref!r} in the local journal, and generation 1 nodes cannot be asked",
+        hint="the status lists what this machine started",
+    )
 
 
 @dataclass
@@ -353,8 +448,17 @@ async def status(node: HiddenNode) -> tuple[int, list[TraceStatus]]:
         for ref, fname, spec in await node.rpc("kz_data_tracing", "status", [], timeout=10):
             r = ref.decode()
             e = mine.pop(r, None)
-            out.append(TraceStatus(r, fname.decode(), flt.describe(list(spec[1][1:])), format_term(spec[2]),
-                                   DATA_SINK, e is not None, e.lease_until if e else None))
+            out.append(
+                TraceStatus(
+                    r,
+                    fname.decode(),
+                    flt.describe(list(spec[1][1:])),
+                    format_term(spec[2]),
+                    DATA_SINK,
+                    e is not None,
+                    e.lease_until if e else None,
+                )
+            )
     for e in mine.values():
         out.append(TraceStatus(e.ref, e.remote_path, e.filters, "", e.sink, True, e.lease_until))
     return generation, out
@@ -368,8 +472,9 @@ async def orphans(node: HiddenNode) -> list[tuple[str, str]]:
     """Data-sink file traces that kz_data_tracing no longer knows (after a crash or restart)."""
     generation = await detect_generation(node)
     if generation != 2:
-        raise KazooError("generation 1 kz_data_tracing has no status/0, so orphans cannot be told apart "
-                         "from traces started with sup")
+        raise KazooError(
+            "generation 1 kz_data_tracing has no status/0, so orphans cannot be told apart from traces started with sup"
+        )
     known = {fname.decode() for _, fname, _ in await node.rpc("kz_data_tracing", "status", [], timeout=10)}
     return [(s, f) for s, f in await lager_file_traces(node) if s == "data_lager_event" and f not in known]
 
@@ -377,8 +482,9 @@ async def orphans(node: HiddenNode) -> list[tuple[str, str]]:
 async def clear_orphans(node: HiddenNode) -> list[str]:
     cleared = []
     for _, fname in await orphans(node):
-        await node.rpc("lager", "clear_trace_by_destination", [(Atom("lager_file_backend"), ErlString(fname))],
-                       timeout=10)
+        await node.rpc(
+            "lager", "clear_trace_by_destination", [(Atom("lager_file_backend"), ErlString(fname))], timeout=10
+        )
         cleared.append(fname)
     return cleared
 
@@ -407,5 +513,6 @@ def __getattr__(name: str) -> Any:
     # the names stay reachable here for callers written against the old layout.
     if name in ("run_trace", "RunSummary"):
         from . import session
+
         return getattr(session, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,7 @@ concurrency, so this drives the same sans-IO pieces (EPMD parsers, ClientHandsha
 FrameReader, codec, rex and I/O protocol helpers) with a plain socket. Long-lived
 work (tracing, collection, the library API) uses the asyncio HiddenNode.
 """
+
 from __future__ import annotations
 
 import socket
@@ -66,8 +67,9 @@ class BlockingNode:
         self._last_sent = time.monotonic()
         self._ticker: threading.Thread | None = None
         self._closed = threading.Event()
-        self._send_errors = map_exceptions({OSError: lambda exc: ConnectionLostError(
-            f"lost the connection to {self.peer_name}: {describe(exc)}")})
+        self._send_errors = map_exceptions(
+            {OSError: lambda exc: ConnectionLostError(f"lost the connection to {self.peer_name}: {describe(exc)}")}
+        )
 
     def start_ticking(self, ticktime: float = 60.0) -> None:
         """Keep an idle connection alive: send a tick when nothing was sent for ticktime/4.
@@ -85,6 +87,7 @@ class BlockingNode:
                         self._write(TICK_FRAME)
                     except ConnectionLostError:
                         return
+
         self._ticker = threading.Thread(target=tick, name="kzbridge-tick", daemon=True)
         self._ticker.start()
 
@@ -97,12 +100,21 @@ class BlockingNode:
         while not self._frames:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RpcTimeoutError(f"{self.peer_name}: {what} did not answer in time",
-                                      hint="raise the timeout, or check the node's load", setting="timeout")
+                raise RpcTimeoutError(
+                    f"{self.peer_name}: {what} did not answer in time",
+                    hint="raise the timeout, or check the node's load",
+                    setting="timeout",
+                )
             self.sock.settimeout(remaining)
             try:
-                with map_exceptions({TIMEOUTS: None, OSError: lambda exc: ConnectionLostError(
-                        f"{self.peer_name} went away during {what}: {describe(exc)}")}):
+                with map_exceptions(
+                    {
+                        TIMEOUTS: None,
+                        OSError: lambda exc: ConnectionLostError(
+                            f"{self.peer_name} went away during {what}: {describe(exc)}"
+                        ),
+                    }
+                ):
                     data = self.sock.recv(1 << 18)
             except TIMEOUTS:
                 continue  # the deadline check above decides
@@ -111,14 +123,16 @@ class BlockingNode:
             self._frames.extend(self._reader.feed(data))
         return self._frames.pop(0)
 
-    def rpc_output(self, module: str | Atom, function: str | Atom, args: list[Any] | None = None,
-                   timeout: float = 30.0) -> RpcResult:
+    def rpc_output(
+        self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float = 30.0
+    ) -> RpcResult:
         """Call ``module:function(args)``; answer the function's io_requests; return value and output."""
         with self._call_lock:
             return self._rpc_output(module, function, args, timeout)
 
-    def _rpc_output(self, module: str | Atom, function: str | Atom, args: list[Any] | None,
-                    timeout: float) -> RpcResult:
+    def _rpc_output(
+        self, module: str | Atom, function: str | Atom, args: list[Any] | None, timeout: float
+    ) -> RpcResult:
         m, f, args = Atom(str(module)), Atom(str(function)), list(args or [])
         what = call_name(m, f, args)
         session = self.session
@@ -138,8 +152,9 @@ class BlockingNode:
         finally:
             session.end_call(gl, time.monotonic())
 
-    def rpc(self, module: str | Atom, function: str | Atom, args: list[Any] | None = None,
-            timeout: float = 30.0) -> Any:
+    def rpc(
+        self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float = 30.0
+    ) -> Any:
         return self.rpc_output(module, function, args, timeout).value
 
     def close(self) -> None:

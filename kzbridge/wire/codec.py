@@ -4,6 +4,7 @@ Pure functions, no I/O. Every malformed input raises DecodeError; lengths read
 from the wire are checked against the bytes actually present before anything is
 allocated, so a forged length cannot make us allocate gigabytes.
 """
+
 from __future__ import annotations
 
 import struct
@@ -89,8 +90,9 @@ def binary_to_term(data: bytes, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRES
     return term
 
 
-def decode_prefix(data: bytes | bytearray | memoryview, pos: int = 0, *,
-                  max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED) -> tuple[Any, int]:
+def decode_prefix(
+    data: bytes | bytearray | memoryview, pos: int = 0, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED
+) -> tuple[Any, int]:
     """Decode the term starting at ``pos`` (version byte included); return it and the offset after it.
 
     A distribution message is two terms back to back, so the rest matters. Binaries
@@ -110,7 +112,7 @@ def decode_prefix(data: bytes | bytearray | memoryview, pos: int = 0, *,
             raise DecodeError(f"compressed term claims {size} bytes, over the {max_uncompressed} limit")
         inflater = zlib.decompressobj()
         try:
-            raw = inflater.decompress(bytes(data[pos + 5:]), size + 1)
+            raw = inflater.decompress(bytes(data[pos + 5 :]), size + 1)
         except zlib.error as exc:
             raise DecodeError(f"bad zlib data in compressed term: {exc}") from None
         if len(raw) != size or not inflater.eof:
@@ -165,7 +167,7 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
         n = data[pos]
         pos += 1
         _need(data, pos, n)
-        return _atom_text(bytes(data[pos:pos + n]), True), pos + n
+        return _atom_text(bytes(data[pos : pos + n]), True), pos + n
     if tag == SMALL_TUPLE_EXT or tag == LARGE_TUPLE_EXT:
         if tag == SMALL_TUPLE_EXT:
             n = data[pos]
@@ -215,17 +217,17 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
         pos += 4
         _need(data, pos, n)
         if type(data) is bytes:
-            return data[pos:pos + n], pos + n
+            return data[pos : pos + n], pos + n
         if type(data) is memoryview:
-            return data[pos:pos + n], pos + n  # a view: the caller owns the buffer (DistMessage.payload_views)
-        return bytes(memoryview(data)[pos:pos + n]), pos + n  # one copy out of a receive buffer
+            return data[pos : pos + n], pos + n  # a view: the caller owns the buffer (DistMessage.payload_views)
+        return bytes(memoryview(data)[pos : pos + n]), pos + n  # one copy out of a receive buffer
     if tag == NIL_EXT:
         return [], pos
     if tag == STRING_EXT:
         n = _u16(data, pos)[0]
         pos += 2
         _need(data, pos, n)
-        return ErlString(bytes(data[pos:pos + n]).decode("latin-1")), pos + n
+        return ErlString(bytes(data[pos : pos + n]).decode("latin-1")), pos + n
     if tag == LIST_EXT:
         n = _u32(data, pos)[0]
         pos += 4
@@ -262,12 +264,12 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
         n = _u16(data, pos)[0]
         pos += 2
         _need(data, pos, n)
-        return _atom_text(bytes(data[pos:pos + n]), tag == ATOM_UTF8_EXT), pos + n
+        return _atom_text(bytes(data[pos : pos + n]), tag == ATOM_UTF8_EXT), pos + n
     if tag == SMALL_ATOM_EXT:
         n = data[pos]
         pos += 1
         _need(data, pos, n)
-        return _atom_text(bytes(data[pos:pos + n]), False), pos + n
+        return _atom_text(bytes(data[pos : pos + n]), False), pos + n
     if tag == NEW_FLOAT_EXT:
         _need(data, pos, 8)
         return _f64(data, pos)[0], pos + 8
@@ -280,7 +282,7 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
             pos += 4
         _need(data, pos, n + 1)
         sign = data[pos]
-        value = int.from_bytes(data[pos + 1:pos + 1 + n], "little")
+        value = int.from_bytes(data[pos + 1 : pos + 1 + n], "little")
         return (-value if sign else value), pos + 1 + n
     if tag == REFERENCE_EXT:
         node, pos = _decode_atom(data, pos)
@@ -306,7 +308,7 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
         if not 1 <= bits <= 8 or n == 0:
             raise DecodeError(f"bit binary with {bits} bits in its last of {n} bytes")
         _need(data, pos, n)
-        return BitBinary(bytes(data[pos:pos + n]), bits), pos + n
+        return BitBinary(bytes(data[pos : pos + n]), bits), pos + n
     if tag == EXPORT_EXT:
         module, pos = _decode_atom(data, pos)
         function, pos = _decode_atom(data, pos)
@@ -319,7 +321,7 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
         start = pos - 1
         _need(data, start, size + 1)
         arity = data[pos + 4]
-        uniq = bytes(data[pos + 5:pos + 21])
+        uniq = bytes(data[pos + 5 : pos + 21])
         index, nfree = struct.unpack_from(">II", data, pos + 21)
         pos += 29
         if nfree > len(data) - pos:
@@ -339,7 +341,7 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
         return Fun(arity, uniq, index, module, old_index, old_uniq, pid, tuple(free)), pos
     if tag == FLOAT_EXT:
         _need(data, pos, 31)
-        text = bytes(data[pos:pos + 31]).split(b"\0", 1)[0]
+        text = bytes(data[pos : pos + 31]).split(b"\0", 1)[0]
         try:
             return float(text.decode("ascii")), pos + 31
         except (UnicodeDecodeError, ValueError):
@@ -356,7 +358,7 @@ def _decode_atom(data: bytes | bytearray | memoryview, pos: int) -> tuple[Atom, 
         n = data[pos + 1]
         end = pos + 2 + n
         if end <= len(data):
-            return _atom_text(bytes(data[pos + 2:end]), True), end
+            return _atom_text(bytes(data[pos + 2 : end]), True), end
     term, pos = _decode(data, pos, MAX_DEPTH)
     if type(term) is not Atom:
         raise DecodeError(f"expected an atom, got {type(term).__name__}")
@@ -439,7 +441,7 @@ def _enc_int(value: int, out: bytearray) -> None:
 
 
 def _enc_float(value: float, out: bytearray) -> None:
-    if value != value or value in (float("inf"), float("-inf")):  # noqa: PLR0124 - the NaN test, without a call
+    if value != value or value in (float("inf"), float("-inf")):
         raise EncodeError("Erlang floats cannot be NaN or infinite")
     out.append(NEW_FLOAT_EXT)
     out += _pf64(value)
@@ -602,12 +604,13 @@ def _enc_fun(value: Fun, out: bytearray) -> None:
     _enc_pid(value.pid, out)
     for v in value.free_vars:
         _encode(v, out)
-    out[start + 1:start + 5] = _p32(len(out) - start - 1)
+    out[start + 1 : start + 5] = _p32(len(out) - start - 1)
 
 
 def _enc_pid_literal(value: PidLiteral, out: bytearray) -> None:
-    raise EncodeError(f"the pid {value} must be resolved on the node before it is sent "
-                      "(see kzbridge.wire.literal.pid_literals)")
+    raise EncodeError(
+        f"the pid {value} must be resolved on the node before it is sent (see kzbridge.wire.literal.pid_literals)"
+    )
 
 
 def _enc_encoded(value: Encoded, out: bytearray) -> None:

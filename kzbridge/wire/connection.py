@@ -5,6 +5,7 @@ FrameReader, parse_message). It hands each DistMessage to a callback and
 reports loss once; it knows nothing about rpc or mailboxes. ``open_connection``
 walks the shared ConnectPlan (session.py) with asyncio.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,7 +82,7 @@ class DistProtocol(asyncio.BufferedProtocol):
         if big is not None:
             if self._big_filled == len(big):
                 big = self._grow_big()
-            return big[self._big_filled:]
+            return big[self._big_filled :]
         return self._small
 
     def _grow_big(self) -> memoryview:
@@ -89,7 +90,7 @@ class DistProtocol(asyncio.BufferedProtocol):
         assert self._big is not None
         size = min(self._big_len, max(2 * len(self._big), self.BIG_FRAME))
         store = bytearray(size)
-        store[:self._big_filled] = self._big[:self._big_filled]
+        store[: self._big_filled] = self._big[: self._big_filled]
         self._big_store = store
         self._big = memoryview(store)
         return self._big
@@ -100,7 +101,7 @@ class DistProtocol(asyncio.BufferedProtocol):
         if big is not None:
             self._big_filled += nbytes
             if self._big_filled == self._big_len:
-                frame = big[:self._big_len]
+                frame = big[: self._big_len]
                 self._big = None
                 self._dispatch([frame])
                 if len(self._big_store) > self.KEEP_BIG:
@@ -135,7 +136,7 @@ class DistProtocol(asyncio.BufferedProtocol):
                 self._big_store = bytearray(min(n, max(self.FIRST_BIG, len(part))))
             self._big_len = n
             self._big = memoryview(self._big_store)[:n]
-            self._big[:len(part)] = part
+            self._big[: len(part)] = part
             self._big_filled = len(part)
         self._dispatch(frames)
 
@@ -149,7 +150,7 @@ class DistProtocol(asyncio.BufferedProtocol):
                 msg.settle()
         except KzBridgeError as exc:
             self._fail(exc)
-        except Exception as exc:  # noqa: BLE001 - a bug in a handler must not kill the loop silently
+        except Exception as exc:
             self._fail(ProtocolError(f"internal error handling a message: {exc!r}"))
 
     def _handshake_data(self, data: bytes) -> None:
@@ -254,9 +255,12 @@ class Connection:
             if p.paused:
                 continue
             if now - p.last_received > self.ticktime:
-                p._fail(ConnectionLostError(
-                    f"{self.peer_name} stopped ticking: nothing received for {self.ticktime:g}s",
-                    hint="the node is hung, overloaded or the network dropped"))
+                p._fail(
+                    ConnectionLostError(
+                        f"{self.peer_name} stopped ticking: nothing received for {self.ticktime:g}s",
+                        hint="the node is hung, overloaded or the network dropped",
+                    )
+                )
                 on_dead(ConnectionLostError(f"{self.peer_name} stopped ticking"))
                 return
             if now - p.last_sent >= interval:
@@ -273,16 +277,26 @@ class Connection:
             self.protocol.transport.close()
 
 
-async def open_connection(node: str, cookie: str, *, timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME,
-                          name_prefix: str = "kzbridge", epmd_port: int | None = None) -> Connection:
+async def open_connection(
+    node: str,
+    cookie: str,
+    *,
+    timeout: float = 10.0,
+    ticktime: float = DEFAULT_TICKTIME,
+    name_prefix: str = "kzbridge",
+    epmd_port: int | None = None,
+) -> Connection:
     """EPMD lookup, TCP connect, handshake (the steps of ConnectPlan). Each failure has its own error class."""
     plan = ConnectPlan(node, cookie, timeout=timeout, name_prefix=name_prefix)
     info = await epmd.lookup(plan.name, plan.host, timeout=timeout, port=epmd_port)
     loop = asyncio.get_running_loop()
     with map_exceptions(plan.tcp_errors(info.port)):
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: DistProtocol(lambda local_ip: plan.handshake(info, local_ip)),
-                                   plan.host, info.port), plan.remaining())
+            loop.create_connection(
+                lambda: DistProtocol(lambda local_ip: plan.handshake(info, local_ip)), plan.host, info.port
+            ),
+            plan.remaining(),
+        )
     try:
         with map_exceptions(plan.handshake_errors()):
             result = await asyncio.wait_for(asyncio.shield(protocol.handshake_done), plan.remaining())

@@ -3,6 +3,7 @@
 The request builders and reply parsers are pure (``parse_port2_reply``,
 ``parse_names_reply``); ``lookup`` and ``names`` are thin asyncio wrappers.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,7 +64,7 @@ def parse_port2_reply(data: bytes) -> NodeInfo | None:
         raise ProtocolError("EPMD PORT2_RESP truncated in name")
     name = data[12:end].decode("utf-8", "replace")
     elen = struct.unpack_from(">H", data, end)[0]
-    extra = bytes(data[end + 2:end + 2 + elen])
+    extra = bytes(data[end + 2 : end + 2 + elen])
     if len(extra) != elen:
         raise ProtocolError("EPMD PORT2_RESP truncated in extra")
     if highest < lowest:
@@ -88,21 +89,34 @@ def parse_names_reply(data: bytes) -> list[tuple[str, int]]:
 def _exchange_blocking(host: str, request: bytes, timeout: float, port: int | None) -> bytes:
     """One request, the whole reply (EPMD closes after it), with plain sockets."""
     port = port or epmd_port()
-    with map_exceptions({
-        TIMEOUTS: lambda exc: HostUnreachableError(
-            f"EPMD on {host}:{port} did not answer within {timeout:g}s",
-            hint="is the host up and the EPMD port reachable?", setting="address"),
-        OSError: lambda exc: HostUnreachableError(
-            f"cannot reach EPMD on {host}:{port}: {describe(exc)}",
-            hint="is an Erlang node running there, and is the EPMD port open?", setting="address"),
-    }):
+    with map_exceptions(
+        {
+            TIMEOUTS: lambda exc: HostUnreachableError(
+                f"EPMD on {host}:{port} did not answer within {timeout:g}s",
+                hint="is the host up and the EPMD port reachable?",
+                setting="address",
+            ),
+            OSError: lambda exc: HostUnreachableError(
+                f"cannot reach EPMD on {host}:{port}: {describe(exc)}",
+                hint="is an Erlang node running there, and is the EPMD port open?",
+                setting="address",
+            ),
+        }
+    ):
         sock = socket.create_connection((host, port), timeout=timeout)
-    with sock, map_exceptions({
-        TIMEOUTS: lambda exc: HostUnreachableError(
-            f"EPMD on {host}:{port} did not finish its reply within {timeout:g}s", setting="address"),
-        OSError: lambda exc: HostUnreachableError(
-            f"EPMD on {host}:{port} dropped the connection: {describe(exc)}", setting="address"),
-    }):
+    with (
+        sock,
+        map_exceptions(
+            {
+                TIMEOUTS: lambda exc: HostUnreachableError(
+                    f"EPMD on {host}:{port} did not finish its reply within {timeout:g}s", setting="address"
+                ),
+                OSError: lambda exc: HostUnreachableError(
+                    f"EPMD on {host}:{port} dropped the connection: {describe(exc)}", setting="address"
+                ),
+            }
+        ),
+    ):
         sock.sendall(request)
         chunks: list[bytes] = []
         total = 0
@@ -118,8 +132,9 @@ def _exchange_blocking(host: str, request: bytes, timeout: float, port: int | No
 
 def _not_registered(name: str, host: str, registered: list[str]) -> NodeNotRegisteredError:
     listing = ", ".join(registered) if registered else "none"
-    return NodeNotRegisteredError(f"no node '{name}' on host {host}; registered: {listing}", registered=registered,
-                                  setting="node")
+    return NodeNotRegisteredError(
+        f"no node '{name}' on host {host}; registered: {listing}", registered=registered, setting="node"
+    )
 
 
 def lookup_blocking(name: str, host: str, *, timeout: float = 5.0, port: int | None = None) -> NodeInfo:
@@ -141,15 +156,20 @@ def names_blocking(host: str, *, timeout: float = 5.0, port: int | None = None) 
 # EPMD is one short request and reply per connection, so the asyncio versions run the
 # blocking exchange in a worker thread rather than keep a second implementation.
 
+
 async def names(host: str, *, timeout: float = 5.0, port: int | None = None) -> list[tuple[str, int]]:
     """The node names registered on ``host`` with their ports."""
     import asyncio
+
     return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: names_blocking(host, timeout=timeout, port=port))
+        None, lambda: names_blocking(host, timeout=timeout, port=port)
+    )
 
 
 async def lookup(name: str, host: str, *, timeout: float = 5.0, port: int | None = None) -> NodeInfo:
     """Port and protocol range of ``name@host``; a clear error listing the host's names if absent."""
     import asyncio
+
     return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: lookup_blocking(name, host, timeout=timeout, port=port))
+        None, lambda: lookup_blocking(name, host, timeout=timeout, port=port)
+    )

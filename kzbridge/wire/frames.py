@@ -4,6 +4,7 @@ A frame is a 4-byte length and that many bytes; length 0 is a tick. A message
 frame is ``p`` (pass-through, as we negotiate no atom cache), a control tuple
 and, for some operations, a payload term.
 """
+
 from __future__ import annotations
 
 import struct
@@ -50,11 +51,25 @@ OP_UNLINK_ID = 35
 OP_UNLINK_ID_ACK = 36
 
 # Operations followed by a payload term.
-WITH_PAYLOAD = frozenset({
-    OP_SEND, OP_REG_SEND, OP_SEND_TT, OP_REG_SEND_TT, OP_SEND_SENDER, OP_SEND_SENDER_TT, OP_PAYLOAD_EXIT,
-    OP_PAYLOAD_EXIT_TT, OP_PAYLOAD_EXIT2, OP_PAYLOAD_EXIT2_TT, OP_PAYLOAD_MONITOR_P_EXIT, OP_SPAWN_REQUEST,
-    OP_SPAWN_REQUEST_TT, OP_ALIAS_SEND, OP_ALIAS_SEND_TT,
-})
+WITH_PAYLOAD = frozenset(
+    {
+        OP_SEND,
+        OP_REG_SEND,
+        OP_SEND_TT,
+        OP_REG_SEND_TT,
+        OP_SEND_SENDER,
+        OP_SEND_SENDER_TT,
+        OP_PAYLOAD_EXIT,
+        OP_PAYLOAD_EXIT_TT,
+        OP_PAYLOAD_EXIT2,
+        OP_PAYLOAD_EXIT2_TT,
+        OP_PAYLOAD_MONITOR_P_EXIT,
+        OP_SPAWN_REQUEST,
+        OP_SPAWN_REQUEST_TT,
+        OP_ALIAS_SEND,
+        OP_ALIAS_SEND_TT,
+    }
+)
 
 DEFAULT_MAX_FRAME = 1 << 30
 _len = struct.Struct(">I")
@@ -123,8 +138,9 @@ class FrameReader:
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | None]:
         return self.feed_detaching(data, None)[0]
 
-    def feed_detaching(self, data: bytes | bytearray | memoryview, threshold: int | None
-                       ) -> tuple[list[bytes | None], tuple[int, memoryview] | None]:
+    def feed_detaching(
+        self, data: bytes | bytearray | memoryview, threshold: int | None
+    ) -> tuple[list[bytes | None], tuple[int, memoryview] | None]:
         """Complete frames in ``data`` (copied out), and optionally the start of a big one.
 
         If ``threshold`` is given and ``data`` ends with the start of a frame of at least
@@ -154,7 +170,7 @@ class FrameReader:
                 raise ProtocolError(f"distribution frame of {n} bytes exceeds the {self.max_frame} limit")
             if end - pos - 4 < n:
                 break
-            out.append(bytes(src[pos + 4:pos + 4 + n]) if n else None)
+            out.append(bytes(src[pos + 4 : pos + 4 + n]) if n else None)
             pos += 4 + n
             n = -1
         big = None
@@ -162,14 +178,14 @@ class FrameReader:
             if threshold is not None and n >= threshold:
                 # Hand the started frame over; a copy, as our own buffer is cleared.
                 with memoryview(buf) as view:
-                    part = bytes(view[pos + 4:])
+                    part = bytes(view[pos + 4 :])
                 buf.clear()
                 big = (n, memoryview(part))
             elif pos:
                 del buf[:pos]
         elif pos < end:
             if threshold is not None and n >= threshold:
-                big = (n, memoryview(src)[pos + 4:])
+                big = (n, memoryview(src)[pos + 4 :])
             else:
                 buf += memoryview(src)[pos:]
         return out, big

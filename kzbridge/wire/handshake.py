@@ -9,6 +9,7 @@ the peer answers with an ``N`` challenge, we send the ``c`` complement.
 
 Usage: ``hs = ClientHandshake(...); send(hs.start()); while not hs.done: send(hs.feed(bytes))``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,10 +59,26 @@ DFLAG_ALIAS = 1 << 35
 
 # What we advertise. Never PUBLISHED (we are hidden), no atom cache, no fragments.
 OUR_FLAGS = (
-    DFLAG_EXTENDED_REFERENCES | DFLAG_DIST_MONITOR | DFLAG_FUN_TAGS | DFLAG_DIST_MONITOR_NAME | DFLAG_NEW_FUN_TAGS
-    | DFLAG_EXTENDED_PIDS_PORTS | DFLAG_EXPORT_PTR_TAG | DFLAG_BIT_BINARIES | DFLAG_NEW_FLOATS | DFLAG_UNICODE_IO
-    | DFLAG_SMALL_ATOM_TAGS | DFLAG_UTF8_ATOMS | DFLAG_MAP_TAG | DFLAG_BIG_CREATION | DFLAG_SEND_SENDER
-    | DFLAG_BIG_SEQTRACE_LABELS | DFLAG_EXIT_PAYLOAD | DFLAG_HANDSHAKE_23 | DFLAG_UNLINK_ID | DFLAG_MANDATORY_25_DIGEST
+    DFLAG_EXTENDED_REFERENCES
+    | DFLAG_DIST_MONITOR
+    | DFLAG_FUN_TAGS
+    | DFLAG_DIST_MONITOR_NAME
+    | DFLAG_NEW_FUN_TAGS
+    | DFLAG_EXTENDED_PIDS_PORTS
+    | DFLAG_EXPORT_PTR_TAG
+    | DFLAG_BIT_BINARIES
+    | DFLAG_NEW_FLOATS
+    | DFLAG_UNICODE_IO
+    | DFLAG_SMALL_ATOM_TAGS
+    | DFLAG_UTF8_ATOMS
+    | DFLAG_MAP_TAG
+    | DFLAG_BIG_CREATION
+    | DFLAG_SEND_SENDER
+    | DFLAG_BIG_SEQTRACE_LABELS
+    | DFLAG_EXIT_PAYLOAD
+    | DFLAG_HANDSHAKE_23
+    | DFLAG_UNLINK_ID
+    | DFLAG_MANDATORY_25_DIGEST
     | DFLAG_V4_NC
 )
 # Without these we cannot talk to the peer at all.
@@ -86,9 +103,9 @@ class HandshakeResult:
     peer_name: str
     peer_flags: int
     peer_creation: int | None
-    flags: int            # the flags in force: ours AND the peer's
-    version: int          # 5 or 6: the send_name we opened with
-    rest: bytes           # bytes after the ack (already distribution frames)
+    flags: int  # the flags in force: ours AND the peer's
+    version: int  # 5 or 6: the send_name we opened with
+    rest: bytes  # bytes after the ack (already distribution frames)
 
 
 def digest(cookie: str, challenge: int) -> bytes:
@@ -103,8 +120,16 @@ def frame(payload: bytes) -> bytes:
 class ClientHandshake:
     """Initiator side of the handshake; holds no socket."""
 
-    def __init__(self, own_name: str, cookie: str, *, peer_version: int, creation: int,
-                 flags: int = OUR_FLAGS, challenge: int | None = None) -> None:
+    def __init__(
+        self,
+        own_name: str,
+        cookie: str,
+        *,
+        peer_version: int,
+        creation: int,
+        flags: int = OUR_FLAGS,
+        challenge: int | None = None,
+    ) -> None:
         if peer_version not in (5, 6):
             raise VersionMismatchError(f"the peer speaks distribution version {peer_version}; kzbridge speaks 5 and 6")
         self.own_name = own_name
@@ -154,8 +179,8 @@ class ClientHandshake:
                 raise ProtocolError(f"handshake message of {n} bytes from the peer")
             if len(self.buffer) < 2 + n:
                 break
-            msg = bytes(self.buffer[2:2 + n])
-            del self.buffer[:2 + n]
+            msg = bytes(self.buffer[2 : 2 + n])
+            del self.buffer[: 2 + n]
             try:
                 out += self._handle(msg)
             except Exception:
@@ -168,12 +193,15 @@ class ClientHandshake:
         if self.state is State.AWAIT_ACK:
             return CookieRejectedError(
                 "the node closed the connection after our challenge reply: it rejected our cookie",
-                hint="check the cookie against the node's", setting="cookie")
+                hint="check the cookie against the node's",
+                setting="cookie",
+            )
         if self.state is State.AWAIT_STATUS:
             return NotAllowedError(
                 "the node closed the connection before answering our name",
                 hint="its distribution may refuse our handshake version or flags "
-                     "(OTP 25.0-25.2 refuse the old handshake)")
+                "(OTP 25.0-25.2 refuse the old handshake)",
+            )
         return ProtocolError(f"the node closed the connection during the handshake ({self.state.value})")
 
     def _handle(self, msg: bytes) -> bytes:
@@ -195,17 +223,21 @@ class ClientHandshake:
         if status == "alive":
             # Our name is unique per connection, so an existing one is stale or a clash: give way.
             self.state = State.FAILED
-            raise NameInUseError(f"the node already has a connection from {self.own_name}",
-                                 hint="another kzbridge with the same name is connected; use another name",
-                                 setting="name")
+            raise NameInUseError(
+                f"the node already has a connection from {self.own_name}",
+                hint="another kzbridge with the same name is connected; use another name",
+                setting="name",
+            )
         if status == "nok":
             self.state = State.FAILED
             raise NameInUseError("the node is busy connecting to a node of our name (nok)")
         if status == "not_allowed":
             self.state = State.FAILED
-            raise NotAllowedError(f"the node does not allow connections from {self.own_name}",
-                                  hint="check net_kernel:allow/1 on the node and the short/long name form",
-                                  setting="name")
+            raise NotAllowedError(
+                f"the node does not allow connections from {self.own_name}",
+                hint="check net_kernel:allow/1 on the node and the short/long name form",
+                setting="name",
+            )
         raise ProtocolError(f"unknown handshake status {status!r}")
 
     def _on_challenge(self, msg: bytes) -> bytes:
@@ -243,10 +275,13 @@ class ClientHandshake:
         if msg[1:] != digest(self.cookie, self.challenge):
             raise CookieRejectedError(
                 f"{self.peer_name} answered our challenge with a digest of another cookie",
-                hint="the node does not share our cookie", setting="cookie")
+                hint="the node does not share our cookie",
+                setting="cookie",
+            )
         self.state = State.DONE
         flags = self.flags & self.peer_flags
-        self.result = HandshakeResult(self.peer_name, self.peer_flags, self.peer_creation, flags,
-                                      self.version, bytes(self.buffer))
+        self.result = HandshakeResult(
+            self.peer_name, self.peer_flags, self.peer_creation, flags, self.version, bytes(self.buffer)
+        )
         self.buffer.clear()
         return b""

@@ -10,6 +10,7 @@ is a generator that works out the reply; it yields what it needs from its driver
 
 and returns the reply term. The asyncio node and the blocking node both drive it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Generator

@@ -4,6 +4,7 @@
 everything the literal syntax can express. Pids parse as ``PidLiteral`` (only the node
 can make them real pids); refs, ports and funs print but do not parse.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,18 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "e": "\x1b", "0": "\0", "b": "\b", "f": "\f", "v": "\v", "d": "\x7f"}
+_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "s": " ",
+    "e": "\x1b",
+    "0": "\0",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "d": "\x7f",
+}
 
 
 def _unescape(body: str) -> str:
@@ -54,11 +66,11 @@ def _unescape(body: str) -> str:
             nxt = body[i + 1]
             if nxt == "x" and i + 2 < len(body) and body[i + 2] == "{":
                 end = body.index("}", i)
-                out.append(chr(int(body[i + 3:end], 16)))
+                out.append(chr(int(body[i + 3 : end], 16)))
                 i = end + 1
                 continue
             if nxt in "01234567":
-                m = re.match(r"[0-7]{1,3}", body[i + 1:])
+                m = re.match(r"[0-7]{1,3}", body[i + 1 :])
                 assert m is not None
                 out.append(chr(int(m.group(0), 8)))
                 i += 1 + len(m.group(0))
@@ -79,7 +91,9 @@ class _Parser:
         while pos < len(text):
             m = _TOKEN.match(text, pos)
             if not m:
-                raise TermSyntaxError(f"cannot parse Erlang term {text!r}: unexpected {text[pos:pos + 10]!r} at column {pos + 1}")
+                raise TermSyntaxError(
+                    f"cannot parse Erlang term {text!r}: unexpected {text[pos : pos + 10]!r} at column {pos + 1}"
+                )
             kind = m.lastgroup
             assert kind is not None
             if kind != "ws":
@@ -178,6 +192,7 @@ class _Parser:
                     out[k] = v
                 except TypeError:
                     from .terms import freeze
+
                     out[freeze(k)] = v
                 if self.at(","):
                     self.i += 1
@@ -191,8 +206,10 @@ class _Parser:
             node, ident, serial = _PID_PARTS.match(text).groups()  # type: ignore[union-attr]
             if node.isdigit():
                 if node != "0":
-                    raise self.fail(f"{text} names a node by a shell's local number; write <0.{ident}.{serial}> "
-                                    f"for a process of the node, or <name@host.{ident}.{serial}>")
+                    raise self.fail(
+                        f"{text} names a node by a shell's local number; write <0.{ident}.{serial}> "
+                        f"for a process of the node, or <name@host.{ident}.{serial}>"
+                    )
                 node = None
             elif "@" not in node:
                 raise self.fail(f"{text}: a pid is <0.A.B> or <name@host.A.B>")
@@ -271,6 +288,7 @@ def pid_literals(term: Any) -> list[PidLiteral]:
             for x in v.items:
                 walk(x)
             walk(v.tail)
+
     walk(term)
     return list(found)
 
@@ -308,9 +326,35 @@ def parse_term(text: str) -> Any:
 
 _BARE_ATOM = re.compile(r"[a-z][a-zA-Z0-9_@]*\Z")
 _RESERVED = {
-    "after", "and", "andalso", "band", "begin", "bnot", "bor", "bsl", "bsr", "bxor", "case", "catch",
-    "cond", "div", "end", "fun", "if", "let", "not", "of", "or", "orelse", "receive", "rem", "try",
-    "when", "xor", "maybe", "else",
+    "after",
+    "and",
+    "andalso",
+    "band",
+    "begin",
+    "bnot",
+    "bor",
+    "bsl",
+    "bsr",
+    "bxor",
+    "case",
+    "catch",
+    "cond",
+    "div",
+    "end",
+    "fun",
+    "if",
+    "let",
+    "not",
+    "of",
+    "or",
+    "orelse",
+    "receive",
+    "rem",
+    "try",
+    "when",
+    "xor",
+    "maybe",
+    "else",
 }
 
 
@@ -430,7 +474,12 @@ def to_json(value: Any) -> Any:
         return [to_json(v) for v in value]
     if t in (dict, FrozenMap):
         items = value.items() if t is dict else value
-        return {(k if isinstance(k, str) else json.dumps(to_json(k)) if not isinstance(to_json(k), str) else to_json(k)): to_json(v) for k, v in items}
+        return {
+            (
+                k if isinstance(k, str) else json.dumps(to_json(k)) if not isinstance(to_json(k), str) else to_json(k)
+            ): to_json(v)
+            for k, v in items
+        }
     if t is ImproperList:
         return {"improper_list": [to_json(v) for v in value.items], "tail": to_json(value.tail)}
     return format_term(value)

@@ -1,4 +1,5 @@
 """Node names: parsing ``name@host`` and choosing our own per-connection name."""
+
 from __future__ import annotations
 
 import os

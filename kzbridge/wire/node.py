@@ -5,6 +5,7 @@ from 19 to 28 accepts. Each call gets its own group-leader pid, so whatever the
 remote function prints arrives here as io_requests, is answered (or the call
 would block forever) and is handed back with the result.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,9 @@ class Mailbox:
     (TCP then pushes back on the node) until the queue drains below half.
     """
 
-    def __init__(self, node: HiddenNode, pid: Pid, high_water: int = 64,
-                 consumer: Callable[[Any], bool] | None = None) -> None:
+    def __init__(
+        self, node: HiddenNode, pid: Pid, high_water: int = 64, consumer: Callable[[Any], bool] | None = None
+    ) -> None:
         self.node = node
         self.pid = pid
         # Called synchronously with each message, large binaries as views into the receive
@@ -68,8 +70,9 @@ class Mailbox:
                 else:
                     await asyncio.wait_for(self._waiter, timeout)
             except asyncio.TimeoutError:
-                raise RpcTimeoutError(f"no message from {self.node.peer_name} within {timeout:g}s",
-                                      setting="timeout") from None
+                raise RpcTimeoutError(
+                    f"no message from {self.node.peer_name} within {timeout:g}s", setting="timeout"
+                ) from None
             finally:
                 self._waiter = None
         msg = self._queue.popleft()
@@ -172,13 +175,20 @@ class HiddenNode:
         self._write(self.session.exit_frame(target, reason, sender))
 
     # ------------------------------------------------------------ rpc
-    async def rpc(self, module: str | Atom, function: str | Atom, args: list[Any] | None = None,
-                  timeout: float | None = 30.0) -> Any:
+    async def rpc(
+        self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float | None = 30.0
+    ) -> Any:
         """Call ``module:function(args...)`` on the node; raise BadRpcError on ``{badrpc, _}``."""
         return (await self.rpc_output(module, function, args, timeout=timeout)).value
 
-    async def rpc_output(self, module: str | Atom, function: str | Atom, args: list[Any] | None = None,
-                         timeout: float | None = 30.0, on_output: Callable[[str], None] | None = None) -> RpcResult:
+    async def rpc_output(
+        self,
+        module: str | Atom,
+        function: str | Atom,
+        args: list[Any] | None = None,
+        timeout: float | None = 30.0,
+        on_output: Callable[[str], None] | None = None,
+    ) -> RpcResult:
         """As ``rpc``, also returning what the function printed (``on_output`` sees it as it comes)."""
         if self._lost is not None:
             raise self._lost
@@ -219,9 +229,13 @@ class HiddenNode:
             now = loop.time()
             for fut, what, deadline in list(self._pending.values()):
                 if deadline is not None and now >= deadline and not fut.done():
-                    fut.set_exception(RpcTimeoutError(
-                        f"{self.peer_name}: {what} did not answer in time",
-                        hint="raise the timeout, or check the node's load", setting="timeout"))
+                    fut.set_exception(
+                        RpcTimeoutError(
+                            f"{self.peer_name}: {what} did not answer in time",
+                            hint="raise the timeout, or check the node's load",
+                            setting="timeout",
+                        )
+                    )
 
     # ------------------------------------------------------------ receiving
     def _on_message(self, msg: DistMessage) -> None:
@@ -262,8 +276,9 @@ class HiddenNode:
     def _on_lost(self, exc: KzBridgeError) -> None:
         if self._lost is not None:
             return
-        self._lost = ConnectionLostError(f"lost the connection to {self.peer_name}: {exc.message}", hint=exc.hint,
-                                         setting=exc.setting)
+        self._lost = ConnectionLostError(
+            f"lost the connection to {self.peer_name}: {exc.message}", hint=exc.hint, setting=exc.setting
+        )
         if self._sweeper is not None:
             self._sweeper.cancel()
         for fut, what, _ in list(self._pending.values()):
@@ -280,8 +295,9 @@ class HiddenNode:
         await asyncio.sleep(0)
 
 
-async def connect_node(node: str, cookie: str, *, timeout: float = 10.0,
-                       ticktime: float = DEFAULT_TICKTIME, name_prefix: str = "kzbridge") -> HiddenNode:
+async def connect_node(
+    node: str, cookie: str, *, timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME, name_prefix: str = "kzbridge"
+) -> HiddenNode:
     """Open a connection and wrap it in a HiddenNode."""
     conn = await open_connection(node, cookie, timeout=timeout, ticktime=ticktime, name_prefix=name_prefix)
     return HiddenNode(conn)

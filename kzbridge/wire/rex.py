@@ -5,6 +5,7 @@ registered name ``rex``; the reply ``{Ref, Result}``; ``{badrpc, Reason}`` means
 failed on the node. ``session.Session.rpc_frame`` builds the request (from a pre-encoded
 head) and matches the replies; this module holds the atoms and reads the result.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -29,6 +29,7 @@ protocol logic, and that needs no I/O at all: as a sans-IO object (h11's shape) 
 written once, tested frame by frame without sockets (tests/test_session.py), and
 each driver stays a thin loop of its own kind.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -91,8 +92,18 @@ A_DOWN = Atom("DOWN")
 A_PROCESS = Atom("process")
 
 _SENDS = frozenset({OP_SEND, OP_SEND_SENDER, OP_SEND_TT, OP_SEND_SENDER_TT})
-_EXITS = frozenset({OP_EXIT, OP_EXIT2, OP_EXIT_TT, OP_EXIT2_TT,
-                    OP_PAYLOAD_EXIT, OP_PAYLOAD_EXIT2, OP_PAYLOAD_EXIT_TT, OP_PAYLOAD_EXIT2_TT})
+_EXITS = frozenset(
+    {
+        OP_EXIT,
+        OP_EXIT2,
+        OP_EXIT_TT,
+        OP_EXIT2_TT,
+        OP_PAYLOAD_EXIT,
+        OP_PAYLOAD_EXIT2,
+        OP_PAYLOAD_EXIT_TT,
+        OP_PAYLOAD_EXIT2_TT,
+    }
+)
 _EXITS_WITH_PAYLOAD = frozenset({OP_PAYLOAD_EXIT, OP_PAYLOAD_EXIT2, OP_PAYLOAD_EXIT_TT, OP_PAYLOAD_EXIT2_TT})
 
 # How long a call's group leader stays ours after the call: processes it spawned may still print.
@@ -100,6 +111,7 @@ GROUP_LEADER_GRACE = 5.0
 
 
 # ---------------------------------------------------------------- events for the driver
+
 
 class RpcReply(NamedTuple):
     """``{Ref, Value}`` arrived for our caller pid and is not one of the session's own calls."""
@@ -145,23 +157,25 @@ class _IoRequest(NamedTuple):
 
 # ---------------------------------------------------------------- connect setup
 
+
 class ConnectPlan:
     """The connect setup, decided without I/O; each driver walks it with its own sockets.
 
-        plan = ConnectPlan(node, cookie, timeout=10)      # UsageError for an empty cookie or bad name
-        info = <EPMD lookup of plan.name on plan.host>
-        with map_exceptions(plan.tcp_errors(info.port)):
-            <TCP connect to (plan.host, info.port) within plan.remaining()>
-        hs = plan.handshake(info, local_ip)
-        with map_exceptions(plan.handshake_errors()):
-            <send hs.start(); feed hs what arrives and send what it returns, until hs.done>
-        session = plan.session(hs.result)
+    plan = ConnectPlan(node, cookie, timeout=10)      # UsageError for an empty cookie or bad name
+    info = <EPMD lookup of plan.name on plan.host>
+    with map_exceptions(plan.tcp_errors(info.port)):
+        <TCP connect to (plan.host, info.port) within plan.remaining()>
+    hs = plan.handshake(info, local_ip)
+    with map_exceptions(plan.handshake_errors()):
+        <send hs.start(); feed hs what arrives and send what it returns, until hs.done>
+    session = plan.session(hs.result)
     """
 
     def __init__(self, node: str, cookie: str, *, timeout: float, name_prefix: str = "kzbridge") -> None:
         if not cookie:
-            raise UsageError("empty cookie", hint="give the node's cookie, or create ~/.erlang.cookie",
-                             setting="cookie")
+            raise UsageError(
+                "empty cookie", hint="give the node's cookie, or create ~/.erlang.cookie", setting="cookie"
+            )
         self.node = node
         self.name, self.host = split_node_name(node)
         self.cookie = cookie
@@ -179,25 +193,31 @@ class ConnectPlan:
         """Our name for this connection and the handshake, opened with the highest version EPMD reports."""
         self.own_name = own_node_name(self.host, local_ip, self.name_prefix)
         version = 6 if info.highest >= 6 else 5
-        return ClientHandshake(self.own_name, self.cookie, peer_version=version, creation=self.creation,
-                               flags=OUR_FLAGS)
+        return ClientHandshake(
+            self.own_name, self.cookie, peer_version=version, creation=self.creation, flags=OUR_FLAGS
+        )
 
     def tcp_errors(self, port: int) -> ExceptionMapping:
         """How a failed TCP connect to the distribution port reads."""
         return {
             TIMEOUTS: lambda exc: HandshakeTimeoutError(
                 f"{self.node}: TCP connect to port {port} timed out after {self.timeout:g}s",
-                hint="a firewall may block the node's distribution port", setting="timeout"),
+                hint="a firewall may block the node's distribution port",
+                setting="timeout",
+            ),
             OSError: lambda exc: HostUnreachableError(
                 f"{self.node}: cannot connect to distribution port {port}: {describe(exc)}",
-                hint="a firewall may block the node's distribution port range", setting="address"),
+                hint="a firewall may block the node's distribution port range",
+                setting="address",
+            ),
         }
 
     def handshake_errors(self) -> ExceptionMapping:
         """How a failed handshake reads: its own ConnectError classes pass, the rest are wrapped."""
         return {
             TIMEOUTS: lambda exc: HandshakeTimeoutError(
-                f"{self.node}: the handshake did not finish within {self.timeout:g}s", setting="timeout"),
+                f"{self.node}: the handshake did not finish within {self.timeout:g}s", setting="timeout"
+            ),
             ConnectError: None,
             KzBridgeError: lambda exc: ConnectError(f"{self.node}: handshake failed: {exc}"),
             OSError: lambda exc: ConnectError(f"{self.node}: connection failed during the handshake: {describe(exc)}"),
@@ -209,6 +229,7 @@ class ConnectPlan:
 
 
 # ---------------------------------------------------------------- the session
+
 
 class Session:
     """Our hidden node on one connection; see the module docstring."""
@@ -236,8 +257,14 @@ class Session:
         self.outbox: list[bytes] = []
         # The rpc request's constant parts, encoded once: 'p', the REG_SEND control, and
         # the payload's head up to the ref ({'$gen_call', {Caller, ...).
-        self._rpc_head = (b"p\x83" + encode_term((OP_REG_SEND, self.caller, UNUSED, A_REX))
-                          + b"\x83h\x03" + encode_term(A_GEN_CALL) + b"h\x02" + encode_term(self.caller))
+        self._rpc_head = (
+            b"p\x83"
+            + encode_term((OP_REG_SEND, self.caller, UNUSED, A_REX))
+            + b"\x83h\x03"
+            + encode_term(A_GEN_CALL)
+            + b"h\x02"
+            + encode_term(self.caller)
+        )
 
     # ------------------------------------------------------------ identities
     def new_pid(self) -> Pid:
@@ -245,8 +272,9 @@ class Session:
 
     def make_ref(self) -> Reference:
         n = next(self._ref_ids)
-        return Reference(self._atom, (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt), self.creation,
-                         self._ref_form)
+        return Reference(
+            self._atom, (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt), self.creation, self._ref_form
+        )
 
     def open_mailbox(self) -> Pid:
         pid = self.new_pid()
@@ -262,12 +290,19 @@ class Session:
     # ------------------------------------------------------------ rpc
     def rpc_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
         """``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` to rex, framed, from the pre-encoded head."""
-        body = self._rpc_head + encode_term(ref) + b"h\x05" + encode_term(A_CALL) + encode_term(module) \
-            + encode_term(function) + encode_term(args) + encode_term(gl)
+        body = (
+            self._rpc_head
+            + encode_term(ref)
+            + b"h\x05"
+            + encode_term(A_CALL)
+            + encode_term(module)
+            + encode_term(function)
+            + encode_term(args)
+            + encode_term(gl)
+        )
         return _FRAME_LEN(len(body)) + body
 
-    def start_call(self, module: Atom, function: Atom, args: list[Any]
-                   ) -> tuple[Reference, Pid, list[str], bytes]:
+    def start_call(self, module: Atom, function: Atom, args: list[Any]) -> tuple[Reference, Pid, list[str], bytes]:
         """A new call: its ref, its own group leader (ours until ``end_call``), the list that
         collects what the call prints through it, and the frame to send."""
         ref = self.make_ref()
@@ -411,8 +446,9 @@ class Session:
 
 def lost_error(peer_name: str, what: str, exc: KzBridgeError) -> ConnectionLostError:
     """What a call in flight fails with when the connection goes."""
-    return ConnectionLostError(f"{peer_name} went away during {what}: {exc.message}", hint=exc.hint,
-                               setting=exc.setting)
+    return ConnectionLostError(
+        f"{peer_name} went away during {what}: {exc.message}", hint=exc.hint, setting=exc.setting
+    )
 
 
 def call_name(module: Atom, function: Atom, args: list[Any]) -> str:

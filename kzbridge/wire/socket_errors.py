@@ -14,6 +14,7 @@ is a subclass); ``None`` instead of a function lets that class through unchanged
 The new error is raised ``from`` the caught one, so the cause stays on the traceback.
 Both drivers and the EPMD client use it.
 """
+
 from __future__ import annotations
 
 import socket

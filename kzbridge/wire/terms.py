@@ -17,6 +17,7 @@ The mapping (decode direction; encode accepts the same and a few conveniences):
 ``True``/``False`` encode as the atoms true/false and ``None`` as undefined; the
 decoder never produces them, so ``Atom('true')`` is what comes back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -319,4 +320,3 @@ def freeze(value: Any) -> Any:
     if type(value) is tuple:
         return tuple(freeze(v) for v in value)
     return value
-

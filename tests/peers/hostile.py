@@ -4,12 +4,13 @@ It registers with EPMD (so our client finds it as ``name@127.0.0.1``), accepts o
 connection, answers the v6 handshake as a real node would (status ok, challenge,
 checks our digest, acks with its own), then runs ``after_handshake(conn)``.
 """
+
 from __future__ import annotations
 
 import socket
 import struct
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from kzbridge.wire.handshake import OUR_FLAGS, digest
 
@@ -38,8 +39,14 @@ def send_handshake_message(conn: socket.socket, msg: bytes) -> None:
 class HostilePeer:
     """See the module docstring. ``error`` holds what went wrong on the peer's side, if anything."""
 
-    def __init__(self, epmd_port: int, cookie: str, after_handshake: Callable[[socket.socket], None],
-                 name: str = "hostile", with_ack: bytes = b"") -> None:
+    def __init__(
+        self,
+        epmd_port: int,
+        cookie: str,
+        after_handshake: Callable[[socket.socket], None],
+        name: str = "hostile",
+        with_ack: bytes = b"",
+    ) -> None:
         self.cookie = cookie
         self.with_ack = with_ack  # distribution bytes sent in the same write as the ack
         self.after_handshake = after_handshake

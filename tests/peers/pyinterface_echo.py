@@ -4,6 +4,7 @@ Usage: python pyinterface_echo.py NAME@HOST COOKIE EPMD_PORT
 Registers with EPMD (protocol 5 only) and runs a mailbox registered as `echo` that
 answers {FromPid, Msg} by sending {echo, Msg} back to FromPid. Prints READY when published.
 """
+
 import collections
 import collections.abc
 import sys
