@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -52,7 +52,7 @@ def kazoo_target(request: Any) -> Iterator[tuple[str, str]]:
         sandbox.stop(name)
 
 
-_async_fixture: Any = pytest.fixture
+_async_fixture: Callable[[Callable[..., Any]], Any] = pytest.fixture
 try:  # pytest-asyncio in strict mode runs only async fixtures declared through it
     import pytest_asyncio
 
