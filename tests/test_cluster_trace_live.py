@@ -22,7 +22,7 @@ from kzbridge.errors import KzBridgeError
 from kzbridge.kazoo import cluster
 from kzbridge.kazoo import filters as flt
 from kzbridge.kazoo.merge import write_merged
-from kzbridge.kazoo.session import Collected, Record
+from kzbridge.kazoo.session import Record
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 
@@ -202,7 +202,7 @@ def test_unreachable_node_is_reported_and_require_all_stops_the_others(
 
     assert asyncio.run(running(a)) == [] and asyncio.run(running(c)) == []
 
-    run, err = asyncio.run(body(require_all=False))
+    _run, err = asyncio.run(body(require_all=False))
     assert err is None
     desc = json.loads((tmp_path / "reqFalse" / "cluster.json").read_text())
     assert ghost in desc["failed"] and {a.node, c.node} <= {n["node"] for n in desc["nodes"] if n["verified"]}

@@ -53,6 +53,7 @@ OPTION_OF = {
     "filters": "--filter",
     "generation": "--generation",
     "name": "--name",
+    "max_total_size": "--max-total-size",
 }
 
 
@@ -118,16 +119,16 @@ class Group(click.Group):
             sys.exit(1)
 
 
-def node_options(fn: F) -> F:
-    """--node, cookie options, --timeout, --json on every command that talks to a node."""
+_NODE_HELP = "Target node, name@host (env KZBRIDGE_NODE), e.g. kazoo_apps@kazoo1."
+_NODES_HELP = (
+    "Target node, name@host; repeat it, or separate names with commas (env KZBRIDGE_NODE), to run on several "
+    "nodes at once."
+)
 
-    @click.option(
-        "--node",
-        "-n",
-        envvar="KZBRIDGE_NODE",
-        required=True,
-        help="Target node, name@host (env KZBRIDGE_NODE), e.g. kazoo_apps@kazoo1.",
-    )
+
+def _connection_options(fn: F) -> F:
+    """Cookie options, --timeout and --json: the same for one node or many."""
+
     @click.option(
         "--cookie",
         "-c",
@@ -135,7 +136,7 @@ def node_options(fn: F) -> F:
         default=None,
         show_envvar=True,
         help="Erlang cookie (never printed). Falls back to --cookie-file, a sandbox of that name, "
-        "then ~/.erlang.cookie.",
+        "then ~/.erlang.cookie. The same cookie is used for every node.",
     )
     @click.option("--cookie-file", type=click.Path(dir_okay=False), default=None, help="File holding the cookie.")
     @click.option(
@@ -151,6 +152,31 @@ def node_options(fn: F) -> F:
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def node_options(fn: F) -> F:
+    """--node, cookie options, --timeout, --json on every command that talks to one node."""
+    option = click.option("--node", "-n", envvar="KZBRIDGE_NODE", required=True, help=_NODE_HELP)
+    return option(_connection_options(fn))
+
+
+def nodes_options(fn: F) -> F:
+    """As node_options, for commands that run on several nodes: --node repeated, --cluster, --exclude."""
+    fn = click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out the nodes whose names match GLOB (repeatable), e.g. --exclude 'ecallmgr@*'.",
+    )(fn)
+    fn = click.option(
+        "--cluster",
+        "cluster_seed",
+        metavar="SEED",
+        default=None,
+        help="Every node of SEED's cluster (Kazoo's kz_nodes table; else nodes() and SEED's host EPMD).",
+    )(fn)
+    option = click.option("--node", "-n", envvar="KZBRIDGE_NODE", multiple=True, help=_NODES_HELP)
+    return option(_connection_options(fn))
 
 
 def run_with_node(
@@ -210,6 +236,8 @@ def main() -> None:
       kzbridge demo
     Against a node:
       kzbridge trace-module kz_json --node kazoo_apps@host --duration 30 -o trace.log
+    Against every node of a cluster, merged into one timeline corrected for clock skew:
+      kzbridge trace --filter callid=CALLID --cluster kazoo_apps@host -o call-run/
 
     Exit codes: 0 ok, 1 other error, 2 bad usage or filter, 3 connection, 4 remote call
     failed, 5 timeout, 6 node lacks tracing/ref/file, 7 sandbox, 130 interrupted.
@@ -217,6 +245,6 @@ def main() -> None:
 
 
 # Registration: each family module adds its commands to ``main`` as it loads.
-from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds  # noqa: E402,F401,I001
+from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds, cluster_cmds  # noqa: E402,F401,I001
 
 __all__ = ["EXIT_INTERRUPTED", "OPTION_OF", "error_line", "main", "warning_line"]

@@ -107,7 +107,7 @@ def demo(duration: float, generation: str, keep: bool) -> None:
     try:
         click.echo(f"$ kzbridge trace-module kz_json --node {box.node} --duration {duration:g} -o {out}", err=True)
         run_trace_command(
-            flt.module_filter("kz_json"), TraceOptions(box.node, cookie=box.cookie, duration=duration, output=out)
+            flt.module_filter("kz_json"), TraceOptions((box.node,), cookie=box.cookie, duration=duration, output=out)
         )
     except SystemExit as exc:
         if exc.code:

@@ -6,10 +6,11 @@ summary; the session owns the limits, the stop requests and the signals.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +24,7 @@ from . import (
     _silence_stdout,
     emit_json,
     main,
-    node_options,
+    nodes_options,
     parse_size,
     render,
     run_with_node,
@@ -70,9 +71,10 @@ def trace_options(fn: F) -> F:
     @click.option(
         "--output",
         "-o",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),
         default=None,
-        help="Local file for the trace (default NODE-REF.log in the current directory).",
+        help="Local file for the trace (default NODE-REF.log in the current directory); with several nodes, "
+        "a new or empty directory (default kzbridge-cluster-DATE-TIME).",
     )
     @click.option(
         "--sink",
@@ -90,6 +92,16 @@ def trace_options(fn: F) -> F:
         help="Seconds after which the node stops the trace by itself if kzbridge stops renewing.",
     )
     @click.option("--remote-path", default=None, help="Trace file on the node (default /tmp/kzbridge-...log).")
+    @click.option(
+        "--require-all",
+        is_flag=True,
+        help="With several nodes: if any node cannot be reached or traced, stop the others and fail (exit 3).",
+    )
+    @click.option(
+        "--max-total-size",
+        default=None,
+        help="With several nodes: stop every node when their files together reach this size.",
+    )
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -101,7 +113,7 @@ def trace_options(fn: F) -> F:
 class TraceOptions:
     """What the node and trace options of a trace command say, as given."""
 
-    node: str
+    node: tuple[str, ...]
     cookie: str | None = None
     cookie_file: str | None = None
     timeout: float = 10.0
@@ -115,6 +127,25 @@ class TraceOptions:
     sink: str = flt.DATA_SINK
     lease: float = flt.DEFAULT_LEASE
     remote_path: str | None = None
+    cluster_seed: str | None = None
+    exclude: tuple[str, ...] = ()
+    require_all: bool = False
+    max_total_size: str | None = None
+
+    @property
+    def several(self) -> bool:
+        """Several nodes (or a whole cluster) rather than one."""
+        from ..kazoo.cluster import parse_node_list
+
+        return bool(self.cluster_seed) or len(parse_node_list(self.node)) > 1
+
+    def one_node(self) -> str:
+        from ..kazoo.cluster import parse_node_list
+
+        nodes = parse_node_list(self.node)
+        if len(nodes) != 1 or self.cluster_seed:
+            raise UsageError("give one --node NAME@HOST", setting="node")
+        return nodes[0]
 
 
 def format_arg(text: str | None) -> list[Any] | None:
@@ -130,6 +161,16 @@ def format_arg(text: str | None) -> list[Any] | None:
 
 def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
     """The shared body of trace-module, trace-function, trace-pid and trace (and demo)."""
+    if opts.several:
+        from .cluster_cmds import run_cluster_trace
+
+        run_cluster_trace(filters, opts)
+        return
+    node = opts.one_node()
+    if opts.output and os.path.isdir(opts.output):
+        raise UsageError(f"{opts.output} is a directory: give a file name for one node", setting="local_path")
+    if opts.require_all or opts.max_total_size:
+        raise UsageError("--require-all and --max-total-size go with several nodes", setting="node")
     limit = parse_size(opts.max_size)
     fmt = format_arg(opts.format_)
     checked = flt.validate(filters)
@@ -172,7 +213,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
                 )
             return await session.run(*observers)
 
-    summary = run_with_node(opts.node, opts.cookie, opts.cookie_file, opts.timeout, body)
+    summary = run_with_node(node, opts.cookie, opts.cookie_file, opts.timeout, body)
     # The trace is stopped and collected: a late Ctrl-C must not turn the summary into a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if opts.as_json:
@@ -187,7 +228,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
 
 
 @main.command("trace-module")
-@node_options
+@nodes_options
 @trace_options
 @click.argument("module")
 def trace_module(module: str, **kw: Any) -> None:
@@ -200,7 +241,7 @@ def trace_module(module: str, **kw: Any) -> None:
 
 
 @main.command("trace-function")
-@node_options
+@nodes_options
 @trace_options
 @click.argument("names", nargs=-1, required=True)
 def trace_function(names: tuple[str, ...], **kw: Any) -> None:
@@ -216,12 +257,25 @@ def trace_function(names: tuple[str, ...], **kw: Any) -> None:
 
 
 @main.command("trace-pid")
-@node_options
+@nodes_options
 @trace_options
 @click.argument("pid")
 def trace_pid(pid: str, **kw: Any) -> None:
-    """Trace one process; PID as 0.116.0 or <0.116.0> (normalised, unlike sup's trace_pid)."""
-    run_trace_command(flt.pid_filter(pid), TraceOptions(**kw))
+    """Trace one process; PID as 0.116.0 or <0.116.0> (normalised, unlike sup's trace_pid).
+
+    A pid belongs to one node: with several nodes, write it as kzbridge prints it,
+    <name@host.A.B>, and only that node is traced.
+    """
+    opts = TraceOptions(**kw)
+    owner, local = flt.pid_owner(pid)
+    if opts.several or owner:
+        if owner is None:
+            raise UsageError(
+                "a pid belongs to one node: with several nodes write it as <name@host.A.B>, as kzbridge prints pids",
+                setting="node",
+            )
+        opts = replace(opts, node=(owner,), cluster_seed=None, exclude=())
+    run_trace_command(flt.pid_filter(local), opts)
 
 
 def filters_from(
@@ -241,7 +295,7 @@ def filters_from(
 
 
 @main.command("trace")
-@node_options
+@nodes_options
 @trace_options
 @click.option(
     "--filter",

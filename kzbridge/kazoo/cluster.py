@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadRpcError, KazooError, KzBridgeError, UsageError
+from ..errors import BadRpcError, KazooError, KzBridgeError, TraceLostError, UsageError
 from ..wire.terms import Atom
 from .merge import MergeSource, MergeStats, merge_to_file, short_labels
 
@@ -246,6 +246,19 @@ class NodeOutcome:
     @property
     def traced(self) -> bool:
         return bool(self.ref)
+
+    @property
+    def lost(self) -> TraceLostError | None:
+        """The connection went away mid-run: the error names the partial file kept and the remote file."""
+        return self.error if isinstance(self.error, TraceLostError) else None
+
+    @property
+    def partial_path(self) -> str | None:
+        """The local file that holds less than the trace wrote, if any."""
+        if self.summary is not None:
+            return self.summary.local_path if self.summary.partial else None
+        lost = self.lost
+        return lost.partial_path if lost is not None and lost.partial_path else None
 
 
 @dataclass
@@ -484,11 +497,11 @@ def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None)
             "ref": o.ref,
             "remote_path": o.remote_path,
             "file": node_file(o.node) if s is not None else None,
-            "partial_file": s.local_path if s is not None and s.partial else None,
+            "partial_file": Path(o.partial_path).name if o.partial_path else None,
             "records": s.lines if s else 0,
-            "bytes": s.bytes if s else 0,
+            "bytes": s.bytes if s else (o.lost.kept_bytes if o.lost else 0),
             "verified": bool(s and s.verified),
-            "partial": bool(s and s.partial),
+            "partial": o.partial_path is not None,
             "stopped_by": s.reason if s else None,
             "generation": s.generation if s else None,
             "warnings": [str(w) for w in s.warnings] if s else [],

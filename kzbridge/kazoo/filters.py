@@ -33,6 +33,18 @@ def normalise_pid(text: str) -> ErlString:
     return ErlString("<{}.{}.{}>".format(*m.groups()))
 
 
+_OWNED_PID = re.compile(r"<([^<>@\s]+@[^<>\s]+)\.(\d+)\.(\d+)>\Z")
+
+
+def pid_owner(text: str) -> tuple[str | None, str]:
+    """``<name@host.A.B>`` (as kzbridge prints pids) -> (``name@host``, ``<0.A.B>``);
+    any other form -> (None, the text as given)."""
+    m = _OWNED_PID.match(text.strip())
+    if m is None:
+        return None, text
+    return m.group(1), f"<0.{m.group(2)}.{m.group(3)}>"
+
+
 def _atom_value(key: str, value: str) -> Atom:
     if value == "*":
         return WILDCARD
