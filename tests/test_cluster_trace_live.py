@@ -189,7 +189,7 @@ def test_unreachable_node_is_reported_and_require_all_stops_the_others(
             await run.finish()
             return run, None
 
-    run, err = asyncio.run(body(require_all=True))
+    _, err = asyncio.run(body(require_all=True))
     assert err is not None and ghost in str(err) and "stopped the traces started" in str(err)
     assert err.exit_code == 3
 
