@@ -14,6 +14,7 @@ __all__ = [
     "KzBridgeError",
     "Pid",
     "Reference",
+    "SyncClusterTrace",
     "SyncNode",
     "SyncTrace",
     "__version__",
@@ -21,6 +22,8 @@ __all__ = [
     "connect_sync",
     "format_term",
     "parse_term",
+    "trace_cluster",
+    "trace_cluster_sync",
 ]
 
 _WHERE = {
@@ -28,6 +31,9 @@ _WHERE = {
     "connect_sync": "client",
     "SyncNode": "client",
     "SyncTrace": "client",
+    "SyncClusterTrace": "client",
+    "trace_cluster": "client",
+    "trace_cluster_sync": "client",
     "KzBridgeError": "errors",
     "Atom": "wire.terms",
     "ErlString": "wire.terms",

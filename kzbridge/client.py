@@ -5,6 +5,7 @@ and ``Trace.follow``) on the node ``connect`` gives. A sync wrapper (``connect_s
 runs its own event loop in a thread for scripts, with blocking versions of the
 tracing calls (``start_trace`` gives a ``SyncTrace``); they drive the same
 TraceSession, so limits, stop requests and the summary are the same everywhere.
+Several nodes at once: ``trace_cluster`` (async) and ``trace_cluster_sync``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
 
 if TYPE_CHECKING:
+    from .kazoo.cluster import ClusterSummary, ClusterTrace, Connections, NodeOutcome
     from .kazoo.collect import CollectResult
     from .kazoo.logparse import LogRecord
+    from .kazoo.merge import MergedRecord
     from .kazoo.session import Observer, RunSummary
     from .kazoo.tracing import Trace
 
@@ -261,3 +264,129 @@ class SyncTrace:
 def connect_sync(node: str, cookie: str | None = None, **kwargs: Any) -> SyncNode:
     """Blocking connection for scripts: ``with kzbridge.connect_sync(node) as n: n.rpc(...)``."""
     return SyncNode(node, cookie, **kwargs)
+
+
+class trace_cluster:
+    """The same trace on several nodes: ``async with`` starts it on all, and on exit stops every
+    node, collects, and writes ``cluster.json`` and ``merged.log`` into ``directory``.
+
+        async with kzbridge.trace_cluster(["kazoo_apps@kz1", "ecallmgr@kz2"], filters, "run/") as run:
+            async for node, event in run.events():   # optional: Record/Progress/... per node
+                ...
+        run.summary.outcomes                          # per node: RunSummary, error, clocks
+        for rec in run.merged_records(): ...          # the merged timeline, corrected for clock skew
+
+    ``options``: ``duration`` (default: until stopped), ``max_size``, ``max_total_size``,
+    ``sink``, ``level``, ``format_list``, ``lease``, ``require_all`` (see kazoo.cluster.ClusterTrace).
+    Nodes that cannot be reached are in ``run.outcomes`` with their error, unless ``require_all``.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        filters: list[Any],
+        directory: str | os.PathLike[str],
+        *,
+        cookie: str | None = None,
+        cookie_file: str | None = None,
+        timeout: float = 10.0,
+        duration: float | None = None,
+        max_size: int | None = 100 << 20,
+        max_total_size: int | None = None,
+        **options: Any,
+    ) -> None:
+        from .kazoo.cluster import ClusterLimits, parse_node_list
+
+        self.nodes = parse_node_list(nodes)
+        self.filters = filters
+        self.directory = directory
+        self._cookie_for = lambda node: cookie_for_node(node, cookie, cookie_file)
+        self.timeout = timeout
+        self.limits = ClusterLimits(duration=duration, max_size=max_size, max_total_size=max_total_size)
+        self.options = options
+        self._conns: Connections | None = None
+        self.run: ClusterTrace | None = None
+
+    async def __aenter__(self) -> ClusterTrace:
+        from .kazoo.cluster import ClusterTrace, connect_all
+
+        self._conns = await connect_all(self.nodes, self._cookie_for, timeout=self.timeout)
+        try:
+            self.run = ClusterTrace(self._conns, self.directory, self.filters, limits=self.limits, **self.options)
+            await self.run.start()
+        except BaseException:
+            await self._conns.close()
+            raise
+        return self.run
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._conns is not None and self.run is not None
+        try:
+            await self.run.stop()
+        finally:
+            await self._conns.close()
+
+
+class SyncClusterTrace:
+    """``trace_cluster`` for blocking code, on a private event loop thread; ``with`` always stops it.
+
+    with kzbridge.trace_cluster_sync(nodes, filters, "run/", duration=30) as run:
+        summary = run.wait()          # until every node's duration (or run.stop() now)
+    for rec in run.merged_records(): ...
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kzbridge-cluster", daemon=True)
+        self._thread.start()
+        self._cm = trace_cluster(*args, **kwargs)
+        try:
+            self.run = self._call(self._cm.__aenter__())
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def outcomes(self) -> dict[str, NodeOutcome]:
+        return self.run.outcomes
+
+    def wait(self) -> ClusterSummary:
+        """Follow every node to its end (its duration or max size), then finish: the summary."""
+
+        async def drain() -> ClusterSummary:
+            async for _ in self.run.events():
+                pass
+            return await self.run.finish()
+
+        return self._call(drain())
+
+    def stop(self) -> ClusterSummary:
+        """Stop every node now, collect, merge: the summary (idempotent)."""
+        return self._call(self.run.stop())
+
+    def merged_records(self) -> Iterator[MergedRecord]:
+        return self.run.merged_records()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> SyncClusterTrace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._call(self._cm.__aexit__(*exc))
+        finally:
+            self._close_loop()
+
+
+def trace_cluster_sync(
+    nodes: Sequence[str], filters: list[Any], directory: str | os.PathLike[str], **kwargs: Any
+) -> SyncClusterTrace:
+    """Blocking cluster trace for scripts; see SyncClusterTrace and trace_cluster."""
+    return SyncClusterTrace(nodes, filters, directory, **kwargs)

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,15 +67,30 @@ async def run_chain_trace(
         )
         await run.start()
         first = conns.nodes[route[0].node]
-        seen: set[str] = set()
-        steps = len(route)
         await first.rpc("kz_fixture", "chain", [callid.encode(), chain_hops(route[1:]), 1])
-        async for _name, event in run.events():
-            if isinstance(event, Record) and "step" in event.record.message:
-                seen.add(event.record.message)
-                if len(seen) == steps:
-                    run.request_stop("test")
+        await wait_written(run, " step ", len(route))
+        run.request_stop("test")
+        async for _name, _event in run.events():
+            pass
         return await run.finish()
+
+
+async def wait_written(run: cluster.ClusterTrace, needle: str, count: int, timeout: float = 15) -> None:
+    """Until the nodes' trace files hold ``count`` lines with ``needle`` (lager flushes about once a second).
+
+    The last record of a file is only known complete when the next one starts or the trace
+    stops, so a test that waits for Record events would wait for the stop itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = 0
+        for name, session in run.sessions.items():
+            data = await run.conns.nodes[name].rpc("file", "read_file", [session.trace.remote_path])
+            if isinstance(data, tuple) and data[0] == Atom("ok"):
+                seen += data[1].count(needle.encode())
+        if seen >= count:
+            return
+        assert time.monotonic() < deadline, f"{seen} of {count} lines with {needle!r} written"
+        await asyncio.sleep(0.2)
 
 
 def steps_in(text: str) -> list[int]:
@@ -207,3 +223,35 @@ def test_unreachable_node_is_reported_and_require_all_stops_the_others(
     desc = json.loads((tmp_path / "reqFalse" / "cluster.json").read_text())
     assert ghost in desc["failed"] and {a.node, c.node} <= {n["node"] for n in desc["nodes"] if n["verified"]}
     assert (tmp_path / "reqFalse" / "merged.log").exists() and not (tmp_path / "reqFalse" / f"{ghost}.log").exists()
+
+
+def test_python_api_async_and_sync(skewed: dict[str, sandbox.Sandbox], tmp_path: Path) -> None:
+    import kzbridge
+
+    a, b = skewed["a"], skewed["b"]
+    callid = f"api-{secrets.token_hex(4)}"
+    filters = [flt.parse_filter(f"callid={callid}")]
+
+    async def body() -> kzbridge.SyncClusterTrace | cluster.ClusterTrace:
+        async with kzbridge.trace_cluster([a.node, b.node], filters, tmp_path / "async") as run:
+            first = run.conns.nodes[a.node]
+            await first.rpc("kz_fixture", "chain", [callid.encode(), chain_hops([b, a]), 1])
+            await wait_written(run, " step ", 3)
+            run.request_stop("script")
+            records = [e for _, e in [item async for item in run.events()] if isinstance(e, Record)]
+            assert {r.node for r in records} == {a.node, b.node} and len(records) == 3
+        return run
+
+    run = asyncio.run(body())
+    assert run.summary is not None and run.summary.complete and run.summary.stopped_by == "script"
+    records = list(run.merged_records())
+    steps = [r for r in records if r.record is not None and " step " in r.record.message]
+    assert [r.node for r in steps] == [a.node, b.node, a.node]
+    assert [r.record.message.rsplit(" ", 1)[1] for r in steps if r.record] == ["1", "2", "3"]
+    assert all(r.when.tzinfo is not None for r in steps) and steps == sorted(steps, key=lambda r: r.instant)
+
+    with kzbridge.trace_cluster_sync([a.node, b.node], filters, tmp_path / "sync", duration=1.5) as srun:
+        summary = srun.wait()
+    assert summary.complete and {o.node for o in summary.outcomes} == {a.node, b.node}
+    assert all(o.summary is not None and o.summary.reason == "duration" for o in summary.outcomes)
+    assert (tmp_path / "sync" / "merged.log").exists()

@@ -25,14 +25,14 @@ import fnmatch
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRpcError, KazooError, KzBridgeError, TraceLostError, UsageError
 from ..wire.terms import Atom
-from .merge import MergeSource, MergeStats, merge_to_file, short_labels
+from .merge import MergedRecord, MergeSource, MergeStats, merge_to_file, merged_records, short_labels
 
 if TYPE_CHECKING:
     from ..wire.node import HiddenNode
@@ -322,6 +322,8 @@ class ClusterTrace:
             self.outcomes[node].error = exc
         self.sessions: dict[str, TraceSession] = {}
         self.started = 0.0
+        self.summary: ClusterSummary | None = None
+        self._reading = False
 
     # -------------------------------------------------------------------- start
 
@@ -411,8 +413,12 @@ class ClusterTrace:
     # -------------------------------------------------------------------- run
 
     async def events(self) -> AsyncIterator[tuple[str, Event]]:
-        """Every node's events as they come, tagged with the node's name."""
+        """Every node's events as they come, tagged with the node's name (once: each session's stream is read once)."""
         from .session import Collected, Lost, Progress
+
+        if self._reading:
+            raise UsageError("a cluster trace's events can be read once")
+        self._reading = True
 
         queue: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue(maxsize=1024)
         totals: dict[str, int] = {}
@@ -457,8 +463,28 @@ class ClusterTrace:
                 observe(name, event)
         return await self.finish()
 
+    async def stop(self) -> ClusterSummary:
+        """Stop every node (if not stopped yet), collect what remains, write cluster.json and merged.log."""
+        if self.summary is not None:
+            return self.summary
+        self.request_stop("caller")
+        if not self._reading:
+            async for _ in self.events():
+                pass
+        return await self.finish()
+
+    def merged_records(self) -> Iterator[MergedRecord]:
+        """After finish(): the merged timeline as records (node, corrected instant, text, parsed record)."""
+        if self.summary is None:
+            raise UsageError("the merged timeline exists once the run has finished")
+        return merged_records(merge_sources(self.directory, read_cluster_json(self.directory)))
+
     async def finish(self) -> ClusterSummary:
+        """After the events: measure the clocks again, write cluster.json and merged.log (once)."""
         from . import clock
+
+        if self.summary is not None:
+            return self.summary
 
         async def measure(name: str) -> None:
             node = self.conns.nodes.get(name)
@@ -480,6 +506,7 @@ class ClusterTrace:
         sources = merge_sources(self.directory, read_cluster_json(self.directory))
         summary.merged = merge_to_file(sources, self.directory / MERGED_FILE)
         write_cluster_json(summary, self)
+        self.summary = summary
         return summary
 
 

@@ -21,6 +21,7 @@ seconds behind the newest data, and reports the nodes that hold the others back.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import heapq
 import os
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .clock import ClockCorrection, Timeline, format_instant
+from .logparse import LogRecord, parse_text
 
 # (sort key, node index, sequence within that node, instant, lines). The tuple order is the
 # merge order; sequences are unique per node, so the lines are never compared.
@@ -200,6 +202,30 @@ def write_merged(sources: list[MergeSource], out: IO[bytes]) -> MergeStats:
             counted[index] += len(lines)
         out.write(b"".join(chunk))
     return stats
+
+
+@dataclass(frozen=True)
+class MergedRecord:
+    """One record of the merged timeline: its node, corrected UTC instant, text, and the parsed record
+    (None when the text is not in Kazoo's format, e.g. a custom --format)."""
+
+    node: str
+    instant: float
+    text: str
+    record: LogRecord | None
+
+    @property
+    def when(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.instant, dt.timezone.utc)
+
+
+def merged_records(sources: list[MergeSource]) -> Iterator[MergedRecord]:
+    """The merged timeline as records, in order; memory stays flat as with merged_items."""
+    names = [s.node for s in sources]
+    for _, index, _, instant, lines in merged_items(sources):
+        text = b"".join(lines).decode("utf-8", "replace").rstrip("\n")
+        parsed = parse_text(text)
+        yield MergedRecord(names[index], instant, text, parsed[0] if parsed else None)
 
 
 def merge_to_file(sources: list[MergeSource], path: str | os.PathLike[str]) -> MergeStats:

@@ -36,7 +36,9 @@ emit(lager, I, Pad) -> lager:info("burst ~b ~s", [I, Pad]).
 
 %% One call crossing nodes: log step Step of CallId here (data sink and main log, callid
 %% metadata as Kazoo sets it), then hand the call to the next hop, which logs Step + 1.
-%% Hops carry each next node's cookie, as the fixture nodes do not share one.
+%% Hops carry each next node's cookie, as the fixture nodes do not share one. A hop takes
+%% 20 ms, as AMQP hops between Kazoo nodes take milliseconds: steps closer together than
+%% the nodes' clock uncertainty (a fraction of a millisecond here) could not be ordered.
 chain(CallId, Hops, Step) ->
     _ = spawn(fun() -> chain_step(CallId, Hops, Step) end),
     ok.
@@ -48,6 +50,7 @@ chain_step(CallId, Hops, Step) ->
     case Hops of
         [] -> ok;
         [{Next, Cookie} | Rest] ->
+            timer:sleep(20),
             true = erlang:set_cookie(Next, Cookie),
             true = rpc:cast(Next, kz_fixture, chain, [CallId, Rest, Step + 1])
     end.
