@@ -36,19 +36,23 @@ Fixtures
     connected ``kzbridge.wire.node.HiddenNode`` closed in teardown, even when the test fails:
     ``gen1_node`` (on sandbox_gen1), ``gen2_node`` (on sandbox_gen2), ``any_node`` (both
     generations, parametrized), ``erl_hidden_node`` (on erl_node).
+    ``open_node`` -> ``await open_node(target, cookie=None, **connect_kw)``: for tests that
+    open connections themselves (several, one after another, or to a node they kill);
+    ``target`` has ``.node``/``.cookie`` (sandbox, ErlNode, peer) or is a node name. Every
+    connection it opened is closed in teardown, even when the test fails or closed it.
 
 Helpers (import from ``tests.conftest``)
     ``poll_until(predicate, timeout=10, interval=0.05, retry_on=())`` and
     ``await poll_until_async(...)`` (the predicate may be a coroutine function): call the
     predicate until it returns something truthy and return that, else fail with an
     AssertionError after ``timeout`` seconds. Use them instead of sleeps that stand in for
-    synchronisation. ``retry_on`` lists exceptions that mean "not yet".
-    ``run(coro)``: ``asyncio.run`` for sync tests. ``free_port()``.
+    synchronisation. ``retry_on`` lists exceptions that mean "not yet". ``free_port()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import os
@@ -130,9 +134,14 @@ async def poll_until_async(
         await asyncio.sleep(interval)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run for sync tests."""
-    return asyncio.run(coro)
+def _off_the_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to the end from sync code, also when called inside an async test's running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 # --- the run's environment ------------------------------------------------------------------
@@ -269,7 +278,7 @@ class ErlNode:
         def registered() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"erl exited with {self.proc.returncode}")
-            return any(n == self.name for n, _ in asyncio.run(epmd.names("127.0.0.1", timeout=1)))
+            return any(n == self.name for n, _ in _off_the_loop(lambda: epmd.names("127.0.0.1", timeout=1)))
 
         poll_until(registered, timeout=20, interval=0.1, retry_on=(KzBridgeError, OSError),
                    message=f"{self.node} registering with epmd")  # fmt: skip
@@ -431,6 +440,26 @@ async def erl_hidden_node(erl_node: ErlNode) -> AsyncIterator[Any]:
     """A HiddenNode connected to a plain erl node of its own (``erl_node``); closed after the test."""
     async with _connected(erl_node.node, erl_node.cookie) as hidden:
         yield hidden
+
+
+@pytest_asyncio.fixture
+async def open_node() -> AsyncIterator[Callable[..., Coroutine[Any, Any, Any]]]:
+    """Connect on demand; every HiddenNode opened through it is closed after the test."""
+    from kzbridge.wire.node import connect_node
+
+    opened: list[Any] = []
+
+    async def open_node(target: Any, cookie: str | None = None, **kw: Any) -> Any:
+        node = target if isinstance(target, str) else target.node
+        hidden = await connect_node(node, cookie if cookie is not None else target.cookie, **kw)
+        opened.append(hidden)
+        return hidden
+
+    try:
+        yield open_node
+    finally:
+        for hidden in opened:
+            await hidden.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

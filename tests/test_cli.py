@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -15,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from kzbridge.wire.node import connect_node
+from kzbridge.errors import BadRpcError
+from kzbridge.wire.blocking import BlockingNode
 from kzbridge.wire.terms import Atom
+
+from .conftest import poll_until
 
 
 def kzb(*args: str, timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess:
@@ -46,16 +48,19 @@ class Running:
             self.err.append(line)
 
     def wait_for(self, text: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = "".join(self.err)
-            if text in seen:
-                return seen
-            if self.proc.poll() is not None and text not in "".join(self.err):
-                time.sleep(0.2)
-                raise AssertionError(f"exited {self.proc.returncode} before {text!r}: {''.join(self.err)}")
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not seen in {''.join(self.err)!r}")
+        def seen() -> str:
+            err = "".join(self.err)
+            if text in err:
+                return err
+            if self.proc.poll() is not None:
+                self._reader.join(5)  # the process is gone: read what it wrote, then decide
+                err = "".join(self.err)
+                if text in err:
+                    return err
+                raise AssertionError(f"exited {self.proc.returncode} before {text!r}: {err}")
+            return ""
+
+        return poll_until(seen, timeout=timeout, message=f"{text!r} in kzbridge's stderr")
 
     def ref(self) -> str:
         return self.wait_for("(ref ").split("(ref ")[1].split(",")[0]
@@ -72,26 +77,14 @@ class Running:
 
 
 def node_rpc(box, *args):
-    async def body():
-        n = await connect_node(box.node, box.cookie)
-        try:
-            return await n.rpc(*args)
-        finally:
-            await n.close()
-
-    return asyncio.run(body())
+    """One call on its own blocking connection, closed whatever happens (the tests here are synchronous)."""
+    with BlockingNode(box.node, box.cookie) as n:
+        return n.rpc(*args)
 
 
-def poll_until(condition, timeout: float = 10, interval: float = 0.05):
-    """Call ``condition()`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {condition}")
-        time.sleep(interval)
+def written(path: Path) -> bool:
+    """The local file (or its ``.partial`` while the run goes on) has bytes in it."""
+    return any(p.exists() and p.stat().st_size > 0 for p in (path, path.with_name(path.name + ".partial")))
 
 
 def no_traceback(res) -> None:
@@ -255,14 +248,14 @@ def run_on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, str]:
     return proc.returncode, seen.decode("utf-8", "replace")
 
 
-def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_gen2, tmp_path):
+def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_gen2, tmp_path, node_tmp):
     code, err = run_on_a_terminal(
         "trace-module", "kz_json", "--node", sandbox_gen2.node, "--duration", "2.5", "-o", str(tmp_path / "t.log")
     )
     assert code == 0, err
     assert re.search(r"\r\s+\d+\.\ds\s+[\d.]+ [KMG]?B\s+\d+ lines", err), err  # elapsed, bytes, lines
 
-    big = f"/tmp/kzb-progress-{time.time_ns()}.bin"
+    big = f"{node_tmp}/kzb-progress-{time.time_ns()}.bin"
     node_rpc(sandbox_gen2, "file", "write_file", [big, b"x" * (24 << 20)])
     try:
         code, err = run_on_a_terminal("collect", big, "--node", sandbox_gen2.node, "-o", str(tmp_path / "b.bin"))
@@ -273,10 +266,10 @@ def test_progress_is_drawn_on_a_terminal_for_runs_and_large_collections(sandbox_
     assert (tmp_path / "b.bin").stat().st_size == 24 << 20
 
 
-def test_ctrl_c_during_a_collection_keeps_the_partial_file_and_says_where(sandbox_gen2, tmp_path):
+def test_ctrl_c_during_a_collection_keeps_the_partial_file_and_says_where(sandbox_gen2, tmp_path, node_tmp):
     import pty
 
-    big = f"/tmp/kzb-sparse-{time.time_ns()}.bin"
+    big = f"{node_tmp}/kzb-sparse-{time.time_ns()}.bin"
     node_rpc(sandbox_gen2, "os", "cmd", [f"truncate -s 1G {big}"])  # sparse: no disk, reads fast
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
@@ -336,7 +329,7 @@ def test_sigint_stops_and_collects_second_sigint_stops_without_collecting(sandbo
         cwd=str(tmp_path),
     )
     ref = run.ref()
-    time.sleep(2)
+    poll_until(lambda: written(out), timeout=20, message="records arriving")
     run.send_signal(signal.SIGINT)
     code, stdout, stderr = run.finish()
     assert code == 0, stderr
@@ -372,13 +365,14 @@ def test_sigterm_stops_and_collects(sandbox_gen1, tmp_path):
     out = tmp_path / "term.log"
     run = Running("trace-module", "kz_json", "--node", sandbox_gen1.node, "-o", str(out), cwd=str(tmp_path))
     run.ref()
-    time.sleep(1.5)
+    poll_until(lambda: written(out), timeout=20, message="records arriving")
     run.send_signal(signal.SIGTERM)
     code, _, stderr = run.finish()
     assert code == 0 and "stopped by terminated" in stderr and out.stat().st_size > 0
 
 
 def test_sigkill_leaves_no_trace_beyond_the_lease(sandbox_gen2, tmp_path):
+    out = tmp_path / "k.log"
     run = Running(
         "trace-module",
         "kz_json",
@@ -387,15 +381,15 @@ def test_sigkill_leaves_no_trace_beyond_the_lease(sandbox_gen2, tmp_path):
         "--lease",
         "5",
         "-o",
-        str(tmp_path / "k.log"),
+        str(out),
         cwd=str(tmp_path),
     )
     ref = run.ref()
-    time.sleep(0.5)
+    poll_until(lambda: written(out), timeout=20, message="records arriving")
     run.send_signal(signal.SIGKILL)
     run.finish()
     assert node_rpc(sandbox_gen2, "kz_data_tracing", "status", [ref.encode()]) != Atom("false")
-    time.sleep(6)
+    time.sleep(6)  # the sleep is the test: the 5 s lease runs out with nobody renewing it
     assert node_rpc(sandbox_gen2, "kz_data_tracing", "status", [ref.encode()]) == Atom("false")
     assert (tmp_path / "k.log.partial").exists(), "what arrived before the kill is kept, marked partial"
 
@@ -410,7 +404,8 @@ def test_detached_start_status_stop_clear_and_collect(sandbox_gen2, tmp_path):
     res = kzb("status", "--node", node, "--json")
     rows = {r["ref"]: r for r in json.loads(res.stdout)["traces"]}
     assert rows[ref]["ours"] and rows[ref]["lease_until"] > time.time() + 60 and other in rows
-    time.sleep(1.5)
+    remote = rows[ref]["remote_path"]
+    poll_until(lambda: node_rpc(sandbox_gen2, "filelib", "file_size", [remote]) > 0, message=f"{remote} written")
     res = kzb("stop", ref, "--node", node, "-o", str(tmp_path / "d.log"), "--json")
     assert res.returncode == 0, res.stderr
     item = json.loads(res.stdout)[0]
@@ -463,7 +458,12 @@ def test_generation_1_status_comes_from_the_journal_and_stop_all(sandbox_gen1, t
     status = json.loads(res.stdout)
     assert status["generation"] == 1 and {r["ref"] for r in status["traces"]} >= set(refs)
     assert all(r["ours"] for r in status["traces"])
-    time.sleep(1.2)
+    for remote in (r["remote_path"] for r in status["traces"] if r["ref"] in refs):
+
+        def has_bytes(remote: str = remote) -> bool:
+            return node_rpc(sandbox_gen1, "filelib", "file_size", [remote]) > 0
+
+        poll_until(has_bytes, message=f"{remote} written")
     res = kzb("stop", "--all", "--node", node, "-o", str(tmp_path) + "/", "--json")
     assert res.returncode == 0, res.stderr
     stopped = json.loads(res.stdout)
@@ -471,31 +471,25 @@ def test_generation_1_status_comes_from_the_journal_and_stop_all(sandbox_gen1, t
     assert json.loads(kzb("status", "--node", node, "--json").stdout)["traces"] == []
 
 
-def test_orphans_from_the_command_line(fresh_sandbox):
+def test_orphans_from_the_command_line(fresh_sandbox, node_tmp):
     node = fresh_sandbox.node
-
-    async def make_orphan():
-        n = await connect_node(node, fresh_sandbox.cookie)
-        await n.rpc(
-            "kz_data_tracing",
-            "trace_file",
-            [[(Atom("module"), Atom("kz_json"))], b"/tmp/kzb-cli-orphan.log", [Atom("message")], Atom("debug")],
+    orphan = f"{node_tmp}/kzb-cli-orphan.log"
+    node_rpc(
+        fresh_sandbox,
+        "kz_data_tracing",
+        "trace_file",
+        [[(Atom("module"), Atom("kz_json"))], orphan.encode(), [Atom("message")], Atom("debug")],
+    )
+    with pytest.raises(BadRpcError):  # the server crashes on this input and forgets the trace above
+        node_rpc(
+            fresh_sandbox, "kz_data_tracing", "trace_file", [[], f"{node_tmp}/kzb-y.log".encode(), [Atom("message")]]
         )
-        try:
-            await n.rpc("kz_data_tracing", "trace_file", [[], b"/tmp/kzb-y.log", [Atom("message")]])
-        except Exception:
-            pass
-        await n.close()
-
-    asyncio.run(make_orphan())
 
     def orphan_listed() -> bool:  # once the supervisor has restarted the crashed server
         res = kzb("status", "--orphans", "--node", node, "--json")
-        return res.returncode == 0 and {"sink": "data_lager_event", "file": "/tmp/kzb-cli-orphan.log"} in json.loads(
-            res.stdout
-        )
+        return res.returncode == 0 and {"sink": "data_lager_event", "file": orphan} in json.loads(res.stdout)
 
     poll_until(orphan_listed, timeout=20)
     res = kzb("clear", "--orphans", "--node", node)
-    assert res.returncode == 0 and "/tmp/kzb-cli-orphan.log" in res.stdout
+    assert res.returncode == 0 and orphan in res.stdout
     assert json.loads(kzb("status", "--orphans", "--node", node, "--json").stdout) == []

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from kzbridge.errors import CookieRejectedError, UsageError
@@ -20,26 +17,19 @@ def test_parse_node_list_and_excludes() -> None:
     assert cluster.apply_excludes(nodes, ["*@kz2", "ecallmgr@kz1"]) == ["kazoo_apps@kz1"]
 
 
-def test_discovery_without_kz_nodes_uses_nodes_and_epmd(make_erl_node) -> None:
+@pytest.mark.asyncio
+async def test_discovery_without_kz_nodes_uses_nodes_and_epmd(make_erl_node, open_node) -> None:
     a = make_erl_node()
     b = make_erl_node(cookie=a.cookie)
-    from kzbridge.wire.node import connect_node
-
-    async def body() -> cluster.Discovery:
-        seed = await connect_node(a.node, a.cookie)
-        try:
-            return await cluster.discover(seed)
-        finally:
-            await seed.close()
-
-    found = asyncio.run(body())
+    found = await cluster.discover(await open_node(a))
     assert found.source == "nodes+epmd"
     assert found.nodes[0] == a.node
     assert b.node in found.nodes
     assert not any(n.startswith("kzbridge_") for n in found.nodes)
 
 
-def test_connect_all_is_concurrent_and_reports_failures_by_name(make_erl_node) -> None:
+@pytest.mark.asyncio
+async def test_connect_all_is_concurrent_and_reports_failures_by_name(make_erl_node) -> None:
     nodes = [make_erl_node() for _ in range(3)]
     cookies = {n.node: n.cookie for n in nodes}
     cookies[nodes[2].node] = "wrong-cookie"
@@ -47,15 +37,11 @@ def test_connect_all_is_concurrent_and_reports_failures_by_name(make_erl_node) -
     cookies[missing] = "x"
     names = [n.node for n in nodes] + [missing]
 
-    async def body() -> tuple[cluster.Connections, list[cluster.NodeReport], float]:
-        t0 = time.monotonic()
-        conns = await cluster.connect_all(names, cookies.__getitem__, timeout=5)
-        elapsed = time.monotonic() - t0
+    conns = await cluster.connect_all(names, cookies.__getitem__, timeout=5)
+    try:
         reports = await cluster.survey(conns)
+    finally:
         await conns.close()
-        return conns, reports, elapsed
-
-    conns, reports, _ = asyncio.run(body())
     assert set(conns.failed) == {nodes[2].node, missing}
     assert isinstance(conns.failed[nodes[2].node], CookieRejectedError)
     by_node = {r.node: r for r in reports}

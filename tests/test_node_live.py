@@ -25,12 +25,9 @@ from kzbridge.wire.codec import binary_to_term, term_to_binary
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom, ErlString, Pid
 
+from .conftest import poll_until_async
 from .strategies import terms
 from .test_codec import canon
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 class LiveNode:
@@ -85,145 +82,136 @@ def test_node_made_identifiers_and_funs_round_trip_byte_exactly(live):
     assert len(decoded[5]) == 40
 
 
-def test_rpc_values_output_and_errors(erl_node):
-    async def body():
-        async with connect(erl_node.node, erl_node.cookie) as n:
-            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
-            assert await n.rpc("lists", "reverse", [[1, 2, 3]]) == ErlString("\x03\x02\x01")
-            res = await n.rpc_output("io", "format", ["~s and ~p~n", [ErlString("text"), (Atom("a"), 1)]])
-            assert res.value == Atom("ok") and res.output == "text and {a,1}\n"
-            res = await n.rpc_output("io", "put_chars", ["plain ünïcode\n"])
-            assert res.output == "plain ünïcode\n"
-            with pytest.raises(BadRpcError) as err:
-                await n.rpc("no_such_module", "f", [1, 2])
-            assert "undefined function no_such_module:f/2" in str(err.value)
-            with pytest.raises(BadRpcError) as err:
-                await n.rpc("gen_server", "call", [Atom("kz_data_tracing"), Atom("status")])
-            assert "noproc" in str(err.value)
-            with pytest.raises(BadRpcError) as err:
-                await n.rpc("erlang", "error", [Atom("boom")])
-            assert "boom" in str(err.value) and err.value.reason[0] == Atom("EXIT")
-            assert await n.rpc("erlang", "throw", [Atom("thrown")]) == Atom("thrown")
-
-    run(body())
+@pytest.mark.asyncio
+async def test_rpc_values_output_and_errors(erl_node):
+    async with connect(erl_node.node, erl_node.cookie) as n:
+        assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+        assert await n.rpc("lists", "reverse", [[1, 2, 3]]) == ErlString("\x03\x02\x01")
+        res = await n.rpc_output("io", "format", ["~s and ~p~n", [ErlString("text"), (Atom("a"), 1)]])
+        assert res.value == Atom("ok") and res.output == "text and {a,1}\n"
+        res = await n.rpc_output("io", "put_chars", ["plain ünïcode\n"])
+        assert res.output == "plain ünïcode\n"
+        with pytest.raises(BadRpcError) as err:
+            await n.rpc("no_such_module", "f", [1, 2])
+        assert "undefined function no_such_module:f/2" in str(err.value)
+        with pytest.raises(BadRpcError) as err:
+            await n.rpc("gen_server", "call", [Atom("kz_data_tracing"), Atom("status")])
+        assert "noproc" in str(err.value)
+        with pytest.raises(BadRpcError) as err:
+            await n.rpc("erlang", "error", [Atom("boom")])
+        assert "boom" in str(err.value) and err.value.reason[0] == Atom("EXIT")
+        assert await n.rpc("erlang", "throw", [Atom("thrown")]) == Atom("thrown")
 
 
-def test_large_replies_are_received_whole_and_their_buffer_is_not_kept(erl_node):
-    async def body():
-        async with connect(erl_node.node, erl_node.cookie) as n:
-            proto = n.conn.protocol
-            for size in (5 << 20, 40 << 20, 5 << 20, 100_000):
-                value = await n.rpc("binary", "copy", [b"ab", size // 2])
-                assert type(value) is bytes and len(value) == size and value[:4] == b"abab" and value[-2:] == b"ab"
-                # kept for the next file chunk up to 16 MB; a one-off 40 MB reply's buffer is let go
-                assert len(proto._big_store) <= proto.KEEP_BIG
-            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
-
-    run(body())
+@pytest.mark.asyncio
+async def test_large_replies_are_received_whole_and_their_buffer_is_not_kept(erl_node):
+    async with connect(erl_node.node, erl_node.cookie) as n:
+        proto = n.conn.protocol
+        for size in (5 << 20, 40 << 20, 5 << 20, 100_000):
+            value = await n.rpc("binary", "copy", [b"ab", size // 2])
+            assert type(value) is bytes and len(value) == size and value[:4] == b"abab" and value[-2:] == b"ab"
+            # kept for the next file chunk up to 16 MB; a one-off 40 MB reply's buffer is let go
+            assert len(proto._big_store) <= proto.KEEP_BIG
+        assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
 
 
-def test_timeout_many_concurrent_calls_and_sync_wrapper(erl_node):
-    async def body():
-        async with connect(erl_node.node, erl_node.cookie) as n:
-            with pytest.raises(RpcTimeoutError):
-                await n.rpc("timer", "sleep", [2000], timeout=0.3)
-            results = await asyncio.gather(*(n.rpc("erlang", "abs", [-i]) for i in range(100)))
-            assert results == list(range(100))
-            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+@pytest.mark.asyncio
+async def test_timeout_many_concurrent_calls_and_sync_wrapper(erl_node):
+    async with connect(erl_node.node, erl_node.cookie) as n:
+        with pytest.raises(RpcTimeoutError):
+            await n.rpc("timer", "sleep", [2000], timeout=0.3)
+        results = await asyncio.gather(*(n.rpc("erlang", "abs", [-i]) for i in range(100)))
+        assert results == list(range(100))
+        assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
 
-    run(body())
     with connect_sync(erl_node.node, erl_node.cookie) as s:
         assert s.rpc("erlang", "abs", [-5]) == 5
 
 
-def test_monitor_link_and_exit_signals(erl_node):
-    async def body():
-        async with connect(erl_node.node, erl_node.cookie) as n:
-            mb = n.mailbox()
-            target = await n.rpc("erlang", "spawn", [Atom("timer"), Atom("sleep"), [Atom("infinity")]])
-            ref = n.monitor(mb, target)
-            n.exit(target, Atom("kill"))
-            down = await mb.receive(5)
-            assert down[0] == Atom("DOWN") and down[1] == ref and down[4] == Atom("killed")
-            gone = n.monitor(mb, target)
-            assert (await mb.receive(5))[1] == gone  # monitoring a dead pid: DOWN at once (noproc)
-            linked = await n.rpc("erlang", "spawn", [Atom("timer"), Atom("sleep"), [Atom("infinity")]])
-            n.link(mb, linked)
-            await asyncio.sleep(0.1)
-            n.exit(linked, Atom("bye"))
-            ex = await mb.receive(5)
-            assert ex[0] == Atom("EXIT") and ex[1] == linked and ex[2] == Atom("bye")
-            # A remote process links to us, unlinks (UNLINK_ID, which we must ack), then messages us.
-            src = "link(Owner), unlink(Owner), Owner ! {done, self()}."
-            tokens = (await n.rpc("erl_scan", "string", [src]))[1]
-            forms = (await n.rpc("erl_parse", "parse_exprs", [tokens]))[1]
-            await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, [(Atom("Owner"), mb.pid)]]])
-            assert (await mb.receive(5))[0] == Atom("done")
-            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
+@pytest.mark.asyncio
+async def test_monitor_link_and_exit_signals(erl_node):
+    async with connect(erl_node.node, erl_node.cookie) as n:
+        mb = n.mailbox()
+        target = await n.rpc("erlang", "spawn", [Atom("timer"), Atom("sleep"), [Atom("infinity")]])
+        ref = n.monitor(mb, target)
+        n.exit(target, Atom("kill"))
+        down = await mb.receive(5)
+        assert down[0] == Atom("DOWN") and down[1] == ref and down[4] == Atom("killed")
+        gone = n.monitor(mb, target)
+        assert (await mb.receive(5))[1] == gone  # monitoring a dead pid: DOWN at once (noproc)
+        linked = await n.rpc("erlang", "spawn", [Atom("timer"), Atom("sleep"), [Atom("infinity")]])
+        n.link(mb, linked)
 
-    run(body())
+        async def link_in_place():
+            links = await n.rpc("erlang", "process_info", [linked, Atom("links")])
+            return mb.pid in links[1]
+
+        await poll_until_async(link_in_place)
+        n.exit(linked, Atom("bye"))
+        ex = await mb.receive(5)
+        assert ex[0] == Atom("EXIT") and ex[1] == linked and ex[2] == Atom("bye")
+        # A remote process links to us, unlinks (UNLINK_ID, which we must ack), then messages us.
+        src = "link(Owner), unlink(Owner), Owner ! {done, self()}."
+        tokens = (await n.rpc("erl_scan", "string", [src]))[1]
+        forms = (await n.rpc("erl_parse", "parse_exprs", [tokens]))[1]
+        await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, [(Atom("Owner"), mb.pid)]]])
+        assert (await mb.receive(5))[0] == Atom("done")
+        assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
 
 
-def test_wrong_cookie_is_rejected(erl_node):
+@pytest.mark.asyncio
+async def test_wrong_cookie_is_rejected(erl_node, open_node):
     with pytest.raises(CookieRejectedError):
-        run(connect_node(erl_node.node, "not-the-cookie"))
+        await open_node(erl_node, "not-the-cookie")
 
 
-def test_not_allowed(erl_node):
-    async def body():
-        async with connect(erl_node.node, erl_node.cookie) as n:
-            await n.rpc("net_kernel", "allow", [[Atom("somebody@127.0.0.1")]])
-        with pytest.raises(NotAllowedError):
-            await connect_node(erl_node.node, erl_node.cookie, timeout=5)
-
-    run(body())
+@pytest.mark.asyncio
+async def test_not_allowed(erl_node, open_node):
+    async with connect(erl_node.node, erl_node.cookie) as n:
+        await n.rpc("net_kernel", "allow", [[Atom("somebody@127.0.0.1")]])
+    with pytest.raises(NotAllowedError):
+        await open_node(erl_node, timeout=5)
 
 
-def test_peer_killed_mid_call_fails_fast(erl_node):
-    async def body():
-        n = await connect_node(erl_node.node, erl_node.cookie)
-        call = asyncio.ensure_future(n.rpc("timer", "sleep", [30000], timeout=60))
-        await asyncio.sleep(0.3)
+@pytest.mark.asyncio
+async def test_peer_killed_mid_call_fails_fast(erl_node, open_node):
+    n = await open_node(erl_node)
+    sent = n.calls_made
+    call = asyncio.ensure_future(n.rpc("timer", "sleep", [30000], timeout=60))
+    await poll_until_async(lambda: n.calls_made > sent, message="the call is on its way")
+    t0 = time.monotonic()
+    erl_node.kill()
+    with pytest.raises(ConnectionLostError) as err:
+        await call
+    assert time.monotonic() - t0 < 5
+    assert "timer:sleep/1" in str(err.value)
+    with pytest.raises(ConnectionLostError):
+        await n.rpc("erlang", "node", [])
+
+
+@pytest.mark.asyncio
+async def test_peer_that_stops_ticking_is_declared_lost(erl_node, open_node):
+    n = await open_node(erl_node, ticktime=2.0)
+    os.kill(erl_node.pid, signal.SIGSTOP)
+    try:
         t0 = time.monotonic()
-        erl_node.kill()
-        with pytest.raises(ConnectionLostError) as err:
-            await call
-        assert time.monotonic() - t0 < 5
-        assert "timer:sleep/1" in str(err.value)
         with pytest.raises(ConnectionLostError):
-            await n.rpc("erlang", "node", [])
-
-    run(body())
-
-
-def test_peer_that_stops_ticking_is_declared_lost(erl_node):
-    async def body():
-        n = await connect_node(erl_node.node, erl_node.cookie, ticktime=2.0)
-        os.kill(erl_node.pid, signal.SIGSTOP)
-        try:
-            t0 = time.monotonic()
-            with pytest.raises(ConnectionLostError):
-                await n.rpc("erlang", "node", [], timeout=30)
-            assert time.monotonic() - t0 < 6
-        finally:
-            os.kill(erl_node.pid, signal.SIGCONT)
-
-    run(body())
+            await n.rpc("erlang", "node", [], timeout=30)
+        assert time.monotonic() - t0 < 6
+    finally:
+        os.kill(erl_node.pid, signal.SIGCONT)
 
 
-def test_idle_connection_survives_the_nodes_tick_time(make_erl_node):
+@pytest.mark.asyncio
+async def test_idle_connection_survives_the_nodes_tick_time(make_erl_node, open_node):
     node = make_erl_node("-kernel", "net_ticktime", "2")
-
-    async def body():
-        n = await connect_node(node.node, node.cookie, ticktime=2.0)
-        await asyncio.sleep(7)  # several tick periods with no traffic from us but ticks
-        assert await n.rpc("erlang", "node", []) == Atom(node.node)
-        await n.close()
-
-    run(body())
+    n = await open_node(node, ticktime=2.0)
+    await asyncio.sleep(7)  # the sleep is the test: several tick periods with no traffic from us but ticks
+    assert await n.rpc("erlang", "node", []) == Atom(node.node)
 
 
-def test_garbage_from_a_fake_peer_is_a_protocol_error(private_epmd):
+@pytest.mark.asyncio
+async def test_garbage_from_a_fake_peer_is_a_protocol_error(private_epmd, open_node):
     """A fake node registered in EPMD that answers our send_name with junk."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -240,37 +228,35 @@ def test_garbage_from_a_fake_peer_is_a_protocol_error(private_epmd):
         conn, _ = server.accept()
         conn.recv(100)
         conn.sendall(b"\x00\x05sok\x00\x00" + b"\xff" * 50)
-        time.sleep(3)
+        time.sleep(3)  # the peer's behaviour, not synchronisation: junk, then silence with the socket open
         conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
     try:
         t0 = time.monotonic()
         with pytest.raises(KzBridgeError):
-            run(connect_node("fakepeer@127.0.0.1", "c", timeout=5))
+            await open_node("fakepeer@127.0.0.1", "c", timeout=5)
         assert time.monotonic() - t0 < 5
     finally:
         reg.close()
         server.close()
 
 
-def test_v5_handshake_against_independent_py_interface_node(pyinterface_peer):
-    async def body():
-        n = await connect_node(pyinterface_peer.node, pyinterface_peer.cookie)
-        assert n.handshake_version == 5
-        mb = n.mailbox()
-        payload = [1, 2.5, b"bin", Atom("x"), (1, "str"), 2**70]
-        n.send_registered("echo", (mb.pid, payload), sender=mb.pid)
-        reply = await mb.receive(5)
-        assert reply[0] == Atom("echo") and canon(reply[1]) == canon(payload)
-        await n.close()
-
-    run(body())
+@pytest.mark.asyncio
+async def test_v5_handshake_against_independent_py_interface_node(pyinterface_peer, open_node):
+    n = await open_node(pyinterface_peer)
+    assert n.handshake_version == 5
+    mb = n.mailbox()
+    payload = [1, 2.5, b"bin", Atom("x"), (1, "str"), 2**70]
+    n.send_registered("echo", (mb.pid, payload), sender=mb.pid)
+    reply = await mb.receive(5)
+    assert reply[0] == Atom("echo") and canon(reply[1]) == canon(payload)
 
 
-def test_v5_wrong_cookie_against_py_interface(pyinterface_peer):
+@pytest.mark.asyncio
+async def test_v5_wrong_cookie_against_py_interface(pyinterface_peer, open_node):
     with pytest.raises(CookieRejectedError):
-        run(connect_node(pyinterface_peer.node, "wrong", timeout=5))
+        await open_node(pyinterface_peer, "wrong", timeout=5)
 
 
 def test_blocking_node_for_one_shot_commands(erl_node):
@@ -295,54 +281,49 @@ def test_blocking_node_speaks_v5_to_py_interface(pyinterface_peer):
         assert n.handshake_version == 5
 
 
-def test_stray_messages_to_our_pids_do_not_break_the_connection(erl_node):
-    async def body():
-        async with connect(erl_node.node, erl_node.cookie) as n:
-            mb = n.mailbox()
-            src = (
-                "Caller ! {[1000, 2], unhashable_key}, Caller ! {make_ref(), late_reply}, Caller ! garbage, "
-                "Gl ! {io_request, self(), ref, bogus_request}, Owner ! ok."
-            )
-            tokens = (await n.rpc("erl_scan", "string", [src]))[1]
-            forms = (await n.rpc("erl_parse", "parse_exprs", [tokens]))[1]
-            binds = sorted(
-                [(Atom("Caller"), n.caller), (Atom("Gl"), n.new_pid()), (Atom("Owner"), mb.pid)],
-                key=lambda kv: kv[0].name,
-            )
-            await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, binds]])
-            assert await mb.receive(5) == Atom("ok")
-            assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
-
-    run(body())
+@pytest.mark.asyncio
+async def test_stray_messages_to_our_pids_do_not_break_the_connection(erl_node):
+    async with connect(erl_node.node, erl_node.cookie) as n:
+        mb = n.mailbox()
+        src = (
+            "Caller ! {[1000, 2], unhashable_key}, Caller ! {make_ref(), late_reply}, Caller ! garbage, "
+            "Gl ! {io_request, self(), ref, bogus_request}, Owner ! ok."
+        )
+        tokens = (await n.rpc("erl_scan", "string", [src]))[1]
+        forms = (await n.rpc("erl_parse", "parse_exprs", [tokens]))[1]
+        binds = sorted(
+            [(Atom("Caller"), n.caller), (Atom("Gl"), n.new_pid()), (Atom("Owner"), mb.pid)],
+            key=lambda kv: kv[0].name,
+        )
+        await n.rpc("erlang", "spawn", [Atom("erl_eval"), Atom("exprs"), [forms, binds]])
+        assert await mb.receive(5) == Atom("ok")
+        assert await n.rpc("erlang", "node", []) == Atom(erl_node.node)
 
 
 def test_sync_node_stays_connected_while_idle_and_runs_async_helpers(make_erl_node):
     node = make_erl_node("-kernel", "net_ticktime", "2")
     with connect_sync(node.node, node.cookie, ticktime=2.0) as s:
         assert s.rpc("erlang", "abs", [-1]) == 1
-        time.sleep(6)  # idle for three tick times: only the tick thread speaks
+        time.sleep(6)  # the sleep is the test: idle for three tick times, only the tick thread speaks
         assert s.rpc("erlang", "node", []) == Atom(node.node)
         assert s.run(lambda n: n.rpc("erlang", "abs", [-2])) == 2
         assert s.rpc_output("io", "format", ["hi~n"]).output == "hi\n"
 
 
-def test_both_drivers_answer_io_with_apply_round_trips_through_the_shared_session(erl_node):
+@pytest.mark.asyncio
+async def test_both_drivers_answer_io_with_apply_round_trips_through_the_shared_session(erl_node, erl_hidden_node):
     """io:format needs an io_lib:format rex call per request: the session's own nested call, in both drivers."""
     from kzbridge.wire.blocking import BlockingNode
 
     fmt = [ErlString("~s|~p|~w~n"), [ErlString("ä"), (Atom("t"), [1, 2]), 3.5]]
 
-    async def body() -> None:
-        n = await connect_node(erl_node.node, erl_node.cookie)
-        seen: list[str] = []
-        res = await n.rpc_output("io", "format", fmt, on_output=seen.append)
-        assert res.value == Atom("ok") and res.output == "ä|{t,[1,2]}|3.5\n" and seen == [res.output]
-        # Many calls printing at once: each output stays with its own call.
-        outs = await asyncio.gather(*(n.rpc_output("io", "format", ["~p~n", [i]]) for i in range(50)))
-        assert [o.output for o in outs] == [f"{i}\n" for i in range(50)]
-        await n.close()
-
-    run(body())
+    n = erl_hidden_node
+    seen: list[str] = []
+    res = await n.rpc_output("io", "format", fmt, on_output=seen.append)
+    assert res.value == Atom("ok") and res.output == "ä|{t,[1,2]}|3.5\n" and seen == [res.output]
+    # Many calls printing at once: each output stays with its own call.
+    outs = await asyncio.gather(*(n.rpc_output("io", "format", ["~p~n", [i]]) for i in range(50)))
+    assert [o.output for o in outs] == [f"{i}\n" for i in range(50)]
     with BlockingNode(erl_node.node, erl_node.cookie) as b:
         res = b.rpc_output("io", "format", fmt)
         assert res.value == Atom("ok") and res.output == "ä|{t,[1,2]}|3.5\n"
