@@ -36,7 +36,7 @@ emit(lager, I, Pad) -> lager:info("burst ~b ~s", [I, Pad]).
 
 %% One call crossing nodes: log step Step of CallId here (data sink and main log, callid
 %% metadata as Kazoo sets it), then hand the call to the next hop, which logs Step + 1.
-%% Hops carry each next node's cookie, as the fixture nodes do not share one. A hop takes
+%% A hop is a node sharing our cookie, or {Node, Cookie} (sandboxes have a cookie each). A hop takes
 %% 20 ms, as AMQP hops between Kazoo nodes take milliseconds: steps closer together than
 %% the nodes' clock uncertainty (a fraction of a millisecond here) could not be ordered.
 chain(CallId, Hops, Step) ->
@@ -52,5 +52,8 @@ chain_step(CallId, Hops, Step) ->
         [{Next, Cookie} | Rest] ->
             timer:sleep(20),
             true = erlang:set_cookie(Next, Cookie),
+            true = rpc:cast(Next, kz_fixture, chain, [CallId, Rest, Step + 1]);
+        [Next | Rest] when is_atom(Next) ->  % a node that shares our cookie
+            timer:sleep(20),
             true = rpc:cast(Next, kz_fixture, chain, [CallId, Rest, Step + 1])
     end.
