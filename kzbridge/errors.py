@@ -60,6 +60,7 @@ SETTINGS = frozenset(
         "address",
         "epmd_port",
         "max_rate",
+        "governor",
         "mode",
     }
 )

@@ -53,6 +53,8 @@ OPTION_OF = {
     "filters": "--filter",
     "generation": "--generation",
     "name": "--name",
+    "max_rate": "--max-rate",
+    "governor": "--no-governor",
 }
 
 
