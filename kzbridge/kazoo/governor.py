@@ -55,7 +55,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ..errors import KazooError, UsageError
+from ..errors import KazooError, NodeBusyError, RpcTimeoutError, UsageError
 from ..wire.node import HiddenNode
 from ..wire.terms import Atom, ErlString
 from . import filters as flt
@@ -71,10 +71,7 @@ DEFAULT_LINE_BYTES = 120  # until the session has counted some lines (shorter: e
 
 Mode = Literal["async", "sync", "unthrottled", "unknown"]
 Cause = Literal["max-rate", "synchronous", "queue", "unobservable"]
-
-
-class NodeBusyError(KazooError):
-    """The node's lager sink is overloaded already: starting a trace now would add to it."""
+__all__ = ["DEFAULT_MAX_RATE", "Governor", "NodeBusyError", "SafetyStop", "SinkState", "preflight", "read_state"]
 
 
 def check_max_rate(max_rate: float | None) -> None:
@@ -160,8 +157,16 @@ class SafetyStop:
 
 
 async def preflight(node: HiddenNode, sink: str) -> SinkState:
-    """Before a trace starts: the sink's state; NodeBusyError when it is synchronous already."""
-    state = await read_state(node, sink)
+    """Before a trace starts: the sink's state; NodeBusyError when it is synchronous already (or the
+    node cannot answer the check in time: a node that busy is no place to start a trace)."""
+    try:
+        state = await read_state(node, sink)
+    except RpcTimeoutError as exc:
+        raise NodeBusyError(
+            f"{node.peer_name} did not answer the governor's check of {sink_words(sink)} in time ({exc.message})",
+            hint="retry when the node is quieter, or trace without the governor if you must",
+            setting="governor",
+        ) from exc
     if state.synchronous:
         why = (
             "lager's throttle has switched it to synchronous logging"
