@@ -2,7 +2,8 @@
 
 What lager does (Debian's lager 3.9.2, read from the beams' abstract code on this machine:
 ``beam_lib:chunks(code:which(M), [abstract_code])`` for lager, lager_app, lager_config and
-lager_backend_throttle; the public lager sources of 3.2-3.6 agree on each point):
+lager_backend_throttle; public lager sources, ETS-based 3.x and 3.9, show the same
+``lager_config:get/2`` and the same notify/sync_notify choice):
 
 * Every log call picks its mode per sink with ``lager_config:get({Sink, async}, false)``:
   ``true`` -> ``gen_event:notify`` (async), anything else -> ``gen_event:sync_notify``, so
@@ -39,13 +40,21 @@ Rules:
   in the stream within lager's one-second write buffering, which brings the checks back to
   once a second.
 
+Also measured: a flood from a few hundred processes logging in a tight loop starves the one sink
+process of CPU, so it can take seconds to handle the event that flips the throttle (the queue
+grew to 50 000 first, at 400 processes on 2 busy cores) and the node's rpc worker answers
+slowly too: a check the node cannot answer within 5 s counts as a reason to stop (or, before
+starting, to refuse). Stopping goes through the sink's queue (lager removes the file handler
+with a call to the sink): kz_data_tracing's own 5 s call can time out behind a flood while
+the server still finishes the stop (Trace.stop then waits for lager itself).
+
 Measured on the sandbox with a trace on the flooded events: one lager sink process writing a
 trace file saturated at 15 000 - 26 000 events/s (115-195 byte lines, 1 to 400 flooding
 processes), and the throttled data sink (threshold 100) was synchronous in half the samples
-or more; paced traffic of 3 000 - 10 000 events/s from 4 processes flipped it rarely (1-3 of
-180 samples). Hence ``DEFAULT_MAX_RATE``: 10 000 events/s, below half of what a sink took
-here, leaving room for the node's own logging through the same sink (README, "The node's
-safety").
+or more; paced traffic of 3 000 - 10 000 events/s from 4 processes flipped it rarely, even
+with a threshold of 20 (1-3 of 180 samples). Hence ``DEFAULT_MAX_RATE``: 10 000 events/s,
+below half of what a sink took here, leaving room for the node's own logging through the
+same sink (README, "The node's safety").
 """
 
 from __future__ import annotations
