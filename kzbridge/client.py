@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cookie import cookie_for_node
+from .kazoo.filters import DEFAULT_MAX_RATE
 from .wire.connection import DEFAULT_TICKTIME
 from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
@@ -208,10 +209,14 @@ class SyncTrace:
         max_size: int | None = None,
         poll_ms: int = 50,
         observers: Sequence[Observer] = (),
+        max_rate: float | None = DEFAULT_MAX_RATE,
+        governor: bool = True,
     ) -> RunSummary:
         """Follow into ``local_path`` until ``duration`` (or ``max_size``), stop, verify: a TraceSession's run.
 
         ``observers`` see every event (on the loop thread). A lost connection raises TraceLostError.
+        The governor (kazoo.governor) stops the trace past ``max_rate`` events/s or when lager's sink
+        goes synchronous (``summary.reason == "safety"``); ``governor=False`` turns it off.
         """
         from .kazoo.session import DEFAULT_MAX_SIZE, TraceSession
 
@@ -222,6 +227,8 @@ class SyncTrace:
                 duration=duration,
                 poll_ms=poll_ms,
                 max_size=max_size if max_size is not None else DEFAULT_MAX_SIZE,
+                max_rate=max_rate,
+                governor=governor,
             )
             return await session.run(*observers)
 

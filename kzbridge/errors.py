@@ -24,6 +24,7 @@
     |   +-- UnknownTraceError          the node does not know that ref
     |   +-- RemoteFileError            a remote file could not be read
     |   +-- ProgramError               the node could not parse or run one of kzbridge's erl_eval programs
+    |   +-- NodeBusyError              lager's sink is overloaded already: the governor will not start a trace
     +-- SandboxError                   the local fixture node could not be run (exit 7)
 
 Lower layers raise their own class; higher layers translate with ``raise ... from``.
@@ -60,6 +61,7 @@ SETTINGS = frozenset(
         "address",
         "epmd_port",
         "max_rate",
+        "governor",
         "mode",
     }
 )
@@ -227,6 +229,10 @@ class RemoteFileError(KazooError):
 
 class ProgramError(KazooError):
     """The node could not parse or run one of the erl_eval programs kzbridge sends (kazoo.programs)."""
+
+
+class NodeBusyError(KazooError):
+    """The node's lager sink is overloaded already (synchronous): starting a trace now would add to it."""
 
 
 class SandboxError(KzBridgeError):

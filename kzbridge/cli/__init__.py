@@ -54,6 +54,8 @@ OPTION_OF = {
     "generation": "--generation",
     "name": "--name",
     "max_total_size": "--max-total-size",
+    "max_rate": "--max-rate",
+    "governor": "--no-governor",
 }
 
 

@@ -141,10 +141,15 @@ def run_cluster_trace(filters: list[Any], opts: TraceOptions) -> None:
         raise UsageError("--remote-path names one file on one node: leave it out with several nodes", setting="node")
     checked = flt.validate(filters)
     fmt = format_arg(opts.format_)
+    from ..kazoo.governor import check_max_rate
+
+    check_max_rate(opts.max_rate)
     limits = cluster.ClusterLimits(
         duration=opts.duration,
         max_size=parse_size(opts.max_size),
         max_total_size=parse_size(opts.max_total_size) if opts.max_total_size else None,
+        max_rate=opts.max_rate,
+        governor=not opts.no_governor,
     )
     directory = Path(opts.output) if opts.output else _default_directory()
     if directory.exists() and not directory.is_dir():

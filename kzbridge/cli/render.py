@@ -71,6 +71,7 @@ def summary_json(s: RunSummary) -> dict[str, Any]:
     """The summary as --json has always printed it (generation 0 for the lager_event sink)."""
     data = dict(s.__dict__)
     data["generation"] = s.generation or 0
+    data["safety"] = s.safety.to_dict() if s.safety is not None else None
     return data
 
 
@@ -80,7 +81,7 @@ def summary_text(s: RunSummary) -> str:
         f"stopped by {s.reason} after {s.seconds:.1f}s\n"
         f"  remote: {s.remote_path}\n  local:  {s.local_path}{' (PARTIAL)' if s.partial else ''}\n"
         f"  {s.lines} lines, {s.bytes} bytes{', size verified' if s.verified else ''}"
-    )
+    ) + (f"\n  stopped by safety: {s.safety.describe('--max-rate')}" if s.safety is not None else "")
 
 
 # ---------------------------------------------------------------- observers of a TraceSession
@@ -90,6 +91,11 @@ def stop_notices(event: Event) -> None:
     """Say what a signal did: the first stops and collects, the second stops without collecting."""
     from ..kazoo.session import StoppedBy
 
+    if isinstance(event, StoppedBy) and event.safety is not None:
+        click.echo(
+            f"\nkzbridge: stopping the trace for the node's safety: {event.safety.describe('--max-rate')}", err=True
+        )
+        return
     if not isinstance(event, StoppedBy) or event.by not in SIGNAL_NAMES:
         return
     if event.reason == "requested":

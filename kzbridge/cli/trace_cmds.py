@@ -102,6 +102,19 @@ def trace_options(fn: F) -> F:
         default=None,
         help="With several nodes: stop every node when their files together reach this size.",
     )
+    @click.option(
+        "--max-rate",
+        type=float,
+        default=flt.DEFAULT_MAX_RATE,
+        show_default=True,
+        help="Events/s: the governor stops the trace (and collects) past this rate, or when lager's sink "
+        "goes synchronous, and refuses to start on a sink that is synchronous already.",
+    )
+    @click.option(
+        "--no-governor",
+        is_flag=True,
+        help="Do not watch the node's logging load (a flood can then make every logging process wait).",
+    )
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -127,6 +140,8 @@ class TraceOptions:
     sink: str = flt.DATA_SINK
     lease: float = flt.DEFAULT_LEASE
     remote_path: str | None = None
+    max_rate: float = flt.DEFAULT_MAX_RATE
+    no_governor: bool = False
     cluster_seed: str | None = None
     exclude: tuple[str, ...] = ()
     require_all: bool = False
@@ -174,6 +189,9 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
     limit = parse_size(opts.max_size)
     fmt = format_arg(opts.format_)
     checked = flt.validate(filters)
+    from ..kazoo.governor import check_max_rate
+
+    check_max_rate(opts.max_rate)
     show_progress = render.is_terminal() and not opts.follow
 
     async def body(n: HiddenNode) -> RunSummary:
@@ -193,6 +211,8 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
                 remote_path=opts.remote_path,
                 lease=opts.lease,
                 requests=requests,
+                max_rate=opts.max_rate,
+                governor=not opts.no_governor,
             )
             trace = session.trace
             for w in trace.warnings:

@@ -228,6 +228,8 @@ class ClusterLimits:
     max_size: int | None = 100 << 20
     max_total_size: int | None = None
     poll_ms: int = 50
+    max_rate: float | None = None  # the governor's limit per node (None: its default)
+    governor: bool = True
 
 
 @dataclass
@@ -366,6 +368,8 @@ class ClusterTrace:
                 poll_ms=self.limits.poll_ms,
                 correction=clock.ClockCorrection(outcome.start),
                 requests=self.requests,
+                governor=self.limits.governor,
+                **({"max_rate": self.limits.max_rate} if self.limits.max_rate is not None else {}),
             )
 
         self.started = time.time()

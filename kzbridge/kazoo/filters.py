@@ -22,6 +22,7 @@ _OPS = {"=": Atom("="), "<": Atom("<"), ">": Atom(">")}
 DATA_SINK = "data"
 LAGER_SINK = "lager_event"
 DEFAULT_LEASE = 60.0
+DEFAULT_MAX_RATE = 10_000.0  # events/s; kazoo.governor explains the choice
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 

@@ -209,3 +209,21 @@ async def spawn(node: HiddenNode, source: str, **values: Any) -> Pid:
     if type(pid) is not Pid:
         raise RemoteFileError(f"could not start a reader process on the node: {pid!r:.200}")
     return pid
+
+
+# The governor's one look at the node (kazoo.governor): the sink's mode as lager's throttle
+# set it (async | sync; unthrottled when the sink has no throttle, so every call on it is
+# synchronous), the sink process's queue (-1: not running), the trace file's size and inode
+# (-1 when missing). Bindings: Sink (atom), Path (string, may be "").
+SINK_STATE = r"""
+Queue = case whereis(Sink) of
+    P when is_pid(P) ->
+        case erlang:process_info(P, message_queue_len) of {message_queue_len, N} -> N; _ -> -1 end;
+    _ -> -1
+end,
+Mode = case catch lager_config:get({Sink, async}, undefined) of
+    true -> async; false -> sync; undefined -> unthrottled; _ -> unknown
+end,
+{Size, Inode} = case file:read_file_info(Path) of {ok, I} -> {element(2, I), element(12, I)}; _ -> {-1, -1} end,
+{Mode, Queue, Size, Inode}.
+"""

@@ -8,7 +8,7 @@
 Events, in the order a session emits them::
 
     (Progress | Record | Rotated)*     while the trace runs; Progress also every quarter second
-    StoppedBy                          why it stops: duration | max-size | requested (by whom) | abandoned
+    StoppedBy                          why it stops: duration | max-size | safety | requested (by whom) | abandoned
     (Progress | Record)*               the rest of the file, read to its end once the trace is stopped
     Collected                          the summary: ref, node, paths, records, bytes, verified, partial, warnings
 
@@ -24,6 +24,9 @@ removed; the node's clock is measured when the session starts unless the caller 
 parsed LogRecord and its printed time, so streams of several nodes can be merged by instant.
 
 Policy lives here, presentation does not: the session enforces ``duration`` and ``max_size``,
+runs the node's safety governor (kazoo.governor: refuses to start on an overloaded sink,
+stops the trace, reason ``safety``, past ``max_rate`` events/s or when lager's sink goes
+synchronous; ``governor=False`` turns it off, with a warning),
 takes stop requests (``request_stop(by)`` stops and collects, ``abandon(by)`` stops without
 collecting; ``signals()`` maps SIGINT/SIGTERM to the first, and a second signal to the second),
 keeps the lease and the journal through Trace. The requests are a ``StopRequests`` object the
@@ -45,7 +48,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, Literal, Protocol
@@ -54,11 +57,16 @@ from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageEr
 from ..wire.node import HiddenNode
 from . import clock, programs
 from .collect import ReaderEvent, RemoteReader, partial_path
+from .governor import DEFAULT_MAX_RATE, Governor, SafetyStop, check_max_rate, preflight
 from .logparse import LineAssembler, LogRecord
 from .tracing import DATA_SINK, DEFAULT_LEASE, Trace, TraceWarning, start_trace
 
 DEFAULT_MAX_SIZE = 100 << 20
-StopReason = Literal["duration", "max-size", "requested", "abandoned"]
+GOVERNOR_OFF = (
+    "the governor is off: nothing watches lager's load on the node while this trace runs, "
+    "and a flood can make every logging process wait"
+)
+StopReason = Literal["duration", "max-size", "safety", "requested", "abandoned"]
 SIGNALS = ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"))
 
 
@@ -98,6 +106,7 @@ class Rotated:
 class StoppedBy:
     reason: StopReason
     by: str = ""  # who asked, for requested/abandoned: "interrupted", "terminated", "caller", ...
+    safety: SafetyStop | None = None  # why, for safety
 
     @property
     def label(self) -> str:
@@ -123,6 +132,8 @@ class RunSummary:
     messages_sent: int = 0
     lease_renewals: int = 0
     warnings: list[TraceWarning] = field(default_factory=list)
+    safety: SafetyStop | None = None  # why the governor stopped the trace
+    peak_rate: float | None = None  # the highest events/s the governor measured; None when off
 
 
 @dataclass(frozen=True)
@@ -153,7 +164,8 @@ def default_local_path(node_name: str, ref: str) -> str:
     return f"{node_name.split('@')[0]}-{ref}.log"
 
 
-def _check_limits(duration: float | None, max_size: int | None) -> None:
+def _check_limits(duration: float | None, max_size: int | None, max_rate: float | None = None) -> None:
+    check_max_rate(max_rate)
     if duration is not None and duration <= 0:
         raise UsageError("the duration must be positive", setting="duration")
     if max_size is not None and max_size <= 0:
@@ -216,8 +228,10 @@ class TraceSession:
         owns_trace: bool = True,
         correction: clock.ClockCorrection | None = None,
         requests: StopRequests | None = None,
+        max_rate: float | None = DEFAULT_MAX_RATE,
+        governor: bool = True,
     ) -> None:
-        _check_limits(duration, max_size)
+        _check_limits(duration, max_size, max_rate)
         self.trace = trace
         self.local_path = str(local_path) if local_path is not None else None
         self.duration = duration
@@ -228,6 +242,11 @@ class TraceSession:
         self.summary: RunSummary | None = None
         self.requests = requests or StopRequests()
         self._begun = False
+        self.max_rate = max_rate
+        self.governor = governor
+        self._safety: SafetyStop | None = None
+        if not governor and GOVERNOR_OFF not in trace.warnings:
+            trace.warnings.append(TraceWarning(GOVERNOR_OFF, setting="governor"))
 
     @classmethod
     async def start(
@@ -246,14 +265,19 @@ class TraceSession:
         poll_ms: int = 50,
         correction: clock.ClockCorrection | None = None,
         requests: StopRequests | None = None,
+        max_rate: float | None = DEFAULT_MAX_RATE,
+        governor: bool = True,
     ) -> TraceSession:
         """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
 
-        ``local_path`` defaults to NODE-REF.log in the current directory.
+        ``local_path`` defaults to NODE-REF.log in the current directory. With the governor on,
+        raises governor.NodeBusyError (nothing started) when the sink is synchronous already.
         """
-        _check_limits(duration, max_size)
+        _check_limits(duration, max_size, max_rate)
         if correction is None:
             correction = clock.ClockCorrection(await clock.measure(node))
+        if governor:
+            await preflight(node, sink)
         trace = await start_trace(
             node, filters, sink=sink, level=level, format_list=format_list, remote_path=remote_path, lease=lease
         )
@@ -266,6 +290,8 @@ class TraceSession:
             poll_ms=poll_ms,
             correction=correction,
             requests=requests,
+            max_rate=max_rate,
+            governor=governor,
         )
 
     @property
@@ -320,6 +346,8 @@ class TraceSession:
             return StoppedBy("requested", self.requests.stop_by)
         if self.trace.stopped:  # stopped by its owner from elsewhere (Trace.follow)
             return StoppedBy("requested", "caller")
+        if self._safety is not None:
+            return StoppedBy("safety", safety=self._safety)
         if self.duration is not None and elapsed >= self.duration:
             return StoppedBy("duration")
         if self.max_size is not None and written >= self.max_size:
@@ -339,6 +367,23 @@ class TraceSession:
             poke_task.cancel()
         # A request arrived while waiting: let the pending receive end (quickly) to keep order.
         return await ev_task
+
+    async def _govern(self, gov: Governor, counts: Callable[[], tuple[int, int]]) -> None:
+        """In the background while the trace runs: ask the governor when it is due; a reason to stop pokes the loop."""
+        while self._safety is None:
+            await asyncio.sleep(0.25)
+            lines, written = counts()
+            if not gov.due(lines):
+                continue
+            try:
+                found = await gov.check(lines, written)
+            except ConnectionLostError:
+                return  # the reader sees it too and ends the stream with Lost
+            except KzBridgeError as exc:  # cannot watch the node: stopping is the safe side
+                found = gov.unobservable(exc.message)
+            if found is not None:
+                self._safety = found
+                self.requests.poke.set()
 
     async def _abandoned_while(self, task: asyncio.Future[Any]) -> bool:
         """Wait for ``task`` or an abandon request, whichever comes first; True for the request."""
@@ -360,6 +405,15 @@ class TraceSession:
         node = trace.node
         if self.correction is None:  # setup, not the run's control traffic: measured before counting
             self.correction = clock.ClockCorrection(await clock.measure(node))
+        gov: Governor | None = None
+        if self.governor:  # its first look is setup too: the baseline for the rate
+            gov = Governor(node, trace.sink, trace.remote_path, self.max_rate)
+            try:
+                self._safety = await gov.check(0, 0)
+            except ConnectionLostError:
+                raise
+            except KzBridgeError as exc:  # cannot watch the node: stop (below) rather than run blind
+                self._safety = gov.unobservable(exc.message)
         calls_before = node.calls_made
         started = time.monotonic()
         timeline = clock.Timeline(self.correction)
@@ -384,6 +438,9 @@ class TraceSession:
         def records(recs: list[LogRecord]) -> list[Record]:
             return [Record(trace.node_name, instant(r.time), r) for r in recs]
 
+        governing: asyncio.Task[None] | None = None
+        if gov is not None and self._safety is None:
+            governing = asyncio.ensure_future(self._govern(gov, lambda: (lines, written)))
         try:
             out = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in the finally below
             while True:
@@ -391,6 +448,8 @@ class TraceSession:
                 if stopped is None:
                     stopped = self._due(elapsed, written)
                     if stopped is not None:
+                        if governing is not None:
+                            governing.cancel()
                         yield stopped
                         if stopped.reason == "abandoned":
                             await trace.stop()
@@ -455,6 +514,8 @@ class TraceSession:
             yield Lost(lost)
             return
         finally:
+            if governing is not None:
+                governing.cancel()
             if out is not None:
                 out.close()
             if self.owns_trace and not trace.stopped and node.alive:
@@ -493,6 +554,8 @@ class TraceSession:
             reader.messages_sent,
             trace.lease_renewals,
             list(trace.warnings),
+            stopped.safety,
+            gov.peak_rate if gov is not None else None,
         )
         yield Collected(self.summary)
 

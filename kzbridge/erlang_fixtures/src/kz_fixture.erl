@@ -1,6 +1,6 @@
 %%% Fixture control: boot the fixture node and generate bulk log traffic on demand.
 -module(kz_fixture).
--export([boot/1, ready/0, burst/3, stamp/0, info/0, chain/3]).
+-export([boot/1, ready/0, burst/3, flood/4, stamp/0, info/0, chain/3]).
 
 %% Called from the node's command line: start lager, kazoo_data, traffic at Rate events/s.
 boot(Rate) ->
@@ -25,6 +25,29 @@ burst(Sink, Count, Size) ->
     lager:md([{callid, <<"burst-call">>}, {request, <<"burst">>}]),
     [emit(Sink, I, Pad) || I <- lists:seq(1, Count)],
     Count * byte_size(Pad).
+
+%% A flood like a busy node's: Procs processes each log through Sink (data or lager) as fast
+%% as lager lets them, for Ms milliseconds, with request metadata <<"flood">>; returns at once.
+%% Many concurrent loggers are what keep a throttled sink synchronous: each one blocked in
+%% a synchronous call still holds one message in the sink's queue.
+flood(Sink, Procs, Ms, Size) ->
+    Pad = binary:copy(<<"x">>, max(0, Size)),
+    Until = erlang:monotonic_time(millisecond) + Ms,
+    _ = [spawn(fun() -> flood_loop(Sink, P, 1, Pad, Until) end) || P <- lists:seq(1, Procs)],
+    ok.
+
+flood_loop(Sink, P, I, Pad, Until) ->
+    case I of
+        1 -> lager:md([{callid, <<"flood-call">>}, {request, <<"flood">>}, {worker, P}]);
+        _ -> ok
+    end,
+    case erlang:monotonic_time(millisecond) < Until of
+        true -> flood_emit(Sink, P, I, Pad), flood_loop(Sink, P, I + 1, Pad, Until);
+        false -> ok
+    end.
+
+flood_emit(data, P, I, Pad) -> data:info("flood ~b.~b ~s", [P, I, Pad]);
+flood_emit(lager, P, I, Pad) -> lager:info("flood ~b.~b ~s", [P, I, Pad]).
 
 %% One data-sink event carrying the wall-clock time (us) it was logged at (latency benches).
 stamp() ->
