@@ -345,6 +345,7 @@ class ClusterTrace:
 
     async def start(self) -> None:
         from . import clock
+        from .governor import DEFAULT_MAX_RATE
         from .session import TraceSession
         from .tracing import DEFAULT_LEASE
 
@@ -369,7 +370,7 @@ class ClusterTrace:
                 correction=clock.ClockCorrection(outcome.start),
                 requests=self.requests,
                 governor=self.limits.governor,
-                **({"max_rate": self.limits.max_rate} if self.limits.max_rate is not None else {}),
+                max_rate=self.limits.max_rate if self.limits.max_rate is not None else DEFAULT_MAX_RATE,
             )
 
         self.started = time.time()
