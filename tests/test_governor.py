@@ -8,6 +8,7 @@ lets them). The fixture's data sink has lager's throttle at 100 queued messages
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from kzbridge.kazoo import governor, tracing
 from kzbridge.kazoo.session import StoppedBy, TraceSession
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
-from tests.conftest import poll_until_async, run
+from tests.conftest import poll_until_async
 
 FLOOD = [(Atom("request"), b"flood")]
 
@@ -68,7 +69,7 @@ def test_the_fixtures_throttled_data_sink_goes_synchronous_under_a_flood(fresh_s
         finally:
             await n.close()
 
-    run(body())
+    asyncio.run(body())
 
 
 async def _is(coro, value):
@@ -85,13 +86,13 @@ def test_a_flood_past_max_rate_is_stopped_by_safety_collected_whole_and_verified
         finally:
             await n.close()
 
-    run(set_rate(6000))  # ~6 000 events/s on kz_json and kzs_perf, from 4 workers
+    asyncio.run(set_rate(6000))  # ~6 000 events/s on kz_json and kzs_perf, from 4 workers
     try:
         started = time.monotonic()
         r = kzb("trace-module", "kz_json", "-n", fresh_sandbox.node, "-d", "30", "--max-rate", "1000", "-o", str(out))
         took = time.monotonic() - started
     finally:
-        run(set_rate(20))
+        asyncio.run(set_rate(20))
     assert r.returncode == 0, r.stderr
     m = re.search(r"stopped by safety after ([\d.]+)s", r.stderr)
     assert m, r.stderr
@@ -111,7 +112,7 @@ def test_a_flood_past_max_rate_is_stopped_by_safety_collected_whole_and_verified
         finally:
             await n.close()
 
-    run(check())
+    asyncio.run(check())
 
 
 @pytest.mark.asyncio
@@ -147,14 +148,14 @@ def test_no_governor_lets_the_same_flood_run_to_its_duration_with_a_warning(fres
         finally:
             await n.close()
 
-    run(set_rate(6000))
+    asyncio.run(set_rate(6000))
     try:
         r = kzb(
             "trace-module", "kz_json", "-n", fresh_sandbox.node, "-d", "3", "--max-rate", "1000", "--no-governor",
             "-o", str(out),
         )  # fmt: skip
     finally:
-        run(set_rate(20))
+        asyncio.run(set_rate(20))
     assert r.returncode == 0, r.stderr
     assert "kzbridge: warning: the governor is off" in r.stderr and "(see --no-governor)" in r.stderr
     assert "stopped by duration" in r.stderr and "safety" not in r.stderr
