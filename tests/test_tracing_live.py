@@ -379,3 +379,26 @@ async def test_programs_are_parsed_once_on_the_node_and_bad_ones_are_a_clear_err
     with pytest.raises(ProgramError, match="could not parse a kzbridge program") as err:
         await programs.forms(n, "X = .")
     assert err.value.__cause__ is not None, "the node's own answer stays attached"
+
+
+@pytest.mark.asyncio
+async def test_following_from_the_start_takes_parts_rotated_before_reading_began(fresh_sandbox, tmp_path, open_node):
+    """The session reads nothing until its events are read; lager may have rotated by then
+    (a flood right after the start, or a midnight start): those parts are this trace's."""
+    n = await open_node(fresh_sandbox)
+    await n.rpc("kz_traffic", "set_rate", [0])
+    trace = await tracing.start_trace(n, [(Atom("request"), b"burst")])
+    await n.rpc("kz_fixture", "burst", [Atom("data"), 10000, 1000], timeout=120)
+    await asyncio.sleep(1.5)  # lager checks the size once a second, on a write: the test's input
+    await n.rpc("kz_fixture", "burst", [Atom("data"), 500, 1000], timeout=120)
+
+    async def rotated() -> bool:
+        return bool(await n.rpc("filelib", "is_file", [trace.remote_path + ".0"]) == Atom("true"))
+
+    await poll_until_async(rotated, timeout=30, message="lager rotating the trace file")
+    session = TraceSession(trace, str(tmp_path / "late.log"), duration=120, max_size=1 << 30, governor=False)
+    session.request_stop("test")  # everything is written: stop at once and read it all
+    summary = await session.run()
+    seq = [int(m.group(1)) for m in re.finditer(r"burst (\d+) ", (tmp_path / "late.log").read_text())]
+    assert seq == list(range(1, 10001)) + list(range(1, 501))
+    assert summary.verified

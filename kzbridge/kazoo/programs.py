@@ -17,7 +17,8 @@ from ..wire.terms import Atom, Encoded, ErlString, Pid
 
 # The tail/collect process. Bindings: Owner (our pid), Path (string), Offset, Chunk, Window,
 # Poll (ms between end-of-file checks), Idle (ms without acks before giving up), Mode:
-#   follow    read from Offset, keep reading as the file grows and rotates, until kzb_finish
+#   follow    read from Offset (from 0: rotated parts already there first), keep reading as the
+#             file grows and rotates, until kzb_finish
 #   once      read the one file from Offset to its end
 #   rotated   read Path.4 .. Path.0 then Path, whole, in that order
 # Messages to Owner: {kzb_part, Self, Seq, Name}, {kzb_data, Self, Seq, Bin},
@@ -100,6 +101,12 @@ case Mode of
             {error, E} -> Fail(E)
         end;
     _ ->
+        %% Following a trace from its start: parts lager rotated out before we began are this
+        %% trace's too (its file name is its own), oldest first.
+        case Mode =:= follow andalso Offset =:= 0 of
+            true -> [Part(P) || P <- lists:reverse(Parts)];
+            false -> ok
+        end,
         case file:open(Path, [read, raw, binary]) of
             {ok, Fd} -> {ok, _} = file:position(Fd, Offset), Follow(Fd, Ino(Path));
             {error, E} -> Fail(E)
