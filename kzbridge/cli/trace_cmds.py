@@ -20,11 +20,13 @@ from ..kazoo import filters as flt
 from ..wire.literal import parse_term
 from . import (
     EXIT_INTERRUPTED,
+    NumberType,
     _silence_stdout,
     emit_json,
     main,
     node_options,
     parse_size,
+    raw_option,
     render,
     run_with_node,
     warning_line,
@@ -41,7 +43,7 @@ def trace_options(fn: F) -> F:
     @click.option(
         "--duration",
         "-d",
-        type=click.FloatRange(min=0.1),
+        type=NumberType("duration"),
         default=60.0,
         show_default=True,
         help="Seconds to trace before stopping and collecting.",
@@ -84,12 +86,13 @@ def trace_options(fn: F) -> F:
     )
     @click.option(
         "--lease",
-        type=click.FloatRange(min=5),
+        type=NumberType("lease", lo=5),
         default=flt.DEFAULT_LEASE,
         show_default=True,
         help="Seconds after which the node stops the trace by itself if kzbridge stops renewing.",
     )
     @click.option("--remote-path", default=None, help="Trace file on the node (default /tmp/kzbridge-...log).")
+    @raw_option
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -115,6 +118,7 @@ class TraceOptions:
     sink: str = flt.DATA_SINK
     lease: float = flt.DEFAULT_LEASE
     remote_path: str | None = None
+    raw: bool = False
 
 
 def format_arg(text: str | None) -> list[Any] | None:
@@ -152,6 +156,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
                 remote_path=opts.remote_path,
                 lease=opts.lease,
                 requests=requests,
+                timeout=opts.timeout,
             )
             trace = session.trace
             for w in trace.warnings:
@@ -168,11 +173,13 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
             if opts.follow:
                 # `kzbridge ... --follow | head`: the reader left; stop and collect as on Ctrl-C.
                 observers.append(
-                    render.RecordPrinter(opts.as_json, lambda: requests.request_stop("output closed"), _silence_stdout)
+                    render.RecordPrinter(
+                        opts.as_json, lambda: requests.request_stop("output closed"), _silence_stdout, raw=opts.raw
+                    )
                 )
             return await session.run(*observers)
 
-    summary = run_with_node(opts.node, opts.cookie, opts.cookie_file, opts.timeout, body)
+    summary = run_with_node(opts.node, opts.cookie, opts.cookie_file, opts.timeout, body, overall=False)
     # The trace is stopped and collected: a late Ctrl-C must not turn the summary into a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if opts.as_json:
@@ -220,8 +227,9 @@ def trace_function(names: tuple[str, ...], **kw: Any) -> None:
 @trace_options
 @click.argument("pid")
 def trace_pid(pid: str, **kw: Any) -> None:
-    """Trace one process; PID as 0.116.0 or <0.116.0> (normalised, unlike sup's trace_pid)."""
-    run_trace_command(flt.pid_filter(pid), TraceOptions(**kw))
+    """Trace one process; PID as 0.116.0, <0.116.0> or <node@host.116.0> (as rpc prints it; the node
+    must be the traced one), normalised, unlike sup's trace_pid."""
+    run_trace_command(flt.pid_filter(pid, node=kw["node"]), TraceOptions(**kw))
 
 
 def filters_from(

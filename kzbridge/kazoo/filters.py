@@ -17,6 +17,8 @@ from ..wire.terms import Atom, ErlString, ImproperList, Pid
 WILDCARD = Atom("*")
 _ATOM_KEYS = {"module", "function", "application", "node", "mod", "func", "from_app", "sink"}
 _PID = re.compile(r"<?(\d+)\.(\d+)\.(\d+)>?\Z")
+# How `kzbridge rpc` prints a pid of another node: <name@host.A.B> (host may hold dots).
+_NODE_PID = re.compile(r"<([^<>@\s]+@[^<>\s]+)\.(\d+)\.(\d+)>\Z")
 _KEY = re.compile(r"[a-z][a-zA-Z0-9_]*\Z")
 _OPS = {"=": Atom("="), "<": Atom("<"), ">": Atom(">")}
 DATA_SINK = "data"
@@ -50,7 +52,23 @@ def function_filter(function: str, module: str | None = None) -> list[tuple[Any,
     return [*out, (Atom("function"), _atom_value("function", function))]
 
 
-def pid_filter(pid: str) -> list[tuple[Any, ...]]:
+def pid_filter(pid: str, node: str | None = None) -> list[tuple[Any, ...]]:
+    """``{pid, "<0.A.B>"}``. Besides 0.A.B and <0.A.B>, takes <name@host.A.B> as ``rpc`` prints
+    pids: a pid of ``node`` (the traced node; lager prints its own pids as <0.A.B>), refused
+    when it names another node, since that process can log nothing on this one."""
+    m = _NODE_PID.match(pid.strip())
+    if m:
+        owner, ident, serial = m.groups()
+        if node is None:
+            raise BadFilterError(
+                f"{pid!r} names its node; say which node is traced, or write it as <0.{ident}.{serial}>"
+            )
+        if owner != node:
+            raise BadFilterError(
+                f"{pid} is a process of {owner}, not of the traced node {node}: it cannot log there",
+                hint=f"trace {owner} instead",
+            )
+        return [(Atom("pid"), ErlString(f"<0.{ident}.{serial}>"))]
     return [(Atom("pid"), normalise_pid(pid))]
 
 

@@ -51,6 +51,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Literal, Protocol
 
 from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageError
+from ..limits import CALL_TIMEOUT, check_number
 from ..wire.node import HiddenNode
 from . import clock, programs
 from .collect import ReaderEvent, RemoteReader, partial_path
@@ -111,7 +112,7 @@ class RunSummary:
     node: str
     remote_path: str
     local_path: str
-    lines: int
+    lines: int  # lines in the file (a record's message may span several)
     bytes: int
     seconds: float
     reason: str
@@ -123,6 +124,7 @@ class RunSummary:
     messages_sent: int = 0
     lease_renewals: int = 0
     warnings: list[TraceWarning] = field(default_factory=list)
+    records: int = 0  # parsed records
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,11 @@ def default_local_path(node_name: str, ref: str) -> str:
 
 
 def _check_limits(duration: float | None, max_size: int | None) -> None:
-    if duration is not None and duration <= 0:
-        raise UsageError("the duration must be positive", setting="duration")
-    if max_size is not None and max_size <= 0:
-        raise UsageError("the maximum size must be positive", setting="max_size")
+    """Finite, in range (limits.RANGES), before anything reaches a node."""
+    if duration is not None:
+        check_number(duration, "duration")
+    if max_size is not None:
+        check_number(max_size, "max_size")
 
 
 class StopRequests:
@@ -246,16 +249,27 @@ class TraceSession:
         poll_ms: int = 50,
         correction: clock.ClockCorrection | None = None,
         requests: StopRequests | None = None,
+        timeout: float = CALL_TIMEOUT,
     ) -> TraceSession:
         """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
 
-        ``local_path`` defaults to NODE-REF.log in the current directory.
+        ``local_path`` defaults to NODE-REF.log in the current directory. ``timeout`` bounds
+        each remote call of the session (setup, stop, lease renewals).
         """
         _check_limits(duration, max_size)
+        check_number(lease, "lease")
+        check_number(timeout, "timeout")
         if correction is None:
-            correction = clock.ClockCorrection(await clock.measure(node))
+            correction = clock.ClockCorrection(await clock.measure(node, timeout=timeout))
         trace = await start_trace(
-            node, filters, sink=sink, level=level, format_list=format_list, remote_path=remote_path, lease=lease
+            node,
+            filters,
+            sink=sink,
+            level=level,
+            format_list=format_list,
+            remote_path=remote_path,
+            lease=lease,
+            timeout=timeout,
         )
         local = local_path if local_path is not None else default_local_path(node.peer_name, trace.ref)
         return cls(
@@ -294,7 +308,9 @@ class TraceSession:
         """After Collected: does the local file hold as many bytes as the remote file and its rotated parts?"""
         if self.summary is None or self.summary.partial:
             return False
-        sizes = await programs.evaluate(self.trace.node, programs.STAT_PARTS, Path=self.trace.remote_path)
+        sizes = await programs.evaluate(
+            self.trace.node, programs.STAT_PARTS, self.trace.timeout, Path=self.trace.remote_path
+        )
         remote_bytes: int = sum(size for _, size in sizes)
         return remote_bytes == os.path.getsize(self.summary.local_path)
 
@@ -359,7 +375,7 @@ class TraceSession:
         trace = self.trace
         node = trace.node
         if self.correction is None:  # setup, not the run's control traffic: measured before counting
-            self.correction = clock.ClockCorrection(await clock.measure(node))
+            self.correction = clock.ClockCorrection(await clock.measure(node, timeout=trace.timeout))
         calls_before = node.calls_made
         started = time.monotonic()
         timeline = clock.Timeline(self.correction)
@@ -372,10 +388,14 @@ class TraceSession:
             return datetime.fromtimestamp(last_instant[0], timezone.utc)
 
         tmp = str(partial_path(self.local_path)) if self.local_path is not None else None
-        reader = await RemoteReader(node, trace.remote_path, mode="follow", poll_ms=self.poll_ms).start()
+        reader = await RemoteReader(
+            node, trace.remote_path, mode="follow", poll_ms=self.poll_ms, timeout=trace.timeout
+        ).start()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         asm = LineAssembler()
-        lines = written = 0
+        lines = written = 0  # ``lines`` counts records; ``newlines`` the file's line ends
+        newlines = 0
+        last_byte = b"\n"
         stopped: StoppedBy | None = None
         verified = False
         partial = True
@@ -414,6 +434,9 @@ class TraceSession:
                     if out is not None:
                         out.write(ev.data)
                     written += len(ev.data)
+                    if ev.data:
+                        newlines += bytes(ev.data).count(b"\n")
+                        last_byte = bytes(ev.data[-1:])
                     recs = asm.feed(decoder.decode(ev.data))
                     lines += len(recs)
                     for rec in records(recs):
@@ -481,7 +504,7 @@ class TraceSession:
             trace.node_name,
             trace.remote_path,
             final,
-            lines,
+            newlines + (last_byte != b"\n"),
             written,
             time.monotonic() - started,
             reason,
@@ -493,6 +516,7 @@ class TraceSession:
             reader.messages_sent,
             trace.lease_renewals,
             list(trace.warnings),
+            records=lines,
         )
         yield Collected(self.summary)
 
