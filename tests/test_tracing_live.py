@@ -73,7 +73,7 @@ def test_run_trace_collects_parsed_events_on_both_generations(any_sandbox, tmp_p
 
     summary = run(body())
     recs = records(out)
-    assert len(recs) == summary.lines
+    assert len(recs) == summary.records
     assert all(r.callid and r.callid.startswith("call-") for r in recs)
     assert any("second line of the same message" in r.message for r in recs), "multi-line messages kept whole"
 
@@ -161,7 +161,7 @@ def test_lager_event_sink_traces_the_main_log(sandbox_gen1, tmp_path):
 
     summary = run(body())
     recs = records(out)
-    assert summary.lines == len(recs) > 0
+    assert summary.records == len(recs) > 0
     assert {r.module for r in recs} == {"kz_json"} and {r.severity for r in recs} <= {"info", "notice"}
 
 

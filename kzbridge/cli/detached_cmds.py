@@ -212,7 +212,7 @@ def status(
             emit_json([{"sink": s, "file": f} for s, f in found])
         else:
             for s, f in found:
-                click.echo(f"orphan  {s}  {text(f)}")
+                click.echo(f"orphan  {s}  {text(f)}", color=True)
             if not found:
                 click.echo("no orphaned traces", err=True)
         return
@@ -232,7 +232,8 @@ def status(
         lease = f"stops in {r.lease_until - time.time():.0f}s" if r.lease_until else "no lease (not ours)"
         click.echo(
             f"{r.ref}  {r.sink:<11} {'ours' if r.ours else 'other':<5} {text(r.remote_path)}  "
-            f"[{text(r.filters)}]  {lease}"
+            f"[{text(r.filters)}]  {lease}",
+            color=True,  # with --raw, the bytes (click strips colour sequences in a pipe otherwise)
         )
 
 

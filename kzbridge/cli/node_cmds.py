@@ -150,14 +150,15 @@ def rpc(
         emit_json({"result": to_json(result.value), "output": result.output})
     else:
         if result.output:
-            click.echo(printed(result.output, raw), nl=False)
+            click.echo(printed(result.output, raw), nl=False, color=True)
         click.echo(format_term(result.value))
 
 
 def printed(text: str, raw: bool) -> str:
     """What a function printed on the node, for our stdout: as it is for --raw or when stdout is
     not a terminal (a script gets the exact text), else control characters escaped (newlines and
-    tabs kept: maintenance functions print tables)."""
+    tabs kept: maintenance functions print tables). Echo it with ``color=True``: click would
+    otherwise strip colour sequences from exact text in a pipe."""
     if raw or not sys.stdout.isatty():
         return text
     return safe_text(text, newlines="", tabs=True)
@@ -229,13 +230,13 @@ def sup(
             node, cookie, cookie_file, timeout, module, function, terms, warn_if_defective(module, function)
         )
         if result.output and not as_json:
-            click.echo(printed(result.output, raw), nl=False)
+            click.echo(printed(result.output, raw), nl=False, color=True)
     except RpcTimeoutError as exc:
         click.echo(error_line(exc), err=True)
         sys.exit(4)
     except BadRpcError as exc:
         if exc.output and not as_json:
-            click.echo(printed(exc.output, raw), nl=False)
+            click.echo(printed(exc.output, raw), nl=False, color=True)
         click.echo(error_line(exc), err=True)
         sys.exit(3)
     except KzBridgeError as exc:

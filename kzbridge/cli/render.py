@@ -171,7 +171,8 @@ class RecordPrinter:
         if not isinstance(event, Record) or self.closed:
             return
         try:
-            click.echo(record_line(event.record, self.as_json, self.raw))
+            # color=True: --raw means the bytes; click would strip colour sequences in a pipe.
+            click.echo(record_line(event.record, self.as_json, self.raw), color=True)
         except BrokenPipeError:
             self.closed = True
             self.silence()

@@ -485,7 +485,7 @@ def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None)
             "remote_path": o.remote_path,
             "file": node_file(o.node) if s is not None else None,
             "partial_file": s.local_path if s is not None and s.partial else None,
-            "records": s.lines if s else 0,
+            "records": s.records if s else 0,
             "bytes": s.bytes if s else 0,
             "verified": bool(s and s.verified),
             "partial": bool(s and s.partial),

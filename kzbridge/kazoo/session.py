@@ -55,8 +55,14 @@ from ..limits import CALL_TIMEOUT, check_number
 from ..wire.node import HiddenNode
 from . import clock, programs
 from .collect import ReaderEvent, RemoteReader, partial_path
-from .logparse import LineAssembler, LogRecord
-from .tracing import DATA_SINK, DEFAULT_LEASE, Trace, TraceWarning, start_trace
+from .logparse import (
+    PRINTED_BY_KAZOO_FORMAT,
+    PRINTED_BY_LAGER_FORMAT,
+    LineAssembler,
+    LogRecord,
+    admitted_by,
+)
+from .tracing import DATA_SINK, DEFAULT_FORMAT, DEFAULT_LEASE, LAGER_FORMAT, Trace, TraceWarning, start_trace
 
 DEFAULT_MAX_SIZE = 100 << 20
 StopReason = Literal["duration", "max-size", "requested", "abandoned"]
@@ -392,7 +398,7 @@ class TraceSession:
             node, trace.remote_path, mode="follow", poll_ms=self.poll_ms, timeout=trace.timeout
         ).start()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        asm = LineAssembler()
+        asm = LineAssembler(admits=_header_check(trace))
         lines = written = 0  # ``lines`` counts records; ``newlines`` the file's line ends
         newlines = 0
         last_byte = b"\n"
@@ -519,6 +525,19 @@ class TraceSession:
             records=lines,
         )
         yield Collected(self.summary)
+
+
+def _header_check(trace: Trace) -> Any:
+    """What tells a forged header in a message from a real event, for a trace we started with a
+    default format into our own file (logparse's docstring says what it can and cannot tell)."""
+    if not trace.own_file:
+        return None
+    printed = {id(DEFAULT_FORMAT): PRINTED_BY_KAZOO_FORMAT, id(LAGER_FORMAT): PRINTED_BY_LAGER_FORMAT}.get(
+        id(trace.format_list)
+    )
+    if printed is None:
+        return None
+    return admitted_by("debug" if trace.generation == 1 else trace.level, trace.filters, printed)
 
 
 async def run_trace(

@@ -166,6 +166,8 @@ class Trace:
     _keeper: asyncio.Task[None] | None = None
     keeper_error: KzBridgeError | None = None
     timeout: float = CALL_TIMEOUT  # bounds each remote call this trace makes (stop, lease renewals)
+    format_list: list[Any] | None = None  # the format it was started with, when known
+    own_file: bool = False  # the file name is kzbridge's own random one (no other trace writes it)
 
     @property
     def node_name(self) -> str:
@@ -368,6 +370,8 @@ async def start_trace(
     trace = Trace(node, ref, path, generation, sink, checked, level, lease, lager_trace, warnings)
     trace._tref = tref
     trace.timeout = timeout
+    trace.format_list = fmt
+    trace.own_file = remote_path is None
     # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
     if sink == DATA_SINK or detached:
         await trace.renew_lease()
