@@ -273,3 +273,14 @@ def test_a_trace_run_is_not_cut_at_the_timeout(sandbox_gen2, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert time.monotonic() - t0 > 3
+
+
+def test_the_python_clients_check_their_timeout_before_connecting():
+    from kzbridge.client import SyncNode, connect
+
+    for bad in (math.nan, math.inf, 0.0):
+        with pytest.raises(UsageError) as err:
+            connect(NOWHERE, "x", timeout=bad)
+        assert err.value.setting == "timeout"
+        with pytest.raises(UsageError):
+            SyncNode(NOWHERE, "x", timeout=bad)
