@@ -212,3 +212,26 @@ def test_rpc_output_is_escaped_on_a_terminal_and_exact_in_a_pipe(sandbox_gen2):
     assert code == 0 and b"a\x1bb" in seen
     res = kzb(*args)
     assert res.returncode == 0 and res.stdout.startswith("a\x1bb\tc\n"), "a script gets the exact text"
+
+
+def test_a_peer_that_names_itself_with_control_characters_gets_an_escaped_error_line(private_epmd):
+    import time
+
+    from .peers.hostile import HostilePeer
+
+    def close_soon(conn: Any) -> None:
+        time.sleep(0.3)
+
+    evil = "evil\x1b]0;owned\x07\x1b[2J@127.0.0.1"
+    peer = HostilePeer(private_epmd, "c", close_soon, name=f"named{secrets.token_hex(3)}", claimed_name=evil)
+    try:
+        for command in (["ping"], ["status"]):
+            res = kzb(*command, "--node", peer.node, "--cookie", "c", "--timeout", "5")
+            assert res.returncode == 3, (res.returncode, res.stderr)
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+            assert "\x1b" not in res.stderr and "evil\\x1b]0;owned\\x07\\x1b[2J" in lines[0], lines[0]
+            peer.close()
+            peer = HostilePeer(private_epmd, "c", close_soon, name=f"named{secrets.token_hex(3)}", claimed_name=evil)
+    finally:
+        peer.close()

@@ -26,6 +26,7 @@ import click
 from .. import __version__, limits
 from ..cookie import cookie_for_node
 from ..errors import KzBridgeError, RpcTimeoutError, TraceLostError
+from .render import safe_text
 
 if TYPE_CHECKING:
     from ..wire.node import HiddenNode
@@ -65,19 +66,23 @@ def resume_hint(exc: TraceLostError) -> str:
 
 
 def error_line(exc: KzBridgeError) -> str:
-    """``kzbridge: error: MESSAGE (HINT; see --option)``."""
+    """``kzbridge: error: MESSAGE (HINT; see --option)``, one line, terminal-safe.
+
+    Messages carry text from the peer (its node name from the handshake, file names, what
+    it answered): control characters and newlines in it are shown escaped (render.safe_text).
+    """
     notes = [resume_hint(exc) if isinstance(exc, TraceLostError) else exc.hint]
     option = OPTION_OF.get(exc.setting or "")
     if option:
         notes.append(f"see {option}")
     said = "; ".join(n for n in notes if n)
-    return f"kzbridge: error: {exc.message}" + (f" ({said})" if said else "")
+    return safe_text(f"kzbridge: error: {exc.message}" + (f" ({said})" if said else ""))
 
 
 def warning_line(text: str) -> str:
     """``kzbridge: warning: TEXT (see --option)`` for a TraceWarning (or any text)."""
     option = OPTION_OF.get(getattr(text, "setting", None) or "")
-    return f"kzbridge: warning: {text}" + (f" (see {option})" if option else "")
+    return safe_text(f"kzbridge: warning: {text}" + (f" (see {option})" if option else ""))
 
 
 def _silence_stdout() -> None:
@@ -112,7 +117,9 @@ class Group(click.Group):
             if os.environ.get("KZBRIDGE_DEBUG"):
                 raise
             click.echo(
-                f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)",
+                safe_text(
+                    f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)"
+                ),
                 err=True,
             )
             sys.exit(1)

@@ -170,7 +170,7 @@ def stop(
     elif not done:
         click.echo("kzbridge: no running traces from this machine on that node", err=True)
     for item in [] if as_json else done:
-        line = f"stopped {item['ref']} ({item['remote_path']})"
+        line = f"stopped {safe_text(item['ref'])} ({safe_text(item['remote_path'])})"
         if "local_path" in item:
             line += f" -> {item['local_path']}, {item['bytes']} bytes"
         click.echo(line)
@@ -287,7 +287,7 @@ def clear(
         emit_json({"stopped": stopped})
     else:
         for s in stopped:
-            click.echo(f"stopped {s}")
+            click.echo(f"stopped {safe_text(s)}")
         if not stopped:
             click.echo("nothing to stop", err=True)
 

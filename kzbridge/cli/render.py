@@ -113,11 +113,13 @@ def summary_json(s: RunSummary) -> dict[str, Any]:
 
 
 def summary_text(s: RunSummary) -> str:
-    return (
+    """The summary for a person; node names and paths shown terminal-safe."""
+    return safe_text(
         f"ref {s.ref} on {s.node} ({s.sink} sink, generation {s.generation or '-'}), "
         f"stopped by {s.reason} after {s.seconds:.1f}s\n"
         f"  remote: {s.remote_path}\n  local:  {s.local_path}{' (PARTIAL)' if s.partial else ''}\n"
-        f"  {s.records} records ({s.lines} lines), {s.bytes} bytes{', size verified' if s.verified else ''}"
+        f"  {s.records} records ({s.lines} lines), {s.bytes} bytes{', size verified' if s.verified else ''}",
+        newlines="",
     )
 
 
