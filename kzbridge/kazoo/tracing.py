@@ -372,12 +372,8 @@ async def start_trace(
     trace.timeout = timeout
     trace.format_list = fmt
     trace.own_file = remote_path is None
-    # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
-    if sink == DATA_SINK or detached:
-        await trace.renew_lease()
-        trace.lease_renewals = 0
-    if not detached:
-        trace.keep_alive()
+    # Journal first: if the calls below fail or the caller's deadline cancels them, the
+    # trace (stopped by the lease armed above) is still listed by status and stop --all.
     journal.record(
         journal.JournalEntry(
             node=node.peer_name,
@@ -392,6 +388,12 @@ async def start_trace(
             lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
         )
     )
+    # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
+    if sink == DATA_SINK or detached:
+        await trace.renew_lease()
+        trace.lease_renewals = 0
+    if not detached:
+        trace.keep_alive()
     return trace
 
 
