@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cookie import cookie_for_node
 from .kazoo.filters import DEFAULT_MAX_RATE
+from .limits import check_number
 from .wire.connection import DEFAULT_TICKTIME
 from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
@@ -46,8 +47,8 @@ class connect:
         ticktime: float = DEFAULT_TICKTIME,
     ) -> None:
         self.node = node
+        self.timeout = check_number(timeout, "timeout")
         self.cookie = cookie_for_node(node, cookie, cookie_file)
-        self.timeout = timeout
         self.ticktime = ticktime
         self._hidden: HiddenNode | None = None
 
@@ -81,8 +82,8 @@ class SyncNode:
         from .wire.blocking import BlockingNode
 
         self._target = node
+        self._timeout = check_number(timeout, "timeout")
         self._cookie = cookie_for_node(node, cookie, cookie_file)
-        self._timeout = timeout
         self._ticktime = ticktime
         self.blocking = BlockingNode(node, self._cookie, timeout=timeout)
         self.blocking.start_ticking(ticktime)

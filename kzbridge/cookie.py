@@ -7,16 +7,37 @@ The cookie is a secret: nothing here logs or prints it.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from .errors import UsageError
 
+# A cookie is a line of text; anything longer is not a cookie file.
+MAX_COOKIE_FILE = 64 << 10
+
 
 def _read(path: Path) -> str:
+    """The file's text, if it is a regular file: a FIFO, a device or a directory is refused at once.
+
+    The type is checked before opening and again on the open descriptor (opened with
+    O_NONBLOCK, so a FIFO swapped in between cannot block the open), and at most
+    MAX_COOKIE_FILE bytes are read.
+    """
     try:
-        text = path.read_text(encoding="latin-1").strip()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UsageError(f"cookie file {path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"cookie file {path} is not a regular file")
+            data = os.read(fd, MAX_COOKIE_FILE + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UsageError(f"cannot read cookie file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_COOKIE_FILE:
+        raise UsageError(f"cookie file {path} is too large to be a cookie")
+    text = data.decode("latin-1").strip()
     if not text:
         raise UsageError(f"cookie file {path} is empty")
     return text

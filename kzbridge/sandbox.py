@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import limits
 from .cachedir import cache_dir, subdir
 from .errors import KzBridgeError, SandboxError, UsageError
 from .wire.terms import Atom
@@ -275,8 +276,7 @@ def start(
     _validate_name(name)
     if generation not in (1, 2):
         raise UsageError("--generation must be 1 or 2")
-    if rate < 0:
-        raise UsageError("--rate must be 0 or more")
+    rate = limits.check_number(rate, "rate", name="--rate")
     existing = find(name)
     if existing is not None and existing.alive():
         raise SandboxError(

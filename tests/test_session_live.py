@@ -40,9 +40,9 @@ async def test_events_come_in_order_and_records_carry_node_and_instant(sandbox_g
     assert summary is session.summary
     assert summary is not None and summary.reason == "duration" and summary.verified and not summary.partial
     records = [e for e in events if isinstance(e, Record)]
-    assert len(records) == summary.lines > 0 and out.stat().st_size == summary.bytes
+    assert len(records) == summary.records > 0 and out.stat().st_size == summary.bytes
     progress = [e for e in events if isinstance(e, Progress)]
-    assert progress[-1].bytes == summary.bytes and progress[-1].records == summary.lines
+    assert progress[-1].bytes == summary.bytes and progress[-1].records == summary.records
     assert [p.bytes for p in progress] == sorted(p.bytes for p in progress)
     for rec in records:
         assert rec.node == sandbox_gen2.node and rec.printed == rec.record.time

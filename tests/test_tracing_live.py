@@ -52,7 +52,7 @@ async def test_run_trace_collects_parsed_events_on_both_generations(any_sandbox,
     assert summary.rpc_calls / summary.seconds < 2
 
     recs = records(out)
-    assert len(recs) == summary.lines
+    assert len(recs) == summary.records
     assert all(r.callid and r.callid.startswith("call-") for r in recs)
     assert any("second line of the same message" in r.message for r in recs), "multi-line messages kept whole"
 
@@ -132,7 +132,7 @@ async def test_lager_event_sink_traces_the_main_log(sandbox_gen1, tmp_path, open
     assert (Atom("lager_file_backend"), trace.remote_path) not in handlers
 
     recs = records(out)
-    assert summary.lines == len(recs) > 0
+    assert summary.records == len(recs) > 0
     assert {r.module for r in recs} == {"kz_json"} and {r.severity for r in recs} <= {"info", "notice"}
 
 

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .. import __version__
+from .. import __version__, limits
 from ..cookie import cookie_for_node
-from ..errors import KzBridgeError, TraceLostError, UsageError
+from ..errors import KzBridgeError, RpcTimeoutError, TraceLostError
+from .render import safe_text
 
 if TYPE_CHECKING:
     from ..wire.node import HiddenNode
@@ -68,19 +69,23 @@ def resume_hint(exc: TraceLostError) -> str:
 
 
 def error_line(exc: KzBridgeError) -> str:
-    """``kzbridge: error: MESSAGE (HINT; see --option)``."""
+    """``kzbridge: error: MESSAGE (HINT; see --option)``, one line, terminal-safe.
+
+    Messages carry text from the peer (its node name from the handshake, file names, what
+    it answered): control characters and newlines in it are shown escaped (render.safe_text).
+    """
     notes = [resume_hint(exc) if isinstance(exc, TraceLostError) else exc.hint]
     option = OPTION_OF.get(exc.setting or "")
     if option:
         notes.append(f"see {option}")
     said = "; ".join(n for n in notes if n)
-    return f"kzbridge: error: {exc.message}" + (f" ({said})" if said else "")
+    return safe_text(f"kzbridge: error: {exc.message}" + (f" ({said})" if said else ""))
 
 
 def warning_line(text: str) -> str:
     """``kzbridge: warning: TEXT (see --option)`` for a TraceWarning (or any text)."""
     option = OPTION_OF.get(getattr(text, "setting", None) or "")
-    return f"kzbridge: warning: {text}" + (f" (see {option})" if option else "")
+    return safe_text(f"kzbridge: warning: {text}" + (f" (see {option})" if option else ""))
 
 
 def _silence_stdout() -> None:
@@ -115,10 +120,37 @@ class Group(click.Group):
             if os.environ.get("KZBRIDGE_DEBUG"):
                 raise
             click.echo(
-                f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)",
+                safe_text(
+                    f"kzbridge: internal error: {type(exc).__name__}: {exc} (set KZBRIDGE_DEBUG=1 for a traceback)"
+                ),
                 err=True,
             )
             sys.exit(1)
+
+
+class NumberType(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.3 on
+    """A finite number in the setting's range (limits.RANGES, or ``lo``/``hi``): nan, inf and
+    out-of-range values are one usage error naming the option, before anything is sent."""
+
+    name = "number"
+
+    def __init__(self, setting: str, lo: float | None = None, hi: float | None = None) -> None:
+        self.setting, self.lo, self.hi = setting, lo, hi
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        flag = param.opts[0] if param is not None and param.opts else OPTION_OF.get(self.setting, self.setting)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return limits.check_number(value, self.setting, self.lo, self.hi, name=flag)
+        return limits.parse_number(str(value), self.setting, self.lo, self.hi, name=flag)
+
+
+def raw_option(fn: F) -> F:
+    """--raw: print the node's text byte for byte (control characters included) instead of escaped."""
+    return click.option(
+        "--raw",
+        is_flag=True,
+        help="Print text from the node as it is, control characters included (default: escaped on output).",
+    )(fn)
 
 
 _NODE_HELP = "Target node, name@host (env KZBRIDGE_NODE), e.g. kazoo_apps@kazoo1."
@@ -143,10 +175,11 @@ def _connection_options(fn: F) -> F:
     @click.option("--cookie-file", type=click.Path(dir_okay=False), default=None, help="File holding the cookie.")
     @click.option(
         "--timeout",
-        type=click.FloatRange(min=0.1),
+        type=NumberType("timeout"),
         default=10.0,
         show_default=True,
-        help="Seconds for connecting and for each remote call.",
+        help="Seconds for the command's whole work on the node (connecting and every call); "
+        "for trace runs and file transfers, for connecting and for each call.",
     )
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @wraps(fn)
@@ -188,20 +221,41 @@ def run_with_node(
     timeout: float,
     body: Callable[[HiddenNode], Awaitable[T]],
     ticktime: float = 60.0,
+    *,
+    overall: bool = True,
 ) -> T:
-    """Connect an asyncio node, run ``body`` with it, close it."""
+    """Connect an asyncio node, run ``body`` with it, close it.
+
+    With ``overall`` (the default) ``timeout`` is a deadline over all of it, connecting
+    included: a node that stops answering ends the command in ``timeout`` seconds with
+    exit 5, whatever the calls inside were given. Commands whose length is set by other
+    limits (a trace's duration, a file transfer) pass ``overall=False``: then ``timeout``
+    bounds connecting and each call the body makes with it.
+    """
     import asyncio
 
     from ..wire.node import connect_node
 
     secret = cookie_for_node(node, cookie, cookie_file)
 
-    async def main() -> T:
+    async def whole() -> T:
         hidden = await connect_node(node, secret, timeout=timeout, ticktime=ticktime)
         try:
             return await body(hidden)
         finally:
             await hidden.close()
+
+    async def main() -> T:
+        if not overall:
+            return await whole()
+        try:
+            return await asyncio.wait_for(whole(), timeout)
+        except asyncio.TimeoutError:
+            raise RpcTimeoutError(
+                f"{node} did not finish answering within {timeout:g}s",
+                hint="the node may be overloaded or stalled",
+                setting="timeout",
+            ) from None
 
     return asyncio.run(main())
 
@@ -210,18 +264,9 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, default=str))
 
 
-def parse_size(text: str) -> int:
-    units = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
-    t = text.strip().lower()
-    num = t.rstrip("kmgb")
-    unit = t[len(num) :]
-    try:
-        value = float(num)
-    except ValueError:
-        raise UsageError(f"bad size {text!r}: write e.g. 100MB, 512k or 1048576") from None
-    if unit not in units or value <= 0:
-        raise UsageError(f"bad size {text!r}: write e.g. 100MB, 512k or 1048576")
-    return int(value * units[unit])
+def parse_size(text: str, setting: str = "max_size") -> int:
+    """A size option's text (100MB, 512k, 1048576) in bytes; finite and in range (limits.parse_size)."""
+    return limits.parse_size(text, setting)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -249,4 +294,4 @@ def main() -> None:
 # Registration: each family module adds its commands to ``main`` as it loads.
 from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds, cluster_cmds  # noqa: E402,F401,I001
 
-__all__ = ["EXIT_INTERRUPTED", "OPTION_OF", "error_line", "main", "warning_line"]
+__all__ = ["EXIT_INTERRUPTED", "OPTION_OF", "NumberType", "error_line", "main", "raw_option", "warning_line"]

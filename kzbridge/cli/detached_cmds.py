@@ -13,8 +13,8 @@ import click
 
 from ..errors import UsageError
 from ..kazoo import filters as flt
-from . import EXIT_INTERRUPTED, emit_json, main, node_options, run_with_node
-from .render import ProgressBar
+from . import EXIT_INTERRUPTED, NumberType, emit_json, main, node_options, raw_option, run_with_node
+from .render import ProgressBar, safe_text
 from .trace_cmds import filters_from
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: boo
 @click.option(
     "--duration",
     "-d",
-    type=click.FloatRange(min=1),
+    type=NumberType("duration", lo=1),
     default=600.0,
     show_default=True,
     help="The node stops the trace by itself after this many seconds.",
@@ -83,7 +83,7 @@ def start(
 
     async def body(n: HiddenNode) -> Trace:
         return await tracing.start_trace(
-            n, filters, sink=sink, level=level, remote_path=remote_path, lease=duration, detached=True
+            n, filters, sink=sink, level=level, remote_path=remote_path, lease=duration, detached=True, timeout=timeout
         )
 
     trace = run_with_node(node, cookie, cookie_file, timeout, body)
@@ -145,7 +145,7 @@ def stop(
         refs = [ref] if ref else [e.ref for e in journal.active(n.peer_name)]
         done = []
         for r in refs:
-            trace = await tracing.attach(n, r)
+            trace = await tracing.attach(n, r, timeout)
             await trace.stop()
             item: dict[str, Any] = {"ref": r, "remote_path": trace.remote_path}
             if not no_collect:
@@ -164,32 +164,47 @@ def stop(
         return done
 
     with keeps_partial_on_interrupt(lambda: collecting[0] if collecting else None, sys.stderr.isatty()):
-        done = run_with_node(node, cookie, cookie_file, timeout, body)
+        done = run_with_node(node, cookie, cookie_file, timeout, body, overall=no_collect)
     if as_json:
         emit_json(done)
     elif not done:
         click.echo("kzbridge: no running traces from this machine on that node", err=True)
     for item in [] if as_json else done:
-        line = f"stopped {item['ref']} ({item['remote_path']})"
+        line = f"stopped {safe_text(item['ref'])} ({safe_text(item['remote_path'])})"
         if "local_path" in item:
             line += f" -> {item['local_path']}, {item['bytes']} bytes"
         click.echo(line)
 
 
+GEN1_STATUS_NOTE = (
+    "kzbridge: note: generation 1 kz_data_tracing has no status: only traces started from this machine "
+    "are listed; traces started with sup or by other machines are invisible here"
+)
+
+
 @main.command()
 @node_options
+@raw_option
 @click.option("--orphans", is_flag=True, help="List lager traces kz_data_tracing no longer knows.")
 def status(
-    node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, orphans: bool
+    node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, raw: bool, orphans: bool
 ) -> None:
-    """Running traces on the node, joined with what this machine started."""
+    """Running traces on the node, joined with what this machine started.
+
+    On generation 1 nodes only the traces this machine started can be listed (that API has no
+    status). File names and filters come from the node: control characters are shown escaped
+    (--raw: as they are).
+    """
     from ..kazoo import tracing
 
+    def text(t: str) -> str:
+        return t if raw else safe_text(t)
+
     async def list_orphans(n: HiddenNode) -> list[tuple[str, str]]:
-        return await tracing.orphans(n)
+        return await tracing.orphans(n, timeout)
 
     async def list_traces(n: HiddenNode) -> tuple[int, list[TraceStatus]]:
-        return await tracing.status(n)
+        return await tracing.status(n, timeout)
 
     if orphans:
         found = run_with_node(node, cookie, cookie_file, timeout, list_orphans)
@@ -197,19 +212,29 @@ def status(
             emit_json([{"sink": s, "file": f} for s, f in found])
         else:
             for s, f in found:
-                click.echo(f"orphan  {s}  {f}")
+                click.echo(f"orphan  {s}  {text(f)}", color=True)
             if not found:
                 click.echo("no orphaned traces", err=True)
         return
     generation, rows = run_with_node(node, cookie, cookie_file, timeout, list_traces)
     if as_json:
-        emit_json({"generation": generation, "traces": [r.__dict__ for r in rows]})
+        data: dict[str, Any] = {"generation": generation, "traces": [r.__dict__ for r in rows]}
+        if generation == 1:
+            data["complete"] = False
+            data["note"] = "generation 1 has no status: only traces started from this machine are listed"
+        emit_json(data)
         return
+    if generation == 1:
+        click.echo(GEN1_STATUS_NOTE, err=True)
     if not rows:
         click.echo("no traces running", err=True)
     for r in rows:
         lease = f"stops in {r.lease_until - time.time():.0f}s" if r.lease_until else "no lease (not ours)"
-        click.echo(f"{r.ref}  {r.sink:<11} {'ours' if r.ours else 'other':<5} {r.remote_path}  [{r.filters}]  {lease}")
+        click.echo(
+            f"{r.ref}  {r.sink:<11} {'ours' if r.ours else 'other':<5} {text(r.remote_path)}  "
+            f"[{text(r.filters)}]  {lease}",
+            color=True,  # with --raw, the bytes (click strips colour sequences in a pipe otherwise)
+        )
 
 
 @main.command()
@@ -218,18 +243,51 @@ def status(
 def clear(
     node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, orphans_only: bool
 ) -> None:
-    """Stop every trace on the node (generation 2: clear_all_traces; generation 1: ours)."""
+    """Stop every trace on the node (generation 2: clear_all_traces; generation 1: ours).
+
+    With --orphans each orphaned handler is removed and the node's handlers are read again:
+    "removed FILE" only for those gone, "still there FILE" (and exit 6) for any that stayed.
+    """
     from ..kazoo import tracing
 
+    if orphans_only:
+
+        async def remove_orphans(n: HiddenNode) -> list[tracing.OrphanCleared]:
+            return await tracing.clear_orphans(n, timeout)
+
+        results = run_with_node(node, cookie, cookie_file, timeout, remove_orphans)
+        left = [r.file for r in results if not r.removed]
+        if as_json:
+            emit_json(
+                {
+                    "stopped": [r.file for r in results if r.removed],
+                    "removed": [{"sink": r.sink, "file": r.file, "how": r.how} for r in results if r.removed],
+                    "still_there": left,
+                }
+            )
+        else:
+            for r in results:
+                click.echo(f"{'removed' if r.removed else 'still there'} {safe_text(r.file)} ({r.how})")
+            if not results:
+                click.echo("no orphaned traces", err=True)
+        if left:
+            click.echo(
+                f"kzbridge: error: {len(left)} orphaned handler(s) still installed after removal "
+                "(the node's handlers were read again; check its lager configuration)",
+                err=True,
+            )
+            sys.exit(6)
+        return
+
     async def body(n: HiddenNode) -> list[str]:
-        return await (tracing.clear_orphans(n) if orphans_only else tracing.clear_all(n))
+        return await tracing.clear_all(n, timeout)
 
     stopped = run_with_node(node, cookie, cookie_file, timeout, body)
     if as_json:
         emit_json({"stopped": stopped})
     else:
         for s in stopped:
-            click.echo(f"stopped {s}")
+            click.echo(f"stopped {safe_text(s)}")
         if not stopped:
             click.echo("nothing to stop", err=True)
 
@@ -262,10 +320,13 @@ def collect(
     bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
 
     async def body(n: HiddenNode) -> CollectResult:
-        return await collect_file(n, remote_path, local, rotated=rotated, progress=bar.update if bar else None)
+        res = await collect_file(
+            n, remote_path, local, rotated=rotated, progress=bar.update if bar else None, timeout=timeout
+        )
+        return res
 
     with keeps_partial_on_interrupt(lambda: local, bar is not None):
-        res = run_with_node(node, cookie, cookie_file, timeout, body)
+        res = run_with_node(node, cookie, cookie_file, timeout, body, overall=False)
     if bar is not None:
         bar.finish(res.bytes)
     if as_json:

@@ -11,9 +11,11 @@ import click
 
 from ..cookie import cookie_for_node
 from ..errors import BadRpcError, KzBridgeError, RpcTimeoutError, UsageError
+from ..limits import Deadline
 from ..wire.literal import format_term, parse_term, to_json
 from ..wire.terms import Atom
-from . import emit_json, error_line, main, node_options
+from . import emit_json, error_line, main, node_options, raw_option, warning_line
+from .render import safe_text
 
 if TYPE_CHECKING:
     from ..wire.rex import RpcResult
@@ -27,19 +29,33 @@ def call_once(
     module: str,
     function: str,
     args: list[Any],
-    on_connected: Callable[[Any], None] | None = None,
+    on_connected: Callable[[Any, Deadline], None] | None = None,
 ) -> RpcResult:
-    """One rpc on a blocking connection: the one-shot commands skip asyncio's start-up cost."""
+    """One rpc on a blocking connection: the one-shot commands skip asyncio's start-up cost.
+
+    ``timeout`` is a deadline over all of it: connecting, the calls that make pids, the call.
+    """
     from ..wire.blocking import BlockingNode
 
-    with BlockingNode(node, cookie_for_node(node, cookie, cookie_file), timeout=timeout) as n:
+    deadline = Deadline.after(timeout)
+    secret = cookie_for_node(node, cookie, cookie_file)
+    with BlockingNode(node, secret, timeout=timeout) as n:
         if on_connected:
-            on_connected(n)
-        result: RpcResult = n.rpc_output(module, function, resolve_pids(n, args, timeout), timeout=timeout)
+            on_connected(n, deadline)
+        real_args = resolve_pids(n, args, deadline)
+        result: RpcResult = n.rpc_output(module, function, real_args, timeout=left(deadline, node))
         return result
 
 
-def resolve_pids(n: Any, args: list[Any], timeout: float) -> list[Any]:
+def left(deadline: Deadline, node: str) -> float:
+    """What is left of the command's time; RpcTimeoutError once it is spent."""
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise RpcTimeoutError(f"{node} did not finish answering within {deadline.seconds:g}s", setting="timeout")
+    return remaining
+
+
+def resolve_pids(n: Any, args: list[Any], timeout: float | Deadline) -> list[Any]:
     """Pids typed as <0.A.B> or <name@host.A.B> become real pids, made by the node that owns them."""
     from ..wire.literal import pid_literals, replace_pid_literals
     from ..wire.terms import ErlString, Pid
@@ -47,13 +63,16 @@ def resolve_pids(n: Any, args: list[Any], timeout: float) -> list[Any]:
     found = pid_literals(args)
     if not found:
         return args
+    deadline = timeout if isinstance(timeout, Deadline) else Deadline.after(timeout)
     pids = {}
     lit: Any  # wire.literal.PidLiteral (its fields are not declared to the type checker)
     for lit in found:
         owner = Atom(lit.node or n.peer_name)
         text = ErlString(f"<0.{lit.id}.{lit.serial}>")
         try:
-            pid = n.rpc("rpc", "call", [owner, Atom("erlang"), Atom("list_to_pid"), [text]], timeout=timeout)
+            pid = n.rpc(
+                "rpc", "call", [owner, Atom("erlang"), Atom("list_to_pid"), [text]], timeout=left(deadline, n.peer_name)
+            )
         except BadRpcError as exc:
             raise UsageError(f"cannot turn {lit} into a pid: {exc.message}") from exc
         if type(pid) is not Pid:
@@ -77,7 +96,7 @@ def ping(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
         "erlang",
         "system_info",
         [Atom("otp_release")],
-        on_connected=lambda n: conn.update(
+        on_connected=lambda n, _deadline: conn.update(
             node=n.peer_name, handshake=n.handshake_version, name=n.name, t=time.perf_counter()
         ),
     ).value
@@ -98,6 +117,7 @@ def ping(node: str, cookie: str | None, cookie_file: str | None, timeout: float,
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @node_options
+@raw_option
 @click.argument("module")
 @click.argument("function")
 @click.argument("args", nargs=-1)
@@ -107,6 +127,7 @@ def rpc(
     cookie_file: str | None,
     timeout: float,
     as_json: bool,
+    raw: bool,
     module: str,
     function: str,
     args: tuple[str, ...],
@@ -121,6 +142,7 @@ def rpc(
       kzbridge rpc -n kazoo_apps@h erlang byte_size '<<"bin">>'
       kzbridge rpc -n kazoo_apps@h erlang process_info '<0.116.0>' message_queue_len
     What the function prints comes first (stderr with --json), then the result.
+    On a terminal, control characters in what it prints are shown escaped (--raw: as they are).
     """
     terms = [parse_term(a) for a in args]
     result = call_once(node, cookie, cookie_file, timeout, module, function, terms)
@@ -128,12 +150,53 @@ def rpc(
         emit_json({"result": to_json(result.value), "output": result.output})
     else:
         if result.output:
-            click.echo(result.output, nl=False)
+            click.echo(printed(result.output, raw), nl=False, color=True)
         click.echo(format_term(result.value))
+
+
+def printed(text: str, raw: bool) -> str:
+    """What a function printed on the node, for our stdout: as it is for --raw or when stdout is
+    not a terminal (a script gets the exact text), else control characters escaped (newlines and
+    tabs kept: maintenance functions print tables). Echo it with ``color=True``: click would
+    otherwise strip colour sequences from exact text in a pipe."""
+    if raw or not sys.stdout.isatty():
+        return text
+    return safe_text(text, newlines="", tabs=True)
+
+
+# Kazoo's maintenance wrappers that call kz_data_tracing:trace_file/1, the generation 2 defect.
+DEFECTIVE_ON_GEN2 = {("kazoo_data_maintenance", f) for f in ("trace_module", "trace_function", "trace_pid")}
+
+
+def warn_if_defective(module: str, function: str) -> Callable[[Any, Deadline], None] | None:
+    """For the wrappers above only (it costs one rpc): warn on stderr before the call when the
+    node's kz_data_tracing is generation 2, where they start a trace that stays empty."""
+    if (module, function) not in DEFECTIVE_ON_GEN2:
+        return None
+
+    def check(n: Any, deadline: Deadline) -> None:
+        try:
+            exports = n.rpc("kz_data_tracing", "module_info", [Atom("exports")], timeout=left(deadline, n.peer_name))
+        except BadRpcError:
+            return  # no kz_data_tracing: the call itself will say so
+        if type(exports) is list and (Atom("trace_file"), 4) in exports:
+            kzb = {"trace_module": "trace-module", "trace_function": "trace-function", "trace_pid": "trace-pid"}
+            click.echo(
+                warning_line(
+                    f"{module}:{function} on a generation 2 node ({n.peer_name}) reproduces Kazoo's defect: the "
+                    "trace file stays empty and lager logs one error per matching event while it reinstalls the "
+                    f"broken handler; use `kzbridge {kzb[function]}` instead (stop this one with "
+                    f"`kzbridge sup {module} stop_trace REF`)"
+                ),
+                err=True,
+            )
+
+    return check
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @node_options
+@raw_option
 @click.option("-e", "erlang_terms", is_flag=True, help="Parse ARGs as Erlang terms instead of binaries.")
 @click.argument("module")
 @click.argument("function")
@@ -144,6 +207,7 @@ def sup(
     cookie_file: str | None,
     timeout: float,
     as_json: bool,
+    raw: bool,
     erlang_terms: bool,
     module: str,
     function: str,
@@ -153,22 +217,26 @@ def sup(
 
     Arguments arrive as binaries (with -e: as Erlang terms). Exit codes are sup's:
     0 the function returned ok, 1 usage/connect/cookie problems, 2 it returned
-    something else, 3 other badrpc, 4 timeout.
+    something else, 3 other badrpc, 4 timeout (--timeout bounds the whole command).
+    kazoo_data_maintenance's trace_module/trace_function/trace_pid are run as asked, after a
+    warning on generation 2 nodes, where they leave an empty file (use kzbridge's trace-* commands).
 
     \b
       kzbridge sup -n kazoo_apps@h kazoo_data_maintenance trace_module kz_json
     """
     try:
         terms = [parse_term(a) for a in args] if erlang_terms else [a.encode() for a in args]
-        result = call_once(node, cookie, cookie_file, timeout, module, function, terms)
+        result = call_once(
+            node, cookie, cookie_file, timeout, module, function, terms, warn_if_defective(module, function)
+        )
         if result.output and not as_json:
-            click.echo(result.output, nl=False)
+            click.echo(printed(result.output, raw), nl=False, color=True)
     except RpcTimeoutError as exc:
         click.echo(error_line(exc), err=True)
         sys.exit(4)
     except BadRpcError as exc:
         if exc.output and not as_json:
-            click.echo(exc.output, nl=False)
+            click.echo(printed(exc.output, raw), nl=False, color=True)
         click.echo(error_line(exc), err=True)
         sys.exit(3)
     except KzBridgeError as exc:

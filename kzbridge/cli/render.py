@@ -8,6 +8,7 @@ No asyncio and no tracing layer at import time.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,31 @@ if TYPE_CHECKING:
     from ..kazoo.session import Event, RunSummary
 
 SIGNAL_NAMES = ("interrupted", "terminated")
+
+# What a terminal acts on instead of showing: C0 controls (ESC starts colour, title (OSC) and
+# clear-screen sequences; CR and BS overwrite what was printed), DEL, C1 controls (U+0080-U+009F,
+# CSI among them), and the Unicode line/paragraph separators and bidirectional overrides that
+# reorder or break what is shown. Newline is handled by the caller (kept, or indented).
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_BUT_TAB = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c <= 0xFF else f"\\u{c:04x}"
+
+
+def safe_text(text: str, *, newlines: str | None = None, tabs: bool = False) -> str:
+    """``text`` from a node or from whoever wrote the logs, safe to print on a terminal.
+
+    Control characters show as ``\\xHH`` (``\\uHHHH`` for the Unicode ones). A newline is
+    shown as ``\\x0a`` unless ``newlines`` is given: then each newline is kept and followed
+    by that indent, so a message's continuation lines cannot pass for records of their own.
+    A backslash already in the text is left as it is: the escapes are for showing, not
+    for decoding (--json and --raw are for exact text). ``tabs`` keeps tabs (printed tables).
+    """
+    out = (_UNSAFE_BUT_TAB if tabs else _UNSAFE).sub(_escape, text)
+    return out.replace("\n", "\\x0a" if newlines is None else "\n" + newlines)
 
 
 def human_bytes(n: float) -> str:
@@ -58,13 +84,25 @@ class ProgressBar:
         click.echo("", err=True)
 
 
-def record_line(rec: LogRecord, as_json: bool) -> str:
-    """One record as --follow prints it: a JSON object, or time, severity, who, callid, pid, message."""
+# Continuation lines of a multi-line message start with this, never with a time.
+CONTINUATION = "    | "
+
+
+def record_line(rec: LogRecord, as_json: bool, raw: bool = False) -> str:
+    """One record as --follow prints it: a JSON object, or time, severity, who, callid, pid, message.
+
+    Every field comes from the node (and the message from whoever logged it), so unless
+    ``raw`` the text is made terminal-safe (safe_text) and a message's further lines are
+    indented, so a newline in a message cannot start a forged record on screen.
+    """
     if as_json:
         return json.dumps(rec.to_dict(), ensure_ascii=False)
     who = f"{rec.module or '?'}:{rec.function or '?'}"
     callid = f" [{rec.callid}]" if rec.callid and rec.callid != "0000000000" else ""
-    return f"{rec.time} {rec.severity:<7} {who}{callid} {rec.pid or ''} {rec.message}"
+    line = f"{rec.time} {rec.severity:<7} {who}{callid} {rec.pid or ''} "
+    if raw:
+        return line + rec.message
+    return safe_text(line) + safe_text(rec.message, newlines=CONTINUATION)
 
 
 def summary_json(s: RunSummary) -> dict[str, Any]:
@@ -76,11 +114,13 @@ def summary_json(s: RunSummary) -> dict[str, Any]:
 
 
 def summary_text(s: RunSummary) -> str:
-    return (
+    """The summary for a person; node names and paths shown terminal-safe."""
+    return safe_text(
         f"ref {s.ref} on {s.node} ({s.sink} sink, generation {s.generation or '-'}), "
         f"stopped by {s.reason} after {s.seconds:.1f}s\n"
         f"  remote: {s.remote_path}\n  local:  {s.local_path}{' (PARTIAL)' if s.partial else ''}\n"
-        f"  {s.lines} lines, {s.bytes} bytes{', size verified' if s.verified else ''}"
+        f"  {s.records} records ({s.lines} lines), {s.bytes} bytes{', size verified' if s.verified else ''}",
+        newlines="",
     ) + (f"\n  stopped by safety: {s.safety.describe('--max-rate')}" if s.safety is not None else "")
 
 
@@ -114,7 +154,7 @@ def progress_line(event: Event) -> None:
 
     if isinstance(event, Progress):
         click.echo(
-            f"\r  {event.elapsed:6.1f}s  {human_bytes(event.bytes):>10}  {event.records} lines   ", err=True, nl=False
+            f"\r  {event.elapsed:6.1f}s  {human_bytes(event.bytes):>10}  {event.records} records   ", err=True, nl=False
         )
     elif isinstance(event, (Collected, Lost)):
         click.echo("", err=True)
@@ -124,8 +164,11 @@ class RecordPrinter:
     """--follow: each record on stdout as it arrives. When the reader of stdout goes away
     (``| head``), stdout is pointed at /dev/null and ``on_closed`` is called once."""
 
-    def __init__(self, as_json: bool, on_closed: Callable[[], None], silence: Callable[[], None]) -> None:
+    def __init__(
+        self, as_json: bool, on_closed: Callable[[], None], silence: Callable[[], None], *, raw: bool = False
+    ) -> None:
         self.as_json = as_json
+        self.raw = raw
         self.on_closed = on_closed
         self.silence = silence
         self.closed = False
@@ -136,7 +179,8 @@ class RecordPrinter:
         if not isinstance(event, Record) or self.closed:
             return
         try:
-            click.echo(record_line(event.record, self.as_json))
+            # color=True: --raw means the bytes; click would strip colour sequences in a pipe.
+            click.echo(record_line(event.record, self.as_json, self.raw), color=True)
         except BrokenPipeError:
             self.closed = True
             self.silence()

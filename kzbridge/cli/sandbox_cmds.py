@@ -8,7 +8,7 @@ import click
 
 from ..errors import UsageError
 from ..kazoo import filters as flt
-from . import emit_json, main
+from . import NumberType, emit_json, main
 from .render import record_line
 from .trace_cmds import TraceOptions, run_trace_command
 
@@ -30,7 +30,7 @@ def sandbox() -> None:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0),
+    type=NumberType("rate"),
     default=20.0,
     show_default=True,
     help="Data-sink log events per second from the traffic workers.",
@@ -90,7 +90,7 @@ def sandbox_list(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--duration", type=click.FloatRange(min=1), default=5.0, show_default=True)
+@click.option("--duration", type=NumberType("duration", lo=1), default=5.0, show_default=True)
 @click.option("--generation", type=click.Choice(["1", "2"]), default="2", show_default=True)
 @click.option("--keep", is_flag=True, help="Leave the sandbox running afterwards.")
 def demo(duration: float, generation: str, keep: bool) -> None:

@@ -21,11 +21,13 @@ from ..kazoo import filters as flt
 from ..wire.literal import parse_term
 from . import (
     EXIT_INTERRUPTED,
+    NumberType,
     _silence_stdout,
     emit_json,
     main,
     nodes_options,
     parse_size,
+    raw_option,
     render,
     run_with_node,
     warning_line,
@@ -42,7 +44,7 @@ def trace_options(fn: F) -> F:
     @click.option(
         "--duration",
         "-d",
-        type=click.FloatRange(min=0.1),
+        type=NumberType("duration"),
         default=60.0,
         show_default=True,
         help="Seconds to trace before stopping and collecting.",
@@ -86,7 +88,7 @@ def trace_options(fn: F) -> F:
     )
     @click.option(
         "--lease",
-        type=click.FloatRange(min=5),
+        type=NumberType("lease", lo=5),
         default=flt.DEFAULT_LEASE,
         show_default=True,
         help="Seconds after which the node stops the trace by itself if kzbridge stops renewing.",
@@ -115,6 +117,7 @@ def trace_options(fn: F) -> F:
         is_flag=True,
         help="Do not watch the node's logging load (a flood can then make every logging process wait).",
     )
+    @raw_option
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -140,6 +143,7 @@ class TraceOptions:
     sink: str = flt.DATA_SINK
     lease: float = flt.DEFAULT_LEASE
     remote_path: str | None = None
+    raw: bool = False
     max_rate: float = flt.DEFAULT_MAX_RATE
     no_governor: bool = False
     cluster_seed: str | None = None
@@ -213,6 +217,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
                 requests=requests,
                 max_rate=opts.max_rate,
                 governor=not opts.no_governor,
+                timeout=opts.timeout,
             )
             trace = session.trace
             for w in trace.warnings:
@@ -229,11 +234,13 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
             if opts.follow:
                 # `kzbridge ... --follow | head`: the reader left; stop and collect as on Ctrl-C.
                 observers.append(
-                    render.RecordPrinter(opts.as_json, lambda: requests.request_stop("output closed"), _silence_stdout)
+                    render.RecordPrinter(
+                        opts.as_json, lambda: requests.request_stop("output closed"), _silence_stdout, raw=opts.raw
+                    )
                 )
             return await session.run(*observers)
 
-    summary = run_with_node(node, opts.cookie, opts.cookie_file, opts.timeout, body)
+    summary = run_with_node(node, opts.cookie, opts.cookie_file, opts.timeout, body, overall=False)
     # The trace is stopped and collected: a late Ctrl-C must not turn the summary into a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if opts.as_json:
@@ -281,21 +288,27 @@ def trace_function(names: tuple[str, ...], **kw: Any) -> None:
 @trace_options
 @click.argument("pid")
 def trace_pid(pid: str, **kw: Any) -> None:
-    """Trace one process; PID as 0.116.0 or <0.116.0> (normalised, unlike sup's trace_pid).
+    """Trace one process; PID as 0.116.0, <0.116.0> or <node@host.116.0> (as rpc prints it),
+    normalised, unlike sup's trace_pid.
 
     A pid belongs to one node: with several nodes, write it as kzbridge prints it,
     <name@host.A.B>, and only that node is traced.
     """
+    from ..kazoo.cluster import parse_node_list
+
     opts = TraceOptions(**kw)
-    owner, local = flt.pid_owner(pid)
-    if opts.several or owner:
+    owner, _ = flt.pid_owner(pid)
+    if opts.several:
         if owner is None:
             raise UsageError(
                 "a pid belongs to one node: with several nodes write it as <name@host.A.B>, as kzbridge prints pids",
                 setting="node",
             )
+        given = parse_node_list(opts.node)
+        if given and owner not in given:
+            raise BadFilterError(f"{pid} is a process of {owner}, which is not among the nodes given")
         opts = replace(opts, node=(owner,), cluster_seed=None, exclude=())
-    run_trace_command(flt.pid_filter(local), opts)
+    run_trace_command(flt.pid_filter(pid, node=opts.one_node()), opts)
 
 
 def filters_from(

@@ -67,8 +67,10 @@ class RemoteReader:
         poll_ms: int = 50,
         idle_ms: int = 120_000,
         on_data: Callable[[memoryview], None] | None = None,
+        timeout: float = 10.0,
     ) -> None:
         self.node = node
+        self.timeout = timeout  # bounds each call that starts the reader
         self.path = path
         self.mode = mode
         self.offset = offset
@@ -95,6 +97,7 @@ class RemoteReader:
         self.pid = await programs.spawn(
             self.node,
             programs.READER,
+            timeout=self.timeout,
             Owner=self.mailbox.pid,
             Path=self.path,
             Offset=self.offset,
@@ -227,16 +230,20 @@ async def collect_file(
     progress: Callable[[int, int], None] | None = None,
     chunk: int | None = None,
     window: int | None = None,
+    timeout: float = 10.0,
 ) -> CollectResult:
     """Copy a remote file (with ``rotated``, its .4 .. .0 parts first) to ``local_path``.
+
+    ``timeout`` bounds each call that sets the transfer up; the transfer itself ends when
+    no data arrives for a minute.
 
     Written to ``local_path.partial`` and renamed when complete and verified; if the
     node goes away midway the partial file stays and the error names it.
     """
     total = -1
     if progress is not None:
-        sizes = await programs.evaluate(node, programs.STAT_PARTS, Path=remote_path) if rotated else None
-        total = sum(s for n, s in sizes) if sizes else await _size(node, remote_path)
+        sizes = await programs.evaluate(node, programs.STAT_PARTS, timeout, Path=remote_path) if rotated else None
+        total = sum(s for n, s in sizes) if sizes else await _size(node, remote_path, timeout)
     tmp = partial_path(local_path)
     started = time.monotonic()
     written = 0
@@ -251,7 +258,13 @@ async def collect_file(
                 progress(written, total)
 
         reader = await RemoteReader(
-            node, remote_path, mode="rotated" if rotated else "once", chunk=chunk, window=window, on_data=on_data
+            node,
+            remote_path,
+            mode="rotated" if rotated else "once",
+            chunk=chunk,
+            window=window,
+            on_data=on_data,
+            timeout=timeout,
         ).start()
         try:
             while True:
@@ -283,6 +296,6 @@ async def collect_file(
     )
 
 
-async def _size(node: HiddenNode, path: str) -> int:
-    info = await node.rpc("filelib", "file_size", [path], timeout=10)
+async def _size(node: HiddenNode, path: str, timeout: float = 10.0) -> int:
+    info = await node.rpc("filelib", "file_size", [path], timeout=timeout)
     return info if type(info) is int else -1

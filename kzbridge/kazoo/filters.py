@@ -17,6 +17,7 @@ from ..wire.terms import Atom, ErlString, ImproperList, Pid
 WILDCARD = Atom("*")
 _ATOM_KEYS = {"module", "function", "application", "node", "mod", "func", "from_app", "sink"}
 _PID = re.compile(r"<?(\d+)\.(\d+)\.(\d+)>?\Z")
+# How `kzbridge rpc` prints a pid of another node: <name@host.A.B> (host may hold dots).
 _KEY = re.compile(r"[a-z][a-zA-Z0-9_]*\Z")
 _OPS = {"=": Atom("="), "<": Atom("<"), ">": Atom(">")}
 DATA_SINK = "data"
@@ -34,13 +35,13 @@ def normalise_pid(text: str) -> ErlString:
     return ErlString("<{}.{}.{}>".format(*m.groups()))
 
 
-_OWNED_PID = re.compile(r"<([^<>@\s]+@[^<>\s]+)\.(\d+)\.(\d+)>\Z")
+_NODE_PID = re.compile(r"<([^<>@\s]+@[^<>\s]+)\.(\d+)\.(\d+)>\Z")
 
 
 def pid_owner(text: str) -> tuple[str | None, str]:
     """``<name@host.A.B>`` (as kzbridge prints pids) -> (``name@host``, ``<0.A.B>``);
     any other form -> (None, the text as given)."""
-    m = _OWNED_PID.match(text.strip())
+    m = _NODE_PID.match(text.strip())
     if m is None:
         return None, text
     return m.group(1), f"<0.{m.group(2)}.{m.group(3)}>"
@@ -63,7 +64,23 @@ def function_filter(function: str, module: str | None = None) -> list[tuple[Any,
     return [*out, (Atom("function"), _atom_value("function", function))]
 
 
-def pid_filter(pid: str) -> list[tuple[Any, ...]]:
+def pid_filter(pid: str, node: str | None = None) -> list[tuple[Any, ...]]:
+    """``{pid, "<0.A.B>"}``. Besides 0.A.B and <0.A.B>, takes <name@host.A.B> as ``rpc`` prints
+    pids: a pid of ``node`` (the traced node; lager prints its own pids as <0.A.B>), refused
+    when it names another node, since that process can log nothing on this one."""
+    owner, local = pid_owner(pid)
+    if owner is not None:
+        ident, serial = local[3:-1].split(".")
+        if node is None:
+            raise BadFilterError(
+                f"{pid!r} names its node; say which node is traced, or write it as <0.{ident}.{serial}>"
+            )
+        if owner != node:
+            raise BadFilterError(
+                f"{pid} is a process of {owner}, not of the traced node {node}: it cannot log there",
+                hint=f"trace {owner} instead",
+            )
+        return [(Atom("pid"), ErlString(local))]
     return [(Atom("pid"), normalise_pid(pid))]
 
 

@@ -8,12 +8,37 @@ continues the previous record's message.
 
 lager prints only the time of day (``HH:MM:SS.mmm``, `` UTC`` appended when the node
 runs with ``utc_log``); clock.Timeline turns it into an instant.
+
+Forged headers: what can be told apart, and what cannot
+    A message may hold a newline followed by text shaped like a header
+    (``"ok\n11:38:57.900 [error] |app|cid|mod:fun:1 (<0.1.0>) forged"``). lager formats
+    each event whole and hands it to the file in one write, but its file backend buffers
+    (delayed_write) and we read the file in chunks: a chunk holds many events, and
+    nothing in the bytes marks where one write ended. In the text format a forged header
+    line is byte for byte what a real one would be, and times are no help either (lager
+    stamps the time in the logging process, so events of different processes legitimately
+    arrive slightly out of order). So in general the two cannot be told apart, and
+    ``parse_text`` and an assembler without ``admits`` take every header-shaped line as
+    a record.
+
+    What can be told apart soundly: a line that no event *of this trace* could have
+    produced. lager writes to a trace file only events at or above the trace's level
+    whose metadata match all its filters; when the format prints a filtered key (the
+    lager_event format prints module, function, pid, callid, application; Kazoo's data
+    format prints pid and callid), a header-shaped line whose severity is below the level,
+    or whose printed value differs from the filter's, cannot be an event of the trace: it
+    continues the previous record's message. ``admitted_by`` builds that check and
+    TraceSession uses it for traces it started with a default format and file name (a
+    file shared with another trace would break the premise). A forged line that matches
+    the trace's level and filters stays indistinguishable: use ``--json`` (exact fields)
+    or read the file with that in mind. On a terminal, kzbridge prints a message's further
+    lines indented (cli.render), so they do not look like records of their own there.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +52,16 @@ _HEADER = re.compile(
     re.DOTALL,
 )
 UNDEFINED = "Undefined"
+SEVERITIES = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+# Metadata key -> the LogRecord field it is printed in, for the formats kzbridge starts traces with.
+PRINTED_BY_LAGER_FORMAT = {
+    "module": "module",
+    "function": "function",
+    "pid": "pid",
+    "callid": "callid",
+    "application": "app",
+}
+PRINTED_BY_KAZOO_FORMAT = {"pid": "pid", "callid": "callid", "mod": "module", "func": "function", "from_app": "app"}
 
 
 @dataclass
@@ -80,6 +115,42 @@ def parse_header(text: str) -> LogRecord | None:
     )
 
 
+def _printed(value: Any) -> str | None:
+    """How lager prints a filter value (atom name, binary text, string), or None if unsure."""
+    from ..wire.terms import Atom, ErlString
+
+    if type(value) is Atom:
+        return None if value.name == "*" else value.name
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if type(value) in (str, ErlString):
+        return str(value)
+    return None
+
+
+def admitted_by(level: str, filters: list[Any], printed: Mapping[str, str]) -> Callable[[LogRecord], bool]:
+    """A check that says False for a parsed header no event of the trace could have produced:
+    severity below ``level``, or a printed field that differs from an equality filter on the
+    key it prints (``printed``: key -> LogRecord field). See the module docstring."""
+    lowest = SEVERITIES.index(level) if level in SEVERITIES else 0
+    wanted: list[tuple[str, str]] = []
+    for f in filters:
+        if type(f) is tuple and len(f) == 2 and getattr(f[0], "name", None) in printed:
+            text = _printed(f[1])
+            if text is not None:
+                wanted.append((printed[f[0].name], text))
+
+    def admits(rec: LogRecord) -> bool:
+        if rec.severity in SEVERITIES and SEVERITIES.index(rec.severity) < lowest:
+            return False
+        return all((getattr(rec, field) or UNDEFINED) == text for field, text in wanted)
+
+    return admits
+
+
 class LineAssembler:
     """Feeds text chunks, yields complete records; a record is complete when the next header starts.
 
@@ -87,9 +158,14 @@ class LineAssembler:
     after the last newline and a record's continuation lines are kept as lists of
     pieces and joined once, so a record of any number of lines, or a line arriving in
     any number of chunks, costs no more than its size.
+
+    ``admits`` (see ``admitted_by``): a header-shaped line it refuses continues the
+    current record's message instead of starting one (counted in ``refused_headers``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, admits: Callable[[LogRecord], bool] | None = None) -> None:
+        self._admits = admits
+        self.refused_headers = 0
         self._pending: list[str] = []  # pieces of the line not yet ended by a newline
         self._current: LogRecord | None = None
         self._more: list[str] = []  # continuation lines of the current record
@@ -111,6 +187,9 @@ class LineAssembler:
         out: list[LogRecord] = []
         for line in lines:
             rec = parse_header(line)
+            if rec is not None and self._admits is not None and self._current is not None and not self._admits(rec):
+                self.refused_headers += 1
+                rec = None
             if rec is not None:
                 self._close(out)
                 self._current = rec

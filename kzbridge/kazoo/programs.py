@@ -135,6 +135,21 @@ Sinks = [S || S <- [lager_event, data_lager_event], is_pid(whereis(S))],
 [{S, list_to_binary(F)} || S <- Sinks, {lager_file_backend, F} <- gen_event:which_handlers(S)].
 """
 
+# Remove the file handler of one sink whatever lager remembers of it. Bindings: Sink (atom), File (string).
+# clear_trace_by_destination only knows traces lager recorded; a handler added by a trace_file call that
+# crashed before recording its trace (a pid value in a filter) is deleted from the sink itself and from
+# lager's handler list, as lager's own stop_trace does. Returns {Cleared, Deleted, StillThere}.
+CLEAR_FILE_HANDLER = r"""
+Id = {lager_file_backend, File},
+R1 = (catch lager:clear_trace_by_destination(Id)),
+Deleted = case lists:member(Id, gen_event:which_handlers(Sink)) of
+    true -> gen_event:delete_handler(Sink, Id, []);
+    false -> not_installed
+end,
+catch lager_config:global_set(handlers, lists:keydelete(Id, 1, lager_config:global_get(handlers, []))),
+{R1, Deleted, lists:member(Id, gen_event:which_handlers(Sink))}.
+"""
+
 _forms: weakref.WeakKeyDictionary[HiddenNode, dict[str, Encoded]] = weakref.WeakKeyDictionary()
 
 
@@ -172,13 +187,13 @@ def _parse_on_node(source: str) -> list[Any]:
     return [(Atom("call"), 1, fun, [])]
 
 
-async def forms(node: HiddenNode, source: str) -> Encoded:
+async def forms(node: HiddenNode, source: str, timeout: float = 10.0) -> Encoded:
     """Abstract forms of ``source``, parsed on the node and kept encoded (cached per connection)."""
     cache = _forms.setdefault(node, {})
     if source in cache:
         return cache[source]
     try:
-        result = await node.rpc("erl_eval", "exprs", [_parse_on_node(source), []], timeout=10)
+        result = await node.rpc("erl_eval", "exprs", [_parse_on_node(source), []], timeout=timeout)
     except BadRpcError as exc:
         raise ProgramError(f"the node could not parse a kzbridge program: {exc.message:.200}") from exc
     if not (
@@ -199,19 +214,21 @@ def bindings(**values: Any) -> list[tuple[Atom, Any]]:
 
 async def evaluate(node: HiddenNode, source: str, timeout: float = 30.0, **values: Any) -> Any:
     """Run ``source`` inside one rpc and return its value."""
-    result = await node.rpc("erl_eval", "exprs", [await forms(node, source), bindings(**values)], timeout=timeout)
+    program = await forms(node, source, timeout)
+    result = await node.rpc("erl_eval", "exprs", [program, bindings(**values)], timeout=timeout)
     if type(result) is tuple and len(result) == 3 and result[0] == Atom("value"):
         return result[1]
     raise ProgramError(f"unexpected erl_eval result {result!r:.200}")
 
 
-async def spawn(node: HiddenNode, source: str, **values: Any) -> Pid:
-    """Run ``source`` in a new process on the node; return its pid."""
+async def spawn(node: HiddenNode, source: str, timeout: float = 10.0, **values: Any) -> Pid:
+    """Run ``source`` in a new process on the node; return its pid. ``timeout`` bounds each call."""
+    program = await forms(node, source, timeout)
     pid = await node.rpc(
         "erlang",
         "spawn",
-        [Atom("erl_eval"), Atom("exprs"), [await forms(node, source), bindings(**values)]],
-        timeout=10,
+        [Atom("erl_eval"), Atom("exprs"), [program, bindings(**values)]],
+        timeout=timeout,
     )
     if type(pid) is not Pid:
         raise RemoteFileError(f"could not start a reader process on the node: {pid!r:.200}")

@@ -54,12 +54,19 @@ from datetime import datetime, timezone
 from typing import IO, Any, Literal, Protocol
 
 from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageError
+from ..limits import CALL_TIMEOUT, check_number
 from ..wire.node import HiddenNode
 from . import clock, programs
 from .collect import ReaderEvent, RemoteReader, partial_path
 from .governor import DEFAULT_MAX_RATE, Governor, SafetyStop, check_max_rate, preflight
-from .logparse import LineAssembler, LogRecord
-from .tracing import DATA_SINK, DEFAULT_LEASE, Trace, TraceWarning, start_trace
+from .logparse import (
+    PRINTED_BY_KAZOO_FORMAT,
+    PRINTED_BY_LAGER_FORMAT,
+    LineAssembler,
+    LogRecord,
+    admitted_by,
+)
+from .tracing import DATA_SINK, DEFAULT_FORMAT, DEFAULT_LEASE, LAGER_FORMAT, Trace, TraceWarning, start_trace
 
 DEFAULT_MAX_SIZE = 100 << 20
 GOVERNOR_OFF = (
@@ -120,7 +127,7 @@ class RunSummary:
     node: str
     remote_path: str
     local_path: str
-    lines: int
+    lines: int  # lines in the file (a record's message may span several)
     bytes: int
     seconds: float
     reason: str
@@ -134,6 +141,7 @@ class RunSummary:
     warnings: list[TraceWarning] = field(default_factory=list)
     safety: SafetyStop | None = None  # why the governor stopped the trace
     peak_rate: float | None = None  # the highest events/s the governor measured; None when off
+    records: int = 0  # parsed records
 
 
 @dataclass(frozen=True)
@@ -165,11 +173,12 @@ def default_local_path(node_name: str, ref: str) -> str:
 
 
 def _check_limits(duration: float | None, max_size: int | None, max_rate: float | None = None) -> None:
+    """Finite, in range (limits.RANGES), before anything reaches a node."""
     check_max_rate(max_rate)
-    if duration is not None and duration <= 0:
-        raise UsageError("the duration must be positive", setting="duration")
-    if max_size is not None and max_size <= 0:
-        raise UsageError("the maximum size must be positive", setting="max_size")
+    if duration is not None:
+        check_number(duration, "duration")
+    if max_size is not None:
+        check_number(max_size, "max_size")
 
 
 class StopRequests:
@@ -267,19 +276,30 @@ class TraceSession:
         requests: StopRequests | None = None,
         max_rate: float | None = DEFAULT_MAX_RATE,
         governor: bool = True,
+        timeout: float = CALL_TIMEOUT,
     ) -> TraceSession:
         """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
 
-        ``local_path`` defaults to NODE-REF.log in the current directory. With the governor on,
+        ``local_path`` defaults to NODE-REF.log in the current directory. ``timeout`` bounds
+        each remote call of the session (setup, stop, lease renewals). With the governor on,
         raises governor.NodeBusyError (nothing started) when the sink is synchronous already.
         """
         _check_limits(duration, max_size, max_rate)
+        check_number(lease, "lease")
+        check_number(timeout, "timeout")
         if correction is None:
-            correction = clock.ClockCorrection(await clock.measure(node))
+            correction = clock.ClockCorrection(await clock.measure(node, timeout=timeout))
         if governor:
             await preflight(node, sink)
         trace = await start_trace(
-            node, filters, sink=sink, level=level, format_list=format_list, remote_path=remote_path, lease=lease
+            node,
+            filters,
+            sink=sink,
+            level=level,
+            format_list=format_list,
+            remote_path=remote_path,
+            lease=lease,
+            timeout=timeout,
         )
         local = local_path if local_path is not None else default_local_path(node.peer_name, trace.ref)
         return cls(
@@ -320,7 +340,9 @@ class TraceSession:
         """After Collected: does the local file hold as many bytes as the remote file and its rotated parts?"""
         if self.summary is None or self.summary.partial:
             return False
-        sizes = await programs.evaluate(self.trace.node, programs.STAT_PARTS, Path=self.trace.remote_path)
+        sizes = await programs.evaluate(
+            self.trace.node, programs.STAT_PARTS, self.trace.timeout, Path=self.trace.remote_path
+        )
         remote_bytes: int = sum(size for _, size in sizes)
         return remote_bytes == os.path.getsize(self.summary.local_path)
 
@@ -404,7 +426,7 @@ class TraceSession:
         trace = self.trace
         node = trace.node
         if self.correction is None:  # setup, not the run's control traffic: measured before counting
-            self.correction = clock.ClockCorrection(await clock.measure(node))
+            self.correction = clock.ClockCorrection(await clock.measure(node, timeout=trace.timeout))
         gov: Governor | None = None
         if self.governor:  # its first look is setup too: the baseline for the rate
             gov = Governor(node, trace.sink, trace.remote_path, self.max_rate)
@@ -426,10 +448,14 @@ class TraceSession:
             return datetime.fromtimestamp(last_instant[0], timezone.utc)
 
         tmp = str(partial_path(self.local_path)) if self.local_path is not None else None
-        reader = await RemoteReader(node, trace.remote_path, mode="follow", poll_ms=self.poll_ms).start()
+        reader = await RemoteReader(
+            node, trace.remote_path, mode="follow", poll_ms=self.poll_ms, timeout=trace.timeout
+        ).start()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        asm = LineAssembler()
-        lines = written = 0
+        asm = LineAssembler(admits=_header_check(trace))
+        lines = written = 0  # ``lines`` counts records; ``newlines`` the file's line ends
+        newlines = 0
+        last_byte = b"\n"
         stopped: StoppedBy | None = None
         verified = False
         partial = True
@@ -473,6 +499,9 @@ class TraceSession:
                     if out is not None:
                         out.write(ev.data)
                     written += len(ev.data)
+                    if ev.data:
+                        newlines += bytes(ev.data).count(b"\n")
+                        last_byte = bytes(ev.data[-1:])
                     recs = asm.feed(decoder.decode(ev.data))
                     lines += len(recs)
                     for rec in records(recs):
@@ -542,7 +571,7 @@ class TraceSession:
             trace.node_name,
             trace.remote_path,
             final,
-            lines,
+            newlines + (last_byte != b"\n"),
             written,
             time.monotonic() - started,
             reason,
@@ -556,8 +585,22 @@ class TraceSession:
             list(trace.warnings),
             stopped.safety,
             gov.peak_rate if gov is not None else None,
+            records=lines,
         )
         yield Collected(self.summary)
+
+
+def _header_check(trace: Trace) -> Any:
+    """What tells a forged header in a message from a real event, for a trace we started with a
+    default format into our own file (logparse's docstring says what it can and cannot tell)."""
+    if not trace.own_file:
+        return None
+    printed = {id(DEFAULT_FORMAT): PRINTED_BY_KAZOO_FORMAT, id(LAGER_FORMAT): PRINTED_BY_LAGER_FORMAT}.get(
+        id(trace.format_list)
+    )
+    if printed is None:
+        return None
+    return admitted_by("debug" if trace.generation == 1 else trace.level, trace.filters, printed)
 
 
 async def run_trace(

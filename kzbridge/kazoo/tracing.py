@@ -33,6 +33,7 @@ from ..errors import (
     UnknownTraceError,
     UsageError,
 )
+from ..limits import CALL_TIMEOUT, check_number
 from ..wire.codec import binary_to_term, term_to_binary
 from ..wire.literal import format_term
 from ..wire.node import HiddenNode
@@ -107,17 +108,20 @@ class TraceWarning(str):
         return obj
 
 
-async def detect_generation(node: HiddenNode) -> int:
-    """1 or 2, from kz_data_tracing's exports; a clear error when the node has no tracing."""
+async def detect_generation(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> int:
+    """1 or 2, from kz_data_tracing's exports; a clear error when the node has no tracing.
+
+    ``timeout`` here and in the other functions of this module bounds each remote call.
+    """
     try:
-        exports = await node.rpc("kz_data_tracing", "module_info", [Atom("exports")], timeout=10)
+        exports = await node.rpc("kz_data_tracing", "module_info", [Atom("exports")], timeout=timeout)
     except BadRpcError as exc:
         raise TracingUnavailableError(
             f"{node.peer_name} has no kz_data_tracing module",
             hint="is this a Kazoo node with kazoo_data? the lager_event sink needs only lager",
             setting="sink",
         ) from exc
-    where = await node.rpc("erlang", "whereis", [A_KZ], timeout=10)
+    where = await node.rpc("erlang", "whereis", [A_KZ], timeout=timeout)
     if where == A_UNDEFINED:
         raise TracingUnavailableError(
             f"kz_data_tracing is not running on {node.peer_name}",
@@ -126,9 +130,9 @@ async def detect_generation(node: HiddenNode) -> int:
     return 2 if (Atom("trace_file"), 4) in exports else 1
 
 
-async def has_data_sink(node: HiddenNode) -> bool:
+async def has_data_sink(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> bool:
     # The sink is a registered gen_event process once lager has read its config.
-    where = await node.rpc("erlang", "whereis", [Atom("data_lager_event")], timeout=10)
+    where = await node.rpc("erlang", "whereis", [Atom("data_lager_event")], timeout=timeout)
     return bool(where != A_UNDEFINED)
 
 
@@ -161,6 +165,9 @@ class Trace:
     lease_renewals: int = 0
     _keeper: asyncio.Task[None] | None = None
     keeper_error: KzBridgeError | None = None
+    timeout: float = CALL_TIMEOUT  # bounds each remote call this trace makes (stop, lease renewals)
+    format_list: list[Any] | None = None  # the format it was started with, when known
+    own_file: bool = False  # the file name is kzbridge's own random one (no other trace writes it)
 
     @property
     def node_name(self) -> str:
@@ -175,11 +182,12 @@ class Trace:
             self.ref if self.sink == DATA_SINK else None,
             self.remote_path,
             self.lager_trace,
+            self.timeout,
         )
         self.lease_renewals += 1
         journal.extend_lease(self.node_name, self.ref, time.time() + (seconds or self.lease))
         if old is not None:
-            await self.node.rpc("timer", "cancel", [old], timeout=10)
+            await self.node.rpc("timer", "cancel", [old], timeout=self.timeout)
 
     def keep_alive(self) -> None:
         """Renew the lease every third of it, in the background, while this object lives.
@@ -201,7 +209,7 @@ class Trace:
             return self.remote_path
         if self.sink == DATA_SINK:
             try:
-                reply = await self.node.rpc("kz_data_tracing", "stop_trace", [self.ref.encode()], timeout=10)
+                reply = await self.node.rpc("kz_data_tracing", "stop_trace", [self.ref.encode()], timeout=self.timeout)
             except BadRpcError as exc:
                 # Under a flood (what the governor stops) lager removes the file handler behind the
                 # sink's queue and kz_data_tracing's own 5 s call times out; the server still finishes
@@ -212,13 +220,18 @@ class Trace:
             if reply != (A_ERROR, Atom("invalid_trace")) and not (type(reply) is tuple and reply[0] == A_OK):
                 raise KazooError(f"stop_trace({self.ref}) answered {format_term(reply)}")
         else:
-            await self.node.rpc("lager", "stop_trace", [self.lager_trace], timeout=10)
+            await self.node.rpc("lager", "stop_trace", [self.lager_trace], timeout=self.timeout)
         # Whatever kz_data_tracing remembers, make sure lager writes no more to our file.
         await programs.evaluate(
-            self.node, programs.LEASE_STOP, Ref=A_UNDEFINED, File=self.remote_path, Trace=A_UNDEFINED
+            self.node,
+            programs.LEASE_STOP,
+            timeout=self.timeout,
+            Ref=A_UNDEFINED,
+            File=self.remote_path,
+            Trace=A_UNDEFINED,
         )
         if self._tref is not None:
-            await self.node.rpc("timer", "cancel", [self._tref], timeout=10)
+            await self.node.rpc("timer", "cancel", [self._tref], timeout=self.timeout)
             self._tref = None
         self.stopped = True
         journal.mark_stopped(self.node_name, self.ref)
@@ -228,7 +241,9 @@ class Trace:
         self, local_path: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
     ) -> CollectResult:
         """Bring back the whole file, rotated parts first."""
-        return await collect_file(self.node, self.remote_path, local_path, rotated=True, progress=progress)
+        return await collect_file(
+            self.node, self.remote_path, local_path, rotated=True, progress=progress, timeout=self.timeout
+        )
 
     async def follow(self, poll_ms: int = 50) -> AsyncIterator[LogRecord]:
         """Parsed records as lager writes them, until the trace stops (stop() from another task).
@@ -283,15 +298,17 @@ async def _keep_lease(trace_ref: weakref.ref[Trace], interval: float) -> None:
         del trace
 
 
-async def _arm_lease(node: HiddenNode, seconds: float, ref: str | None, path: str, lager_trace: Any) -> Any:
-    forms = await programs.forms(node, programs.LEASE_STOP)
+async def _arm_lease(
+    node: HiddenNode, seconds: float, ref: str | None, path: str, lager_trace: Any, timeout: float = CALL_TIMEOUT
+) -> Any:
+    forms = await programs.forms(node, programs.LEASE_STOP, timeout=timeout)
     binds = programs.bindings(
         Ref=ref.encode() if ref else A_UNDEFINED,
         File=ErlString(path),
         Trace=lager_trace if lager_trace is not None else A_UNDEFINED,
     )
     reply = await node.rpc(
-        "timer", "apply_after", [int(seconds * 1000), Atom("erl_eval"), Atom("exprs"), [forms, binds]], timeout=10
+        "timer", "apply_after", [int(seconds * 1000), Atom("erl_eval"), Atom("exprs"), [forms, binds]], timeout=timeout
     )
     if type(reply) is tuple and reply[0] == A_OK:
         return reply[1]
@@ -308,12 +325,17 @@ async def start_trace(
     remote_path: str | None = None,
     lease: float = DEFAULT_LEASE,
     detached: bool = False,
+    timeout: float = CALL_TIMEOUT,
 ) -> Trace:
-    """Validate, arm the lease, start the trace; the returned Trace holds the ref."""
+    """Validate, arm the lease, start the trace; the returned Trace holds the ref.
+
+    ``lease`` is checked against limits.RANGES (finite, at most a week: the node's timer
+    takes no more); ``timeout`` bounds each remote call, here and later on the Trace.
+    """
     checked = flt.validate(filter_list)
     level_atom = flt.validate_level(level)
-    if lease <= 0:
-        raise UsageError("the lease must be positive", setting="lease")
+    lease = check_number(lease, "lease")
+    timeout = check_number(timeout, "timeout")
     path = remote_path or default_remote_path(node.peer_name)
     if not path.startswith("/"):
         raise UsageError(
@@ -325,8 +347,8 @@ async def start_trace(
     warnings: list[TraceWarning] = []
     generation: int | None = None
     if sink == DATA_SINK:
-        generation = await detect_generation(node)
-        if not await has_data_sink(node):
+        generation = await detect_generation(node, timeout)
+        if not await has_data_sink(node, timeout):
             raise TracingUnavailableError(
                 f"{node.peer_name} does not declare lager's data_lager_event sink; trace_file would crash there",
                 hint="declare {extra_sinks, [{data_lager_event, [{handlers, []}]}]} in its sys.config, "
@@ -336,7 +358,7 @@ async def start_trace(
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
-    tref = await _arm_lease(node, lease, None, path, None)
+    tref = await _arm_lease(node, lease, None, path, None, timeout)
     try:
         if sink == DATA_SINK:
             if generation == 1:
@@ -347,30 +369,33 @@ async def start_trace(
                         )
                     )
                 props = [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), fmt)]
-                reply = await node.rpc("kz_data_tracing", "trace_file", [checked, path.encode(), props], timeout=10)
+                reply = await node.rpc(
+                    "kz_data_tracing", "trace_file", [checked, path.encode(), props], timeout=timeout
+                )
             else:
                 reply = await node.rpc(
-                    "kz_data_tracing", "trace_file", [checked, path.encode(), fmt, level_atom], timeout=10
+                    "kz_data_tracing", "trace_file", [checked, path.encode(), fmt, level_atom], timeout=timeout
                 )
             ref, lager_trace = _ok_ref(reply, node), None
         else:
             props = [(Atom("formatter"), Atom("lager_default_formatter")), (Atom("formatter_config"), fmt)]
-            reply = await node.rpc("lager", "trace_file", [ErlString(path), checked, level_atom, props], timeout=10)
+            reply = await node.rpc(
+                "lager", "trace_file", [ErlString(path), checked, level_atom, props], timeout=timeout
+            )
             if not (type(reply) is tuple and reply[0] == A_OK):
                 raise _start_error(reply, node)
             lager_trace = reply[1]
             ref = "lg" + secrets.token_hex(5)
     except BaseException:
-        await node.rpc("timer", "cancel", [tref], timeout=10)
+        await node.rpc("timer", "cancel", [tref], timeout=timeout)
         raise
     trace = Trace(node, ref, path, generation, sink, checked, level, lease, lager_trace, warnings)
     trace._tref = tref
-    # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
-    if sink == DATA_SINK or detached:
-        await trace.renew_lease()
-        trace.lease_renewals = 0
-    if not detached:
-        trace.keep_alive()
+    trace.timeout = timeout
+    trace.format_list = fmt
+    trace.own_file = remote_path is None
+    # Journal first: if the calls below fail or the caller's deadline cancels them, the
+    # trace (stopped by the lease armed above) is still listed by status and stop --all.
     journal.record(
         journal.JournalEntry(
             node=node.peer_name,
@@ -385,6 +410,12 @@ async def start_trace(
             lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
         )
     )
+    # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
+    if sink == DATA_SINK or detached:
+        await trace.renew_lease()
+        trace.lease_renewals = 0
+    if not detached:
+        trace.keep_alive()
     return trace
 
 
@@ -412,7 +443,7 @@ def lager_trace_of(entry: journal.JournalEntry) -> Any:
     return binary_to_term(bytes.fromhex(entry.lager_trace)) if entry.lager_trace else None
 
 
-async def attach(node: HiddenNode, ref: str) -> Trace:
+async def attach(node: HiddenNode, ref: str, timeout: float = CALL_TIMEOUT) -> Trace:
     """A Trace object for a ref started earlier (from the journal, else from status/1)."""
     entry = journal.find(node.peer_name, ref)
     if entry is not None:
@@ -428,10 +459,11 @@ async def attach(node: HiddenNode, ref: str) -> Trace:
             lager_trace_of(entry),
         )
         trace.started = entry.started
+        trace.timeout = timeout
         return trace
-    generation = await detect_generation(node)
+    generation = await detect_generation(node, timeout)
     if generation == 2:
-        status = await node.rpc("kz_data_tracing", "status", [ref.encode()], timeout=10)
+        status = await node.rpc("kz_data_tracing", "status", [ref.encode()], timeout=timeout)
         if type(status) is tuple and len(status) == 3:
             return Trace(
                 node,
@@ -442,6 +474,7 @@ async def attach(node: HiddenNode, ref: str) -> Trace:
                 list(status[2][1][1:]),
                 format_term(status[2][2]),
                 DEFAULT_LEASE,
+                timeout=timeout,
             )
         raise UnknownTraceError(f"{node.peer_name} knows no trace {ref!r}", hint="the node's status lists them")
     raise UnknownTraceError(
@@ -461,13 +494,13 @@ class TraceStatus:
     lease_until: float | None
 
 
-async def status(node: HiddenNode) -> tuple[int, list[TraceStatus]]:
+async def status(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> tuple[int, list[TraceStatus]]:
     """Running traces on the node joined with the journal; generation 1 has only the journal."""
-    generation = await detect_generation(node)
+    generation = await detect_generation(node, timeout)
     mine = {e.ref: e for e in journal.active(node.peer_name)}
     out: list[TraceStatus] = []
     if generation == 2:
-        for ref, fname, spec in await node.rpc("kz_data_tracing", "status", [], timeout=10):
+        for ref, fname, spec in await node.rpc("kz_data_tracing", "status", [], timeout=timeout):
             r = ref.decode()
             e = mine.pop(r, None)
             out.append(
@@ -486,43 +519,80 @@ async def status(node: HiddenNode) -> tuple[int, list[TraceStatus]]:
     return generation, out
 
 
-async def lager_file_traces(node: HiddenNode) -> list[tuple[str, str]]:
-    return [(s.name, f.decode()) for s, f in await programs.evaluate(node, programs.LAGER_FILE_TRACES)]
+async def lager_file_traces(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[tuple[str, str]]:
+    """``[(Sink, File)]``: the file handlers installed in each lager sink, as the sinks report them."""
+    found = await programs.evaluate(node, programs.LAGER_FILE_TRACES, timeout=timeout)
+    return [(s.name, f.decode()) for s, f in found]
 
 
-async def orphans(node: HiddenNode) -> list[tuple[str, str]]:
+async def orphans(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[tuple[str, str]]:
     """Data-sink file traces that kz_data_tracing no longer knows (after a crash or restart)."""
-    generation = await detect_generation(node)
+    generation = await detect_generation(node, timeout)
     if generation != 2:
         raise KazooError(
             "generation 1 kz_data_tracing has no status/0, so orphans cannot be told apart from traces started with sup"
         )
-    known = {fname.decode() for _, fname, _ in await node.rpc("kz_data_tracing", "status", [], timeout=10)}
-    return [(s, f) for s, f in await lager_file_traces(node) if s == "data_lager_event" and f not in known]
+    status = await node.rpc("kz_data_tracing", "status", [], timeout=timeout)
+    known = {fname.decode() for _, fname, _ in status}
+    return [(s, f) for s, f in await lager_file_traces(node, timeout) if s == "data_lager_event" and f not in known]
 
 
-async def clear_orphans(node: HiddenNode) -> list[str]:
-    cleared = []
-    for _, fname in await orphans(node):
-        await node.rpc(
-            "lager", "clear_trace_by_destination", [(Atom("lager_file_backend"), ErlString(fname))], timeout=10
+class OrphanCleared(str):
+    """One orphan's file name (a ``str``, as clear_orphans returned before) and what became of it.
+
+    ``removed`` is True only when a fresh read of the sink's handlers no longer lists it; ``how``
+    is "trace cleared" (lager knew the trace), "handler deleted" (it did not: the handler was
+    removed from the sink itself) or "still there".
+    """
+
+    sink: str
+    removed: bool
+    how: str
+
+    def __new__(cls, sink: str, file: str, removed: bool, how: str) -> OrphanCleared:
+        obj = super().__new__(cls, file)
+        obj.sink, obj.removed, obj.how = sink, removed, how
+        return obj
+
+    @property
+    def file(self) -> str:
+        return str(self)
+
+
+async def clear_orphans(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[OrphanCleared]:
+    """Remove every orphan's file handler, then read the handlers again to say which went.
+
+    lager's clear_trace_by_destination removes only traces lager recorded; a handler left by a
+    trace_file call that crashed before recording it is deleted from the sink directly.
+    """
+    found = await orphans(node, timeout)
+    how: dict[tuple[str, str], str] = {}
+    for sink, fname in found:
+        _cleared, deleted, _ = await programs.evaluate(
+            node, programs.CLEAR_FILE_HANDLER, timeout=timeout, Sink=Atom(sink), File=ErlString(fname)
         )
-        cleared.append(fname)
-    return cleared
+        how[(sink, fname)] = "handler deleted" if deleted == A_OK else "trace cleared"
+    left = set(await lager_file_traces(node, timeout)) if found else set()
+    return [
+        OrphanCleared(s, f, (s, f) not in left, how[(s, f)] if (s, f) not in left else "still there") for s, f in found
+    ]
 
 
-async def clear_all(node: HiddenNode) -> list[str]:
-    """Stop every trace: clear_all_traces on generation 2, every journal ref on generation 1."""
-    generation = await detect_generation(node)
+async def clear_all(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[str]:
+    """Stop every trace: clear_all_traces on generation 2, every journal ref on generation 1.
+
+    ``timeout`` bounds each call, clear_all_traces included (Kazoo gives it an hour).
+    """
+    generation = await detect_generation(node, timeout)
     stopped = []
     if generation == 2:
-        for ref, _result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=3600):
+        for ref, _result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=timeout):
             stopped.append(ref.decode())
     for e in journal.active(node.peer_name):
         if e.ref in stopped:
             journal.mark_stopped(node.peer_name, e.ref)
             continue
-        trace = await attach(node, e.ref)
+        trace = await attach(node, e.ref, timeout)
         await trace.stop()
         stopped.append(e.ref)
     for ref in stopped:

@@ -46,8 +46,10 @@ class HostilePeer:
         after_handshake: Callable[[socket.socket], None],
         name: str = "hostile",
         with_ack: bytes = b"",
+        claimed_name: str | None = None,
     ) -> None:
         self.cookie = cookie
+        self.claimed_name = claimed_name  # the name it gives in the handshake, if not its own
         self.with_ack = with_ack  # distribution bytes sent in the same write as the ack
         self.after_handshake = after_handshake
         self.node = f"{name}@127.0.0.1"
@@ -72,7 +74,7 @@ class HostilePeer:
                 assert send_name[:1] == b"N", send_name[:1]
                 send_handshake_message(conn, b"sok")
                 challenge = 0x12345678
-                me = self.node.encode()
+                me = (self.claimed_name or self.node).encode()
                 send_handshake_message(conn, b"N" + struct.pack(">QIIH", FLAGS, challenge, 77, len(me)) + me)
                 reply = recv_handshake_message(conn)
                 assert reply[:1] == b"r" and reply[5:21] == digest(self.cookie, challenge), "bad digest"
