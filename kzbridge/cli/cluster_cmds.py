@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 EXIT_CONNECTION = 3
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print lines that carry node-supplied text (names from kz_nodes, errors, paths), each terminal-safe."""
+    click.echo("\n".join(render.safe_text(line) for line in text.split("\n")), err=err)
+
+
 def cookie_resolver(cookie: str | None, cookie_file: str | None) -> Callable[[str], str]:
     """The same cookie options for every node (a local sandbox still supplies its own)."""
     return lambda node: cookie_for_node(node, cookie, cookie_file)
@@ -69,11 +74,14 @@ class ClusterPrinter:
     its instant (merge.LiveMerger), at most ``hold`` seconds; says when a node falls behind (its records
     arrive after later ones were printed) or goes away."""
 
-    def __init__(self, run: ClusterTrace, as_json: bool, on_closed: Callable[[], None], hold: float = 2.0) -> None:
+    def __init__(
+        self, run: ClusterTrace, as_json: bool, on_closed: Callable[[], None], hold: float = 2.0, raw: bool = False
+    ) -> None:
         from ..kazoo.merge import LiveMerger
 
         self.run = run
         self.as_json = as_json
+        self.raw = raw
         self.on_closed = on_closed
         self.merger = LiveMerger(run.sessions, hold=hold)
         self.labels = {n: run.outcomes[n].label for n in run.sessions}
@@ -90,7 +98,7 @@ class ClusterPrinter:
             self.merger.push(name, event.instant.timestamp(), event, now)
             if self.merger.late.get(name, 0) > late_before and name not in self._warned:
                 self._warned.add(name)
-                click.echo(
+                say(
                     f"kzbridge: {name} falls behind: its lines arrive more than {self.merger.hold:g}s late and are "
                     "printed out of order here (merged.log has the exact order)",
                     err=True,
@@ -98,14 +106,14 @@ class ClusterPrinter:
         elif isinstance(event, (Collected, Lost)):
             self.merger.gone(name)
             if isinstance(event, Lost):
-                click.echo(f"kzbridge: {name} went away: {event.error.message}", err=True)
+                say(f"kzbridge: {name} went away: {event.error.message}", err=True)
         self._print(self.merger.release(now))
 
     def drain(self) -> None:
         self._print(self.merger.drain())
         late = {n: c for n, c in self.merger.late.items() if c}
         if late:
-            click.echo("kzbridge: records printed late: " + ", ".join(f"{n} {c}" for n, c in late.items()), err=True)
+            say("kzbridge: records printed late: " + ", ".join(f"{n} {c}" for n, c in late.items()), err=True)
 
     def _print(self, records: list[Any]) -> None:
         from ..kazoo.clock import format_instant
@@ -121,7 +129,7 @@ class ClusterPrinter:
                 )
             else:  # the corrected UTC time, so that lines of nodes in other zones read in order
                 shown = dataclasses.replace(rec.record, time=format_instant(rec.instant.timestamp())[11:])
-                line = f"{label:<{self.width}} {render.record_line(shown, False)}"
+                line = f"{render.safe_text(label):<{self.width}} {render.record_line(shown, False, self.raw)}"
             try:
                 click.echo(line)
             except BrokenPipeError:
@@ -161,7 +169,7 @@ def run_cluster_trace(filters: list[Any], opts: TraceOptions) -> None:
         conns = await cluster.connect_all(nodes, cookie_for, timeout=opts.timeout)
         async with conns:
             for node, exc in conns.failed.items():
-                click.echo(f"kzbridge: {node}: {exc}", err=True)
+                say(f"kzbridge: {node}: {exc}", err=True)
             run = cluster.ClusterTrace(
                 conns,
                 directory,
@@ -179,7 +187,7 @@ def run_cluster_trace(filters: list[Any], opts: TraceOptions) -> None:
                 observers: list[Callable[[str, Event], None]] = [_stop_notices_once()]
                 printer = None
                 if opts.follow:
-                    printer = ClusterPrinter(run, opts.as_json, lambda: run.request_stop("output closed"))
+                    printer = ClusterPrinter(run, opts.as_json, lambda: run.request_stop("output closed"), raw=opts.raw)
                     observers.append(printer)
                 async for name, event in run.events():
                     for observe in observers:
@@ -194,7 +202,7 @@ def run_cluster_trace(filters: list[Any], opts: TraceOptions) -> None:
         data = cluster_json(summary)
         emit_json({"summary": data} if opts.follow else data)
     else:
-        click.echo(cluster_text(summary), err=True)
+        say(cluster_text(summary), err=True)
     for o in summary.outcomes:
         for w in o.summary.warnings if o.summary else []:
             click.echo(warning_line(f"{o.node}: {w}"), err=True)
@@ -221,7 +229,7 @@ def _stop_notices_once() -> Callable[[str, Event], None]:
 def _announce(run: ClusterTrace, conns: Connections, source: str, opts: TraceOptions) -> None:
     traced = [n for n in conns.order if n in run.sessions]
     failed = [o for o in run.outcomes.values() if o.error is not None]
-    click.echo(
+    say(
         f"kzbridge: tracing {flt.describe(run.filters)} on {len(traced)} nodes"
         f"{f' (of {len(run.outcomes)}; nodes from {source})' if failed or source != 'given' else ''}"
         f" for up to {opts.duration:g}s -> {run.directory}/",
@@ -229,10 +237,10 @@ def _announce(run: ClusterTrace, conns: Connections, source: str, opts: TraceOpt
     )
     for name in traced:
         o = run.outcomes[name]
-        click.echo(f"  {name}: ref {o.ref}, clock {_clock_text(o)}", err=True)
+        say(f"  {name}: ref {o.ref}, clock {_clock_text(o)}", err=True)
     for o in failed:
         if o.node not in conns.failed:
-            click.echo(f"kzbridge: {o.node}: not traced: {o.error}", err=True)
+            say(f"kzbridge: {o.node}: not traced: {o.error}", err=True)
 
 
 def _clock_text(o: NodeOutcome) -> str:
@@ -323,14 +331,14 @@ def nodes_cmd(
         width = max(len(r.node) for r in reports)
         for r in reports:
             if not r.answered:
-                click.echo(f"{r.node:<{width}}  NO ANSWER  {r.error}")
+                say(f"{r.node:<{width}}  NO ANSWER  {r.error}")
                 continue
             gen = f"generation {r.generation}" if r.generation else "no kz_data_tracing"
             clock = ""
             if r.clock is not None:
                 o = cluster.NodeOutcome(r.node, r.node, start=r.clock)
                 clock = _clock_text(o)
-            click.echo(f"{r.node:<{width}}  OTP {r.otp:<3} {gen:<18} clock {clock}")
+            say(f"{r.node:<{width}}  OTP {r.otp:<3} {gen:<18} clock {clock}")
         click.echo(f"kzbridge: {len(reports)} nodes ({source})", err=True)
     if any(not r.answered for r in reports):
         sys.exit(EXIT_CONNECTION)
@@ -418,7 +426,7 @@ def merge_cmd(
     if not sources:
         raise UsageError("nothing to merge: no node file with a clock")
     stats = merge_to_file(sources, target)
-    click.echo(f"{target}: {sum(stats.records)} records from {len(sources)} nodes")
+    say(f"{target}: {sum(stats.records)} records from {len(sources)} nodes")
 
 
 def _file_sources(

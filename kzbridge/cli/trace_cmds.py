@@ -223,9 +223,11 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
             for w in trace.warnings:
                 click.echo(warning_line(w), err=True)
             click.echo(
-                f"kzbridge: tracing {flt.describe(checked)} on {n.peer_name} (ref {trace.ref}, "
-                f"generation {trace.generation or '-'}, sink {trace.sink}) for up to {opts.duration:g}s "
-                f"-> {session.local_path}",
+                render.safe_text(
+                    f"kzbridge: tracing {flt.describe(checked)} on {n.peer_name} (ref {trace.ref}, "
+                    f"generation {trace.generation or '-'}, sink {trace.sink}) for up to {opts.duration:g}s "
+                    f"-> {session.local_path}"
+                ),
                 err=True,
             )
             observers: list[Observer] = [render.stop_notices]
