@@ -101,7 +101,7 @@ def test_a_flood_past_max_rate_is_stopped_by_safety_collected_whole_and_verified
     line = re.search(r"stopped by safety: (\d+) events/s > --max-rate 1000", r.stderr)
     assert line and int(line.group(1)) > 1000, r.stderr
     assert "size verified" in r.stderr
-    size = int(re.search(r"(\d+) lines, (\d+) bytes", r.stderr).group(2))
+    size = int(re.search(r"(\d+) records \((\d+) lines\), (\d+) bytes", r.stderr).group(3))
     assert size > 0 and out.stat().st_size == size, "the collected file is whole"
     remote = re.search(r"remote: (\S+)", r.stderr).group(1)
 
@@ -159,8 +159,8 @@ def test_no_governor_lets_the_same_flood_run_to_its_duration_with_a_warning(fres
     assert r.returncode == 0, r.stderr
     assert "kzbridge: warning: the governor is off" in r.stderr and "(see --no-governor)" in r.stderr
     assert "stopped by duration" in r.stderr and "safety" not in r.stderr
-    lines = int(re.search(r"(\d+) lines, (\d+) bytes", r.stderr).group(1))
-    assert lines > 3 * 1000, "the flood ran past the rate the governor would have stopped"
+    records = int(re.search(r"(\d+) records \((\d+) lines\), (\d+) bytes", r.stderr).group(1))
+    assert records > 3 * 1000, "the flood ran past the rate the governor would have stopped"
 
 
 @pytest.mark.asyncio
