@@ -24,6 +24,7 @@ from . import (
     emit_json,
     main,
     node_options,
+    parse_mode,
     parse_size,
     render,
     run_with_node,
@@ -90,6 +91,11 @@ def trace_options(fn: F) -> F:
         help="Seconds after which the node stops the trace by itself if kzbridge stops renewing.",
     )
     @click.option("--remote-path", default=None, help="Trace file on the node (default /tmp/kzbridge-...log).")
+    @click.option(
+        "--mode",
+        default=None,
+        help="Permission bits of the local file, octal (default 0600: traces hold call data).",
+    )
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -115,6 +121,7 @@ class TraceOptions:
     sink: str = flt.DATA_SINK
     lease: float = flt.DEFAULT_LEASE
     remote_path: str | None = None
+    mode: str | None = None
 
 
 def format_arg(text: str | None) -> list[Any] | None:
@@ -131,6 +138,7 @@ def format_arg(text: str | None) -> list[Any] | None:
 def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
     """The shared body of trace-module, trace-function, trace-pid and trace (and demo)."""
     limit = parse_size(opts.max_size)
+    mode = parse_mode(opts.mode)
     fmt = format_arg(opts.format_)
     checked = flt.validate(filters)
     show_progress = render.is_terminal() and not opts.follow
@@ -152,6 +160,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
                 remote_path=opts.remote_path,
                 lease=opts.lease,
                 requests=requests,
+                mode=mode,
             )
             trace = session.trace
             for w in trace.warnings:

@@ -29,6 +29,7 @@ from ..errors import (
     BadRpcError,
     KazooError,
     KzBridgeError,
+    LocalFileError,
     TracingUnavailableError,
     UnknownTraceError,
     UsageError,
@@ -177,9 +178,19 @@ class Trace:
             self.lager_trace,
         )
         self.lease_renewals += 1
-        journal.extend_lease(self.node_name, self.ref, time.time() + (seconds or self.lease))
+        try:
+            journal.extend_lease(
+                self.node_name, self.ref, time.time() + (seconds or self.lease), term_to_binary(self._tref).hex()
+            )
+        except LocalFileError as exc:  # bookkeeping only: the lease on the node is what counts
+            self._journal_warning(exc)
         if old is not None:
             await self.node.rpc("timer", "cancel", [old], timeout=10)
+
+    def _journal_warning(self, exc: LocalFileError) -> None:
+        text = f"{exc.message}; status and stop from other processes may not see trace {self.ref}"
+        if text not in self.warnings:
+            self.warnings.append(TraceWarning(text))
 
     def keep_alive(self) -> None:
         """Renew the lease every third of it, in the background, while this object lives.
@@ -213,14 +224,20 @@ class Trace:
             await self.node.rpc("timer", "cancel", [self._tref], timeout=10)
             self._tref = None
         self.stopped = True
-        journal.mark_stopped(self.node_name, self.ref)
+        try:
+            journal.mark_stopped(self.node_name, self.ref)
+        except LocalFileError as exc:
+            self._journal_warning(exc)
         return self.remote_path
 
     async def collect(
-        self, local_path: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+        self,
+        local_path: str | os.PathLike[str],
+        progress: Callable[[int, int], None] | None = None,
+        mode: int | None = None,
     ) -> CollectResult:
-        """Bring back the whole file, rotated parts first."""
-        return await collect_file(self.node, self.remote_path, local_path, rotated=True, progress=progress)
+        """Bring back the whole file, rotated parts first (local file 0600 unless ``mode``)."""
+        return await collect_file(self.node, self.remote_path, local_path, rotated=True, progress=progress, mode=mode)
 
     async def follow(self, poll_ms: int = 50) -> AsyncIterator[LogRecord]:
         """Parsed records as lager writes them, until the trace stops (stop() from another task).
@@ -298,6 +315,13 @@ async def start_trace(
             f"remote path {path!r} must be absolute: lager resolves relative paths against its own log root",
             setting="remote_path",
         )
+    if not path.isascii() or any(c < " " or c == "\x7f" for c in path):
+        # Measured with lager 3.9.2: a non-ASCII name is written double-encoded (UTF-8 bytes taken as
+        # Latin-1 and encoded again), so the file lands under another name than the one asked for.
+        raise UsageError(
+            f"remote path {path!r} must be printable ASCII: lager writes other characters under a mangled name",
+            setting="remote_path",
+        )
     if sink not in (DATA_SINK, LAGER_SINK):
         raise UsageError(f"unknown sink {sink!r}: use data (kz_data_tracing) or lager_event", setting="sink")
     warnings: list[TraceWarning] = []
@@ -312,9 +336,16 @@ async def start_trace(
                 setting="sink",
             )
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
+    # The file is ours alone: refused when it exists or a lager handler writes it, else created
+    # exclusively (two clients racing for one path see one winner).
+    await _claim_path(node, path)
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
-    tref = await _arm_lease(node, lease, None, path, None)
+    try:
+        tref = await _arm_lease(node, lease, None, path, None)
+    except BaseException:
+        await _release_path(node, path)
+        raise
     try:
         if sink == DATA_SINK:
             if generation == 1:
@@ -340,6 +371,7 @@ async def start_trace(
             ref = "lg" + secrets.token_hex(5)
     except BaseException:
         await node.rpc("timer", "cancel", [tref], timeout=10)
+        await _release_path(node, path)
         raise
     trace = Trace(node, ref, path, generation, sink, checked, level, lease, lager_trace, warnings)
     trace._tref = tref
@@ -349,21 +381,61 @@ async def start_trace(
         trace.lease_renewals = 0
     if not detached:
         trace.keep_alive()
-    journal.record(
-        journal.JournalEntry(
-            node=node.peer_name,
-            ref=ref,
-            remote_path=path,
-            sink=sink,
-            generation=generation or 0,
-            filters=flt.describe(checked),
-            started=trace.started,
-            lease_until=time.time() + lease,
-            detached=detached,
-            lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
+    try:
+        journal.record(
+            journal.JournalEntry(
+                node=node.peer_name,
+                ref=ref,
+                remote_path=path,
+                sink=sink,
+                generation=generation or 0,
+                filters=flt.describe(checked),
+                started=trace.started,
+                lease_until=time.time() + lease,
+                detached=detached,
+                lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
+                extra={"timer": term_to_binary(trace._tref).hex()},
+            )
         )
-    )
+    except LocalFileError as exc:
+        # Nobody could find this trace later: stop it now rather than leave it to its lease.
+        with contextlib.suppress(KzBridgeError):
+            await trace.stop()
+        exc.message = f"{exc.message}; trace {ref} on {node.peer_name} was stopped"
+        exc.ref, exc.node, exc.remote_path = ref, node.peer_name, path
+        raise
     return trace
+
+
+async def _claim_path(node: HiddenNode, path: str) -> None:
+    reply = await programs.evaluate(node, programs.CLAIM_PATH, Path=ErlString(path))
+    if reply == A_OK:
+        return
+    why = reply[1] if type(reply) is tuple and len(reply) == 2 else reply
+    if why == Atom("in_use"):
+        raise UsageError(
+            f"{path} on {node.peer_name} is already being traced (a lager file handler writes it)",
+            hint="choose another remote path",
+            setting="remote_path",
+        )
+    if why == Atom("eexist"):
+        raise UsageError(
+            f"{path} already exists on {node.peer_name}; kzbridge traces only into a new file",
+            hint="choose another remote path, or collect and remove that one first",
+            setting="remote_path",
+        )
+    raise UsageError(
+        f"cannot create {path} on {node.peer_name}: {format_term(why)[:200]}",
+        hint="the directory must exist and be writable by the node",
+        setting="remote_path",
+    )
+
+
+async def _release_path(node: HiddenNode, path: str) -> None:
+    """The trace did not start: remove the file claimed for it when nothing was written to it."""
+    if node.alive:
+        with contextlib.suppress(KzBridgeError):
+            await programs.evaluate(node, programs.RELEASE_PATH, Path=ErlString(path))
 
 
 def _ok_ref(reply: Any, node: HiddenNode) -> str:
@@ -406,6 +478,12 @@ async def attach(node: HiddenNode, ref: str) -> Trace:
             lager_trace_of(entry),
         )
         trace.started = entry.started
+        timer = entry.extra.get("timer") if isinstance(entry.extra, dict) else None
+        if isinstance(timer, str) and timer:
+            # The lease timer its starter armed: stop() cancels it, so it cannot fire later
+            # and stop a newer trace on the same file.
+            with contextlib.suppress(ValueError, KzBridgeError):
+                trace._tref = binary_to_term(bytes.fromhex(timer))
         return trace
     generation = await detect_generation(node)
     if generation == 2:
