@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import secrets
 import time
 import weakref
@@ -315,9 +316,16 @@ async def start_trace(
             f"remote path {path!r} must be absolute: lager resolves relative paths against its own log root",
             setting="remote_path",
         )
+    if posixpath.normpath(path) != path:
+        # lager names its handler (and the file) by the normalised path: "/tmp//x.log" is traced as
+        # "/tmp/x.log", and the checks below, which compare names, would miss it.
+        raise UsageError(
+            f"remote path {path!r} is not in plain form; write {posixpath.normpath(path)!r}", setting="remote_path"
+        )
     if not path.isascii() or any(c < " " or c == "\x7f" for c in path):
-        # Measured with lager 3.9.2: a non-ASCII name is written double-encoded (UTF-8 bytes taken as
-        # Latin-1 and encoded again), so the file lands under another name than the one asked for.
+        # Measured with lager 3.9.2: kz_data_tracing passes the name as a binary, which lager takes
+        # byte by byte as characters, so "/tmp/caf\u00e9.log" is written as "/tmp/caf\u00c3\u00a9.log"
+        # (double-encoded) and nothing else finds it. One rule for both sinks: ASCII only.
         raise UsageError(
             f"remote path {path!r} must be printable ASCII: lager writes other characters under a mangled name",
             setting="remote_path",
