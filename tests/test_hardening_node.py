@@ -105,7 +105,7 @@ def test_two_runs_racing_for_one_remote_path_one_wins_one_is_refused(
             ],
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(3)
     ]
     results = [(p.wait(60), p.stderr.read() if p.stderr else "") for p in procs]
