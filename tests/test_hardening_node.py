@@ -206,3 +206,20 @@ def test_a_trace_cleared_on_the_node_by_kazoo_itself_says_so(fresh_sandbox: Any,
     assert code == 0, err
     assert '"reason": "another client"' in stdout, stdout
     assert '"reason": "duration"' not in stdout
+
+
+def test_stop_with_an_output_it_cannot_write_leaves_the_trace_running_to_retry(
+    sandbox_gen2: Any, tmp_path: Path
+) -> None:
+    res = kzb("start", "--module", "kz_json", "-n", sandbox_gen2.node, "-d", "60")
+    assert res.returncode == 0, res.stderr
+    ref = res.stdout.strip()
+    (tmp_path / "taken.log").write_text("someone else's")
+    for bad in (tmp_path / "missing" / "x.log", tmp_path / "taken.log"):
+        res = kzb("stop", ref, "-n", sandbox_gen2.node, "-o", str(bad))
+        assert res.returncode == 2 and "see --output" in one_line(res), res.stderr
+        assert ref in kz_refs(sandbox_gen2)  # checked before the trace was touched: still running
+    assert (tmp_path / "taken.log").read_text() == "someone else's"
+    res = kzb("stop", ref, "-n", sandbox_gen2.node, "-o", str(tmp_path / "ok.log"))
+    assert res.returncode == 0, res.stderr
+    assert ref not in kz_refs(sandbox_gen2) and (tmp_path / "ok.log").stat().st_size > 0

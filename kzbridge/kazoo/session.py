@@ -268,6 +268,8 @@ class TraceSession:
                 localfiles.check_directory(".")
             if correction is None:
                 correction = clock.ClockCorrection(await clock.measure(node))
+            # Parsed before the trace starts (cached per connection): following then begins with one rpc less.
+            await programs.forms(node, programs.READER)
             trace = await start_trace(
                 node, filters, sink=sink, level=level, format_list=format_list, remote_path=remote_path, lease=lease
             )
