@@ -394,9 +394,7 @@ class TraceSession:
             return datetime.fromtimestamp(last_instant[0], timezone.utc)
 
         tmp = str(partial_path(self.local_path)) if self.local_path is not None else None
-        reader = await RemoteReader(
-            node, trace.remote_path, mode="follow", poll_ms=self.poll_ms, watch=trace.remote_path
-        ).start()
+        reader = RemoteReader(node, trace.remote_path, mode="follow", poll_ms=self.poll_ms, watch=trace.remote_path)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         asm = LineAssembler()
         lines = written = 0
@@ -412,6 +410,7 @@ class TraceSession:
             if self.local_path is not None:
                 out = self._partial or localfiles.Partial.create(self.local_path, self.mode)
                 self._partial = None
+            await reader.start()  # inside: if it fails, the finally below still stops the trace
             while True:
                 elapsed = time.monotonic() - started
                 if stopped is None:
