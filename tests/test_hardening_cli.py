@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.test_hardening_files import kz_refs, kzb, one_line, traced_files
 
 
@@ -76,11 +77,14 @@ def test_ctrl_c_at_any_moment_of_the_start_is_one_line_and_leaves_nothing(
             proc.kill()
             proc.wait(10)
     assert "internal error" not in err, err
-    if "Fatal Python error: init_import_site" in err:
-        # The interpreter's own startup (site and the editable install's import finder, 30-60 ms
-        # here) was interrupted: no kzbridge code ran, so nothing can have started. A limit of
-        # CPython, not ours; our own window begins when kzbridge.__main__ runs.
-        assert proc.returncode == 1 and f"{os.sep}kzbridge{os.sep}" not in err.replace("__editable___", ""), err
+    ours = str(ROOT / "kzbridge") + os.sep
+    if "Traceback" in err and ours not in err:
+        # CPython's own startup was interrupted (interpreter init, site and the editable install's
+        # import finder, runpy locating kzbridge.__main__: 30-100 ms here): no kzbridge code ran,
+        # so nothing can have started. A limit of the interpreter; our window begins in
+        # kzbridge.__main__.run, and from half a second on the run is always in it.
+        assert delay_ms < 500, err
+        assert proc.returncode in (1, -signal.SIGINT), (proc.returncode, err)
         assert (kz_refs(sandbox_gen2), traced_files(sandbox_gen2)) == before
         return
     assert "Traceback" not in err, err
