@@ -134,18 +134,24 @@ def test_remote_paths_lager_would_rename_are_refused_before_anything(sandbox_gen
     assert not os.path.exists(path) and not os.path.exists(mangled)
 
 
-@pytest.mark.parametrize("sink", ["data", "lager_event"])
+@pytest.mark.live  # its sandbox comes through getfixturevalue, which the automatic marking cannot see
+@pytest.mark.parametrize("sink, how", [("data", "stop"), ("lager_event", "stop"), ("data", "clear")])
 def test_stop_of_a_detached_trace_cancels_its_lease_timer(
-    sandbox_gen2: Any, node_tmp: Path, tmp_path: Path, sink: str
+    request: pytest.FixtureRequest, node_tmp: Path, tmp_path: Path, sink: str, how: str
 ) -> None:
-    path = f"{node_tmp}/lease-{sink}-{os.getpid()}.log"
+    # clear stops every trace on the node: that case gets a node of its own.
+    sandbox_gen2 = request.getfixturevalue("fresh_sandbox" if how == "clear" else "sandbox_gen2")
+    path = f"{node_tmp}/lease-{sink}-{how}-{os.getpid()}.log"
     res = kzb("start", "--module", "kz_json", "-n", sandbox_gen2.node, "-d", "4", "--remote-path", path,
               "--sink", sink)  # fmt: skip
     assert res.returncode == 0, res.stderr
     ref = res.stdout.strip()
     entry = journal.find(sandbox_gen2.node, ref)
     assert entry is not None and entry.extra.get("timer"), "the lease timer is journaled"
-    res = kzb("stop", ref, "-n", sandbox_gen2.node, "-o", str(tmp_path / "old.log"))
+    if how == "stop":
+        res = kzb("stop", ref, "-n", sandbox_gen2.node, "-o", str(tmp_path / "old.log"))
+    else:  # generation 2's clear_all_traces stops it; the journaled timer is cancelled too
+        res = kzb("clear", "-n", sandbox_gen2.node)
     assert res.returncode == 0, res.stderr
     os.unlink(path)  # the path is free again: a newer trace may use it
     started = time.monotonic()

@@ -584,6 +584,10 @@ async def clear_all(node: HiddenNode) -> list[str]:
             stopped.append(ref.decode())
     for e in journal.active(node.peer_name):
         if e.ref in stopped:
+            # Stopped by clear_all_traces; its lease timer must not fire later on a newer trace of the file.
+            tref = (await attach(node, e.ref))._tref
+            if tref is not None:
+                await node.rpc("timer", "cancel", [tref], timeout=10)
             journal.mark_stopped(node.peer_name, e.ref)
             continue
         trace = await attach(node, e.ref)
