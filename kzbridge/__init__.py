@@ -5,7 +5,9 @@ Names are imported on first use, so the command line starts fast.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time: `python -m kzbridge` runs this before
+if TYPE_CHECKING:  # its Ctrl-C handling exists, so this module stays as short as it can be
+    from typing import Any
 
 __version__ = "0.1.0"
 __all__ = [

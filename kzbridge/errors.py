@@ -26,6 +26,7 @@
     |   +-- ProgramError               the node could not parse or run one of kzbridge's erl_eval programs
     |   +-- NodeBusyError              lager's sink is overloaded already: the governor will not start a trace
     +-- SandboxError                   the local fixture node could not be run (exit 7)
+    +-- LocalFileError                 a local file could not be written (disk full, journal, ...): names what was kept
 
 Lower layers raise their own class; higher layers translate with ``raise ... from``.
 
@@ -239,3 +240,31 @@ class SandboxError(KzBridgeError):
     """The local fixture node could not be compiled, started or stopped."""
 
     exit_code = 7
+
+
+class LocalFileError(KzBridgeError):
+    """A local file could not be created or written (disk full, cache directory full, name taken meanwhile).
+
+    ``partial_path`` names the local file kept (with ``kept_bytes``), "" when none; ``remote_path``
+    and ``node`` the file on the node that still holds the whole trace, "" when none; ``ref`` the
+    trace, when one was running (it has been stopped, unless the message says otherwise).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial_path: str = "",
+        kept_bytes: int = 0,
+        remote_path: str = "",
+        node: str = "",
+        ref: str = "",
+        hint: str | None = None,
+        setting: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, setting=setting)
+        self.partial_path = partial_path
+        self.kept_bytes = kept_bytes
+        self.remote_path = remote_path
+        self.node = node
+        self.ref = ref

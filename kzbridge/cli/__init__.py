@@ -1,9 +1,10 @@
 """The kzbridge command line: the group, its shared options and the one error handler.
 
 Every failure ends as one line on stderr and a documented exit code:
-  0 ok   1 other error   2 bad usage or filter   3 cannot connect / connection lost
+  0 ok   1 other error (a local file could not be written: disk full, cache full)
+  2 bad usage or filter   3 cannot connect / connection lost
   4 remote call failed   5 timeout   6 node lacks what we need (tracing, ref, file)
-  7 sandbox problem   130 interrupted before the trace could be collected
+  7 sandbox problem   130 interrupted (Ctrl-C) or terminated (SIGTERM) before the trace could be collected
 `kzbridge sup` uses sup's own codes instead (see its --help).
 
 Commands live in modules by family (node_cmds, trace_cmds, detached_cmds,
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +28,7 @@ import click
 
 from .. import __version__, limits
 from ..cookie import cookie_for_node
-from ..errors import KzBridgeError, RpcTimeoutError, TraceLostError
+from ..errors import KzBridgeError, LocalFileError, RpcTimeoutError, TraceLostError, UsageError
 from .render import safe_text
 
 if TYPE_CHECKING:
@@ -57,7 +60,33 @@ OPTION_OF = {
     "max_total_size": "--max-total-size",
     "max_rate": "--max-rate",
     "governor": "--no-governor",
+    "mode": "--mode",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was, so it unwinds like Ctrl-C (partial files named, exit 130)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def interrupted_word(exc: BaseException) -> str:
+    return "terminated" if isinstance(exc, Terminated) else "interrupted"
+
+
+def parse_mode(text: str | None) -> int | None:
+    """``--mode 0640`` (octal, as chmod takes it) -> 0o640; None stays None (0600)."""
+    if text is None:
+        return None
+    t = text.strip()
+    if not t or len(t) > 5 or any(c not in "01234567" for c in t.removeprefix("0o")):
+        raise UsageError(f"bad mode {text!r}: write octal permission bits, e.g. 0600 or 0640", setting="mode")
+    value = int(t.removeprefix("0o"), 8)
+    if value > 0o777:
+        raise UsageError(f"bad mode {text!r}: only permission bits (at most 0777)", setting="mode")
+    return value
 
 
 def resume_hint(exc: TraceLostError) -> str:
@@ -68,13 +97,27 @@ def resume_hint(exc: TraceLostError) -> str:
     )
 
 
+def local_file_hint(exc: LocalFileError) -> str | None:
+    """Where the whole trace still is, and the command that brings it back."""
+    if not exc.remote_path:
+        return exc.hint
+    node = f" -n {exc.node}" if exc.node else ""
+    return f"collect it with: kzbridge collect {exc.remote_path} --rotated{node} -o NEWFILE"
+
+
 def error_line(exc: KzBridgeError) -> str:
     """``kzbridge: error: MESSAGE (HINT; see --option)``, one line, terminal-safe.
 
     Messages carry text from the peer (its node name from the handshake, file names, what
     it answered): control characters and newlines in it are shown escaped (render.safe_text).
     """
-    notes = [resume_hint(exc) if isinstance(exc, TraceLostError) else exc.hint]
+    notes: list[str | None]
+    if isinstance(exc, TraceLostError):
+        notes = [resume_hint(exc)]
+    elif isinstance(exc, LocalFileError):
+        notes = [local_file_hint(exc)]
+    else:
+        notes = [exc.hint]
     option = OPTION_OF.get(exc.setting or "")
     if option:
         notes.append(f"see {option}")
@@ -104,14 +147,16 @@ class Group(click.Group):
     """Turns every library error into one line and its exit code, and any bug into one line too."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)  # a silent exit -15 would name no partial file
         try:
             return super().invoke(ctx)
         except KzBridgeError as exc:
             _fail(exc)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
-            click.echo("kzbridge: interrupted", err=True)
+        except KeyboardInterrupt as exc:
+            click.echo(f"kzbridge: {interrupted_word(exc)}", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:
             _silence_stdout()
@@ -294,4 +339,14 @@ def main() -> None:
 # Registration: each family module adds its commands to ``main`` as it loads.
 from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds, cluster_cmds  # noqa: E402,F401,I001
 
-__all__ = ["EXIT_INTERRUPTED", "OPTION_OF", "NumberType", "error_line", "main", "raw_option", "warning_line"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "OPTION_OF",
+    "NumberType",
+    "Terminated",
+    "error_line",
+    "main",
+    "parse_mode",
+    "raw_option",
+    "warning_line",
+]

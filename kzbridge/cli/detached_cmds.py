@@ -13,7 +13,18 @@ import click
 
 from ..errors import UsageError
 from ..kazoo import filters as flt
-from . import EXIT_INTERRUPTED, NumberType, emit_json, main, node_options, raw_option, run_with_node
+from . import (
+    EXIT_INTERRUPTED,
+    NumberType,
+    emit_json,
+    interrupted_word,
+    main,
+    node_options,
+    parse_mode,
+    raw_option,
+    run_with_node,
+    warning_line,
+)
 from .render import ProgressBar, safe_text
 from .trace_cmds import filters_from
 
@@ -28,7 +39,7 @@ def keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: boo
     """Ctrl-C during a collection: say where the bytes so far are, then exit 130."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         from ..kazoo.collect import partial_path
 
         path = local()
@@ -37,7 +48,7 @@ def keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: boo
             raise
         if on_terminal:
             click.echo("", err=True)
-        click.echo(f"kzbridge: interrupted; kept {part.stat().st_size} bytes in {part} (partial)", err=True)
+        click.echo(f"kzbridge: {interrupted_word(exc)}; kept {part.stat().st_size} bytes in {part} (partial)", err=True)
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -120,6 +131,7 @@ def start(
     "NODE-REF.log files in (needed with --all).",
 )
 @click.option("--no-collect", is_flag=True, help="Only stop; leave the file on the node.")
+@click.option("--mode", default=None, help="Permission bits of the local files, octal (default 0600).")
 def stop(
     node: str,
     cookie: str | None,
@@ -130,13 +142,15 @@ def stop(
     all_: bool,
     output: str | None,
     no_collect: bool,
+    mode: str | None,
 ) -> None:
     """Stop a trace by REF (or --all) and bring its file back."""
     if not ref and not all_:
         raise UsageError("give a REF or --all")
+    file_mode = parse_mode(mode)
     if all_ and output and not os.path.isdir(output):
         raise UsageError(f"with --all, --output must be an existing directory, not {output!r}")
-    from ..kazoo import journal, tracing
+    from ..kazoo import journal, localfiles, tracing
     from ..kazoo.session import default_local_path
 
     collecting: list[str] = []
@@ -145,18 +159,23 @@ def stop(
         refs = [ref] if ref else [e.ref for e in journal.active(n.peer_name)]
         done = []
         for r in refs:
-            trace = await tracing.attach(n, r, timeout)
-            await trace.stop()
-            item: dict[str, Any] = {"ref": r, "remote_path": trace.remote_path}
-            if not no_collect:
+            local = ""
+            if not no_collect:  # the output is checked before the trace is touched
                 default_name = default_local_path(n.peer_name, r)
                 if output and (all_ or os.path.isdir(output)):
                     local = os.path.join(output, default_name)
                 else:
                     local = output or default_name
+                localfiles.check_target(local)
+            trace = await tracing.attach(n, r, timeout)
+            await trace.stop()
+            item: dict[str, Any] = {"ref": r, "remote_path": trace.remote_path}
+            if not no_collect:
                 bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
                 collecting[:] = [local]
-                res = await trace.collect(local, progress=bar.update if bar else None)
+                res = await trace.collect(local, progress=bar.update if bar else None, mode=file_mode)
+                for w in res.warnings:
+                    click.echo(warning_line(w), err=True)
                 if bar is not None:
                     bar.finish(res.bytes)
                 item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
@@ -303,6 +322,7 @@ def clear(
     help="Local file (default: the remote file's name).",
 )
 @click.option("--rotated", is_flag=True, help="Also bring lager's rotated parts .4 .. .0 first, in order.")
+@click.option("--mode", default=None, help="Permission bits of the local file, octal (default 0600).")
 def collect(
     node: str,
     cookie: str | None,
@@ -312,23 +332,34 @@ def collect(
     remote_path: str,
     output: str | None,
     rotated: bool,
+    mode: str | None,
 ) -> None:
     """Bring any file back from the node (streamed; a partial file is kept on failure)."""
+    from ..kazoo import localfiles
     from ..kazoo.collect import collect_file
 
+    file_mode = parse_mode(mode)
     local = output or os.path.basename(remote_path) or "collected.log"
+    localfiles.check_target(local)  # before connecting
     bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
 
     async def body(n: HiddenNode) -> CollectResult:
-        res = await collect_file(
-            n, remote_path, local, rotated=rotated, progress=bar.update if bar else None, timeout=timeout
+        return await collect_file(
+            n,
+            remote_path,
+            local,
+            rotated=rotated,
+            progress=bar.update if bar else None,
+            timeout=timeout,
+            mode=file_mode,
         )
-        return res
 
     with keeps_partial_on_interrupt(lambda: local, bar is not None):
         res = run_with_node(node, cookie, cookie_file, timeout, body, overall=False)
     if bar is not None:
         bar.finish(res.bytes)
+    for w in res.warnings:
+        click.echo(warning_line(w), err=True)
     if as_json:
         emit_json(res.__dict__)
     else:

@@ -26,6 +26,7 @@ from . import (
     emit_json,
     main,
     nodes_options,
+    parse_mode,
     parse_size,
     raw_option,
     render,
@@ -117,6 +118,11 @@ def trace_options(fn: F) -> F:
         is_flag=True,
         help="Do not watch the node's logging load (a flood can then make every logging process wait).",
     )
+    @click.option(
+        "--mode",
+        default=None,
+        help="Permission bits of the local file, octal (default 0600: traces hold call data).",
+    )
     @raw_option
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -144,6 +150,7 @@ class TraceOptions:
     lease: float = flt.DEFAULT_LEASE
     remote_path: str | None = None
     raw: bool = False
+    mode: str | None = None
     max_rate: float = flt.DEFAULT_MAX_RATE
     no_governor: bool = False
     cluster_seed: str | None = None
@@ -191,6 +198,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
     if opts.require_all or opts.max_total_size:
         raise UsageError("--require-all and --max-total-size go with several nodes", setting="node")
     limit = parse_size(opts.max_size)
+    mode = parse_mode(opts.mode)
     fmt = format_arg(opts.format_)
     checked = flt.validate(filters)
     from ..kazoo.governor import check_max_rate
@@ -218,6 +226,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
                 max_rate=opts.max_rate,
                 governor=not opts.no_governor,
                 timeout=opts.timeout,
+                mode=mode,
             )
             trace = session.trace
             for w in trace.warnings:

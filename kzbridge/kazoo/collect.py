@@ -8,6 +8,7 @@ we check against what we wrote.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -15,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConnectionLostError, KzBridgeError, RemoteFileError, RpcTimeoutError
+from ..errors import ConnectionLostError, KzBridgeError, LocalFileError, RemoteFileError, RpcTimeoutError
 from ..wire.literal import format_term
 from ..wire.node import HiddenNode, Mailbox
-from ..wire.terms import Atom
-from . import programs
+from ..wire.terms import Atom, ErlString
+from . import localfiles, programs
 
 # Whole-file collection: 4 MB messages, 4 in flight (16 MB at most queued on the node).
 # Per-message cost on both sides, not bandwidth, limited 1 MB chunks: measured on
@@ -35,6 +36,7 @@ A_DATA = Atom("kzb_data")
 A_EOF = Atom("kzb_eof")
 A_PART = Atom("kzb_part")
 A_ROTATED = Atom("kzb_rotated")
+A_GONE = Atom("kzb_gone")
 A_KZB_ERROR = Atom("kzb_error")
 A_ACK = Atom("kzb_ack")
 A_FINISH = Atom("kzb_finish")
@@ -44,7 +46,7 @@ A_NORMAL = Atom("normal")
 
 @dataclass
 class ReaderEvent:
-    kind: str  # data | part | rotated | eof
+    kind: str  # data | part | rotated | eof | gone
     data: bytes = b""
     name: str = ""
     sent: int = 0
@@ -68,6 +70,7 @@ class RemoteReader:
         idle_ms: int = 120_000,
         on_data: Callable[[memoryview], None] | None = None,
         timeout: float = 10.0,
+        watch: str | None = None,
     ) -> None:
         self.node = node
         self.timeout = timeout  # bounds each call that starts the reader
@@ -79,6 +82,7 @@ class RemoteReader:
         self.window = window or (FOLLOW_WINDOW if following else DEFAULT_WINDOW)
         self.poll_ms = poll_ms
         self.idle_ms = idle_ms
+        self.watch = watch  # follow mode: report when no lager handler writes this file any more
         self.mailbox: Mailbox | None = None
         self.pid: Any = None
         self._unacked = 0
@@ -105,6 +109,7 @@ class RemoteReader:
             Window=self.window,
             Poll=self.poll_ms,
             Idle=self.idle_ms,
+            Watch=ErlString(self.watch) if self.watch is not None else Atom("false"),
             Mode=Atom(self.mode),
         )
         self._mref = self.node.monitor(self.mailbox, self.pid)
@@ -161,6 +166,8 @@ class RemoteReader:
             return ReaderEvent("part", name=msg[3].decode("utf-8", "replace"))
         if tag == A_ROTATED:
             return ReaderEvent("rotated", sent=msg[3])
+        if tag == A_GONE:
+            return ReaderEvent("gone")
         if tag == A_EOF:
             self._close()
             return ReaderEvent("eof", sent=msg[3], position=msg[4], size=msg[5])
@@ -215,10 +222,11 @@ class CollectResult:
     seconds: float = 0.0
     verified: bool = False
     partial: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 def partial_path(local: str | os.PathLike[str]) -> Path:
-    return Path(str(local) + ".partial")
+    return localfiles.partial_of(local)
 
 
 async def collect_file(
@@ -231,32 +239,40 @@ async def collect_file(
     chunk: int | None = None,
     window: int | None = None,
     timeout: float = 10.0,
+    mode: int | None = None,
 ) -> CollectResult:
     """Copy a remote file (with ``rotated``, its .4 .. .0 parts first) to ``local_path``.
 
     ``timeout`` bounds each call that sets the transfer up; the transfer itself ends when
     no data arrives for a minute.
 
-    Written to ``local_path.partial`` and renamed when complete and verified; if the
-    node goes away midway the partial file stays and the error names it.
+    Written to ``local_path.partial`` (localfiles.Partial: created exclusively, 0600 or exactly
+    ``mode``) and given its final name when complete and verified, never over an existing file;
+    if the node goes away midway or the local disk fills, the partial file stays and the error
+    names it.
     """
+    localfiles.check_target(local_path)  # before anything runs on the node
     total = -1
+    warnings: list[str] = []
     if progress is not None:
         sizes = await programs.evaluate(node, programs.STAT_PARTS, timeout, Path=remote_path) if rotated else None
         total = sum(s for n, s in sizes) if sizes else await _size(node, remote_path, timeout)
-    tmp = partial_path(local_path)
+    if mode is not None and mode & 0o077:
+        wider = localfiles.wider_than_source(mode, await _mode(node, remote_path, timeout))
+        if wider:
+            warnings.append(wider)
+    part = localfiles.Partial.create(local_path, mode)
+    tmp = part.path
     started = time.monotonic()
-    written = 0
     parts: list[str] = []
-    with open(tmp, "wb") as out:
 
-        def on_data(data: memoryview) -> None:
-            nonlocal written
-            out.write(data)
-            written += len(data)
-            if progress is not None:
-                progress(written, total)
+    def on_data(data: memoryview) -> None:
+        part.write(data)
+        if progress is not None:
+            progress(part.written, total)
 
+    reader: RemoteReader | None = None
+    try:
         reader = await RemoteReader(
             node,
             remote_path,
@@ -266,34 +282,58 @@ async def collect_file(
             on_data=on_data,
             timeout=timeout,
         ).start()
-        try:
-            while True:
-                ev = await reader.next_event(timeout=60.0)
-                if ev is None:
-                    raise RemoteFileError(f"no data from {node.peer_name} for 60s while reading {remote_path}")
-                if ev.kind == "part":
-                    parts.append(ev.name)
-                elif ev.kind == "eof":
-                    if ev.sent != written:
-                        raise RemoteFileError(
-                            f"size check failed for {remote_path}: node sent {ev.sent} bytes, we wrote {written}"
-                        )
-                    break
-        except (ConnectionLostError, RemoteFileError) as exc:
-            out.flush()
+        while True:
+            ev = await reader.next_event(timeout=60.0)
+            if ev is None:
+                raise RemoteFileError(f"no data from {node.peer_name} for 60s while reading {remote_path}")
+            if ev.kind == "part":
+                parts.append(ev.name)
+            elif ev.kind == "eof":
+                if ev.sent != part.written:
+                    raise RemoteFileError(
+                        f"size check failed for {remote_path}: node sent {ev.sent} bytes, we wrote {part.written}"
+                    )
+                break
+    except (ConnectionLostError, RemoteFileError) as exc:
+        if reader is not None:
             reader.abandon()
-            if written == 0:  # e.g. no such file: nothing worth keeping
-                out.close()
-                tmp.unlink(missing_ok=True)
-                raise
-            raise type(exc)(f"{exc.message}; kept {written} bytes in {tmp} (partial)", hint=exc.hint) from exc
-        except BaseException:
-            reader.abandon()
+        if part.written == 0:  # e.g. no such file: nothing worth keeping
+            part.discard()
             raise
-    os.replace(tmp, local_path)
+        part.close()
+        raise type(exc)(f"{exc.message}; kept {part.written} bytes in {tmp} (partial)", hint=exc.hint) from exc
+    except LocalFileError as exc:
+        if reader is not None:
+            reader.abandon()
+        with contextlib.suppress(LocalFileError):
+            part.close()
+        exc.remote_path, exc.node = remote_path, node.peer_name
+        raise
+    except BaseException:
+        if reader is not None:
+            reader.abandon()
+        with contextlib.suppress(LocalFileError):
+            part.close()
+        raise
+    final = part.publish()
     return CollectResult(
-        remote_path, str(local_path), written, parts or [remote_path], time.monotonic() - started, verified=True
+        remote_path,
+        str(final),
+        part.written,
+        parts or [remote_path],
+        time.monotonic() - started,
+        verified=True,
+        warnings=warnings,
     )
+
+
+async def _mode(node: HiddenNode, path: str, timeout: float = 10.0) -> int | None:
+    """The remote file's permission bits (file_info's mode), None when it cannot be read."""
+    info = await node.rpc("file", "read_file_info", [path], timeout=timeout)
+    if type(info) is tuple and len(info) == 2 and info[0] == Atom("ok") and type(info[1]) is tuple:
+        mode = info[1][7]
+        return mode & 0o7777 if type(mode) is int else None
+    return None
 
 
 async def _size(node: HiddenNode, path: str, timeout: float = 10.0) -> int:

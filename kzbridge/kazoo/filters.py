@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import BadFilterError, TermSyntaxError, UsageError
 from ..wire.literal import format_term, parse_term
-from ..wire.terms import Atom, ErlString, ImproperList, Pid
+from ..wire.terms import Atom, ErlString, ImproperList, Pid, PidLiteral
 
 WILDCARD = Atom("*")
 _ATOM_KEYS = {"module", "function", "application", "node", "mod", "func", "from_app", "sink"}
@@ -24,6 +24,7 @@ DATA_SINK = "data"
 LAGER_SINK = "lager_event"
 DEFAULT_LEASE = 60.0
 DEFAULT_MAX_RATE = 10_000.0  # events/s; kazoo.governor explains the choice
+MAX_ATOM = 255  # characters in an Erlang atom
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
@@ -52,6 +53,8 @@ def _atom_value(key: str, value: str) -> Atom:
         return WILDCARD
     if not value or any(c.isspace() for c in value):
         raise BadFilterError(f"{key} filter needs a name, got {value!r}")
+    if len(value) > MAX_ATOM:
+        raise BadFilterError(f"{key} name is {len(value)} characters long; Erlang names have at most {MAX_ATOM}")
     return Atom(value)
 
 
@@ -131,6 +134,12 @@ def validate(filters: Any) -> list[tuple[Any, ...]]:
             raise BadFilterError(f"filter {format_term(f)} is not {{Key, Value}} or {{Key, Op, Value}}")
         if f[0] == Atom("any") or f[0] == Atom("all"):
             raise BadFilterError(f"filter {format_term(f)}: {f[0]} lists crash kz_data_tracing's server")
+        long_atom = _long_atom(f)
+        if long_atom is not None:
+            raise BadFilterError(
+                f"filter {format_term(f)[:80]}...: an atom of {len(long_atom)} characters; "
+                f"Erlang atoms have at most {MAX_ATOM}"
+            )
         if _contains_pid(f):
             raise BadFilterError(
                 f"filter {format_term(f)} holds a pid value, which crashes kz_data_tracing "
@@ -146,8 +155,19 @@ def validate(filters: Any) -> list[tuple[Any, ...]]:
     return out
 
 
+def _long_atom(value: Any) -> str | None:
+    if type(value) is Atom:
+        return value.name if len(value.name) > MAX_ATOM else None
+    if type(value) in (tuple, list):
+        for v in value:
+            found = _long_atom(v)
+            if found is not None:
+                return found
+    return None
+
+
 def _contains_pid(value: Any) -> bool:
-    if type(value) is Pid:
+    if type(value) in (Pid, PidLiteral):
         return True
     if type(value) in (tuple, list):
         return any(_contains_pid(v) for v in value)

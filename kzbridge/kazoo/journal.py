@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cachedir import cache_dir
+from ..errors import LocalFileError
 
 KEEP_STOPPED = 7 * 86400  # stopped entries are forgotten after a week
 
@@ -94,11 +95,18 @@ def _save(path: Path, entries: list[JournalEntry]) -> None:
 
 def _update(change: Callable[[list[JournalEntry]], bool]) -> None:
     """Read, change and write the journal under the lock; ``change`` returns whether to write."""
-    path = journal_path()
-    with _locked(path):
-        entries = _read(path)
-        if change(entries):
-            _save(path, entries)
+    path: Path | None = None
+    try:
+        path = journal_path()
+        with _locked(path):
+            entries = _read(path)
+            if change(entries):
+                _save(path, entries)
+    except OSError as exc:  # e.g. the cache directory's disk is full: one line, not a traceback
+        where = str(path.parent) if path is not None else "kzbridge's cache directory"
+        raise LocalFileError(
+            f"cannot write kzbridge's journal in {where}: {exc.strerror or exc}", hint=f"free some space in {where}"
+        ) from None
 
 
 def record(entry: JournalEntry) -> None:
@@ -120,13 +128,19 @@ def mark_stopped(node: str, ref: str) -> None:
     _update(change)
 
 
-def extend_lease(node: str, ref: str, until: float) -> None:
-    """Record a renewed lease, so ``status`` shows when the node would stop the trace now."""
+def extend_lease(node: str, ref: str, until: float, timer: str = "") -> None:
+    """Record a renewed lease, so ``status`` shows when the node would stop the trace now.
+
+    ``timer`` (hex of the external-term timer ref on the node) goes to ``extra["timer"]``, so a
+    later ``stop`` from another process can cancel the lease timer instead of leaving it to fire.
+    """
 
     def change(entries: list[JournalEntry]) -> bool:
         hit = [e for e in entries if e.node == node and e.ref == ref and not e.stopped]
         for e in hit:
             e.lease_until = until
+            if timer:
+                e.extra["timer"] = timer
         return bool(hit)
 
     _update(change)

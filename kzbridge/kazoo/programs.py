@@ -16,13 +16,16 @@ from ..wire.node import HiddenNode
 from ..wire.terms import Atom, Encoded, ErlString, Pid
 
 # The tail/collect process. Bindings: Owner (our pid), Path (string), Offset, Chunk, Window,
-# Poll (ms between end-of-file checks), Idle (ms without acks before giving up), Mode:
+# Poll (ms between end-of-file checks), Idle (ms without acks before giving up), Watch (false, or
+# the traced file as a string: in follow mode, about once a second, whether a lager file handler
+# for it still exists in lager_event or data_lager_event; once seen and then gone, the reader
+# sends {kzb_gone, Self, Seq} once and keeps following: someone else stopped the trace), Mode:
 #   follow    read from Offset (from 0: rotated parts already there first), keep reading as the
 #             file grows and rotates, until kzb_finish
 #   once      read the one file from Offset to its end
 #   rotated   read Path.4 .. Path.0 then Path, whole, in that order
 # Messages to Owner: {kzb_part, Self, Seq, Name}, {kzb_data, Self, Seq, Bin},
-#   {kzb_eof, Self, Seq, Sent, Pos, Size}, {kzb_error, Self, Reason}.
+#   {kzb_eof, Self, Seq, Sent, Pos, Size}, {kzb_error, Self, Reason}, {kzb_gone, Self, Seq}.
 # Owner sends {kzb_ack, N} (credit for N more chunks) and kzb_finish.
 READER = r"""
 Self = self(),
@@ -52,6 +55,23 @@ Send = fun(Data) ->
     Owner ! {kzb_data, Self, Seq, Data}
 end,
 Fail = fun(Why) -> Owner ! {kzb_error, Self, Why}, exit(normal) end,
+put(kzb_polls, 0), put(kzb_seen, false),
+Traced = fun() ->
+    Hs = lists:append([gen_event:which_handlers(S) || S <- [lager_event, data_lager_event], is_pid(whereis(S))]),
+    lists:member({lager_file_backend, Watch}, Hs)
+end,
+Check = fun() ->
+    Polls = get(kzb_polls), put(kzb_polls, Polls + 1),
+    case Watch =/= false andalso Polls rem max(1, 1000 div max(1, Poll)) =:= 0 of
+        false -> ok;
+        true ->
+            case {Traced(), get(kzb_seen)} of
+                {true, _} -> put(kzb_seen, true);
+                {false, true} -> put(kzb_seen, gone), Owner ! {kzb_gone, Self, get(kzb_seq)};
+                _ -> ok
+            end
+    end
+end,
 Drain = fun Drain(Fd) ->
     case file:read(Fd, Chunk) of
         {ok, D} -> Send(D), Drain(Fd);
@@ -89,7 +109,7 @@ Follow = fun Follow(Fd, I0) ->
         _ ->
             case get(kzb_finish) orelse Mode =:= once of
                 true -> Drain(Fd), Eof(Fd);
-                false -> Wait(Poll), Follow(Fd, I0)
+                false -> Check(), Wait(Poll), Follow(Fd, I0)
             end
     end
 end,
@@ -127,6 +147,29 @@ R1 = case Ref of undefined -> skipped; _ -> catch kz_data_tracing:stop_trace(Ref
 R2 = case Trace of undefined -> skipped; _ -> catch lager:stop_trace(Trace) end,
 R3 = catch lager:clear_trace_by_destination({lager_file_backend, File}),
 {R1, R2, R3}.
+"""
+
+# Claim a trace file before starting a trace on it: in_use when a lager file handler already writes
+# it (any sink), else create it exclusively (eexist when it is there already). Binding: Path (string).
+# One rpc; the exclusive create makes two clients racing for one path see one winner.
+CLAIM_PATH = r"""
+Hs = lists:append([gen_event:which_handlers(S) || S <- [lager_event, data_lager_event], is_pid(whereis(S))]),
+case lists:member({lager_file_backend, Path}, Hs) of
+    true -> {error, in_use};
+    false ->
+        case file:open(Path, [write, exclusive, raw]) of
+            {ok, F} -> file:close(F), ok;
+            {error, E} -> {error, E}
+        end
+end.
+"""
+
+# Give back a claimed trace file nothing was written to: deleted when it is still empty.
+RELEASE_PATH = r"""
+case file:read_file_info(Path) of
+    {ok, I} when element(2, I) =:= 0 -> file:delete(Path);
+    _ -> kept
+end.
 """
 
 # File-backend handlers per sink: [{Sink, File}] (finds traces nobody holds a ref for).

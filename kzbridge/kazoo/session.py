@@ -9,6 +9,7 @@ Events, in the order a session emits them::
 
     (Progress | Record | Rotated)*     while the trace runs; Progress also every quarter second
     StoppedBy                          why it stops: duration | max-size | safety | requested (by whom) | abandoned
+                                       | other-client (someone else stopped it: the node's lager handler went)
     (Progress | Record)*               the rest of the file, read to its end once the trace is stopped
     Collected                          the summary: ref, node, paths, records, bytes, verified, partial, warnings
 
@@ -51,12 +52,12 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from ..errors import ConnectionLostError, KzBridgeError, TraceLostError, UsageError
+from ..errors import ConnectionLostError, KzBridgeError, LocalFileError, TraceLostError, UsageError
 from ..limits import CALL_TIMEOUT, check_number
 from ..wire.node import HiddenNode
-from . import clock, programs
+from . import clock, localfiles, programs
 from .collect import ReaderEvent, RemoteReader, partial_path
 from .governor import DEFAULT_MAX_RATE, Governor, SafetyStop, check_max_rate, preflight
 from .logparse import (
@@ -73,7 +74,7 @@ GOVERNOR_OFF = (
     "the governor is off: nothing watches lager's load on the node while this trace runs, "
     "and a flood can make every logging process wait"
 )
-StopReason = Literal["duration", "max-size", "safety", "requested", "abandoned"]
+StopReason = Literal["duration", "max-size", "safety", "requested", "abandoned", "other-client"]
 SIGNALS = ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"))
 
 
@@ -118,6 +119,8 @@ class StoppedBy:
     @property
     def label(self) -> str:
         """What the summary calls it: the asker for a request, else the reason."""
+        if self.reason == "other-client":
+            return "another client"
         return self.by if self.reason == "requested" and self.by else self.reason
 
 
@@ -239,6 +242,8 @@ class TraceSession:
         requests: StopRequests | None = None,
         max_rate: float | None = DEFAULT_MAX_RATE,
         governor: bool = True,
+        mode: int | None = None,
+        partial: localfiles.Partial | None = None,
     ) -> None:
         _check_limits(duration, max_size, max_rate)
         self.trace = trace
@@ -250,6 +255,8 @@ class TraceSession:
         self.correction = correction
         self.summary: RunSummary | None = None
         self.requests = requests or StopRequests()
+        self.mode = mode  # of the local file: 0600 unless given (localfiles)
+        self._partial = partial  # NAME.partial, when start() reserved it before the trace began
         self._begun = False
         self.max_rate = max_rate
         self.governor = governor
@@ -277,30 +284,44 @@ class TraceSession:
         max_rate: float | None = DEFAULT_MAX_RATE,
         governor: bool = True,
         timeout: float = CALL_TIMEOUT,
+        mode: int | None = None,
     ) -> TraceSession:
         """Validate, arm the lease and start the trace (tracing.start_trace), ready to follow.
 
-        ``local_path`` defaults to NODE-REF.log in the current directory. ``timeout`` bounds
-        each remote call of the session (setup, stop, lease renewals). With the governor on,
-        raises governor.NodeBusyError (nothing started) when the sink is synchronous already.
+        ``local_path`` defaults to NODE-REF.log in the current directory. The local output is
+        checked (and an explicit one's ``.partial`` created, exclusively) before anything
+        starts on the node, so an output that cannot be written starts nothing. ``timeout``
+        bounds each remote call of the session (setup, stop, lease renewals). With the
+        governor on, raises governor.NodeBusyError (nothing started) when the sink is
+        synchronous already.
         """
         _check_limits(duration, max_size, max_rate)
         check_number(lease, "lease")
         check_number(timeout, "timeout")
-        if correction is None:
-            correction = clock.ClockCorrection(await clock.measure(node, timeout=timeout))
-        if governor:
-            await preflight(node, sink)
-        trace = await start_trace(
-            node,
-            filters,
-            sink=sink,
-            level=level,
-            format_list=format_list,
-            remote_path=remote_path,
-            lease=lease,
-            timeout=timeout,
-        )
+        reserved = localfiles.Partial.create(local_path, mode) if local_path is not None else None
+        try:
+            if reserved is None:
+                localfiles.check_directory(".")
+            if correction is None:
+                correction = clock.ClockCorrection(await clock.measure(node, timeout=timeout))
+            if governor:
+                await preflight(node, sink)
+            # Parsed before the trace starts (cached per connection): following then begins with one rpc less.
+            await programs.forms(node, programs.READER, timeout)
+            trace = await start_trace(
+                node,
+                filters,
+                sink=sink,
+                level=level,
+                format_list=format_list,
+                remote_path=remote_path,
+                lease=lease,
+                timeout=timeout,
+            )
+        except BaseException:
+            if reserved is not None:
+                reserved.discard()
+            raise
         local = local_path if local_path is not None else default_local_path(node.peer_name, trace.ref)
         return cls(
             trace,
@@ -312,6 +333,8 @@ class TraceSession:
             requests=requests,
             max_rate=max_rate,
             governor=governor,
+            mode=mode,
+            partial=reserved,
         )
 
     @property
@@ -448,9 +471,14 @@ class TraceSession:
             return datetime.fromtimestamp(last_instant[0], timezone.utc)
 
         tmp = str(partial_path(self.local_path)) if self.local_path is not None else None
-        reader = await RemoteReader(
-            node, trace.remote_path, mode="follow", poll_ms=self.poll_ms, timeout=trace.timeout
-        ).start()
+        reader = RemoteReader(
+            node,
+            trace.remote_path,
+            mode="follow",
+            poll_ms=self.poll_ms,
+            timeout=trace.timeout,
+            watch=trace.remote_path,
+        )
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         asm = LineAssembler(admits=_header_check(trace))
         lines = written = 0  # ``lines`` counts records; ``newlines`` the file's line ends
@@ -459,7 +487,7 @@ class TraceSession:
         stopped: StoppedBy | None = None
         verified = False
         partial = True
-        out: IO[bytes] | None = None
+        out: localfiles.Partial | None = None
 
         def records(recs: list[LogRecord]) -> list[Record]:
             return [Record(trace.node_name, instant(r.time), r) for r in recs]
@@ -468,7 +496,10 @@ class TraceSession:
         if gov is not None and self._safety is None:
             governing = asyncio.ensure_future(self._govern(gov, lambda: (lines, written)))
         try:
-            out = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in the finally below
+            if self.local_path is not None:
+                out = self._partial or localfiles.Partial.create(self.local_path, self.mode)
+                self._partial = None
+            await reader.start()  # inside: if it fails, the finally below still stops the trace
             while True:
                 elapsed = time.monotonic() - started
                 if stopped is None:
@@ -509,6 +540,18 @@ class TraceSession:
                     yield Progress(time.monotonic() - started, written, lines)
                 elif ev.kind == "rotated":
                     yield Rotated(ev.sent)
+                elif ev.kind == "gone" and stopped is None:
+                    # Someone else stopped our trace (stop --all, clear, sup): say so, never "duration".
+                    stopped = StoppedBy("other-client")
+                    trace.warnings.append(
+                        TraceWarning(
+                            f"trace {trace.ref} was stopped by another client after "
+                            f"{time.monotonic() - started:.1f} s; the local file holds what the node wrote until then"
+                        )
+                    )
+                    yield stopped
+                    await trace.stop()  # our lease timer and journal entry; the node answers invalid_trace
+                    reader.finish()
                 elif ev.kind == "eof":
                     tail = asm.flush()
                     lines += len(tail)
@@ -524,9 +567,20 @@ class TraceSession:
                     partial = False
                     yield Progress(time.monotonic() - started, written, lines)
                     break
+        except LocalFileError as exc:
+            # The local disk is full (or the file cannot be written): stop the trace now, keep
+            # what arrived, and name both files.
+            if self.owns_trace and not trace.stopped and node.alive:
+                with contextlib.suppress(KzBridgeError):
+                    await asyncio.shield(trace.stop())
+            state = "was stopped" if trace.stopped else "is still running (its lease stops it)"
+            exc.message = (
+                f"{exc.message}; trace {trace.ref} {state}; the whole trace stays in {trace.remote_path} "
+                f"on {trace.node_name}"
+            )
+            exc.ref, exc.node, exc.remote_path = trace.ref, trace.node_name, trace.remote_path
+            raise
         except ConnectionLostError as exc:
-            if out is not None:
-                out.flush()
             kept = f"; kept {written} bytes in {tmp} (partial)" if tmp is not None else ""
             lost = TraceLostError(
                 f"{exc.message}{kept}",
@@ -546,7 +600,8 @@ class TraceSession:
             if governing is not None:
                 governing.cancel()
             if out is not None:
-                out.close()
+                with contextlib.suppress(LocalFileError):
+                    out.close()
             if self.owns_trace and not trace.stopped and node.alive:
                 with contextlib.suppress(KzBridgeError):
                     await asyncio.shield(trace.stop())
@@ -554,9 +609,8 @@ class TraceSession:
                 reader.abandon()
         assert stopped is not None
         final = tmp or ""
-        if not partial and self.local_path is not None and tmp is not None:
-            os.replace(tmp, self.local_path)
-            final = self.local_path
+        if not partial and out is not None:
+            final = str(out.publish())
         if lines == 0 and trace.sink == DATA_SINK and stopped.reason != "abandoned":
             trace.warnings.append(
                 TraceWarning(

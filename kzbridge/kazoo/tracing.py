@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import secrets
 import time
 import weakref
@@ -29,6 +30,7 @@ from ..errors import (
     BadRpcError,
     KazooError,
     KzBridgeError,
+    LocalFileError,
     TracingUnavailableError,
     UnknownTraceError,
     UsageError,
@@ -185,9 +187,19 @@ class Trace:
             self.timeout,
         )
         self.lease_renewals += 1
-        journal.extend_lease(self.node_name, self.ref, time.time() + (seconds or self.lease))
+        try:
+            journal.extend_lease(
+                self.node_name, self.ref, time.time() + (seconds or self.lease), term_to_binary(self._tref).hex()
+            )
+        except LocalFileError as exc:  # bookkeeping only: the lease on the node is what counts
+            self._journal_warning(exc)
         if old is not None:
             await self.node.rpc("timer", "cancel", [old], timeout=self.timeout)
+
+    def _journal_warning(self, exc: LocalFileError) -> None:
+        text = f"{exc.message}; status and stop from other processes may not see trace {self.ref}"
+        if text not in self.warnings:
+            self.warnings.append(TraceWarning(text))
 
     def keep_alive(self) -> None:
         """Renew the lease every third of it, in the background, while this object lives.
@@ -234,15 +246,21 @@ class Trace:
             await self.node.rpc("timer", "cancel", [self._tref], timeout=self.timeout)
             self._tref = None
         self.stopped = True
-        journal.mark_stopped(self.node_name, self.ref)
+        try:
+            journal.mark_stopped(self.node_name, self.ref)
+        except LocalFileError as exc:
+            self._journal_warning(exc)
         return self.remote_path
 
     async def collect(
-        self, local_path: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+        self,
+        local_path: str | os.PathLike[str],
+        progress: Callable[[int, int], None] | None = None,
+        mode: int | None = None,
     ) -> CollectResult:
-        """Bring back the whole file, rotated parts first."""
+        """Bring back the whole file, rotated parts first (local file 0600 unless ``mode``)."""
         return await collect_file(
-            self.node, self.remote_path, local_path, rotated=True, progress=progress, timeout=self.timeout
+            self.node, self.remote_path, local_path, rotated=True, progress=progress, timeout=self.timeout, mode=mode
         )
 
     async def follow(self, poll_ms: int = 50) -> AsyncIterator[LogRecord]:
@@ -342,6 +360,20 @@ async def start_trace(
             f"remote path {path!r} must be absolute: lager resolves relative paths against its own log root",
             setting="remote_path",
         )
+    if posixpath.normpath(path) != path:
+        # lager names its handler (and the file) by the normalised path: "/tmp//x.log" is traced as
+        # "/tmp/x.log", and the checks below, which compare names, would miss it.
+        raise UsageError(
+            f"remote path {path!r} is not in plain form; write {posixpath.normpath(path)!r}", setting="remote_path"
+        )
+    if not path.isascii() or any(c < " " or c == "\x7f" for c in path):
+        # Measured with lager 3.9.2: kz_data_tracing passes the name as a binary, which lager takes
+        # byte by byte as characters, so "/tmp/caf\u00e9.log" is written as "/tmp/caf\u00c3\u00a9.log"
+        # (double-encoded) and nothing else finds it. One rule for both sinks: ASCII only.
+        raise UsageError(
+            f"remote path {path!r} must be printable ASCII: lager writes other characters under a mangled name",
+            setting="remote_path",
+        )
     if sink not in (DATA_SINK, LAGER_SINK):
         raise UsageError(f"unknown sink {sink!r}: use data (kz_data_tracing) or lager_event", setting="sink")
     warnings: list[TraceWarning] = []
@@ -356,9 +388,16 @@ async def start_trace(
                 setting="sink",
             )
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
+    # The file is ours alone: refused when it exists or a lager handler writes it, else created
+    # exclusively (two clients racing for one path see one winner).
+    await _claim_path(node, path)
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
-    tref = await _arm_lease(node, lease, None, path, None, timeout)
+    try:
+        tref = await _arm_lease(node, lease, None, path, None, timeout)
+    except BaseException:
+        await _release_path(node, path)
+        raise
     try:
         if sink == DATA_SINK:
             if generation == 1:
@@ -388,6 +427,7 @@ async def start_trace(
             ref = "lg" + secrets.token_hex(5)
     except BaseException:
         await node.rpc("timer", "cancel", [tref], timeout=timeout)
+        await _release_path(node, path)
         raise
     trace = Trace(node, ref, path, generation, sink, checked, level, lease, lager_trace, warnings)
     trace._tref = tref
@@ -396,20 +436,29 @@ async def start_trace(
     trace.own_file = remote_path is None
     # Journal first: if the calls below fail or the caller's deadline cancels them, the
     # trace (stopped by the lease armed above) is still listed by status and stop --all.
-    journal.record(
-        journal.JournalEntry(
-            node=node.peer_name,
-            ref=ref,
-            remote_path=path,
-            sink=sink,
-            generation=generation or 0,
-            filters=flt.describe(checked),
-            started=trace.started,
-            lease_until=time.time() + lease,
-            detached=detached,
-            lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
+    try:
+        journal.record(
+            journal.JournalEntry(
+                node=node.peer_name,
+                ref=ref,
+                remote_path=path,
+                sink=sink,
+                generation=generation or 0,
+                filters=flt.describe(checked),
+                started=trace.started,
+                lease_until=time.time() + lease,
+                detached=detached,
+                lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
+                extra={"timer": term_to_binary(trace._tref).hex()},
+            )
         )
-    )
+    except LocalFileError as exc:
+        # Nobody could find this trace later: stop it now rather than leave it to its lease.
+        with contextlib.suppress(KzBridgeError):
+            await trace.stop()
+        exc.message = f"{exc.message}; trace {ref} on {node.peer_name} was stopped"
+        exc.ref, exc.node, exc.remote_path = ref, node.peer_name, path
+        raise
     # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
     if sink == DATA_SINK or detached:
         await trace.renew_lease()
@@ -417,6 +466,37 @@ async def start_trace(
     if not detached:
         trace.keep_alive()
     return trace
+
+
+async def _claim_path(node: HiddenNode, path: str) -> None:
+    reply = await programs.evaluate(node, programs.CLAIM_PATH, Path=ErlString(path))
+    if reply == A_OK:
+        return
+    why = reply[1] if type(reply) is tuple and len(reply) == 2 else reply
+    if why == Atom("in_use"):
+        raise UsageError(
+            f"{path} on {node.peer_name} is already being traced (a lager file handler writes it)",
+            hint="choose another remote path",
+            setting="remote_path",
+        )
+    if why == Atom("eexist"):
+        raise UsageError(
+            f"{path} already exists on {node.peer_name}; kzbridge traces only into a new file",
+            hint="choose another remote path, or collect and remove that one first",
+            setting="remote_path",
+        )
+    raise UsageError(
+        f"cannot create {path} on {node.peer_name}: {format_term(why)[:200]}",
+        hint="the directory must exist and be writable by the node",
+        setting="remote_path",
+    )
+
+
+async def _release_path(node: HiddenNode, path: str) -> None:
+    """The trace did not start: remove the file claimed for it when nothing was written to it."""
+    if node.alive:
+        with contextlib.suppress(KzBridgeError):
+            await programs.evaluate(node, programs.RELEASE_PATH, Path=ErlString(path))
 
 
 def _ok_ref(reply: Any, node: HiddenNode) -> str:
@@ -460,6 +540,12 @@ async def attach(node: HiddenNode, ref: str, timeout: float = CALL_TIMEOUT) -> T
         )
         trace.started = entry.started
         trace.timeout = timeout
+        timer = entry.extra.get("timer") if isinstance(entry.extra, dict) else None
+        if isinstance(timer, str) and timer:
+            # The lease timer its starter armed: stop() cancels it, so it cannot fire later
+            # and stop a newer trace on the same file.
+            with contextlib.suppress(ValueError, KzBridgeError):
+                trace._tref = binary_to_term(bytes.fromhex(timer))
         return trace
     generation = await detect_generation(node, timeout)
     if generation == 2:
@@ -590,6 +676,10 @@ async def clear_all(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[str
             stopped.append(ref.decode())
     for e in journal.active(node.peer_name):
         if e.ref in stopped:
+            # Stopped by clear_all_traces; its lease timer must not fire later on a newer trace of the file.
+            tref = (await attach(node, e.ref))._tref
+            if tref is not None:
+                await node.rpc("timer", "cancel", [tref], timeout=10)
             journal.mark_stopped(node.peer_name, e.ref)
             continue
         trace = await attach(node, e.ref, timeout)

@@ -1,0 +1,196 @@
+"""Local output files, written one way everywhere (trace sessions, collections, stop's outputs).
+
+    check_target(path)                   before anything starts on the node: refuse what would fail later
+    part = Partial.create(path, mode)    NAME.partial, created exclusively, never through a symlink
+    part.write(data) ... part.publish()  the final NAME taken atomically, never over an existing file
+
+Rules (issue 11, rules 1, 6 and 7):
+  * ``NAME.partial`` is opened ``O_CREAT|O_EXCL|O_NOFOLLOW``: a second run on the same output,
+    a file left from an earlier run, or a symlink planted at that name is refused, never followed
+    nor truncated.
+  * It is created 0600 (traces hold phone numbers and call data), or exactly ``mode`` when the
+    caller gives one (``fchmod``, so the umask does not change an explicit choice).
+  * ``publish`` takes the final name with ``link(2)``, which fails when the name exists: a file
+    that appeared there meanwhile is never replaced; the data then stays in ``NAME.partial`` and
+    the error names it. On file systems without hard links it falls back to ``rename(2)`` after
+    checking the name is free (a narrow race, said here).
+  * Every OSError while writing (disk full, quota, I/O error) becomes a one-line LocalFileError
+    naming the ``.partial`` file kept and how many bytes it holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from pathlib import Path
+
+from ..errors import LocalFileError, UsageError
+
+DEFAULT_MODE = 0o600
+
+
+def partial_of(local: str | os.PathLike[str]) -> Path:
+    return Path(str(local) + ".partial")
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def check_target(local: str | os.PathLike[str]) -> None:
+    """Refuse an output that could not be written, before anything starts on the node.
+
+    The directory must exist and be writable; neither the name nor ``NAME.partial`` may exist
+    (a file, a directory or a symlink): kzbridge never overwrites.
+    """
+    path = Path(local)
+    partial = partial_of(local)
+    check_directory(path.parent, path)
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a directory", setting="local_path")
+    if os.path.lexists(path):
+        raise UsageError(
+            f"{path} already exists; kzbridge never overwrites a file",
+            hint="choose another name or remove it",
+            setting="local_path",
+        )
+    if os.path.lexists(partial):
+        raise UsageError(
+            f"{partial} already exists: another kzbridge run is writing it, or it was kept from an earlier run",
+            hint="choose another name, or remove it once no run uses it",
+            setting="local_path",
+        )
+
+
+def check_directory(parent: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> None:
+    """The directory outputs go to exists, is a directory and lets us create files."""
+    what = f"cannot write {path}" if path is not None else "cannot write there"
+    if not os.path.exists(parent):
+        raise UsageError(f"{what}: directory {parent} does not exist", setting="local_path")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{what}: {parent} is not a directory", setting="local_path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what}: no permission to create files in {parent}", setting="local_path")
+
+
+class Partial:
+    """``NAME.partial`` being written; ``publish`` renames it to ``NAME``."""
+
+    def __init__(self, final: Path, fd: int) -> None:
+        self.final = final
+        self.path = partial_of(final)
+        self._fd: int | None = fd
+        self.written = 0
+
+    @classmethod
+    def create(cls, local: str | os.PathLike[str], mode: int | None = None) -> Partial:
+        """Check the target and create ``NAME.partial`` exclusively, 0600 or exactly ``mode``."""
+        check_target(local)
+        final = Path(local)
+        partial = partial_of(final)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(partial, flags, DEFAULT_MODE if mode is None else mode & 0o777)
+        except FileExistsError:
+            raise UsageError(
+                f"{partial} already exists: another kzbridge run is writing it, or it was kept from an earlier run",
+                hint="choose another name, or remove it once no run uses it",
+                setting="local_path",
+            ) from None
+        except OSError as exc:
+            raise LocalFileError(f"cannot create {partial}: {_why(exc)}", setting="local_path") from None
+        try:
+            os.fchmod(fd, DEFAULT_MODE if mode is None else mode & 0o777)
+        except OSError:
+            os.close(fd)
+            os.unlink(partial)
+            raise
+        return cls(final, fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def _error(self, doing: str, exc: OSError) -> LocalFileError:
+        return LocalFileError(
+            f"cannot {doing} {self.path}: {_why(exc)}; kept {self.written} bytes in {self.path} (partial)",
+            partial_path=str(self.path),
+            kept_bytes=self.written,
+        )
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data``; a LocalFileError (with what is kept) on any OSError."""
+        if self._fd is None:
+            raise ValueError("write to a closed Partial")  # a bug in kzbridge
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                self.written += n
+                view = view[n:]
+        except OSError as exc:
+            raise self._error("write", exc) from None
+
+    def close(self) -> None:
+        """Close (idempotent); the partial file stays."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise self._error("close", exc) from None
+
+    def discard(self) -> None:
+        """Close and remove the partial file (nothing worth keeping in it)."""
+        try:
+            self.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def publish(self) -> Path:
+        """Close and give the data its final name, never over an existing file; the final path."""
+        self.close()
+        try:
+            os.link(self.path, self.final, follow_symlinks=False)
+        except FileExistsError:
+            raise LocalFileError(
+                f"{self.final} appeared while kzbridge was writing; it was left as it is and the "
+                f"{self.written} bytes stay in {self.path}",
+                partial_path=str(self.path),
+                kept_bytes=self.written,
+                setting="local_path",
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+                raise self._error("rename", exc) from None
+            if os.path.lexists(self.final):  # no hard links here: check, then rename (narrow race)
+                raise LocalFileError(
+                    f"{self.final} appeared while kzbridge was writing; the {self.written} bytes stay in {self.path}",
+                    partial_path=str(self.path),
+                    kept_bytes=self.written,
+                    setting="local_path",
+                ) from None
+            try:
+                os.rename(self.path, self.final)
+            except OSError as exc2:
+                raise self._error("rename", exc2) from None
+            return self.final
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        return self.final
+
+
+def wider_than_source(local_mode: int, source_mode: int | None) -> str | None:
+    """A warning when the local copy lets group/others read what the source file did not; else None."""
+    if source_mode is None:
+        return None
+    extra = local_mode & 0o077 & ~source_mode
+    if not extra & 0o044:
+        return None
+    return (
+        f"the local copy is mode {stat.S_IMODE(local_mode):04o} but the node's file was "
+        f"{stat.S_IMODE(source_mode):04o}: others can read here what they could not read there"
+    )
