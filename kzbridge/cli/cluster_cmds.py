@@ -380,7 +380,7 @@ def _zone(text: str) -> float:
 
 @main.command("merge")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--output", "-o", default=None, help="Where to write the merged timeline (default DIR/merged.log).")
+@click.option("--output", "-o", default=None, help="The new file for the merged timeline (0600).")
 @click.option(
     "--clock",
     "clocks",
@@ -404,10 +404,11 @@ def merge_cmd(
 
     \b
     A cluster run's directory (its cluster.json holds the clocks):
-      kzbridge merge kzbridge-cluster-20261125-120000
+      kzbridge merge kzbridge-cluster-20261125-120000 -o again.log
     Files collected some other way, with clocks given by hand (file NODE.log is node NODE):
       kzbridge merge kazoo_apps@kz1.log ecallmgr@kz2.log --clock ecallmgr@kz2=-2.1 --zone ecallmgr@kz2=-05:00
-    Re-merging a run's directory reproduces its merged.log byte for byte.
+    Re-merging a run's directory reproduces its merged.log byte for byte. The output is a new
+    file: an existing one is never replaced.
     """
     from ..kazoo import cluster
     from ..kazoo.merge import merge_to_file
@@ -417,7 +418,12 @@ def merge_cmd(
         if clocks or zones or start:
             raise UsageError("--clock, --zone and --start are for files; a run's directory has cluster.json")
         sources = cluster.merge_sources(first, cluster.read_cluster_json(first))
-        target = Path(output) if output else first / cluster.MERGED_FILE
+        if not output:
+            raise UsageError(
+                f"give --output: {first / cluster.MERGED_FILE} is the run's own merge (a new merge never replaces it)",
+                setting="local_path",
+            )
+        target = Path(output)
     else:
         sources = _file_sources(paths, clocks, zones, start)
         if not output:

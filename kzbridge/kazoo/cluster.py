@@ -507,8 +507,8 @@ class ClusterTrace:
             time.time(),
             stopped_by=self.requests.abandon_by or self.requests.stop_by,
         )
-        write_cluster_json(summary, self)
-        sources = merge_sources(self.directory, read_cluster_json(self.directory))
+        # The merge reads the description exactly as `kzbridge merge DIR` will read cluster.json.
+        sources = merge_sources(self.directory, cluster_description(summary, self))
         summary.merged = merge_to_file(sources, self.directory / MERGED_FILE)
         write_cluster_json(summary, self)
         self.summary = summary
@@ -516,7 +516,20 @@ class ClusterTrace:
 
 
 def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None) -> Path:
-    """The run's description (see README "Cluster tracing"): written whole, then renamed."""
+    """Write ``cluster.json`` (a new file, 0600, whole or not at all: localfiles.Partial)."""
+    from .localfiles import Partial
+
+    part = Partial.create(summary.directory / CLUSTER_FILE)
+    try:
+        part.write((json.dumps(cluster_description(summary, run), indent=1) + "\n").encode())
+    except BaseException:
+        part.discard()
+        raise
+    return part.publish()
+
+
+def cluster_description(summary: ClusterSummary, run: ClusterTrace | None = None) -> dict[str, Any]:
+    """The run's description (see README "Cluster tracing"), as cluster.json holds it."""
     from . import filters as flt
     from .clock import ClockCorrection
 
@@ -568,11 +581,7 @@ def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None)
                 "max_total_size": run.limits.max_total_size,
             },
         )
-    path = summary.directory / CLUSTER_FILE
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return data
 
 
 def _iso(t: float) -> str:

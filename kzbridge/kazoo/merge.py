@@ -27,10 +27,17 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from .clock import ClockCorrection, Timeline, format_instant
 from .logparse import LogRecord, parse_text
+
+
+class Writer(Protocol):
+    """Where merged bytes go: a binary file, or a localfiles.Partial."""
+
+    def write(self, data: bytes, /) -> object: ...
+
 
 # (sort key, node index, sequence within that node, instant, lines). The tuple order is the
 # merge order; sequences are unique per node, so the lines are never compared.
@@ -168,7 +175,7 @@ def merged_items(sources: list[MergeSource]) -> Iterator[MergeItem]:
 _MILLIS = [b".%03dZ " % i for i in range(1000)]
 
 
-def write_merged(sources: list[MergeSource], out: IO[bytes]) -> MergeStats:
+def write_merged(sources: list[MergeSource], out: Writer) -> MergeStats:
     """Merge ``sources`` into ``out`` (see module docstring); returns counts per node."""
     labels = short_labels([s.node for s in sources])
     width = max((len(s.label or labels[s.node]) for s in sources), default=0)
@@ -228,13 +235,18 @@ def merged_records(sources: list[MergeSource]) -> Iterator[MergedRecord]:
         yield MergedRecord(names[index], instant, text, parsed[0] if parsed else None)
 
 
-def merge_to_file(sources: list[MergeSource], path: str | os.PathLike[str]) -> MergeStats:
-    """``write_merged`` into ``path``, written whole under a temporary name first."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".partial")
-    with open(tmp, "wb") as out:
-        stats = write_merged(sources, out)
-    os.replace(tmp, target)
+def merge_to_file(sources: list[MergeSource], path: str | os.PathLike[str], mode: int | None = None) -> MergeStats:
+    """``write_merged`` into ``path`` (a new file: never over an existing one, 0600 unless ``mode``,
+    written as ``path.partial`` first; see localfiles)."""
+    from .localfiles import Partial
+
+    part = Partial.create(path, mode)
+    try:
+        stats = write_merged(sources, part)
+    except BaseException:
+        part.discard()
+        raise
+    part.publish()
     return stats
 
 
