@@ -344,6 +344,8 @@ def test_second_sigint_during_the_stop_stops_without_collecting(fresh_sandbox, t
         "trace-module", "kz_json", "--node", fresh_sandbox.node, "--duration", "60", "-o", str(out), cwd=str(tmp_path)
     )
     ref = run.ref()
+    # Following for real (setup calls done, records arriving) before the node is frozen.
+    poll_until(lambda: written(out), timeout=20, message="records arriving")
     # Freeze the node: the stop that the first Ctrl-C starts cannot finish, so the second
     # Ctrl-C lands while it is under way, every time.
     os.kill(fresh_sandbox.os_pid, signal.SIGSTOP)

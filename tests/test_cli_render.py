@@ -51,3 +51,14 @@ def test_record_line_text_and_json():
     assert rec is not None
     assert record_line(rec, False) == "11:38:57.900 debug   kz_json:get_value [call-1] <0.1.0> hello"
     assert '"callid": "call-1"' in record_line(rec, True)
+
+
+def test_click_usage_errors_are_one_line_with_exit_2() -> None:
+    import subprocess
+    import sys
+
+    for args in (["trace-module"], ["trace-module", "x", "--bogus"], ["nosuch"], ["nodes", "--timeout", "nan"]):
+        r = subprocess.run([sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("kzbridge: error: "), (args, r.stderr)
+        assert "Traceback" not in r.stderr and "Usage:" not in r.stderr

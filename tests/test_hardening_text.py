@@ -166,21 +166,28 @@ def test_follow_escapes_what_the_node_sends_and_keeps_forged_headers_inside_thei
 
 
 def test_status_shows_node_side_file_names_escaped(sandbox_gen2, node_tmp):
+    # kzbridge refuses such a --remote-path, but any other client (sup -e, a script) can start one.
+    from kzbridge.wire.blocking import BlockingNode
+
     path = f"{node_tmp}/evil-\x1b]0;title\x07-\x1b[2J.log"
-    res = kzb("start", "--node", sandbox_gen2.node, "--module", "kz_json", "--remote-path", path, "--duration", "60")
-    assert res.returncode == 0, res.stderr
-    ref = res.stdout.strip()
-    try:
-        res = kzb("status", "--node", sandbox_gen2.node)
-        assert res.returncode == 0 and ref in res.stdout, res.stderr
-        assert "\x1b" not in res.stdout and "evil-\\x1b]0;title\\x07-\\x1b[2J.log" in res.stdout
-        raw = kzb("status", "--node", sandbox_gen2.node, "--raw")
-        assert path in raw.stdout
-        assert path in [
-            t["remote_path"] for t in json.loads(kzb("status", "-n", sandbox_gen2.node, "--json").stdout)["traces"]
-        ]
-    finally:
-        assert kzb("stop", ref, "--node", sandbox_gen2.node, "--no-collect").returncode == 0
+    fmt = [Atom("time"), ErlString(" "), Atom("message"), ErlString("\n")]
+    with BlockingNode(sandbox_gen2.node, sandbox_gen2.cookie) as n:
+        reply = n.rpc(
+            "kz_data_tracing", "trace_file", [[(Atom("module"), Atom("kz_json"))], path.encode(), fmt, Atom("debug")]
+        )
+        assert type(reply) is tuple and reply[0] == Atom("ok"), reply
+        ref = reply[1].decode()
+        try:
+            res = kzb("status", "--node", sandbox_gen2.node)
+            assert res.returncode == 0 and ref in res.stdout, res.stderr
+            assert "\x1b" not in res.stdout and "evil-\\x1b]0;title\\x07-\\x1b[2J.log" in res.stdout
+            raw = kzb("status", "--node", sandbox_gen2.node, "--raw")
+            assert path in raw.stdout
+            assert path in [
+                t["remote_path"] for t in json.loads(kzb("status", "-n", sandbox_gen2.node, "--json").stdout)["traces"]
+            ]
+        finally:
+            assert n.rpc("kz_data_tracing", "stop_trace", [ref.encode()])[0] == Atom("ok")
 
 
 def on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, bytes]:

@@ -153,6 +153,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except KzBridgeError as exc:
             _fail(exc)
+        except click.UsageError as exc:  # click's own (unknown option, missing argument, bad choice): one line too
+            where = exc.ctx.command_path if exc.ctx is not None else "kzbridge"
+            click.echo(safe_text(f"kzbridge: error: {exc.format_message()} (see {where} --help)"), err=True)
+            sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt as exc:

@@ -608,7 +608,8 @@ async def status(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> tuple[int, 
 async def lager_file_traces(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[tuple[str, str]]:
     """``[(Sink, File)]``: the file handlers installed in each lager sink, as the sinks report them."""
     found = await programs.evaluate(node, programs.LAGER_FILE_TRACES, timeout=timeout)
-    return [(s.name, f.decode()) for s, f in found]
+    # File names are bytes on the node; one lager mangled (a non-ASCII path through kz_data_tracing) is not UTF-8.
+    return [(s.name, f.decode("utf-8", "replace")) for s, f in found]
 
 
 async def orphans(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[tuple[str, str]]:
