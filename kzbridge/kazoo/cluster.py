@@ -19,7 +19,6 @@ are kzbridge's own hidden nodes are left out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import fnmatch
 import json
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BadRpcError, KazooError, KzBridgeError, TraceLostError, UsageError
 from ..wire.terms import Atom
 from .merge import MergedRecord, MergeSource, MergeStats, merge_to_file, merged_records, short_labels
+from .session import StopControls
 
 if TYPE_CHECKING:
     from ..wire.node import HiddenNode
@@ -278,7 +278,7 @@ class ClusterSummary:
         return all(o.summary is not None and o.summary.verified and not o.summary.partial for o in self.outcomes)
 
 
-class ClusterTrace:
+class ClusterTrace(StopControls):
     """The same trace on several nodes, started together, stopped together, merged.
 
     ``start()`` validates the filters once, measures every node's clock and starts a
@@ -403,17 +403,6 @@ class ClusterTrace:
         done = await asyncio.gather(*(stop(n) for n in self.sessions), return_exceptions=True)
         self.sessions.clear()
         return [d for d in done if isinstance(d, str)]
-
-    # -------------------------------------------------------------------- stop requests
-
-    def request_stop(self, by: str = "caller") -> None:
-        self.requests.request_stop(by)
-
-    def abandon(self, by: str = "caller") -> None:
-        self.requests.abandon(by)
-
-    def signals(self) -> contextlib.AbstractContextManager[None]:
-        return self.requests.signals()
 
     # -------------------------------------------------------------------- run
 

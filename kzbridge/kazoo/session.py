@@ -226,7 +226,25 @@ class StopRequests:
                 loop.remove_signal_handler(sig)
 
 
-class TraceSession:
+class StopControls:
+    """What a holder of StopRequests (one trace session, a cluster run) offers its callers."""
+
+    requests: StopRequests
+
+    def request_stop(self, by: str = "caller") -> None:
+        """Stop the trace(s) and collect the rest (the first request counts)."""
+        self.requests.request_stop(by)
+
+    def abandon(self, by: str = "caller") -> None:
+        """Stop the trace(s) without collecting the rest; local files stay ``.partial``."""
+        self.requests.abandon(by)
+
+    def signals(self) -> contextlib.AbstractContextManager[None]:
+        """While inside: the first SIGINT/SIGTERM requests a stop, the next one abandons."""
+        return self.requests.signals()
+
+
+class TraceSession(StopControls):
     """One trace on one node: its limits, its stop requests, its event stream, its summary."""
 
     def __init__(
@@ -340,20 +358,6 @@ class TraceSession:
     @property
     def node_name(self) -> str:
         return self.trace.node_name
-
-    # -------------------------------------------------------------- stop requests
-
-    def request_stop(self, by: str = "caller") -> None:
-        """Stop the trace and collect the rest of the file (the first request counts)."""
-        self.requests.request_stop(by)
-
-    def abandon(self, by: str = "caller") -> None:
-        """Stop the trace without collecting the rest; the local file stays ``.partial``."""
-        self.requests.abandon(by)
-
-    def signals(self) -> contextlib.AbstractContextManager[None]:
-        """While inside: the first SIGINT/SIGTERM requests a stop, the next one abandons."""
-        return self.requests.signals()
 
     async def stop(self) -> str:
         """Stop the trace now (idempotent), whether or not events are being read; the remote path."""

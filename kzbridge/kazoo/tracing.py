@@ -48,47 +48,36 @@ from .logparse import LogRecord
 DATA_SINK = flt.DATA_SINK
 LAGER_SINK = flt.LAGER_SINK
 DEFAULT_LEASE = flt.DEFAULT_LEASE
-DEFAULT_FORMAT: list[Any] = [
-    Atom("time"),
-    ErlString(" ["),
-    Atom("severity"),
-    ErlString("] |"),
-    Atom("from_app"),
-    ErlString("|"),
-    (Atom("callid"), b"0000000000"),
-    ErlString("|"),
-    Atom("mod"),
-    ErlString(":"),
-    Atom("func"),
-    ErlString(":"),
-    Atom("line"),
-    ErlString(" ("),
-    Atom("pid"),
-    ErlString(") "),
-    Atom("message"),
-    ErlString("\n"),
-]
-# For the main sink the metadata keys are lager's own, so print those.
-LAGER_FORMAT: list[Any] = [
-    Atom("time"),
-    ErlString(" ["),
-    Atom("severity"),
-    ErlString("] |"),
-    Atom("application"),
-    ErlString("|"),
-    (Atom("callid"), b"0000000000"),
-    ErlString("|"),
-    Atom("module"),
-    ErlString(":"),
-    Atom("function"),
-    ErlString(":"),
-    Atom("line"),
-    ErlString(" ("),
-    Atom("pid"),
-    ErlString(") "),
-    Atom("message"),
-    ErlString("\n"),
-]
+
+
+def _kazoo_format(app: str, module: str, function: str) -> list[Any]:
+    """Kazoo's formatter_config, with the metadata keys that name the app, module and function."""
+    return [
+        Atom("time"),
+        ErlString(" ["),
+        Atom("severity"),
+        ErlString("] |"),
+        Atom(app),
+        ErlString("|"),
+        (Atom("callid"), b"0000000000"),
+        ErlString("|"),
+        Atom(module),
+        ErlString(":"),
+        Atom(function),
+        ErlString(":"),
+        Atom("line"),
+        ErlString(" ("),
+        Atom("pid"),
+        ErlString(") "),
+        Atom("message"),
+        ErlString("\n"),
+    ]
+
+
+# Kazoo's own (the data sink's profiler set from_app/mod/func); for the main sink the
+# metadata keys are lager's own, so print those.
+DEFAULT_FORMAT: list[Any] = _kazoo_format("from_app", "mod", "func")
+LAGER_FORMAT: list[Any] = _kazoo_format("application", "module", "function")
 A_OK = Atom("ok")
 A_ERROR = Atom("error")
 A_UNDEFINED = Atom("undefined")
