@@ -74,6 +74,7 @@ def run_sort(files: list[Path], out: Path) -> float:
 
 
 def run_ours(spec: dict) -> dict:
+    Path(spec["out"]).unlink(missing_ok=True)  # merge_to_file never writes over an existing file
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(ROOT), json.dumps(spec)], check=True, capture_output=True, text=True
     )
