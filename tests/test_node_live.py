@@ -189,11 +189,19 @@ async def test_peer_killed_mid_call_fails_fast(erl_node, open_node):
         await n.rpc("erlang", "node", [])
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    tasks = os.listdir(f"/proc/{pid}/task")
+    return all(open(f"/proc/{pid}/task/{t}/stat").read().rsplit(") ", 1)[1][:1] in "tT" for t in tasks)
+
+
 @pytest.mark.asyncio
 async def test_peer_that_stops_ticking_is_declared_lost(erl_node, open_node):
     n = await open_node(erl_node, ticktime=2.0)
     os.kill(erl_node.pid, signal.SIGSTOP)
     try:
+        # SIGSTOP reaches a busy BEAM's threads a moment later: a call sent at once could
+        # still be answered (it was, under load). Wait until every thread is stopped.
+        await poll_until_async(lambda: _all_threads_stopped(erl_node.pid), timeout=10, message="the node stopped")
         t0 = time.monotonic()
         with pytest.raises(ConnectionLostError):
             await n.rpc("erlang", "node", [], timeout=30)
