@@ -266,7 +266,8 @@ def cluster_text(s: ClusterSummary) -> str:
             state = "size verified" if r.verified else ("PARTIAL" if r.partial else "not verified")
             kept = f", kept {Path(r.local_path).name}" if r.partial else ""
             lines.append(
-                f"  {o.label}: stopped by {r.reason}, {r.lines} records, {r.bytes} bytes, {state}{kept}; "
+                f"  {o.label}: stopped by {r.reason}, {r.records} records ({r.lines} lines), {r.bytes} bytes, "
+                f"{state}{kept}; "
                 f"clock {_clock_text(o)}"
             )
         elif o.lost is not None:
