@@ -191,6 +191,29 @@ async def test_lease_stops_the_trace_when_the_client_vanishes(fresh_sandbox, ope
 
 
 @pytest.mark.asyncio
+async def test_the_lease_armed_before_the_ref_came_back_also_clears_kz_data_tracing(fresh_sandbox, open_node, node_tmp):
+    # start_trace arms a lease keyed by file, starts the trace, then re-arms it with the ref. A client
+    # killed in between leaves only the first lease: it must find the ref by file, or status() keeps
+    # listing a trace nobody can stop.
+    path = f"{node_tmp}/kzb-early-lease.log"
+    n = await open_node(fresh_sandbox)
+    await tracing._arm_lease(n, 1.5, None, path, None)
+    ok, ref = await n.rpc(
+        "kz_data_tracing",
+        "trace_file",
+        [[(Atom("module"), Atom("kz_json"))], path.encode(), [Atom("message")], Atom("debug")],
+    )
+    assert ok == Atom("ok") and await n.rpc("kz_data_tracing", "status", [ref]) != Atom("false")
+
+    async def stopped():
+        return await n.rpc("kz_data_tracing", "status", [ref]) == Atom("false")
+
+    await poll_until_async(stopped, timeout=6)
+    handlers = await n.rpc("gen_event", "which_handlers", [Atom("data_lager_event")])
+    assert (Atom("lager_file_backend"), path) not in handlers
+
+
+@pytest.mark.asyncio
 async def test_orphans_after_a_server_crash_are_found_and_cleared(fresh_sandbox, open_node, node_tmp):
     orphan = f"{node_tmp}/kzb-orphan.log"
     n = await open_node(fresh_sandbox)

@@ -142,8 +142,19 @@ Names = [Path ++ "." ++ integer_to_list(I) || I <- [4, 3, 2, 1, 0]] ++ [Path],
 
 # The lease: armed with timer:apply_after on the node, so the trace stops even if we vanish.
 # Bindings: Ref (kz_data_tracing ref or undefined), File (string), Trace (lager trace tuple or undefined).
+# The first lease is armed before the ref exists (Ref undefined): it then finds the ref by file in
+# status() (generation 2), so a client killed before re-arming leaves no entry in kz_data_tracing.
 LEASE_STOP = r"""
-R1 = case Ref of undefined -> skipped; _ -> catch kz_data_tracing:stop_trace(Ref) end,
+R1 = case Ref of
+    undefined ->
+        case catch kz_data_tracing:status() of
+            L when is_list(L) ->
+                Bin = list_to_binary(File),
+                [catch kz_data_tracing:stop_trace(R) || {R, F, _} <- L, F =:= Bin orelse F =:= File];
+            _ -> skipped
+        end;
+    _ -> catch kz_data_tracing:stop_trace(Ref)
+end,
 R2 = case Trace of undefined -> skipped; _ -> catch lager:stop_trace(Trace) end,
 R3 = catch lager:clear_trace_by_destination({lager_file_backend, File}),
 {R1, R2, R3}.
