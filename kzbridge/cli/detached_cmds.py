@@ -1,4 +1,11 @@
-"""Detached traces and files: start, stop, status, clear, collect."""
+"""Detached traces and files: start, stop, status, clear, collect.
+
+``start``, ``stop``, ``status`` and ``clear`` take one node or several (``-n A -n B``,
+``--cluster SEED``, ``--exclude GLOB``). Each command's work on a node is one coroutine:
+``run_with_node`` runs it on one node, ``run_on_nodes`` on all of them at once
+(kazoo.cluster.each_node, one deadline for all); only the rendering differs. Several
+nodes print one line per node or trace, the node's name first.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,21 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..errors import UsageError
+from ..errors import (
+    BadFilterError,
+    ConnectError,
+    ConnectionLostError,
+    KzBridgeError,
+    ProtocolError,
+    RpcTimeoutError,
+    UsageError,
+)
 from ..kazoo import filters as flt
 from . import (
     EXIT_INTERRUPTED,
@@ -20,6 +36,7 @@ from . import (
     interrupted_word,
     main,
     node_options,
+    nodes_options,
     parse_mode,
     raw_option,
     run_with_node,
@@ -33,30 +50,220 @@ if TYPE_CHECKING:
     from ..kazoo.tracing import Trace, TraceStatus
     from ..wire.node import HiddenNode
 
+T = TypeVar("T")
+EXIT_CONNECTION = 3
+EXIT_STILL_THERE = 6
+
 
 @contextlib.contextmanager
-def keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: bool) -> Iterator[None]:
-    """Ctrl-C during a collection: say where the bytes so far are, then exit 130."""
+def keeps_partial_on_interrupt(locals_: Callable[[], list[str]], on_terminal: bool) -> Iterator[None]:
+    """Ctrl-C during collections: say where the bytes so far are (one line per partial file), then exit 130."""
     try:
         yield
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         from ..kazoo.collect import partial_path
 
-        path = local()
-        part = partial_path(path) if path else None
-        if part is None or not part.exists():
+        kept = [part for part in (partial_path(p) for p in locals_() if p) if part.exists()]
+        if not kept:
             raise
         if on_terminal:
             click.echo("", err=True)
-        click.echo(f"kzbridge: {interrupted_word(exc)}; kept {part.stat().st_size} bytes in {part} (partial)", err=True)
+        for part in kept:
+            click.echo(
+                f"kzbridge: {interrupted_word(exc)}; kept {part.stat().st_size} bytes in {part} (partial)", err=True
+            )
         sys.exit(EXIT_INTERRUPTED)
 
 
+# ---------------------------------------------------------------- one node or several
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What --node, --cluster, --exclude and the connection options say, as given."""
+
+    given: tuple[str, ...]
+    seed: str | None
+    exclude: tuple[str, ...]
+    cookie: str | None
+    cookie_file: str | None
+    timeout: float
+
+    @property
+    def several(self) -> bool:
+        """Several nodes (or a whole cluster) rather than one: decided by what was given."""
+        from ..kazoo.cluster import parse_node_list
+
+        return bool(self.seed) or len(parse_node_list(self.given)) > 1
+
+    def one(self) -> str:
+        """The one node given (not excluded)."""
+        from ..kazoo.cluster import apply_excludes, parse_node_list
+
+        nodes = parse_node_list(self.given)
+        if not nodes:
+            raise UsageError("give --node NAME@HOST (repeatable) or --cluster SEED", setting="node")
+        kept = apply_excludes(nodes, self.exclude)
+        if not kept:
+            raise UsageError(f"--exclude leaves none of {', '.join(nodes)}", setting="node")
+        return kept[0]
+
+    def only(self, node: str) -> Targets:
+        return replace(self, given=(node,), seed=None, exclude=())
+
+    def run(self, body: Callable[[HiddenNode], Awaitable[T]], *, overall: bool = True) -> T:
+        """``body`` on the one node (run_with_node)."""
+        return run_with_node(self.one(), self.cookie, self.cookie_file, self.timeout, body, overall=overall)
+
+
+async def _bounded(work: Awaitable[T], seconds: float, what: str) -> T:
+    import asyncio
+
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except asyncio.TimeoutError:
+        raise RpcTimeoutError(
+            f"{what} did not finish answering within {seconds:g}s",
+            hint="the node may be overloaded or stalled",
+            setting="timeout",
+        ) from None
+
+
+def resolve_nodes(t: Targets) -> tuple[list[str], str]:
+    """The node names to work on (discovered from the seed with --cluster), and where they came from."""
+    import asyncio
+
+    from .cluster_cmds import cookie_resolver, select_nodes
+
+    cookie_for = cookie_resolver(t.cookie, t.cookie_file)
+    work = select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout)
+    return asyncio.run(_bounded(work, t.timeout, t.seed or "the nodes"))
+
+
+def run_on_nodes(
+    t: Targets,
+    body: Callable[[HiddenNode], Awaitable[T]],
+    *,
+    overall: bool = True,
+    on_done: Callable[[str, T | KzBridgeError], None] | None = None,
+    then: Callable[[dict[str, T | KzBridgeError]], Awaitable[None]] | None = None,
+) -> tuple[dict[str, T | KzBridgeError], str]:
+    """``body`` on every node at once; per node its result or its error, and where the nodes came from.
+
+    With ``overall`` --timeout is one deadline over all of it (discovery, then each node's
+    connecting and work): a node still working then is reported with a timeout, and the others
+    keep what they finished. Without it --timeout bounds connecting and each call, as for one
+    node. ``then(results)`` runs before the connections close.
+    """
+    import asyncio
+
+    from ..kazoo import cluster
+    from .cluster_cmds import cookie_resolver, select_nodes
+
+    cookie_for = cookie_resolver(t.cookie, t.cookie_file)
+
+    async def whole() -> tuple[dict[str, T | KzBridgeError], str]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + t.timeout
+        names, source = await _bounded(
+            select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout), t.timeout, t.seed or "the nodes"
+        )
+        left = max(end - loop.time(), 0.1)
+        conns, results = await cluster.each_node(
+            names,
+            cookie_for,
+            body,
+            timeout=min(t.timeout, left) if overall else t.timeout,
+            deadline=left if overall else None,
+            on_done=on_done,
+        )
+        async with conns:
+            if then is not None:
+                await then(results)
+            return results, source
+
+    return asyncio.run(whole())
+
+
+def _no_answer(exc: KzBridgeError) -> bool:
+    """The node could not be reached, went away or did not answer in time (as opposed to answering no)."""
+    return isinstance(exc, (ConnectError, ConnectionLostError, ProtocolError, RpcTimeoutError))
+
+
+def _errors(results: dict[str, Any]) -> dict[str, KzBridgeError]:
+    return {n: r for n, r in results.items() if isinstance(r, KzBridgeError)}
+
+
+def exit_code(results: dict[str, Any]) -> int:
+    """0 when every node did its work; 3 when any did not answer; else the first failure's code."""
+    errors = list(_errors(results).values())
+    if not errors:
+        return 0
+    if any(_no_answer(e) for e in errors):
+        return EXIT_CONNECTION
+    return errors[0].exit_code
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """One line with node-supplied text in it, terminal-safe."""
+    click.echo(safe_text(text), err=err)
+
+
+def node_json(node: str, result: Any) -> dict[str, Any]:
+    """The fields every node's --json entry starts with."""
+    error = result if isinstance(result, KzBridgeError) else None
+    return {
+        "node": node,
+        "answered": error is None or not _no_answer(error),
+        "error": str(error) if error is not None else None,
+    }
+
+
+def failure_row(node: str, width: int, exc: KzBridgeError) -> str:
+    """A table row for a node that did not do its work."""
+    return safe_text(f"{node:<{width}}  {'NO ANSWER' if _no_answer(exc) else 'FAILED'}  {exc}")
+
+
+def nodes_flags(nodes: list[str]) -> str:
+    return " ".join(f"-n {n}" for n in nodes)
+
+
+# ---------------------------------------------------------------- start
+
+
+def _start_targets(t: Targets, pid: str | None) -> tuple[Targets, str | None]:
+    """A pid belongs to one node: with several nodes only <name@host.A.B> is taken, and only that node
+    is traced (as trace-pid does); a pid written so is given to the node as its own <0.A.B>."""
+    from ..kazoo.cluster import parse_node_list
+
+    if not pid:
+        return t, pid
+    owner, local = flt.pid_owner(pid)
+    if t.several:
+        if owner is None:
+            raise UsageError(
+                "a pid belongs to one node: with several nodes write it as <name@host.A.B>, as kzbridge prints pids",
+                setting="node",
+            )
+        given = parse_node_list(t.given)
+        if given and owner not in given:
+            raise BadFilterError(f"{pid} is a process of {owner}, which is not among the nodes given")
+        t = t.only(owner)
+    if owner is None:
+        return t, pid
+    flt.pid_filter(pid, node=t.one())  # refuses a process of another node
+    return t, local
+
+
 @main.command()
-@node_options
+@nodes_options
 @click.option("--module", default=None, help="Filter on module.")
 @click.option("--function", default=None, help="Filter on function.")
-@click.option("--pid", default=None, help="Filter on pid (0.1.0 or <0.1.0>).")
+@click.option(
+    "--pid",
+    default=None,
+    help="Filter on pid (0.1.0 or <0.1.0>; with several nodes <name@host.A.B>, and only that node is traced).",
+)
 @click.option("--filter", "filter_specs", multiple=True, help="KEY=VALUE metadata filter, repeatable.")
 @click.option(
     "--duration",
@@ -68,9 +275,16 @@ def keeps_partial_on_interrupt(local: Callable[[], str | None], on_terminal: boo
 )
 @click.option("--level", default="debug", type=click.Choice(flt.LEVELS), show_default=True)
 @click.option("--sink", type=click.Choice([flt.DATA_SINK, flt.LAGER_SINK]), default=flt.DATA_SINK, show_default=True)
-@click.option("--remote-path", default=None)
+@click.option("--remote-path", default=None, help="Trace file on the node (one node only).")
+@click.option(
+    "--require-all",
+    is_flag=True,
+    help="With several nodes: if any node cannot be reached or refuses, stop the traces started and fail (exit 3).",
+)
 def start(
-    node: str,
+    node: tuple[str, ...],
+    cluster_seed: str | None,
+    exclude: tuple[str, ...],
     cookie: str | None,
     cookie_file: str | None,
     timeout: float,
@@ -83,32 +297,43 @@ def start(
     level: str,
     sink: str,
     remote_path: str | None,
+    require_all: bool,
 ) -> None:
     """Start a detached trace and print its ref; the node stops it after --duration.
 
-    Stop and collect it later with `kzbridge stop REF`.
+    Stop and collect it later with `kzbridge stop REF`. With several nodes (or --cluster SEED)
+    the same trace starts on every node at once: one line per node (node, ref, remote file),
+    then the command that stops and collects them all. A node that cannot be reached or
+    refuses is named and the others go on (--require-all: the others are stopped, exit 3).
+
+    \b
+      kzbridge start --module kz_json -n kazoo_apps@kz1 --duration 300
+      kzbridge start --filter callid=0123abcd -n kazoo_apps@kz1 -n ecallmgr@kz2 --duration 300
+      kzbridge start --filter callid=0123abcd --cluster kazoo_apps@kz1 --exclude 'bigcouch@*'
     """
     from ..kazoo import tracing
 
+    t, pid = _start_targets(Targets(node, cluster_seed, exclude, cookie, cookie_file, timeout), pid)
     filters = filters_from(filter_specs, module, function, pid)
+    checked = flt.validate(filters)  # once, before any node is asked
+    if t.several and remote_path:
+        raise UsageError(
+            "--remote-path names one file on one node: leave it out with several nodes", setting="remote_path"
+        )
+    if require_all and not t.several:
+        raise UsageError("--require-all goes with several nodes", setting="node")
 
     async def body(n: HiddenNode) -> Trace:
         return await tracing.start_trace(
-            n, filters, sink=sink, level=level, remote_path=remote_path, lease=duration, detached=True, timeout=timeout
+            n, checked, sink=sink, level=level, remote_path=remote_path, lease=duration, detached=True, timeout=timeout
         )
 
-    trace = run_with_node(node, cookie, cookie_file, timeout, body)
+    if t.several:
+        _start_on_nodes(t, body, checked, duration, as_json, require_all)
+        return
+    trace = t.run(body)
     if as_json:
-        emit_json(
-            {
-                "ref": trace.ref,
-                "node": trace.node_name,
-                "remote_path": trace.remote_path,
-                "generation": trace.generation or 0,
-                "sink": trace.sink,
-                "stops_at": time.time() + duration,
-            }
-        )
+        emit_json(_started_json(trace, duration))
     else:
         click.echo(trace.ref)
         click.echo(
@@ -118,22 +343,130 @@ def start(
         )
 
 
+def _started_json(trace: Trace, duration: float) -> dict[str, Any]:
+    return {
+        "ref": trace.ref,
+        "node": trace.node_name,
+        "remote_path": trace.remote_path,
+        "generation": trace.generation or 0,
+        "sink": trace.sink,
+        "stops_at": time.time() + duration,
+    }
+
+
+def _start_on_nodes(
+    t: Targets,
+    body: Callable[[HiddenNode], Awaitable[Trace]],
+    checked: list[Any],
+    duration: float,
+    as_json: bool,
+    require_all: bool,
+) -> None:
+    import asyncio
+
+    from ..kazoo.cluster import ClusterIncompleteError
+
+    async def all_or_none(results: dict[str, Trace | KzBridgeError]) -> None:
+        failed = _errors(results)
+        if not require_all or not failed:
+            return
+        started = {n: r for n, r in results.items() if not isinstance(r, KzBridgeError)}
+
+        async def stop(trace: Trace) -> str:
+            return await asyncio.wait_for(trace.stop(), t.timeout)
+
+        done = await asyncio.gather(*(stop(tr) for tr in started.values()), return_exceptions=True)
+        stopped = [n for n, d in zip(started, done, strict=False) if isinstance(d, str)]
+        left = [n for n, d in zip(started, done, strict=False) if not isinstance(d, str)]
+        what = "; ".join(f"{n}: {e}" for n, e in failed.items())
+        raise ClusterIncompleteError(
+            f"{len(failed)} of {len(results)} nodes could not start the trace ({what})"
+            + (f"; stopped the traces started on {', '.join(stopped)}" if stopped else "")
+            + (
+                f"; COULD NOT STOP the traces on {', '.join(left)} (their nodes stop them in {duration:g}s)"
+                if left
+                else ""
+            ),
+            failed=list(failed),
+        )
+
+    results, source = run_on_nodes(t, body, then=all_or_none)
+    started = {n: r for n, r in results.items() if not isinstance(r, KzBridgeError)}
+    if as_json:
+        emit_json(
+            [
+                {**node_json(n, r), "started": False}
+                if isinstance(r, KzBridgeError)
+                else {**node_json(n, r), "started": True, **_started_json(r, duration), "node": n}
+                for n, r in results.items()
+            ]
+        )
+    else:
+        width = max(len(n) for n in results)
+        for n, tr in started.items():
+            say(f"{n:<{width}}  {tr.ref}  {tr.remote_path}")
+    for n, r in results.items():
+        if isinstance(r, KzBridgeError):
+            say(f"kzbridge: {n}: not started: {r}", err=True)
+        else:
+            for w in r.warnings:
+                click.echo(warning_line(f"{n}: {w}"), err=True)
+    if not started:
+        sys.exit(exit_code(results))
+    say(
+        f"kzbridge: tracing {flt.describe(checked)} on {len(started)} of {len(results)} nodes"
+        f"{f' (nodes from {source})' if source != 'given' else ''}; each node stops its trace in {duration:g}s. "
+        f"Stop and collect them all with: kzbridge stop --all {nodes_flags(list(started))} -o DIR",
+        err=True,
+    )
+
+
+# ---------------------------------------------------------------- stop
+
+
+def _holder_of(t: Targets, ref: str) -> str:
+    """Which of the nodes given holds REF, by this machine's journal."""
+    from ..kazoo import journal
+
+    nodes, _ = resolve_nodes(t)
+    holders = [n for n in nodes if journal.find(n, ref) is not None]
+    if len(holders) == 1:
+        return holders[0]
+    if not holders:
+        raise UsageError(
+            f"this machine's journal has no trace {ref} on {', '.join(nodes)}: give the one node that runs it",
+            setting="node",
+        )
+    raise UsageError(
+        f"trace {ref} is in this machine's journal for {', '.join(holders)}: give one of them", setting="node"
+    )
+
+
+def _stopped_line(item: dict[str, Any]) -> str:
+    line = f"stopped {safe_text(item['ref'])} ({safe_text(item['remote_path'])})"
+    if "local_path" in item:
+        line += f" -> {item['local_path']}, {item['bytes']} bytes"
+    return line
+
+
 @main.command()
-@node_options
+@nodes_options
 @click.argument("ref", required=False)
-@click.option("--all", "all_", is_flag=True, help="Stop every trace this machine started on the node.")
+@click.option("--all", "all_", is_flag=True, help="Stop every trace this machine started on the node(s).")
 @click.option(
     "--output",
     "-o",
     type=click.Path(),
     default=None,
     help="Local file (default NODE-REF.log in the current directory), or a directory to put "
-    "NODE-REF.log files in (needed with --all).",
+    "NODE-REF.log files in (needed with --all on several nodes).",
 )
 @click.option("--no-collect", is_flag=True, help="Only stop; leave the file on the node.")
 @click.option("--mode", default=None, help="Permission bits of the local files, octal (default 0600).")
 def stop(
-    node: str,
+    node: tuple[str, ...],
+    cluster_seed: str | None,
+    exclude: tuple[str, ...],
     cookie: str | None,
     cookie_file: str | None,
     timeout: float,
@@ -144,16 +477,35 @@ def stop(
     no_collect: bool,
     mode: str | None,
 ) -> None:
-    """Stop a trace by REF (or --all) and bring its file back."""
+    """Stop a trace by REF (or --all) and bring its file back.
+
+    With several nodes, --all stops every trace this machine started on each of them, at
+    once, into -o DIR (an existing directory; files DIR/NODE-REF.log), one line per node on
+    stderr as each finishes; REF is looked up in this machine's journal among the nodes given.
+
+    \b
+      kzbridge stop 0a1b2c3d4e5f -n kazoo_apps@kz1 -o trace.log
+      kzbridge stop --all -n kazoo_apps@kz1 -n ecallmgr@kz2 -o traces/
+      kzbridge stop 0a1b2c3d4e5f -n kazoo_apps@kz1,ecallmgr@kz2
+    """
     if not ref and not all_:
         raise UsageError("give a REF or --all")
     file_mode = parse_mode(mode)
     if all_ and output and not os.path.isdir(output):
         raise UsageError(f"with --all, --output must be an existing directory, not {output!r}")
+    t = Targets(node, cluster_seed, exclude, cookie, cookie_file, timeout)
+    if t.several and ref:
+        t = t.only(_holder_of(t, ref))
+    several = t.several
+    if several and not output and not no_collect:
+        raise UsageError(
+            "with several nodes, give --output DIR (an existing directory) for the NODE-REF.log files",
+            setting="local_path",
+        )
     from ..kazoo import journal, localfiles, tracing
     from ..kazoo.session import default_local_path
 
-    collecting: list[str] = []
+    collecting: dict[str, str] = {}  # node -> the local file being collected (Ctrl-C names what was kept)
 
     async def body(n: HiddenNode) -> list[dict[str, Any]]:
         refs = [ref] if ref else [e.ref for e in journal.active(n.peer_name)]
@@ -171,48 +523,124 @@ def stop(
             await trace.stop()
             item: dict[str, Any] = {"ref": r, "remote_path": trace.remote_path}
             if not no_collect:
-                bar = ProgressBar() if sys.stderr.isatty() and not as_json else None
-                collecting[:] = [local]
+                bar = ProgressBar() if sys.stderr.isatty() and not as_json and not several else None
+                collecting[n.peer_name] = local
                 res = await trace.collect(local, progress=bar.update if bar else None, mode=file_mode)
                 for w in res.warnings:
-                    click.echo(warning_line(w), err=True)
+                    click.echo(warning_line(f"{n.peer_name}: {w}" if several else w), err=True)
                 if bar is not None:
                     bar.finish(res.bytes)
                 item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
             done.append(item)
         return done
 
-    with keeps_partial_on_interrupt(lambda: collecting[0] if collecting else None, sys.stderr.isatty()):
-        done = run_with_node(node, cookie, cookie_file, timeout, body, overall=no_collect)
+    with keeps_partial_on_interrupt(lambda: list(collecting.values()), sys.stderr.isatty()):
+        if several:
+            results, _ = run_on_nodes(t, body, overall=no_collect, on_done=_stop_progress)
+        else:
+            done = t.run(body, overall=no_collect)
+    if several:
+        _render_stopped(results, as_json)
+        return
     if as_json:
         emit_json(done)
     elif not done:
         click.echo("kzbridge: no running traces from this machine on that node", err=True)
     for item in [] if as_json else done:
-        line = f"stopped {safe_text(item['ref'])} ({safe_text(item['remote_path'])})"
-        if "local_path" in item:
-            line += f" -> {item['local_path']}, {item['bytes']} bytes"
-        click.echo(line)
+        click.echo(_stopped_line(item))
+
+
+def _stop_progress(node: str, result: list[dict[str, Any]] | KzBridgeError) -> None:
+    """One stderr line as each node finishes."""
+    if isinstance(result, KzBridgeError):
+        say(f"kzbridge: {node}: error: {result}", err=True)
+    elif not result:
+        say(f"kzbridge: {node}: no running traces from this machine", err=True)
+    else:
+        collected = [i for i in result if "local_path" in i]
+        line = f"kzbridge: {node}: stopped {len(result)} trace{'s' if len(result) != 1 else ''}"
+        if collected:
+            verified = all(i["verified"] for i in collected)
+            line += f", collected {sum(i['bytes'] for i in collected)} bytes"
+            line += ", size verified" if verified else ", NOT verified"
+        say(line, err=True)
+
+
+def _render_stopped(results: dict[str, list[dict[str, Any]] | KzBridgeError], as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "nodes": [
+                    {**node_json(n, r), "stopped": [] if isinstance(r, KzBridgeError) else r}
+                    for n, r in results.items()
+                ]
+            }
+        )
+    else:
+        width = max(len(n) for n in results)
+        for n, r in results.items():
+            for item in [] if isinstance(r, KzBridgeError) else r:
+                click.echo(f"{safe_text(n):<{width}}  {_stopped_line(item)}")
+    code = exit_code(results)
+    if code:
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------- status
 
 
 GEN1_STATUS_NOTE = (
     "kzbridge: note: generation 1 kz_data_tracing has no status: only traces started from this machine "
     "are listed; traces started with sup or by other machines are invisible here"
 )
+GEN1_JSON_NOTE = "generation 1 has no status: only traces started from this machine are listed"
+
+
+def _status_row(r: TraceStatus, text: Callable[[str], str]) -> str:
+    lease = f"stops in {r.lease_until - time.time():.0f}s" if r.lease_until else "no lease (not ours)"
+    return (
+        f"{text(r.ref)}  {r.sink:<11} {'ours' if r.ours else 'other':<5} {text(r.remote_path)}  "
+        f"[{text(r.filters)}]  {lease}"
+    )
+
+
+def _status_json(generation: int, rows: list[TraceStatus]) -> dict[str, Any]:
+    data: dict[str, Any] = {"generation": generation, "traces": [r.__dict__ for r in rows]}
+    if generation == 1:
+        data["complete"] = False
+        data["note"] = GEN1_JSON_NOTE
+    return data
 
 
 @main.command()
-@node_options
+@nodes_options
 @raw_option
 @click.option("--orphans", is_flag=True, help="List lager traces kz_data_tracing no longer knows.")
 def status(
-    node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, raw: bool, orphans: bool
+    node: tuple[str, ...],
+    cluster_seed: str | None,
+    exclude: tuple[str, ...],
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    as_json: bool,
+    raw: bool,
+    orphans: bool,
 ) -> None:
     """Running traces on the node, joined with what this machine started.
 
     On generation 1 nodes only the traces this machine started can be listed (that API has no
     status). File names and filters come from the node: control characters are shown escaped
     (--raw: as they are).
+
+    With several nodes (or --cluster SEED) one table, the node first: a row per trace, "no
+    traces running" for a node without any, "NO ANSWER" and the error for a node that did not
+    answer (then exit 3).
+
+    \b
+      kzbridge status -n kazoo_apps@kz1
+      kzbridge status -n kazoo_apps@kz1 -n ecallmgr@kz2
+      kzbridge status --cluster kazoo_apps@kz1 --json
     """
     from ..kazoo import tracing
 
@@ -225,83 +653,197 @@ def status(
     async def list_traces(n: HiddenNode) -> tuple[int, list[TraceStatus]]:
         return await tracing.status(n, timeout)
 
+    t = Targets(node, cluster_seed, exclude, cookie, cookie_file, timeout)
+    if t.several:
+        if orphans:
+            _orphans_table(*run_on_nodes(t, list_orphans), as_json, text)
+        else:
+            _status_table(*run_on_nodes(t, list_traces), as_json, text)
+        return
     if orphans:
-        found = run_with_node(node, cookie, cookie_file, timeout, list_orphans)
+        found = t.run(list_orphans)
         if as_json:
             emit_json([{"sink": s, "file": f} for s, f in found])
         else:
             for s, f in found:
-                click.echo(f"orphan  {s}  {text(f)}", color=True)
+                click.echo(f"orphan  {text(s)}  {text(f)}", color=True)
             if not found:
                 click.echo("no orphaned traces", err=True)
         return
-    generation, rows = run_with_node(node, cookie, cookie_file, timeout, list_traces)
+    generation, rows = t.run(list_traces)
     if as_json:
-        data: dict[str, Any] = {"generation": generation, "traces": [r.__dict__ for r in rows]}
-        if generation == 1:
-            data["complete"] = False
-            data["note"] = "generation 1 has no status: only traces started from this machine are listed"
-        emit_json(data)
+        emit_json(_status_json(generation, rows))
         return
     if generation == 1:
         click.echo(GEN1_STATUS_NOTE, err=True)
     if not rows:
         click.echo("no traces running", err=True)
     for r in rows:
-        lease = f"stops in {r.lease_until - time.time():.0f}s" if r.lease_until else "no lease (not ours)"
-        click.echo(
-            f"{r.ref}  {r.sink:<11} {'ours' if r.ours else 'other':<5} {text(r.remote_path)}  "
-            f"[{text(r.filters)}]  {lease}",
-            color=True,  # with --raw, the bytes (click strips colour sequences in a pipe otherwise)
+        # color=True: with --raw, the bytes (click strips colour sequences in a pipe otherwise)
+        click.echo(_status_row(r, text), color=True)
+
+
+def _tally(what: str, results: dict[str, Any], source: str) -> str:
+    """``kzbridge: 3 traces on 2 of 3 nodes (nodes from kz_nodes); no answer from 1``."""
+    errors = _errors(results).values()
+    silent = sum(1 for e in errors if _no_answer(e))
+    failed = len(errors) - silent
+    return (
+        f"kzbridge: {what} on {len(results) - len(errors)} of {len(results)} nodes"
+        + (f" (nodes from {source})" if source != "given" else "")
+        + (f"; no answer from {silent}" if silent else "")
+        + (f"; {failed} failed" if failed else "")
+    )
+
+
+def _status_table(
+    results: dict[str, tuple[int, list[TraceStatus]] | KzBridgeError],
+    source: str,
+    as_json: bool,
+    text: Callable[[str], str],
+) -> None:
+    if as_json:
+        entries = []
+        for n, r in results.items():
+            entry = node_json(n, r)
+            if isinstance(r, KzBridgeError):
+                entry.update(generation=None, traces=[])
+            else:
+                entry.update(_status_json(*r))
+            entries.append(entry)
+        emit_json({"source": source, "nodes": entries})
+    else:
+        width = max(len(n) for n in results)
+        count = 0
+        for n, r in results.items():
+            if isinstance(r, KzBridgeError):
+                click.echo(failure_row(n, width, r))
+                continue
+            generation, rows = r
+            if generation == 1:
+                say(GEN1_STATUS_NOTE.replace("note: ", f"note: {n}: ", 1), err=True)
+            if not rows:
+                click.echo(f"{safe_text(n):<{width}}  no traces running")
+            for row in rows:
+                click.echo(f"{safe_text(n):<{width}}  {_status_row(row, text)}", color=True)
+            count += len(rows)
+        click.echo(_tally(f"{count} trace{'s' if count != 1 else ''}", results, source), err=True)
+    code = exit_code(results)
+    if code:
+        sys.exit(code)
+
+
+def _orphans_table(
+    results: dict[str, list[tuple[str, str]] | KzBridgeError],
+    source: str,
+    as_json: bool,
+    text: Callable[[str], str],
+) -> None:
+    if as_json:
+        emit_json(
+            {
+                "source": source,
+                "nodes": [
+                    {
+                        **node_json(n, r),
+                        "orphans": [] if isinstance(r, KzBridgeError) else [{"sink": s, "file": f} for s, f in r],
+                    }
+                    for n, r in results.items()
+                ],
+            }
         )
+    else:
+        width = max(len(n) for n in results)
+        for n, r in results.items():
+            if isinstance(r, KzBridgeError):
+                click.echo(failure_row(n, width, r))
+                continue
+            if not r:
+                click.echo(f"{safe_text(n):<{width}}  no orphaned traces")
+            for s, f in r:
+                click.echo(f"{safe_text(n):<{width}}  orphan  {text(s)}  {text(f)}", color=True)
+    code = exit_code(results)
+    if code:
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------- clear
+
+
+def _still_there_line(count: int, where: str = "") -> str:
+    return (
+        f"kzbridge: error: {count} orphaned handler(s) still installed after removal{where} "
+        "(the node's handlers were read again; check its lager configuration)"
+    )
+
+
+def _orphans_cleared_json(cleared: list[Any]) -> dict[str, Any]:
+    return {
+        "stopped": [r.file for r in cleared if r.removed],
+        "removed": [{"sink": r.sink, "file": r.file, "how": r.how} for r in cleared if r.removed],
+        "still_there": [r.file for r in cleared if not r.removed],
+    }
+
+
+def _cleared_line(r: Any) -> str:
+    return f"{'removed' if r.removed else 'still there'} {safe_text(r.file)} ({r.how})"
 
 
 @main.command()
-@node_options
+@nodes_options
 @click.option("--orphans", "orphans_only", is_flag=True, help="Stop only orphaned lager traces.")
 def clear(
-    node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, orphans_only: bool
+    node: tuple[str, ...],
+    cluster_seed: str | None,
+    exclude: tuple[str, ...],
+    cookie: str | None,
+    cookie_file: str | None,
+    timeout: float,
+    as_json: bool,
+    orphans_only: bool,
 ) -> None:
     """Stop every trace on the node (generation 2: clear_all_traces; generation 1: ours).
 
     With --orphans each orphaned handler is removed and the node's handlers are read again:
     "removed FILE" only for those gone, "still there FILE" (and exit 6) for any that stayed.
+
+    With several nodes (or --cluster SEED) every node at once, each line starting with its
+    node; a node that cannot be reached is named on stderr (exit 3).
+
+    \b
+      kzbridge clear -n kazoo_apps@kz1
+      kzbridge clear --orphans -n kazoo_apps@kz1 -n ecallmgr@kz2
     """
     from ..kazoo import tracing
 
+    async def remove_orphans(n: HiddenNode) -> list[tracing.OrphanCleared]:
+        return await tracing.clear_orphans(n, timeout)
+
+    async def clear_all(n: HiddenNode) -> list[str]:
+        return await tracing.clear_all(n, timeout)
+
+    t = Targets(node, cluster_seed, exclude, cookie, cookie_file, timeout)
+    if t.several:
+        if orphans_only:
+            _orphans_cleared(*run_on_nodes(t, remove_orphans), as_json)
+        else:
+            _cleared(*run_on_nodes(t, clear_all), as_json)
+        return
     if orphans_only:
-
-        async def remove_orphans(n: HiddenNode) -> list[tracing.OrphanCleared]:
-            return await tracing.clear_orphans(n, timeout)
-
-        results = run_with_node(node, cookie, cookie_file, timeout, remove_orphans)
+        results = t.run(remove_orphans)
         left = [r.file for r in results if not r.removed]
         if as_json:
-            emit_json(
-                {
-                    "stopped": [r.file for r in results if r.removed],
-                    "removed": [{"sink": r.sink, "file": r.file, "how": r.how} for r in results if r.removed],
-                    "still_there": left,
-                }
-            )
+            emit_json(_orphans_cleared_json(results))
         else:
             for r in results:
-                click.echo(f"{'removed' if r.removed else 'still there'} {safe_text(r.file)} ({r.how})")
+                click.echo(_cleared_line(r))
             if not results:
                 click.echo("no orphaned traces", err=True)
         if left:
-            click.echo(
-                f"kzbridge: error: {len(left)} orphaned handler(s) still installed after removal "
-                "(the node's handlers were read again; check its lager configuration)",
-                err=True,
-            )
-            sys.exit(6)
+            click.echo(_still_there_line(len(left)), err=True)
+            sys.exit(EXIT_STILL_THERE)
         return
-
-    async def body(n: HiddenNode) -> list[str]:
-        return await tracing.clear_all(n, timeout)
-
-    stopped = run_with_node(node, cookie, cookie_file, timeout, body)
+    stopped = t.run(clear_all)
     if as_json:
         emit_json({"stopped": stopped})
     else:
@@ -309,6 +851,69 @@ def clear(
             click.echo(f"stopped {safe_text(s)}")
         if not stopped:
             click.echo("nothing to stop", err=True)
+
+
+def _report_failures(results: dict[str, Any]) -> None:
+    for n, exc in _errors(results).items():
+        say(f"kzbridge: {n}: error: {exc}", err=True)
+
+
+def _cleared(results: dict[str, list[str] | KzBridgeError], source: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "nodes": [
+                    {**node_json(n, r), "stopped": [] if isinstance(r, KzBridgeError) else r}
+                    for n, r in results.items()
+                ]
+            }
+        )
+    else:
+        width = max(len(n) for n in results)
+        for n, r in results.items():
+            if isinstance(r, KzBridgeError):
+                continue
+            if not r:
+                say(f"kzbridge: {n}: nothing to stop", err=True)
+            for s in r:
+                say(f"{n:<{width}}  stopped {s}")
+    _report_failures(results)
+    code = exit_code(results)
+    if code:
+        sys.exit(code)
+
+
+def _orphans_cleared(results: dict[str, list[Any] | KzBridgeError], source: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "nodes": [
+                    {**node_json(n, r), **_orphans_cleared_json([] if isinstance(r, KzBridgeError) else r)}
+                    for n, r in results.items()
+                ]
+            }
+        )
+    else:
+        width = max(len(n) for n in results)
+        for n, r in results.items():
+            if isinstance(r, KzBridgeError):
+                continue
+            if not r:
+                say(f"kzbridge: {n}: no orphaned traces", err=True)
+            for c in r:
+                click.echo(f"{safe_text(n):<{width}}  {_cleared_line(c)}")
+    _report_failures(results)
+    left = {n: sum(1 for c in r if not c.removed) for n, r in results.items() if not isinstance(r, KzBridgeError)}
+    left = {n: k for n, k in left.items() if k}
+    if left:
+        say(_still_there_line(sum(left.values()), f" on {', '.join(left)}"), err=True)
+        sys.exit(EXIT_STILL_THERE)
+    code = exit_code(results)
+    if code:
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------- collect
 
 
 @main.command()
@@ -354,7 +959,7 @@ def collect(
             mode=file_mode,
         )
 
-    with keeps_partial_on_interrupt(lambda: local, bar is not None):
+    with keeps_partial_on_interrupt(lambda: [local], bar is not None):
         res = run_with_node(node, cookie, cookie_file, timeout, body, overall=False)
     if bar is not None:
         bar.finish(res.bytes)

@@ -3,6 +3,7 @@
     select_nodes(given, seed=..., exclude=...)   the node names: given, or discovered from a seed
     discover(seed)                               what one node knows of its cluster
     connect_all(nodes, cookie_for, timeout)      one connection per node, all at once; failures by name
+    each_node(nodes, cookie_for, work)           connect and run the same work on every node at once; by name
     survey(connections)                          per node: OTP release, tracing generation, clock
 
 Kazoo nodes find each other over AMQP, so ``nodes()`` on one node may not list the others.
@@ -24,10 +25,10 @@ import fnmatch
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BadRpcError, KazooError, KzBridgeError, TraceLostError, UsageError
 from ..wire.terms import Atom
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 _KZ_NODES_NAMES: list[tuple[Any, ...]] = [(Atom("$1"), [], [(Atom("element"), 2, Atom("$1"))])]
 # Hidden nodes that are tools, not cluster members: kzbridge's own and sup's.
 _TOOL_PREFIXES = ("kzbridge_", "sup_")
+T = TypeVar("T")
 
 
 @dataclass
@@ -155,6 +157,70 @@ async def connect_all(
         else:
             conns.nodes[node] = result
     return conns
+
+
+async def each_node(
+    nodes: list[str],
+    cookie_for: Callable[[str], str],
+    work: Callable[[HiddenNode], Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    deadline: float | None = None,
+    on_done: Callable[[str, T | KzBridgeError], None] | None = None,
+    ticktime: float = 60.0,
+) -> tuple[Connections, dict[str, T | KzBridgeError]]:
+    """Connect to every node at once and run ``work`` on each as soon as it is connected.
+
+    Returns the connections (still open: the caller closes them, ``async with``) and per node,
+    in the order given, what ``work`` returned or the KzBridgeError it raised (a node that
+    could not be reached: its connect error). ``timeout`` bounds each connection, as in
+    connect_all; ``deadline`` (seconds) bounds each node's connecting and work together, so a
+    stalled node costs the others nothing: when it passes, that node's work is cancelled and it
+    gets an RpcTimeoutError. ``on_done(node, result)`` is called as each node finishes.
+    Errors other than kzbridge's own propagate once every node has finished.
+    """
+    from ..errors import RpcTimeoutError
+    from ..wire.node import connect_node
+
+    if not nodes:
+        raise UsageError("no nodes to connect to", setting="node")
+    conns = Connections(order=list(nodes))
+
+    async def connected(name: str) -> T:
+        node = await connect_node(name, cookie_for(name), timeout=timeout, ticktime=ticktime)
+        conns.nodes[name] = node
+        return await work(node)
+
+    async def one(name: str) -> T | KzBridgeError:
+        result: T | KzBridgeError
+        try:
+            result = await (connected(name) if deadline is None else asyncio.wait_for(connected(name), deadline))
+        except asyncio.TimeoutError:
+            result = RpcTimeoutError(
+                f"{name} did not finish answering within {deadline:.3g}s",
+                hint="the node may be overloaded or stalled",
+                setting="timeout",
+            )
+        except KzBridgeError as exc:
+            result = exc
+        if isinstance(result, KzBridgeError) and name not in conns.nodes:
+            conns.failed[name] = result
+        if on_done is not None:
+            on_done(name, result)
+        return result
+
+    try:
+        done = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
+    except BaseException:  # cancelled (Ctrl-C): no connection is left open
+        await conns.close()
+        raise
+    out: dict[str, T | KzBridgeError] = {}
+    for name, result in zip(nodes, done, strict=False):
+        if isinstance(result, BaseException) and not isinstance(result, KzBridgeError):
+            await conns.close()
+            raise result
+        out[name] = result
+    return conns, out
 
 
 @dataclass
