@@ -9,6 +9,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 
 from .conftest import poll_until
+from .peers.hostile import HostilePeer
+from .test_hardening_limits import swallow
 
 pytestmark = pytest.mark.live
 
@@ -153,6 +156,25 @@ def test_a_node_that_does_not_answer_is_named(pair: list[sandbox.Sandbox]) -> No
     assert f"stopped the traces started on {a.node}" in res.stderr
     assert clean(a)
     assert json.loads(kzb("status", "-n", a.node, "--json").stdout)["traces"] == []
+
+
+def test_a_stalled_node_costs_the_others_nothing(pair: list[sandbox.Sandbox], private_epmd: int) -> None:
+    """--timeout is each node's deadline, connecting included: the node that answers is listed, the
+    one that completes the handshake and then swallows every call is named, all in about 3 s."""
+    a, _ = pair
+    stall = HostilePeer(private_epmd, a.cookie, swallow(), name=f"kzdcstall{secrets.token_hex(3)}")
+    try:
+        t0 = time.monotonic()
+        res = kzb("status", "-n", stall.node, "-n", a.node, "--cookie", a.cookie, "--timeout", "3", "--json")
+        took = time.monotonic() - t0
+        assert res.returncode == 3, res.stderr
+        first, second = json.loads(res.stdout)["nodes"]
+        assert first["node"] == stall.node and not first["answered"]
+        assert "did not finish answering within 3s" in first["error"]
+        assert second == {**second, "node": a.node, "answered": True, "error": None, "traces": []}
+        assert 2.5 < took < 7, f"took {took:.1f}s for --timeout 3"
+    finally:
+        stall.close()
 
 
 def test_clear_and_orphans_on_two_nodes_in_json(pair: list[sandbox.Sandbox]) -> None:
