@@ -17,52 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..cookie import cookie_for_node
 from ..errors import UsageError
 from ..kazoo import filters as flt
 from . import EXIT_INTERRUPTED, _silence_stdout, emit_json, main, nodes_options, parse_size, render, warning_line
+from .targets import EXIT_CONNECTION, cookie_resolver, say, select_nodes
 
 if TYPE_CHECKING:
     from ..kazoo.cluster import ClusterSummary, ClusterTrace, Connections, NodeOutcome, NodeReport
     from ..kazoo.session import Event
     from .trace_cmds import TraceOptions
-
-EXIT_CONNECTION = 3
-
-
-def say(text: str, *, err: bool = False) -> None:
-    """Print lines that carry node-supplied text (names from kz_nodes, errors, paths), each terminal-safe."""
-    click.echo("\n".join(render.safe_text(line) for line in text.split("\n")), err=err)
-
-
-def cookie_resolver(cookie: str | None, cookie_file: str | None) -> Callable[[str], str]:
-    """The same cookie options for every node (a local sandbox still supplies its own)."""
-    return lambda node: cookie_for_node(node, cookie, cookie_file)
-
-
-async def select_nodes(
-    given: tuple[str, ...], seed: str | None, exclude: tuple[str, ...], cookie_for: Callable[[str], str], timeout: float
-) -> tuple[list[str], str]:
-    """The node names to work on, and where they came from ("given", "kz_nodes", "nodes+epmd")."""
-    from ..kazoo import cluster
-    from ..wire.node import connect_node
-
-    nodes = cluster.parse_node_list(given)
-    source = "given"
-    if seed:
-        seed_node = await connect_node(seed, cookie_for(seed), timeout=timeout)
-        try:
-            found = await cluster.discover(seed_node, timeout=timeout)
-        finally:
-            await seed_node.close()
-        nodes = cluster.parse_node_list([*nodes, *found.nodes])
-        source = found.source
-    if not nodes:
-        raise UsageError("give --node NAME@HOST (repeatable) or --cluster SEED", setting="node")
-    kept = cluster.apply_excludes(nodes, exclude)
-    if not kept:
-        raise UsageError(f"--exclude leaves none of {', '.join(nodes)}", setting="node")
-    return kept, source
 
 
 def _default_directory() -> Path:

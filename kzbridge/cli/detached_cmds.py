@@ -14,18 +14,13 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import (
     BadFilterError,
-    ConnectError,
-    ConnectionLostError,
     KzBridgeError,
-    ProtocolError,
-    RpcTimeoutError,
     UsageError,
 )
 from ..kazoo import filters as flt
@@ -43,6 +38,18 @@ from . import (
     warning_line,
 )
 from .render import ProgressBar, safe_text
+from .targets import (
+    Targets,
+    errors_of,
+    exit_code,
+    failure_row,
+    no_answer,
+    node_json,
+    nodes_flags,
+    resolve_nodes,
+    run_on_nodes,
+    say,
+)
 from .trace_cmds import filters_from
 
 if TYPE_CHECKING:
@@ -76,156 +83,6 @@ def keeps_partial_on_interrupt(locals_: Callable[[], list[str]], on_terminal: bo
 
 
 # ---------------------------------------------------------------- one node or several
-
-
-@dataclass(frozen=True)
-class Targets:
-    """What --node, --cluster, --exclude and the connection options say, as given."""
-
-    given: tuple[str, ...]
-    seed: str | None
-    exclude: tuple[str, ...]
-    cookie: str | None
-    cookie_file: str | None
-    timeout: float
-
-    @property
-    def several(self) -> bool:
-        """Several nodes (or a whole cluster) rather than one: decided by what was given."""
-        from ..kazoo.cluster import parse_node_list
-
-        return bool(self.seed) or len(parse_node_list(self.given)) > 1
-
-    def one(self) -> str:
-        """The one node given (not excluded)."""
-        from ..kazoo.cluster import apply_excludes, parse_node_list
-
-        nodes = parse_node_list(self.given)
-        if not nodes:
-            raise UsageError("give --node NAME@HOST (repeatable) or --cluster SEED", setting="node")
-        kept = apply_excludes(nodes, self.exclude)
-        if not kept:
-            raise UsageError(f"--exclude leaves none of {', '.join(nodes)}", setting="node")
-        return kept[0]
-
-    def only(self, node: str) -> Targets:
-        return replace(self, given=(node,), seed=None, exclude=())
-
-    def run(self, body: Callable[[HiddenNode], Awaitable[T]], *, overall: bool = True) -> T:
-        """``body`` on the one node (run_with_node)."""
-        return run_with_node(self.one(), self.cookie, self.cookie_file, self.timeout, body, overall=overall)
-
-
-async def _bounded(work: Awaitable[T], seconds: float, what: str) -> T:
-    import asyncio
-
-    try:
-        return await asyncio.wait_for(work, seconds)
-    except asyncio.TimeoutError:
-        raise RpcTimeoutError(
-            f"{what} did not finish answering within {seconds:g}s",
-            hint="the node may be overloaded or stalled",
-            setting="timeout",
-        ) from None
-
-
-def resolve_nodes(t: Targets) -> tuple[list[str], str]:
-    """The node names to work on (discovered from the seed with --cluster), and where they came from."""
-    import asyncio
-
-    from .cluster_cmds import cookie_resolver, select_nodes
-
-    cookie_for = cookie_resolver(t.cookie, t.cookie_file)
-    work = select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout)
-    return asyncio.run(_bounded(work, t.timeout, t.seed or "the nodes"))
-
-
-def run_on_nodes(
-    t: Targets,
-    body: Callable[[HiddenNode], Awaitable[T]],
-    *,
-    overall: bool = True,
-    on_done: Callable[[str, T | KzBridgeError], None] | None = None,
-    then: Callable[[dict[str, T | KzBridgeError]], Awaitable[None]] | None = None,
-) -> tuple[dict[str, T | KzBridgeError], str]:
-    """``body`` on every node at once; per node its result or its error, and where the nodes came from.
-
-    With ``overall`` --timeout is one deadline over all of it (discovery, then each node's
-    connecting and work): a node still working then is reported with a timeout, and the others
-    keep what they finished. Without it --timeout bounds connecting and each call, as for one
-    node. ``then(results)`` runs before the connections close.
-    """
-    import asyncio
-
-    from ..kazoo import cluster
-    from .cluster_cmds import cookie_resolver, select_nodes
-
-    cookie_for = cookie_resolver(t.cookie, t.cookie_file)
-
-    async def whole() -> tuple[dict[str, T | KzBridgeError], str]:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + t.timeout
-        names, source = await _bounded(
-            select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout), t.timeout, t.seed or "the nodes"
-        )
-        left = max(end - loop.time(), 0.1)
-        conns, results = await cluster.each_node(
-            names,
-            cookie_for,
-            body,
-            timeout=min(t.timeout, left) if overall else t.timeout,
-            deadline=left if overall else None,
-            on_done=on_done,
-        )
-        async with conns:
-            if then is not None:
-                await then(results)
-            return results, source
-
-    return asyncio.run(whole())
-
-
-def _no_answer(exc: KzBridgeError) -> bool:
-    """The node could not be reached, went away or did not answer in time (as opposed to answering no)."""
-    return isinstance(exc, (ConnectError, ConnectionLostError, ProtocolError, RpcTimeoutError))
-
-
-def _errors(results: dict[str, Any]) -> dict[str, KzBridgeError]:
-    return {n: r for n, r in results.items() if isinstance(r, KzBridgeError)}
-
-
-def exit_code(results: dict[str, Any]) -> int:
-    """0 when every node did its work; 3 when any did not answer; else the first failure's code."""
-    errors = list(_errors(results).values())
-    if not errors:
-        return 0
-    if any(_no_answer(e) for e in errors):
-        return EXIT_CONNECTION
-    return errors[0].exit_code
-
-
-def say(text: str, *, err: bool = False) -> None:
-    """One line with node-supplied text in it, terminal-safe."""
-    click.echo(safe_text(text), err=err)
-
-
-def node_json(node: str, result: Any) -> dict[str, Any]:
-    """The fields every node's --json entry starts with."""
-    error = result if isinstance(result, KzBridgeError) else None
-    return {
-        "node": node,
-        "answered": error is None or not _no_answer(error),
-        "error": str(error) if error is not None else None,
-    }
-
-
-def failure_row(node: str, width: int, exc: KzBridgeError) -> str:
-    """A table row for a node that did not do its work."""
-    return safe_text(f"{node:<{width}}  {'NO ANSWER' if _no_answer(exc) else 'FAILED'}  {exc}")
-
-
-def nodes_flags(nodes: list[str]) -> str:
-    return " ".join(f"-n {n}" for n in nodes)
 
 
 # ---------------------------------------------------------------- start
@@ -367,7 +224,7 @@ def _start_on_nodes(
     from ..kazoo.cluster import ClusterIncompleteError
 
     async def all_or_none(results: dict[str, Trace | KzBridgeError]) -> None:
-        failed = _errors(results)
+        failed = errors_of(results)
         if not require_all or not failed:
             return
         started = {n: r for n, r in results.items() if not isinstance(r, KzBridgeError)}
@@ -685,8 +542,8 @@ def status(
 
 def _tally(what: str, results: dict[str, Any], source: str) -> str:
     """``kzbridge: 3 traces on 2 of 3 nodes (nodes from kz_nodes); no answer from 1``."""
-    errors = _errors(results).values()
-    silent = sum(1 for e in errors if _no_answer(e))
+    errors = errors_of(results).values()
+    silent = sum(1 for e in errors if no_answer(e))
     failed = len(errors) - silent
     return (
         f"kzbridge: {what} on {len(results) - len(errors)} of {len(results)} nodes"
@@ -854,7 +711,7 @@ def clear(
 
 
 def _report_failures(results: dict[str, Any]) -> None:
-    for n, exc in _errors(results).items():
+    for n, exc in errors_of(results).items():
         say(f"kzbridge: {n}: error: {exc}", err=True)
 
 
