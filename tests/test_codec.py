@@ -145,6 +145,7 @@ def test_fuzz_random_bytes_give_a_value_or_decode_error(data):
         pass
 
 
+@pytest.mark.slow
 @settings(max_examples=1000)
 @given(terms, st.data())
 def test_fuzz_mutated_valid_terms(term, data):

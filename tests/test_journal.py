@@ -55,6 +55,7 @@ def _env(cache: Path) -> dict[str, str]:
     return dict(os.environ, KZBRIDGE_CACHE=str(cache), PYTHONPATH=str(ROOT))
 
 
+@pytest.mark.slow
 def test_sixteen_processes_writing_at_once_lose_nothing(tmp_path, monkeypatch):
     cache, go, done = tmp_path / "cache", tmp_path / "go", tmp_path / "done"
     procs, count = 16, 20

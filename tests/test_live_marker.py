@@ -53,7 +53,9 @@ def test_not_live_runs_without_erlang_and_live_tests_are_marked(tmp_path):
         assert nodeid in live.stdout, f"{nodeid} should be live"
     assert "tests/test_codec.py::" not in live.stdout and "tests/test_journal.py::" not in live.stdout
 
-    pure = _pytest(["-m", "not live", "--ignore", str(Path(__file__).relative_to(ROOT))], path)
+    # The pure tests without Erlang; the slow ones among them (a 1000-example fuzz, 16 writer
+    # processes) ran in the outer run already and need no Erlang either.
+    pure = _pytest(["-m", "not live and not slow", "--ignore", str(Path(__file__).relative_to(ROOT))], path)
     assert pure.returncode == 0, pure.stdout[-5000:] + pure.stderr[-3000:]
     tail = pure.stdout.strip().splitlines()[-1]
     assert " passed" in tail and "failed" not in tail and "error" not in tail, tail
