@@ -20,11 +20,22 @@ import click
 from ..cookie import cookie_for_node
 from ..errors import UsageError
 from ..kazoo import filters as flt
-from . import EXIT_INTERRUPTED, _silence_stdout, emit_json, main, nodes_options, parse_size, render, warning_line
+from . import (
+    EXIT_INTERRUPTED,
+    _silence_stdout,
+    emit_json,
+    main,
+    nodes_options,
+    parse_size,
+    render,
+    routes_for,
+    warning_line,
+)
 
 if TYPE_CHECKING:
     from ..kazoo.cluster import ClusterSummary, ClusterTrace, Connections, NodeOutcome, NodeReport
     from ..kazoo.session import Event
+    from ..wire.names import Routes
     from .trace_cmds import TraceOptions
 
 EXIT_CONNECTION = 3
@@ -41,7 +52,12 @@ def cookie_resolver(cookie: str | None, cookie_file: str | None) -> Callable[[st
 
 
 async def select_nodes(
-    given: tuple[str, ...], seed: str | None, exclude: tuple[str, ...], cookie_for: Callable[[str], str], timeout: float
+    given: tuple[str, ...],
+    seed: str | None,
+    exclude: tuple[str, ...],
+    cookie_for: Callable[[str], str],
+    timeout: float,
+    routes: Routes | None = None,
 ) -> tuple[list[str], str]:
     """The node names to work on, and where they came from ("given", "kz_nodes", "nodes+epmd")."""
     from ..kazoo import cluster
@@ -50,9 +66,10 @@ async def select_nodes(
     nodes = cluster.parse_node_list(given)
     source = "given"
     if seed:
-        seed_node = await connect_node(seed, cookie_for(seed), timeout=timeout)
+        route = routes.route(seed) if routes is not None else None
+        seed_node = await connect_node(seed, cookie_for(seed), timeout=timeout, route=route)
         try:
-            found = await cluster.discover(seed_node, timeout=timeout)
+            found = await cluster.discover(seed_node, timeout=timeout, epmd_port=route.epmd_port if route else None)
         finally:
             await seed_node.close()
         nodes = cluster.parse_node_list([*nodes, *found.nodes])
@@ -63,6 +80,14 @@ async def select_nodes(
     if not kept:
         raise UsageError(f"--exclude leaves none of {', '.join(nodes)}", setting="node")
     return kept, source
+
+
+def given_routes(given: tuple[str, ...], seed: str | None) -> Routes:
+    """--address/--epmd-port for the nodes named on the command line (--node and the --cluster seed);
+    nodes found by discovery are reached where their names say unless a NODE=HOST names them."""
+    from ..kazoo.cluster import parse_node_list
+
+    return routes_for(parse_node_list([*given, *([seed] if seed else [])]), more_nodes=bool(seed))
 
 
 def _default_directory() -> Path:
@@ -163,10 +188,11 @@ def run_cluster_trace(filters: list[Any], opts: TraceOptions) -> None:
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} is a file: with several nodes --output is a directory", setting="local_path")
     cookie_for = cookie_resolver(opts.cookie, opts.cookie_file)
+    routes = given_routes(opts.node, opts.cluster_seed)
 
     async def body() -> ClusterSummary:
-        nodes, source = await select_nodes(opts.node, opts.cluster_seed, opts.exclude, cookie_for, opts.timeout)
-        conns = await cluster.connect_all(nodes, cookie_for, timeout=opts.timeout)
+        nodes, source = await select_nodes(opts.node, opts.cluster_seed, opts.exclude, cookie_for, opts.timeout, routes)
+        conns = await cluster.connect_all(nodes, cookie_for, timeout=opts.timeout, routes=routes)
         async with conns:
             for node, exc in conns.failed.items():
                 say(f"kzbridge: {node}: {exc}", err=True)
@@ -319,10 +345,11 @@ def nodes_cmd(
     from ..kazoo import cluster
 
     cookie_for = cookie_resolver(cookie, cookie_file)
+    routes = given_routes(node, cluster_seed)
 
     async def body() -> tuple[list[NodeReport], str]:
-        names, source = await select_nodes(node, cluster_seed, exclude, cookie_for, timeout)
-        async with await cluster.connect_all(names, cookie_for, timeout=timeout) as conns:
+        names, source = await select_nodes(node, cluster_seed, exclude, cookie_for, timeout, routes)
+        async with await cluster.connect_all(names, cookie_for, timeout=timeout, routes=routes) as conns:
             return await cluster.survey(conns, timeout=timeout), source
 
     reports, source = asyncio.run(body())

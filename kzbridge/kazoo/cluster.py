@@ -35,6 +35,7 @@ from .merge import MergedRecord, MergeSource, MergeStats, merge_to_file, merged_
 from .session import StopControls
 
 if TYPE_CHECKING:
+    from ..wire.names import Routes
     from ..wire.node import HiddenNode
     from .clock import NodeClock
     from .session import Event, RunSummary, TraceSession
@@ -129,12 +130,18 @@ class Connections:
 
 
 async def connect_all(
-    nodes: list[str], cookie_for: Callable[[str], str], *, timeout: float = 10.0, ticktime: float = 60.0
+    nodes: list[str],
+    cookie_for: Callable[[str], str],
+    *,
+    timeout: float = 10.0,
+    ticktime: float = 60.0,
+    routes: Routes | None = None,
 ) -> Connections:
     """Connect to every node at once; a node that cannot be reached is recorded, not raised.
 
     ``cookie_for(node)`` gives each node's cookie (the same options apply to every node; a
-    local sandbox supplies its own). Errors other than kzbridge's own propagate.
+    local sandbox supplies its own). ``routes``: where each node is reached (wire.names.Routes;
+    default: where its name says). Errors other than kzbridge's own propagate.
     """
     from ..wire.node import connect_node
 
@@ -142,7 +149,8 @@ async def connect_all(
         raise UsageError("no nodes to connect to", setting="node")
 
     async def one(node: str) -> HiddenNode:
-        return await connect_node(node, cookie_for(node), timeout=timeout, ticktime=ticktime)
+        route = routes.route(node) if routes is not None else None
+        return await connect_node(node, cookie_for(node), timeout=timeout, ticktime=ticktime, route=route)
 
     results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
     conns = Connections(order=list(nodes))
