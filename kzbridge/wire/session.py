@@ -47,7 +47,6 @@ from ..errors import (
     HandshakeTimeoutError,
     HostUnreachableError,
     KzBridgeError,
-    NotAllowedError,
     ProtocolError,
     UsageError,
 )
@@ -213,11 +212,13 @@ class ConnectPlan:
 
     def retry_older(self, info: NodeInfo, exc: BaseException) -> bool:
         """After a failed attempt on a given port: try the old handshake? Only when the node closed
-        the connection on our new-style name without a word (what a node older than OTP 23 does)."""
+        (or reset) the connection on our new-style name without a word, what a node older than
+        OTP 23 does; not after a timeout, a status or anything later in the handshake."""
         hs = self.current
         return (
             self.route.port is not None
-            and isinstance(exc, NotAllowedError)
+            and isinstance(exc, ConnectError)
+            and not isinstance(exc, HandshakeTimeoutError)
             and info.highest >= 6
             and hs is not None
             and hs.state is State.AWAIT_STATUS
