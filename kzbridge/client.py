@@ -31,7 +31,7 @@ from .cookie import cookie_for_node
 from .kazoo.filters import DEFAULT_MAX_RATE
 from .limits import check_number
 from .wire.connection import DEFAULT_TICKTIME
-from .wire.names import AddressSpec, Routes
+from .wire.names import AddressSpec, Route, Routes
 from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
 
@@ -85,6 +85,7 @@ class SyncNode:
     per call than driving the async node from another thread), kept alive by a tick
     thread. ``run(coro_fn)`` runs async helpers (tracing, collection) on a second,
     asyncio connection (``async_node``) opened on first use in a private loop thread.
+    ``route`` (a wire.names.Route), when given, is used instead of ``address``/``epmd_port``.
     """
 
     def __init__(
@@ -97,12 +98,13 @@ class SyncNode:
         ticktime: float = DEFAULT_TICKTIME,
         address: AddressSpec = None,
         epmd_port: int | None = None,
+        route: Route | None = None,
     ) -> None:
         from .wire.blocking import BlockingNode
 
         self._target = node
         self._timeout = check_number(timeout, "timeout")
-        self._route = Routes.build([node], address, epmd_port).route(node)
+        self._route = route or Routes.build([node], address, epmd_port).route(node)
         self._cookie = cookie_for_node(node, cookie, cookie_file)
         self._ticktime = ticktime
         self.blocking = BlockingNode(node, self._cookie, timeout=timeout, route=self._route)
