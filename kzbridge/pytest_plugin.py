@@ -148,11 +148,27 @@ def pytest_configure(config: pytest.Config) -> None:
     _check_addresses(config)
 
 
+def _given_nodes(config: pytest.Config) -> list[str]:
+    """--kazoo-node (repeatable, each may hold commas), else KZBRIDGE_NODE; checked."""
+    from .errors import UsageError
+    from .wire.names import split_node_name
+
+    given = config.getoption("--kazoo-node", None) or [os.environ.get("KZBRIDGE_NODE") or ""]
+    nodes = list(dict.fromkeys(n.strip() for value in given for n in value.split(",") if n.strip()))
+    try:
+        for n in nodes:
+            split_node_name(n)
+    except UsageError as exc:
+        raise pytest.UsageError(f"--kazoo-node: {exc.message}") from None
+    return nodes
+
+
 def _check_addresses(config: pytest.Config) -> None:
-    """--kazoo-address and --kazoo-epmd-port, checked before any test runs."""
+    """--kazoo-node, --kazoo-address and --kazoo-epmd-port, checked before any test runs."""
     from .errors import UsageError
     from .wire.names import check_port, parse_address, split_node_name
 
+    nodes = _given_nodes(config)
     try:
         port = config.getoption("--kazoo-epmd-port", None)
         if port is not None:
@@ -164,6 +180,8 @@ def _check_addresses(config: pytest.Config) -> None:
             parse_address(where if sep else text)
     except UsageError as exc:
         raise pytest.UsageError(f"kzbridge: {exc.message} (see --kazoo-address / --kazoo-epmd-port)") from None
+    if nodes:
+        _routes(config, nodes)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -198,27 +216,19 @@ def _routes(config: pytest.Config, nodes: Sequence[str]) -> Routes:
             more_nodes=True,  # a marker's nodes= may name others
         )
     except UsageError as exc:
-        raise pytest.UsageError(f"kzbridge: {exc}") from None
+        raise pytest.UsageError(f"kzbridge: {exc.message} (see --kazoo-address / --kazoo-epmd-port)") from None
 
 
 @pytest.fixture(scope="session")
 def kazoo_targets(request: pytest.FixtureRequest) -> Iterator[KazooTargets]:
     """The node(s) under test: --kazoo-node (repeatable), or a sandbox started for the session."""
     config = request.config
-    given = config.getoption("--kazoo-node") or [os.environ.get("KZBRIDGE_NODE") or ""]
-    from .wire.names import split_node_name
-
-    nodes = [n.strip() for value in given for n in value.split(",") if n.strip()]
-    for n in nodes:
-        try:
-            split_node_name(n)
-        except Exception as exc:
-            raise pytest.UsageError(f"--kazoo-node: {exc}") from None
+    nodes = _given_nodes(config)
     if nodes:
         cookie = config.getoption("--kazoo-cookie") or os.environ.get("KZBRIDGE_COOKIE")
         if not cookie:
             raise pytest.UsageError("--kazoo-node needs --kazoo-cookie or KZBRIDGE_COOKIE")
-        yield KazooTargets(tuple(dict.fromkeys(nodes)), cookie, _routes(config, nodes))
+        yield KazooTargets(tuple(nodes), cookie, _routes(config, nodes))
         return
     from . import sandbox
 

@@ -196,3 +196,52 @@ def test_a_killed_run_leaves_nothing_running(pytester: pytest.Pytester, sandbox_
     poll_until(lambda: ("data_lager_event", paths[0]) not in file_traces(box), timeout=15, interval=0.25)
     assert time.monotonic() - killed < 5 + 3  # the lease, and a renewal's worth of slack
     Path(paths[0]).unlink(missing_ok=True)
+
+
+def test_two_nodes_one_reached_by_address(
+    pytester: pytest.Pytester, sandbox_gen2: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Several --kazoo-node, one of them a container-like name reached with --kazoo-address: both traced,
+    the section merges them by time with each line's node, each node's file kept and named."""
+    from .test_address_wait import UnresolvableNode
+
+    box = sandbox_gen2
+    other = UnresolvableNode(tmp_path_factory.mktemp("plugin-unresolvable"), box.cookie)
+    try:
+        pytester.makepyfile(
+            test_user="""
+            import pytest
+            import kzbridge
+            from kzbridge.client import SyncNode
+            from kzbridge.wire.terms import Atom, ErlString
+
+            @pytest.mark.kazoo_trace(module="kz_json", sink="lager_event")
+            def test_both(kazoo_targets, kazoo_trace):
+                for node in kazoo_targets.nodes:
+                    with SyncNode(node, kazoo_targets.cookie, route=kazoo_targets.routes.route(node)) as n:
+                        n.rpc("lager", "log", [Atom("warning"), [(Atom("module"), Atom("kz_json"))],
+                                               ErlString("hello from ~s"), [ErlString(node)]])
+                seen = {r.message for r in kazoo_trace.records}
+                assert {f"hello from {n}" for n in kazoo_targets.nodes} <= seen
+                assert False, "to see the report"
+        """
+        )
+        trace_dir = pytester.path / "traces"
+        result = run_inner(
+            pytester, box, "--kazoo-node", other.node, "--kazoo-address", f"{other.node}=127.0.0.1",
+            "--kazoo-trace-dir", str(trace_dir), f"--junitxml={pytester.path / 'junit.xml'}",
+        )  # fmt: skip
+        result.assert_outcomes(failed=1)
+        out = result.stdout.str()
+        assert "assert False" in out  # the records assertion above held
+        section = out[out.index("kazoo trace: last") :]
+        for node in (box.node, other.node):
+            assert re.search(
+                rf"^{re.escape(node)} \S+ warning +kz_json:\?  hello from {re.escape(node)}$", section, re.M
+            )
+        files = sorted(trace_dir.iterdir())
+        assert [p.name for p in files] == sorted(f"test_user.py__test_both.{n}.log" for n in (box.node, other.node))
+        props = [p.get("value") for p in ET.parse(pytester.path / "junit.xml").getroot().iter("property")]
+        assert sorted(props) == [str(p) for p in files]
+    finally:
+        other.close()
