@@ -92,9 +92,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--kazoo-epmd-port",
-        default=os.environ.get("ERL_EPMD_PORT") or None,
+        default=None,
         metavar="PORT",
-        help="EPMD's port on the nodes' hosts (default: ERL_EPMD_PORT, else 4369).",
+        help="EPMD's port on the nodes' hosts (else ERL_EPMD_PORT, else 4369).",
     )
     group.addoption(
         "--kazoo-generation",
@@ -148,12 +148,12 @@ def pytest_configure(config: pytest.Config) -> None:
     _check_addresses(config)
 
 
-def _given_nodes(config: pytest.Config) -> list[str]:
-    """--kazoo-node (repeatable, each may hold commas), else KZBRIDGE_NODE; checked."""
+def _given_nodes(config: pytest.Config, env: bool = True) -> list[str]:
+    """--kazoo-node (repeatable, each may hold commas), else (``env``) KZBRIDGE_NODE; checked."""
     from .errors import UsageError
     from .wire.names import split_node_name
 
-    given = config.getoption("--kazoo-node", None) or [os.environ.get("KZBRIDGE_NODE") or ""]
+    given = config.getoption("--kazoo-node", None) or ([os.environ.get("KZBRIDGE_NODE") or ""] if env else [])
     nodes = list(dict.fromkeys(n.strip() for value in given for n in value.split(",") if n.strip()))
     try:
         for n in nodes:
@@ -163,12 +163,17 @@ def _given_nodes(config: pytest.Config) -> list[str]:
     return nodes
 
 
+def _epmd_port(config: pytest.Config) -> str | None:
+    return config.getoption("--kazoo-epmd-port", None) or os.environ.get("ERL_EPMD_PORT") or None
+
+
 def _check_addresses(config: pytest.Config) -> None:
-    """--kazoo-node, --kazoo-address and --kazoo-epmd-port, checked before any test runs."""
+    """--kazoo-node, --kazoo-address and --kazoo-epmd-port, checked before any test runs when given
+    (the plugin loads in every pytest run: what comes from the environment is checked when used)."""
     from .errors import UsageError
     from .wire.names import check_port, parse_address, split_node_name
 
-    nodes = _given_nodes(config)
+    nodes = _given_nodes(config, env=False)
     try:
         port = config.getoption("--kazoo-epmd-port", None)
         if port is not None:
@@ -212,7 +217,7 @@ def _routes(config: pytest.Config, nodes: Sequence[str]) -> Routes:
         return Routes.build(
             list(nodes),
             config.getoption("--kazoo-address") or None,
-            config.getoption("--kazoo-epmd-port"),
+            _epmd_port(config),
             more_nodes=True,  # a marker's nodes= may name others
         )
     except UsageError as exc:
@@ -383,18 +388,22 @@ class KazooTrace:
 
     # -- lifecycle
     def start(self, directory: Path, stem: str, lease: float) -> None:
+        from .cli.render import safe_text
         from .errors import KzBridgeError
 
         directory.mkdir(parents=True, exist_ok=True)
         for node in self.nodes:
             name = stem if len(self.nodes) == 1 else f"{stem}.{_safe_name(node)}"
             self.files[node] = _free_path(directory, name)
+        failed: KzBridgeError | None = None
         try:
             self._loop.call(self._start_all(lease))
         except KzBridgeError as exc:
+            failed = exc
+        if failed is not None:  # outside the except: the report shows one line, not a chain
             self.stop()  # the nodes where it did start
             self.discard_files()
-            pytest.fail(f"kazoo trace: could not start: {exc}", pytrace=False)
+            pytest.fail(safe_text(f"kazoo trace: could not start: {failed}"), pytrace=False)
 
     async def _start_all(self, lease: float) -> None:
         from .kazoo.session import TraceSession

@@ -146,15 +146,25 @@ def test_records_default_filters_and_options(pytester: pytest.Pytester, sandbox_
     box = sandbox_gen2
     pytester.makepyfile(
         test_user="""
+        import pytest
+
         def test_fixture_alone(kazoo_sync, kazoo_trace):
             kazoo_sync.rpc("kz_fixture", "burst", [__import__("kzbridge").Atom("data"), 3, 4])
             recs = kazoo_trace.records
             assert kazoo_trace.sink == "data" and [r.message for r in recs if r.message.startswith("burst ")]
             assert kazoo_trace.records_of("nobody@nowhere") == []
+
+        @pytest.mark.kazoo_trace(nodes=["ghost_kzb@127.0.0.1"])
+        def test_unreachable():
+            pass
     """
     )
     result = run_inner(pytester, box)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at setup of test_unreachable*", "kazoo trace: could not start: no node 'ghost_kzb' on host 127.0.0.1*"]
+    )
+    assert "During handling" not in result.stdout.str()
     bad = run_inner(pytester, box, "--kazoo-epmd-port", "0")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "EPMD port must be a number from 1 to 65535" in bad.stderr.str()
