@@ -250,7 +250,10 @@ def _store_addresses(ctx: click.Context, param: click.Parameter, value: tuple[st
     for text in value or ():
         node, sep, where = text.partition("=")
         if sep:
-            split_node_name(node.strip())
+            try:
+                split_node_name(node.strip())
+            except UsageError as exc:
+                raise UsageError(f"--address {text!r}: {exc.message}", setting="address") from None
         parse_address(where if sep else text)  # the syntax now; node names when the command runs
     ctx.meta[_SETTINGS] = replace(connect_settings_of(ctx), addresses=tuple(value or ()))
 
