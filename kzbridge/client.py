@@ -6,6 +6,17 @@ runs its own event loop in a thread for scripts, with blocking versions of the
 tracing calls (``start_trace`` gives a ``SyncTrace``); they drive the same
 TraceSession, so limits, stop requests and the summary are the same everywhere.
 Several nodes at once: ``trace_cluster`` (async) and ``trace_cluster_sync``.
+
+Every entry point takes ``address`` and ``epmd_port``, as the command line's ``--address``
+and ``--epmd-port``: reach a node whose name's host does not resolve from here (a
+container's ``kazoo_apps@kazoo``) at another host, or straight at its distribution port::
+
+    kzbridge.connect_sync("kazoo_apps@kazoo", cookie, address="127.0.0.1", epmd_port=4370)
+    kzbridge.connect_sync("kazoo_apps@kazoo", cookie, address="127.0.0.1:9100")   # no EPMD asked
+    kzbridge.trace_cluster(nodes, filters, "run/", address={"ecallmgr@kz2": "10.0.0.7"})
+
+``address`` is ``"HOST[:PORT]"`` (for every node given), ``"NODE=HOST[:PORT]"``, a list of
+those, or a mapping ``{node: "HOST[:PORT]"}`` (wire.names.Routes.build says the rules).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from .cookie import cookie_for_node
 from .kazoo.filters import DEFAULT_MAX_RATE
 from .limits import check_number
 from .wire.connection import DEFAULT_TICKTIME
+from .wire.names import AddressSpec, Route, Routes
 from .wire.node import HiddenNode, connect_node
 from .wire.rex import RpcResult
 
@@ -45,15 +57,20 @@ class connect:
         cookie_file: str | None = None,
         timeout: float = 10.0,
         ticktime: float = DEFAULT_TICKTIME,
+        address: AddressSpec = None,
+        epmd_port: int | None = None,
     ) -> None:
         self.node = node
         self.timeout = check_number(timeout, "timeout")
+        self.route = Routes.build([node], address, epmd_port).route(node)
         self.cookie = cookie_for_node(node, cookie, cookie_file)
         self.ticktime = ticktime
         self._hidden: HiddenNode | None = None
 
     async def __aenter__(self) -> HiddenNode:
-        self._hidden = await connect_node(self.node, self.cookie, timeout=self.timeout, ticktime=self.ticktime)
+        self._hidden = await connect_node(
+            self.node, self.cookie, timeout=self.timeout, ticktime=self.ticktime, route=self.route
+        )
         return self._hidden
 
     async def __aexit__(self, *exc: object) -> None:
@@ -68,6 +85,7 @@ class SyncNode:
     per call than driving the async node from another thread), kept alive by a tick
     thread. ``run(coro_fn)`` runs async helpers (tracing, collection) on a second,
     asyncio connection (``async_node``) opened on first use in a private loop thread.
+    ``route`` (a wire.names.Route), when given, is used instead of ``address``/``epmd_port``.
     """
 
     def __init__(
@@ -78,14 +96,18 @@ class SyncNode:
         cookie_file: str | None = None,
         timeout: float = 10.0,
         ticktime: float = DEFAULT_TICKTIME,
+        address: AddressSpec = None,
+        epmd_port: int | None = None,
+        route: Route | None = None,
     ) -> None:
         from .wire.blocking import BlockingNode
 
         self._target = node
         self._timeout = check_number(timeout, "timeout")
+        self._route = route or Routes.build([node], address, epmd_port).route(node)
         self._cookie = cookie_for_node(node, cookie, cookie_file)
         self._ticktime = ticktime
-        self.blocking = BlockingNode(node, self._cookie, timeout=timeout)
+        self.blocking = BlockingNode(node, self._cookie, timeout=timeout, route=self._route)
         self.blocking.start_ticking(ticktime)
         self.peer_name = self.blocking.peer_name
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,7 +129,9 @@ class SyncNode:
             self._thread = threading.Thread(target=self._loop.run_forever, name="kzbridge-loop", daemon=True)
             self._thread.start()
             self._async = self._run(
-                connect_node(self._target, self._cookie, timeout=self._timeout, ticktime=self._ticktime)
+                connect_node(
+                    self._target, self._cookie, timeout=self._timeout, ticktime=self._ticktime, route=self._route
+                )
             )
         return self._async
 
@@ -287,6 +311,7 @@ class trace_cluster:
     ``options``: ``duration`` (default: until stopped), ``max_size``, ``max_total_size``,
     ``sink``, ``level``, ``format_list``, ``lease``, ``require_all`` (see kazoo.cluster.ClusterTrace).
     Nodes that cannot be reached are in ``run.outcomes`` with their error, unless ``require_all``.
+    ``address``/``epmd_port``: where the nodes are reached (see the module docstring).
     """
 
     def __init__(
@@ -301,11 +326,14 @@ class trace_cluster:
         duration: float | None = None,
         max_size: int | None = 100 << 20,
         max_total_size: int | None = None,
+        address: AddressSpec = None,
+        epmd_port: int | None = None,
         **options: Any,
     ) -> None:
         from .kazoo.cluster import ClusterLimits, parse_node_list
 
         self.nodes = parse_node_list(nodes)
+        self.routes = Routes.build(self.nodes, address, epmd_port)
         self.filters = filters
         self.directory = directory
         self._cookie_for = lambda node: cookie_for_node(node, cookie, cookie_file)
@@ -318,7 +346,7 @@ class trace_cluster:
     async def __aenter__(self) -> ClusterTrace:
         from .kazoo.cluster import ClusterTrace, connect_all
 
-        self._conns = await connect_all(self.nodes, self._cookie_for, timeout=self.timeout)
+        self._conns = await connect_all(self.nodes, self._cookie_for, timeout=self.timeout, routes=self.routes)
         try:
             self.run = ClusterTrace(self._conns, self.directory, self.filters, limits=self.limits, **self.options)
             await self.run.start()

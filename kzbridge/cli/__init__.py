@@ -20,7 +20,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +33,7 @@ from ..errors import KzBridgeError, LocalFileError, RpcTimeoutError, TraceLostEr
 from .render import safe_text
 
 if TYPE_CHECKING:
+    from ..wire.names import Routes
     from ..wire.node import HiddenNode
 
 # Heavier modules (asyncio, the tracing layer, the sandbox) are imported inside the
@@ -61,6 +63,8 @@ OPTION_OF = {
     "max_rate": "--max-rate",
     "governor": "--no-governor",
     "mode": "--mode",
+    "address": "--address",
+    "epmd_port": "--epmd-port",
 }
 
 
@@ -209,8 +213,69 @@ _NODES_HELP = (
 )
 
 
-def _connection_options(fn: F) -> F:
-    """Cookie options, --timeout and --json: the same for one node or many."""
+@dataclass(frozen=True)
+class ConnectSettings:
+    """Where the nodes are reached (--address, --epmd-port), as the command line gave them.
+
+    The options store it in click's context (``ctx.meta``) rather than passing it to each
+    command function, so every node command takes them without a parameter of its own;
+    ``run_with_node``, ``call_once`` and the cluster commands read it through ``routes_for``.
+    """
+
+    addresses: tuple[str, ...] = ()
+    epmd_port: int | None = None
+
+
+_SETTINGS = "kzbridge.connect"
+
+
+def connect_settings() -> ConnectSettings:
+    """The current command's --address/--epmd-port (defaults outside a command, e.g. in the demo)."""
+    ctx = click.get_current_context(silent=True)
+    return connect_settings_of(ctx) if ctx is not None else ConnectSettings()
+
+
+def routes_for(nodes: Iterable[str], *, more_nodes: bool = False) -> Routes:
+    """The Routes for ``nodes`` from --address/--epmd-port (checked against the node names; with
+    ``more_nodes``, e.g. --cluster, a NODE=HOST for a node found later is allowed)."""
+    from ..wire.names import Routes
+
+    s = connect_settings()
+    return Routes.build(list(nodes), s.addresses or None, s.epmd_port, more_nodes=more_nodes)
+
+
+def _store_addresses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | None) -> None:
+    from ..wire.names import parse_address, split_node_name
+
+    for text in value or ():
+        node, sep, where = text.partition("=")
+        if sep:
+            try:
+                split_node_name(node.strip())
+            except UsageError as exc:
+                raise UsageError(f"--address {text!r}: {exc.message}", setting="address") from None
+        parse_address(where if sep else text)  # the syntax now; node names when the command runs
+    ctx.meta[_SETTINGS] = replace(connect_settings_of(ctx), addresses=tuple(value or ()))
+
+
+def _store_epmd_port(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from ..wire.names import check_port
+
+    port = check_port(value, "epmd_port") if value is not None else None
+    ctx.meta[_SETTINGS] = replace(connect_settings_of(ctx), epmd_port=port)
+
+
+def connect_settings_of(ctx: click.Context) -> ConnectSettings:
+    found = ctx.meta.get(_SETTINGS)
+    return found if isinstance(found, ConnectSettings) else ConnectSettings()
+
+
+def _connection_options(fn: F, timeout_default: float = 10.0, timeout_help: str | None = None) -> F:
+    """Cookie options, --timeout, --json, --address and --epmd-port: the same for one node or many.
+
+    --address and --epmd-port reach no command function: they are stored in the context
+    (ConnectSettings) and read where the connections are made.
+    """
 
     @click.option(
         "--cookie",
@@ -225,12 +290,34 @@ def _connection_options(fn: F) -> F:
     @click.option(
         "--timeout",
         type=NumberType("timeout"),
-        default=10.0,
+        default=timeout_default,
         show_default=True,
-        help="Seconds for the command's whole work on the node (connecting and every call); "
+        help=timeout_help
+        or "Seconds for the command's whole work on the node (connecting and every call); "
         "for trace runs and file transfers, for connecting and for each call.",
     )
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @click.option(
+        "--address",
+        multiple=True,
+        metavar="[NODE=]HOST[:PORT]",
+        expose_value=False,
+        callback=_store_addresses,
+        help="Reach the node at HOST instead of the host in its name (which then need not resolve): "
+        "HOST's EPMD gives the port, or with :PORT connect to that distribution port and ask no EPMD. "
+        "The handshake still uses the node's real name. With several nodes a plain HOST applies to "
+        "each node given; NODE=HOST[:PORT] (repeatable) sets one node's.",
+    )
+    @click.option(
+        "--epmd-port",
+        envvar="ERL_EPMD_PORT",
+        show_envvar=True,
+        default=None,
+        metavar="PORT",
+        expose_value=False,
+        callback=_store_epmd_port,
+        help="EPMD's port on the nodes' hosts (default 4369).",
+    )
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -285,10 +372,11 @@ def run_with_node(
 
     from ..wire.node import connect_node
 
+    route = routes_for([node]).route(node)
     secret = cookie_for_node(node, cookie, cookie_file)
 
     async def whole() -> T:
-        hidden = await connect_node(node, secret, timeout=timeout, ticktime=ticktime)
+        hidden = await connect_node(node, secret, timeout=timeout, ticktime=ticktime, route=route)
         try:
             return await body(hidden)
         finally:
@@ -346,11 +434,13 @@ from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds, cluster_cmds  
 __all__ = [
     "EXIT_INTERRUPTED",
     "OPTION_OF",
+    "ConnectSettings",
     "NumberType",
     "Terminated",
     "error_line",
     "main",
     "parse_mode",
     "raw_option",
+    "routes_for",
     "warning_line",
 ]

@@ -20,7 +20,7 @@ import click
 from ..errors import UsageError
 from ..kazoo import filters as flt
 from . import EXIT_INTERRUPTED, _silence_stdout, emit_json, main, nodes_options, parse_size, render, warning_line
-from .targets import EXIT_CONNECTION, cookie_resolver, say, select_nodes
+from .targets import EXIT_CONNECTION, cookie_resolver, given_routes, say, select_nodes
 
 if TYPE_CHECKING:
     from ..kazoo.cluster import ClusterSummary, ClusterTrace, Connections, NodeOutcome, NodeReport
@@ -126,10 +126,11 @@ def run_cluster_trace(filters: list[Any], opts: TraceOptions) -> None:
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} is a file: with several nodes --output is a directory", setting="local_path")
     cookie_for = cookie_resolver(opts.cookie, opts.cookie_file)
+    routes = given_routes(opts.node, opts.cluster_seed)
 
     async def body() -> ClusterSummary:
-        nodes, source = await select_nodes(opts.node, opts.cluster_seed, opts.exclude, cookie_for, opts.timeout)
-        conns = await cluster.connect_all(nodes, cookie_for, timeout=opts.timeout)
+        nodes, source = await select_nodes(opts.node, opts.cluster_seed, opts.exclude, cookie_for, opts.timeout, routes)
+        conns = await cluster.connect_all(nodes, cookie_for, timeout=opts.timeout, routes=routes)
         async with conns:
             for node, exc in conns.failed.items():
                 say(f"kzbridge: {node}: {exc}", err=True)
@@ -282,10 +283,11 @@ def nodes_cmd(
     from ..kazoo import cluster
 
     cookie_for = cookie_resolver(cookie, cookie_file)
+    routes = given_routes(node, cluster_seed)
 
     async def body() -> tuple[list[NodeReport], str]:
-        names, source = await select_nodes(node, cluster_seed, exclude, cookie_for, timeout)
-        async with await cluster.connect_all(names, cookie_for, timeout=timeout) as conns:
+        names, source = await select_nodes(node, cluster_seed, exclude, cookie_for, timeout, routes)
+        async with await cluster.connect_all(names, cookie_for, timeout=timeout, routes=routes) as conns:
             return await cluster.survey(conns, timeout=timeout), source
 
     reports, source = asyncio.run(body())

@@ -1,11 +1,11 @@
-"""One-shot commands on a node: ping, rpc, sup. A blocking connection, no asyncio."""
+"""Commands on one node: ping, rpc, sup (one-shot, a blocking connection, no asyncio) and wait."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -14,11 +14,13 @@ from ..errors import BadRpcError, KzBridgeError, RpcTimeoutError, UsageError
 from ..limits import Deadline
 from ..wire.literal import format_term, parse_term, to_json
 from ..wire.terms import Atom
-from . import emit_json, error_line, main, node_options, raw_option, warning_line
+from . import _connection_options, emit_json, error_line, main, node_options, raw_option, routes_for, warning_line
 from .render import safe_text
 
 if TYPE_CHECKING:
     from ..wire.rex import RpcResult
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def call_once(
@@ -38,8 +40,9 @@ def call_once(
     from ..wire.blocking import BlockingNode
 
     deadline = Deadline.after(timeout)
+    route = routes_for([node]).route(node)
     secret = cookie_for_node(node, cookie, cookie_file)
-    with BlockingNode(node, secret, timeout=timeout) as n:
+    with BlockingNode(node, secret, timeout=timeout, route=route) as n:
         if on_connected:
             on_connected(n, deadline)
         real_args = resolve_pids(n, args, deadline)
@@ -248,3 +251,65 @@ def sup(
     elif not ok:
         click.echo(format_term(result.value))
     sys.exit(0 if ok else 2)
+
+
+WAIT_TIMEOUT_HELP = "Seconds to wait at most (a deadline over every attempt); exit 3 when they pass."
+
+
+def wait_options(fn: F) -> F:
+    """The node options of every node command, with a wait's own --timeout default (60s)."""
+    return _connection_options(fn, timeout_default=60.0, timeout_help=WAIT_TIMEOUT_HELP)
+
+
+@main.command()
+@click.option("--node", "-n", envvar="KZBRIDGE_NODE", required=True, help="The node to wait for, name@host.")
+@click.option(
+    "--sink",
+    type=click.Choice(["data", "lager_event"]),
+    default="data",
+    show_default=True,
+    help="What the traces will need: data waits for kz_data_tracing, lager_event for lager's lager_event sink.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Say nothing while waiting (the result is still printed).")
+@wait_options
+def wait(
+    node: str, cookie: str | None, cookie_file: str | None, timeout: float, as_json: bool, sink: str, quiet: bool
+) -> None:
+    """Wait until the node answers and is ready to trace; exit 0 then, exit 3 at --timeout.
+
+    Ready: the node answers over distribution and kz_data_tracing is registered (with
+    --sink lager_event: lager's lager_event sink). Until then it tries again after a short
+    pause (0.1s, doubling up to 1s), printing each new state on stderr (refused, no EPMD,
+    cookie rejected, not registered yet). For CI scripts and containers, instead of healthchecks:
+
+    \b
+      kzbridge wait -n kazoo_apps@kazoo --address 127.0.0.1 --timeout 120
+    """
+    import asyncio
+
+    from ..kazoo.ready import READY_PROCESS, wait_ready
+
+    route = routes_for([node]).route(node)
+    secret = cookie_for_node(node, cookie, cookie_file)
+
+    def say(state: str) -> None:
+        if not quiet:
+            click.echo(safe_text(f"kzbridge: waiting for {node}: {state}"), err=True)
+
+    if not quiet and not as_json:
+        click.echo(
+            safe_text(
+                f"kzbridge: waiting up to {timeout:g}s for {node} to answer with {READY_PROCESS[sink]} registered"
+            ),
+            err=True,
+        )
+    ready = asyncio.run(wait_ready(node, secret, sink=sink, timeout=timeout, route=route, on_state=say))
+    if as_json:
+        emit_json(ready.to_json())
+    else:
+        click.echo(
+            safe_text(
+                f"{ready.node} is ready: {ready.process} is registered ({ready.pid}); "
+                f"waited {ready.seconds:.1f}s, {ready.attempts} attempt{'s' if ready.attempts != 1 else ''}"
+            )
+        )

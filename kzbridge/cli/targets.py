@@ -16,10 +16,11 @@ import click
 
 from ..cookie import cookie_for_node
 from ..errors import ConnectError, ConnectionLostError, KzBridgeError, ProtocolError, RpcTimeoutError, UsageError
-from . import run_with_node
+from . import routes_for, run_with_node
 from .render import safe_text
 
 if TYPE_CHECKING:
+    from ..wire.names import Routes
     from ..wire.node import HiddenNode
 
 T = TypeVar("T")
@@ -37,7 +38,12 @@ def cookie_resolver(cookie: str | None, cookie_file: str | None) -> Callable[[st
 
 
 async def select_nodes(
-    given: tuple[str, ...], seed: str | None, exclude: tuple[str, ...], cookie_for: Callable[[str], str], timeout: float
+    given: tuple[str, ...],
+    seed: str | None,
+    exclude: tuple[str, ...],
+    cookie_for: Callable[[str], str],
+    timeout: float,
+    routes: Routes | None = None,
 ) -> tuple[list[str], str]:
     """The node names to work on, and where they came from ("given", "kz_nodes", "nodes+epmd")."""
     from ..kazoo import cluster
@@ -46,9 +52,10 @@ async def select_nodes(
     nodes = cluster.parse_node_list(given)
     source = "given"
     if seed:
-        seed_node = await connect_node(seed, cookie_for(seed), timeout=timeout)
+        route = routes.route(seed) if routes is not None else None
+        seed_node = await connect_node(seed, cookie_for(seed), timeout=timeout, route=route)
         try:
-            found = await cluster.discover(seed_node, timeout=timeout)
+            found = await cluster.discover(seed_node, timeout=timeout, epmd_port=route.epmd_port if route else None)
         finally:
             await seed_node.close()
         nodes = cluster.parse_node_list([*nodes, *found.nodes])
@@ -59,6 +66,14 @@ async def select_nodes(
     if not kept:
         raise UsageError(f"--exclude leaves none of {', '.join(nodes)}", setting="node")
     return kept, source
+
+
+def given_routes(given: tuple[str, ...], seed: str | None) -> Routes:
+    """--address/--epmd-port for the nodes named on the command line (--node and the --cluster seed);
+    nodes found by discovery are reached where their names say unless a NODE=HOST names them."""
+    from ..kazoo.cluster import parse_node_list
+
+    return routes_for(parse_node_list([*given, *([seed] if seed else [])]), more_nodes=bool(seed))
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,7 @@ def resolve_nodes(t: Targets) -> tuple[list[str], str]:
     import asyncio
 
     cookie_for = cookie_resolver(t.cookie, t.cookie_file)
-    work = select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout)
+    work = select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout, given_routes(t.given, t.seed))
     return asyncio.run(_bounded(work, t.timeout, t.seed or "the nodes"))
 
 
@@ -141,12 +156,13 @@ def run_on_nodes(
     from ..kazoo import cluster
 
     cookie_for = cookie_resolver(t.cookie, t.cookie_file)
+    routes = given_routes(t.given, t.seed)
 
     async def whole() -> tuple[dict[str, T | KzBridgeError], str]:
         loop = asyncio.get_running_loop()
         end = loop.time() + t.timeout
         names, source = await _bounded(
-            select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout), t.timeout, t.seed or "the nodes"
+            select_nodes(t.given, t.seed, t.exclude, cookie_for, t.timeout, routes), t.timeout, t.seed or "the nodes"
         )
         left = max(end - loop.time(), 0.1)
         conns, results = await cluster.each_node(
@@ -156,6 +172,7 @@ def run_on_nodes(
             timeout=min(t.timeout, left) if overall else t.timeout,
             deadline=left if overall else None,
             on_done=on_done,
+            routes=routes,
         )
         async with conns:
             if then is not None:

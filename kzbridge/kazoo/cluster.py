@@ -36,6 +36,7 @@ from .merge import MergedRecord, MergeSource, MergeStats, merge_to_file, merged_
 from .session import StopControls
 
 if TYPE_CHECKING:
+    from ..wire.names import Routes
     from ..wire.node import HiddenNode
     from .clock import NodeClock
     from .session import Event, RunSummary, TraceSession
@@ -131,12 +132,18 @@ class Connections:
 
 
 async def connect_all(
-    nodes: list[str], cookie_for: Callable[[str], str], *, timeout: float = 10.0, ticktime: float = 60.0
+    nodes: list[str],
+    cookie_for: Callable[[str], str],
+    *,
+    timeout: float = 10.0,
+    ticktime: float = 60.0,
+    routes: Routes | None = None,
 ) -> Connections:
     """Connect to every node at once; a node that cannot be reached is recorded, not raised.
 
     ``cookie_for(node)`` gives each node's cookie (the same options apply to every node; a
-    local sandbox supplies its own). Errors other than kzbridge's own propagate.
+    local sandbox supplies its own). ``routes``: where each node is reached (wire.names.Routes;
+    default: where its name says). Errors other than kzbridge's own propagate.
     """
     from ..wire.node import connect_node
 
@@ -144,7 +151,8 @@ async def connect_all(
         raise UsageError("no nodes to connect to", setting="node")
 
     async def one(node: str) -> HiddenNode:
-        return await connect_node(node, cookie_for(node), timeout=timeout, ticktime=ticktime)
+        route = routes.route(node) if routes is not None else None
+        return await connect_node(node, cookie_for(node), timeout=timeout, ticktime=ticktime, route=route)
 
     results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
     conns = Connections(order=list(nodes))
@@ -168,6 +176,7 @@ async def each_node(
     deadline: float | None = None,
     on_done: Callable[[str, T | KzBridgeError], None] | None = None,
     ticktime: float = 60.0,
+    routes: Routes | None = None,
 ) -> tuple[Connections, dict[str, T | KzBridgeError]]:
     """Connect to every node at once and run ``work`` on each as soon as it is connected.
 
@@ -177,6 +186,7 @@ async def each_node(
     connect_all; ``deadline`` (seconds) bounds each node's connecting and work together, so a
     stalled node costs the others nothing: when it passes, that node's work is cancelled and it
     gets an RpcTimeoutError. ``on_done(node, result)`` is called as each node finishes.
+    ``routes``: where each node is reached, as in connect_all.
     Errors other than kzbridge's own propagate once every node has finished.
     """
     from ..errors import RpcTimeoutError
@@ -187,7 +197,8 @@ async def each_node(
     conns = Connections(order=list(nodes))
 
     async def connected(name: str) -> T:
-        node = await connect_node(name, cookie_for(name), timeout=timeout, ticktime=ticktime)
+        route = routes.route(name) if routes is not None else None
+        node = await connect_node(name, cookie_for(name), timeout=timeout, ticktime=ticktime, route=route)
         conns.nodes[name] = node
         return await work(node)
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-from ..errors import BadRpcError, ConnectionLostError, RpcTimeoutError
+from ..errors import BadRpcError, ConnectError, ConnectionLostError, RpcTimeoutError
 from . import epmd
 from .frames import TICK_FRAME, FrameReader, parse_message
+from .handshake import ClientHandshake
+from .names import Route
 from .rex import RpcResult, rpc_result
 from .session import ConnectPlan, RpcReply, call_name
 from .socket_errors import TIMEOUTS, describe, map_exceptions
@@ -28,27 +30,16 @@ from .terms import Atom
 class BlockingNode:
     """One connection, one caller, calls made one at a time: the blocking driver of a Session."""
 
-    def __init__(self, node: str, cookie: str, *, timeout: float = 10.0) -> None:
-        plan = ConnectPlan(node, cookie, timeout=timeout)
-        info = epmd.lookup_blocking(plan.name, plan.host, timeout=timeout)
-        with map_exceptions(plan.tcp_errors(info.port)):
-            self.sock = socket.create_connection((plan.host, info.port), timeout=plan.remaining())
-        try:
-            with map_exceptions(plan.handshake_errors()):
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                hs = plan.handshake(info, self.sock.getsockname()[0])
-                self.sock.sendall(hs.start())
-                while not hs.done:
-                    self.sock.settimeout(plan.remaining(0.05))
-                    data = self.sock.recv(65536)
-                    if not data:
-                        raise hs.connection_closed()
-                    out = hs.feed(data)
-                    if out:
-                        self.sock.sendall(out)
-        except BaseException:
-            self.sock.close()
-            raise
+    def __init__(self, node: str, cookie: str, *, timeout: float = 10.0, route: Route | None = None) -> None:
+        plan = ConnectPlan(node, cookie, timeout=timeout, route=route)
+        attempts = plan.attempts() or [epmd.lookup_blocking(plan.name, plan.host, timeout=timeout, port=plan.epmd_port)]
+        for i, info in enumerate(attempts):
+            try:
+                self.sock, hs = self._handshake(plan, info)
+                break
+            except ConnectError as exc:
+                if i + 1 == len(attempts) or not plan.retry_older(info, exc):
+                    raise
         assert hs.result is not None
         self.session = plan.session(hs.result)
         self.name = self.session.name
@@ -70,6 +61,29 @@ class BlockingNode:
         self._send_errors = map_exceptions(
             {OSError: lambda exc: ConnectionLostError(f"lost the connection to {self.peer_name}: {describe(exc)}")}
         )
+
+    @staticmethod
+    def _handshake(plan: ConnectPlan, info: epmd.NodeInfo) -> tuple[socket.socket, ClientHandshake]:
+        """One TCP connection to the node's port and the handshake on it."""
+        with map_exceptions(plan.tcp_errors(info.port)):
+            sock = socket.create_connection((plan.host, info.port), timeout=plan.remaining())
+        try:
+            with map_exceptions(plan.handshake_errors()):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                hs = plan.handshake(info, sock.getsockname()[0])
+                sock.sendall(hs.start())
+                while not hs.done:
+                    sock.settimeout(plan.remaining(0.05))
+                    data = sock.recv(65536)
+                    if not data:
+                        raise hs.connection_closed()
+                    out = hs.feed(data)
+                    if out:
+                        sock.sendall(out)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, hs
 
     def start_ticking(self, ticktime: float = 60.0) -> None:
         """Keep an idle connection alive: send a tick when nothing was sent for ticktime/4.

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from ..errors import ConnectionLostError, KzBridgeError, ProtocolError
+from ..errors import ConnectError, ConnectionLostError, KzBridgeError, ProtocolError
 from . import epmd
 from .frames import TICK_FRAME, DistMessage, FrameReader, parse_message
 from .handshake import ClientHandshake, HandshakeResult
+from .names import Route
 from .session import ConnectPlan, Session
 from .socket_errors import map_exceptions
 
@@ -285,10 +286,28 @@ async def open_connection(
     ticktime: float = DEFAULT_TICKTIME,
     name_prefix: str = "kzbridge",
     epmd_port: int | None = None,
+    route: Route | None = None,
 ) -> Connection:
-    """EPMD lookup, TCP connect, handshake (the steps of ConnectPlan). Each failure has its own error class."""
-    plan = ConnectPlan(node, cookie, timeout=timeout, name_prefix=name_prefix)
-    info = await epmd.lookup(plan.name, plan.host, timeout=timeout, port=epmd_port)
+    """EPMD lookup, TCP connect, handshake (the steps of ConnectPlan). Each failure has its own error class.
+
+    ``route`` says where the node is reached (names.Route: another host, a distribution port
+    without EPMD, EPMD's port); ``epmd_port`` alone is the older spelling of its EPMD port.
+    """
+    if epmd_port is not None and (route is None or route.epmd_port is None):
+        route = Route(route.host if route else None, route.port if route else None, epmd_port)
+    plan = ConnectPlan(node, cookie, timeout=timeout, name_prefix=name_prefix, route=route)
+    attempts = plan.attempts() or [await epmd.lookup(plan.name, plan.host, timeout=timeout, port=plan.epmd_port)]
+    for i, info in enumerate(attempts):
+        try:
+            return Connection(*await _handshake(plan, info), ticktime)
+        except ConnectError as exc:
+            if i + 1 == len(attempts) or not plan.retry_older(info, exc):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _handshake(plan: ConnectPlan, info: epmd.NodeInfo) -> tuple[DistProtocol, Session]:
+    """One TCP connection to the node's port and the handshake on it."""
     loop = asyncio.get_running_loop()
     with map_exceptions(plan.tcp_errors(info.port)):
         _, protocol = await asyncio.wait_for(
@@ -304,4 +323,4 @@ async def open_connection(
         if protocol.transport:
             protocol.transport.abort()
         raise
-    return Connection(protocol, plan.session(result), ticktime)
+    return protocol, plan.session(result)

@@ -17,13 +17,14 @@ from typing import Any
 from ..errors import ConnectionLostError, KzBridgeError, RpcTimeoutError
 from .connection import DEFAULT_TICKTIME, Connection, open_connection
 from .frames import DistMessage
+from .names import Route
 from .rex import RpcResult, rpc_result
 from .session import Deliver, Message, Output, RpcReply, lost_error
 from .terms import Atom, Pid, Reference
 
 log = logging.getLogger("kzbridge.wire")
 
-__all__ = ["DEFAULT_TICKTIME", "HiddenNode", "Mailbox", "RpcResult", "connect_node", "open_connection"]
+__all__ = ["DEFAULT_TICKTIME", "HiddenNode", "Mailbox", "Route", "RpcResult", "connect_node", "open_connection"]
 
 
 class Mailbox:
@@ -296,8 +297,14 @@ class HiddenNode:
 
 
 async def connect_node(
-    node: str, cookie: str, *, timeout: float = 10.0, ticktime: float = DEFAULT_TICKTIME, name_prefix: str = "kzbridge"
+    node: str,
+    cookie: str,
+    *,
+    timeout: float = 10.0,
+    ticktime: float = DEFAULT_TICKTIME,
+    name_prefix: str = "kzbridge",
+    route: Route | None = None,
 ) -> HiddenNode:
-    """Open a connection and wrap it in a HiddenNode."""
-    conn = await open_connection(node, cookie, timeout=timeout, ticktime=ticktime, name_prefix=name_prefix)
+    """Open a connection and wrap it in a HiddenNode; ``route``: where the node is reached (names.Route)."""
+    conn = await open_connection(node, cookie, timeout=timeout, ticktime=ticktime, name_prefix=name_prefix, route=route)
     return HiddenNode(conn)

@@ -78,9 +78,9 @@ from .frames import (
     DistMessage,
     build_message,
 )
-from .handshake import DFLAG_BIG_CREATION, DFLAG_SEND_SENDER, OUR_FLAGS, ClientHandshake, HandshakeResult
+from .handshake import DFLAG_BIG_CREATION, DFLAG_SEND_SENDER, OUR_FLAGS, ClientHandshake, HandshakeResult, State
 from .io_protocol import A_IO_REPLY, A_STD_ERROR, ApplyFailed, io_steps, is_io_request
-from .names import own_node_name, split_node_name
+from .names import Route, own_node_name, split_node_name
 from .rex import A_BADRPC, A_CALL, A_EXIT, A_GEN_CALL, A_NOPROC, A_REX
 from .socket_errors import TIMEOUTS, ExceptionMapping, describe
 from .terms import Atom, Pid, Reference
@@ -161,52 +161,90 @@ class _IoRequest(NamedTuple):
 class ConnectPlan:
     """The connect setup, decided without I/O; each driver walks it with its own sockets.
 
-    plan = ConnectPlan(node, cookie, timeout=10)      # UsageError for an empty cookie or bad name
-    info = <EPMD lookup of plan.name on plan.host>
-    with map_exceptions(plan.tcp_errors(info.port)):
-        <TCP connect to (plan.host, info.port) within plan.remaining()>
-    hs = plan.handshake(info, local_ip)
-    with map_exceptions(plan.handshake_errors()):
-        <send hs.start(); feed hs what arrives and send what it returns, until hs.done>
+    plan = ConnectPlan(node, cookie, timeout=10, route=Route(...))  # UsageError for an empty cookie or bad name
+    for info in plan.attempts() or [<EPMD lookup of plan.name on plan.host, port plan.epmd_port>]:
+        with map_exceptions(plan.tcp_errors(info.port)):
+            <TCP connect to (plan.host, info.port) within plan.remaining()>
+        hs = plan.handshake(info, local_ip)
+        with map_exceptions(plan.handshake_errors()):
+            <send hs.start(); feed hs what arrives and send what it returns, until hs.done>
+        <on an error: try the next attempt only if plan.retry_older(info, error)>
     session = plan.session(hs.result)
+
+    ``plan.host`` is where we connect: the route's host when one is given, else the host in
+    the node's name; ``plan.name_host`` is always the latter (it decides our name's form).
+    With a distribution port in the route, EPMD is not asked: ``attempts()`` lists the
+    handshakes to try on that port (see there).
     """
 
-    def __init__(self, node: str, cookie: str, *, timeout: float, name_prefix: str = "kzbridge") -> None:
+    def __init__(
+        self, node: str, cookie: str, *, timeout: float, name_prefix: str = "kzbridge", route: Route | None = None
+    ) -> None:
         if not cookie:
             raise UsageError(
                 "empty cookie", hint="give the node's cookie, or create ~/.erlang.cookie", setting="cookie"
             )
         self.node = node
-        self.name, self.host = split_node_name(node)
+        self.name, self.name_host = split_node_name(node)
+        self.route = route or Route()
+        self.host = self.route.host or self.name_host
+        self.epmd_port = self.route.epmd_port
         self.cookie = cookie
         self.timeout = timeout
         self.name_prefix = name_prefix
         self.deadline = time.monotonic() + timeout
         self.creation = int.from_bytes(os.urandom(4), "big") | 4
         self.own_name = ""
+        self.current: ClientHandshake | None = None  # the latest attempt's handshake
 
     def remaining(self, floor: float = 0.1) -> float:
         """Seconds left of the timeout, at least ``floor``."""
         return max(floor, self.deadline - time.monotonic())
 
+    def attempts(self) -> list[NodeInfo]:
+        """With a distribution port in the route (no EPMD to say which handshake the node speaks):
+        the new handshake (OTP 23+; OTP 25.0-25.2 take nothing else), then the old one with the
+        OTP 23 flag (OTP 18-22; newer nodes answer it too). Without a port: none, ask EPMD."""
+        port = self.route.port
+        if port is None:
+            return []
+        return [NodeInfo(self.name, port, 72, 0, 6, 5), NodeInfo(self.name, port, 72, 0, 5, 5)]
+
+    def retry_older(self, info: NodeInfo, exc: BaseException) -> bool:
+        """After a failed attempt on a given port: try the old handshake? Only when the node closed
+        (or reset) the connection on our new-style name without a word, what a node older than
+        OTP 23 does; not after a timeout, a status or anything later in the handshake."""
+        hs = self.current
+        return (
+            self.route.port is not None
+            and isinstance(exc, ConnectError)
+            and not isinstance(exc, HandshakeTimeoutError)
+            and info.highest >= 6
+            and hs is not None
+            and hs.state is State.AWAIT_STATUS
+            and self.deadline - time.monotonic() > 0.05
+        )
+
     def handshake(self, info: NodeInfo, local_ip: str) -> ClientHandshake:
         """Our name for this connection and the handshake, opened with the highest version EPMD reports."""
-        self.own_name = own_node_name(self.host, local_ip, self.name_prefix)
+        self.own_name = own_node_name(self.name_host, local_ip, self.name_prefix)
         version = 6 if info.highest >= 6 else 5
-        return ClientHandshake(
+        self.current = ClientHandshake(
             self.own_name, self.cookie, peer_version=version, creation=self.creation, flags=OUR_FLAGS
         )
+        return self.current
 
     def tcp_errors(self, port: int) -> ExceptionMapping:
         """How a failed TCP connect to the distribution port reads."""
+        where = f"{self.host}:{port}" if self.route.host else f"port {port}"
         return {
             TIMEOUTS: lambda exc: HandshakeTimeoutError(
-                f"{self.node}: TCP connect to port {port} timed out after {self.timeout:g}s",
+                f"{self.node}: TCP connect to {where} timed out after {self.timeout:g}s",
                 hint="a firewall may block the node's distribution port",
                 setting="timeout",
             ),
             OSError: lambda exc: HostUnreachableError(
-                f"{self.node}: cannot connect to distribution port {port}: {describe(exc)}",
+                f"{self.node}: cannot connect to distribution port {where}: {describe(exc)}",
                 hint="a firewall may block the node's distribution port range",
                 setting="address",
             ),
