@@ -9,6 +9,7 @@ kz_data_tracing) started with ``-sname kzbw_XXXX@kzbw-unresolvable-XXXX``: a con
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -306,6 +307,17 @@ def test_cluster_with_a_per_node_address(unresolvable: UnresolvableNode, sandbox
     assert run.returncode == 0, run.stderr
     assert "2 of 2 nodes collected" in run.stderr
     assert (out / f"{unresolvable.node}.log").read_text().count("get_value") > 0
+
+
+def test_detached_commands_on_several_nodes_take_a_per_node_address(
+    unresolvable: UnresolvableNode, sandbox_gen2: Any
+) -> None:
+    both = ["-n", sandbox_gen2.node, "-n", unresolvable.node, "-c", unresolvable.cookie]
+    without = kzb("status", *both)
+    assert without.returncode == 3 and "NO ANSWER" in without.stdout, without.stdout + without.stderr
+    res = kzb("status", *both, "--address", f"{unresolvable.node}=127.0.0.1", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [n["answered"] for n in json.loads(res.stdout)["nodes"]] == [True, True]
 
 
 # --------------------------------------------------------------------- wait
