@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import (
-    BadFilterError,
     KzBridgeError,
     UsageError,
 )
@@ -46,6 +45,8 @@ from .targets import (
     no_answer,
     node_json,
     nodes_flags,
+    nodes_json,
+    pid_owner_only,
     resolve_nodes,
     run_on_nodes,
     say,
@@ -91,21 +92,12 @@ def keeps_partial_on_interrupt(locals_: Callable[[], list[str]], on_terminal: bo
 def _start_targets(t: Targets, pid: str | None) -> tuple[Targets, str | None]:
     """A pid belongs to one node: with several nodes only <name@host.A.B> is taken, and only that node
     is traced (as trace-pid does); a pid written so is given to the node as its own <0.A.B>."""
-    from ..kazoo.cluster import parse_node_list
-
     if not pid:
         return t, pid
+    narrowed = pid_owner_only(pid, t.given, t.several)
+    if narrowed is not None:
+        t = t.only(narrowed)
     owner, local = flt.pid_owner(pid)
-    if t.several:
-        if owner is None:
-            raise UsageError(
-                "a pid belongs to one node: with several nodes write it as <name@host.A.B>, as kzbridge prints pids",
-                setting="node",
-            )
-        given = parse_node_list(t.given)
-        if given and owner not in given:
-            raise BadFilterError(f"{pid} is a process of {owner}, which is not among the nodes given")
-        t = t.only(owner)
     if owner is None:
         return t, pid
     flt.pid_filter(pid, node=t.one())  # refuses a process of another node
@@ -425,14 +417,7 @@ def _stop_progress(node: str, result: list[dict[str, Any]] | KzBridgeError) -> N
 
 def _render_stopped(results: dict[str, list[dict[str, Any]] | KzBridgeError], as_json: bool) -> None:
     if as_json:
-        emit_json(
-            {
-                "nodes": [
-                    {**node_json(n, r), "stopped": [] if isinstance(r, KzBridgeError) else r}
-                    for n, r in results.items()
-                ]
-            }
-        )
+        emit_json(nodes_json(results, "stopped", lambda r: r))
     else:
         width = max(len(n) for n in results)
         for n, r in results.items():
@@ -597,18 +582,7 @@ def _orphans_table(
     text: Callable[[str], str],
 ) -> None:
     if as_json:
-        emit_json(
-            {
-                "source": source,
-                "nodes": [
-                    {
-                        **node_json(n, r),
-                        "orphans": [] if isinstance(r, KzBridgeError) else [{"sink": s, "file": f} for s, f in r],
-                    }
-                    for n, r in results.items()
-                ],
-            }
-        )
+        emit_json(nodes_json(results, "orphans", lambda r: [{"sink": s, "file": f} for s, f in r], source=source))
     else:
         width = max(len(n) for n in results)
         for n, r in results.items():
@@ -717,14 +691,7 @@ def _report_failures(results: dict[str, Any]) -> None:
 
 def _cleared(results: dict[str, list[str] | KzBridgeError], source: str, as_json: bool) -> None:
     if as_json:
-        emit_json(
-            {
-                "nodes": [
-                    {**node_json(n, r), "stopped": [] if isinstance(r, KzBridgeError) else r}
-                    for n, r in results.items()
-                ]
-            }
-        )
+        emit_json(nodes_json(results, "stopped", lambda r: r))
     else:
         width = max(len(n) for n in results)
         for n, r in results.items():

@@ -218,3 +218,35 @@ def failure_row(node: str, width: int, exc: KzBridgeError) -> str:
 
 def nodes_flags(nodes: list[str]) -> str:
     return " ".join(f"-n {n}" for n in nodes)
+
+
+def pid_owner_only(pid: str, given: tuple[str, ...], several: bool) -> str | None:
+    """A pid belongs to one node: with several nodes it must be written <name@host.A.B>, and that
+    node (one of those given) is the only one to work on; its name is returned (None: no narrowing)."""
+    from ..errors import BadFilterError
+    from ..kazoo import filters as flt
+    from ..kazoo.cluster import parse_node_list
+
+    owner, _ = flt.pid_owner(pid)
+    if not several:
+        return None
+    if owner is None:
+        raise UsageError(
+            "a pid belongs to one node: with several nodes write it as <name@host.A.B>, as kzbridge prints pids",
+            setting="node",
+        )
+    nodes = parse_node_list(given)
+    if nodes and owner not in nodes:
+        raise BadFilterError(f"{pid} is a process of {owner}, which is not among the nodes given")
+    return owner
+
+
+def nodes_json(results: dict[str, Any], field: str, value: Callable[[Any], Any], **top: Any) -> dict[str, Any]:
+    """{"nodes": [...]} for --json over several nodes: each node's entry (node_json) with ``field``
+    set to ``value(result)`` (``value([])`` for a node that failed), plus ``top`` keys first."""
+    return {
+        **top,
+        "nodes": [
+            {**node_json(n, r), field: value([] if isinstance(r, KzBridgeError) else r)} for n, r in results.items()
+        ],
+    }

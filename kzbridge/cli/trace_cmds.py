@@ -305,19 +305,11 @@ def trace_pid(pid: str, **kw: Any) -> None:
     A pid belongs to one node: with several nodes, write it as kzbridge prints it,
     <name@host.A.B>, and only that node is traced.
     """
-    from ..kazoo.cluster import parse_node_list
+    from .targets import pid_owner_only
 
     opts = TraceOptions(**kw)
-    owner, _ = flt.pid_owner(pid)
-    if opts.several:
-        if owner is None:
-            raise UsageError(
-                "a pid belongs to one node: with several nodes write it as <name@host.A.B>, as kzbridge prints pids",
-                setting="node",
-            )
-        given = parse_node_list(opts.node)
-        if given and owner not in given:
-            raise BadFilterError(f"{pid} is a process of {owner}, which is not among the nodes given")
+    owner = pid_owner_only(pid, opts.node, opts.several)
+    if owner is not None:
         opts = replace(opts, node=(owner,), cluster_seed=None, exclude=())
     run_trace_command(flt.pid_filter(pid, node=opts.one_node()), opts)
 
