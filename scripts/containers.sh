@@ -24,7 +24,7 @@
 # KZBRIDGE_CONTAINERS_REPORT=FILE also writes the outcome as JSON (tests/test_containers.py).
 # Images built stay in podman's local storage (the next run reuses their layers).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 PODMAN_COMPOSE_VERSION=1.6.0
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
@@ -82,6 +82,10 @@ timed() {  # timed NAME COMMAND...
 
 [ "$(id -u)" = 0 ] || finish FAILED "the container lane runs as root (rootful podman, apt-get)"
 
+# One lane at a time on a machine: the leftover check compares the whole machine with before.
+exec 9> /run/lock/kzbridge-containers.lock
+flock -w 900 9 || finish FAILED "another container lane held /run/lock/kzbridge-containers.lock for 900s"
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/kzbridge-containers.XXXXXX")
 chmod 755 "$work"
 trap 'rm -rf "$work"' EXIT
@@ -95,7 +99,9 @@ install_packages() {
   [ -n "$missing" ] || return 0
   say "installing from Debian:$missing"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing > "$work/apt.log" 2>&1 \
+  # shellcheck disable=SC2086  # one word per package
+  apt-get -o DPkg::Lock::Timeout=300 update -qq \
+    && apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $missing > "$work/apt.log" 2>&1 \
     || { tail -20 "$work/apt.log" >&2; return 1; }
 }
 install_compose() {
@@ -124,7 +130,7 @@ host_sources() {  # the host's Debian sources, as apt resolves them, for bookwor
   mkdir -p "$work/lists/partial"
   apt-get indextargets -o Dir::State::Lists="$work/lists" --no-release-info \
       --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Created-By: Packages' 'Target-Of: deb' \
-    | sort -u | CODENAME=$codename python3 -c '
+    | CODENAME=$codename python3 -c '
 import os, re, sys
 codename = os.environ["CODENAME"]
 names = "|".join(re.escape(n) for n in (codename, "stable") if n)
@@ -134,7 +140,8 @@ for line in sys.stdin:
     m = re.fullmatch(rf"(?:{names})(-updates|-security|/updates)?", suite)
     if component != "main" or not names or not m:
         continue
-    entry = f"deb {uri} bookworm{(m.group(1) or \"\").replace(\"/updates\", \"-security\")} main"
+    pocket = {None: "", "/updates": "-security"}.get(m.group(1), m.group(1))
+    entry = f"deb {uri} bookworm{pocket} main"
     if entry not in seen:
         seen.append(entry)
 print("\n".join(seen))
@@ -150,11 +157,13 @@ build_base_image() {
   say "mmdebstrap from this host's apt sources: $(paste -sd ';' "$work/host-sources.list")"
   grep -q ' https://' "$work/host-sources.list" && set -- --include=ca-certificates
   t0=$(date +%s.%N)
-  # Like the official slim image: no documentation, manual pages or translations.
-  mmdebstrap --quiet --variant=minbase --mode=root --format=tar "$@" \
+  # Like the official slim image: no documentation, manual pages or translations; dpkg
+  # without fsync and apt without translation indexes (in the image's builds too).
+  mmdebstrap --quiet --variant=minbase --mode=root --format=tar "$@" --dpkgopt=force-unsafe-io \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --customize-hook='printf "Acquire::Languages \"none\";\n" > "$1/etc/apt/apt.conf.d/docker-no-languages"' \
       bookworm "$work/base.tar" "$work/host-sources.list" 2> "$work/mmdebstrap.log" \
     || { tail -20 "$work/mmdebstrap.log" >&2; return 1; }
   record mmdebstrap "$(elapsed "$t0")"
@@ -326,8 +335,8 @@ for _ in $(seq 20); do
   ps -eo args= | grep -E 'aardvark-dns|conmon|kazoo_apps@kazoo|netavark|buildah' | grep -v grep | sort > "$work/after/processes"
 done
 [ -z "$extra" ] || left "processes: $(echo "$extra" | paste -sd ';' | cut -c1-300)"
-zombies=$(comm -13 <(sort "$work/before/processes") <(sort "$work/after/processes") | grep -c '<defunct>$')
-[ "$zombies" -eq 0 ] || say "$zombies exited process(es) not reaped yet by init (nothing running): $(grep '<defunct>$' "$work/after/processes" | paste -sd ' ')"
+zombies=$(comm -13 <(sort "$work/before/processes") <(sort "$work/after/processes") | grep '<defunct>$')
+[ -z "$zombies" ] || say "exited, not yet reaped by init (nothing runs): $(echo "$zombies" | paste -sd ' ')"
 for p in "$epmd_port" "$dist_min" "$dist_max"; do
   python3 -c 'import socket,sys; s=socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.close()' "$p" 2>/dev/null \
     || left "port $p still bound"

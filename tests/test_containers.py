@@ -81,7 +81,8 @@ def test_compose_stack_builds_runs_traces_and_leaves_nothing_under_podman(tmp_pa
     assert outcome["leftovers"] == []
     project = outcome["project"]
     assert project.startswith("kzbridge-lane-")
-    assert podman_lines("ps", "-a", "--external", "--filter", f"label=io.podman.compose.project={project}") == []
+    label = f"label=io.podman.compose.project={project}"
+    assert podman_lines("ps", "-a", "--external", "--filter", label, "--format", "{{.ID}}") == []
     assert podman_lines("pod", "ls", "--filter", f"name={project}", "--format", "{{.Name}}") == []
     assert podman_lines("network", "ls", "--filter", f"name={project}", "--format", "{{.Name}}") == []
     with open("/etc/hosts", "rb") as f:

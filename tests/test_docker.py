@@ -147,3 +147,37 @@ def test_start_script_refuses_a_missing_cookie():
         timeout=30,
     )
     assert res.returncode != 0 and "ERLANG_COOKIE" in res.stderr
+
+
+def test_ci_example_workflow_runs_the_steps_of_the_script_the_lane_runs():
+    """examples/ci/github-actions.yml cannot run here; compose-ci.sh (which the container lane
+    runs) can. The workflow must do what the script does, and keep the traces whatever happens."""
+    workflow = yaml.safe_load((ROOT / "examples/ci/github-actions.yml").read_text())
+    steps = workflow["jobs"]["integration"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    script = (ROOT / "examples/ci/compose-ci.sh").read_text()
+
+    def index(text: str) -> int:
+        found = [i for i, run in enumerate(runs) if text in run]
+        assert found, f"the workflow has no step running {text!r}"
+        return found[0]
+
+    order = [
+        index("compose --profile tools build kazoo kzbridge"),
+        index("compose up -d kazoo"),
+        index("kzbridge wait --node"),
+        index("trace-module kz_json --node"),
+        index("run --rm --no-deps -T kzbridge trace-module kz_json"),
+        index("--kazoo-node"),
+    ]
+    assert order == sorted(order), "build, up, wait, traces, pytest: in the script's order"
+    for text in ("--profile tools build kazoo kzbridge", "up -d kazoo", "run --rm --no-deps -T kzbridge",
+                 "--kazoo-node", "--kazoo-trace-dir", "down -v -t 10 --remove-orphans"):  # fmt: skip
+        assert text in script, f"compose-ci.sh lost {text!r}"
+    assert "--kazoo-trace-dir" in runs[index("--kazoo-node")]
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
+    down = steps[index("compose down -v")]
+    assert upload["if"] == "always()" and down["if"] == "always()", "traces kept and stack down even on failure"
+    assert upload["with"]["path"].rstrip("/") == "kzbridge-traces"
+    assert workflow["jobs"]["integration"]["env"]["TRACE_DIR"].endswith("/kzbridge-traces")
+    assert any("::add-mask::" in run for run in runs), "the cookie is masked in the job's log"

@@ -2,7 +2,7 @@
 # A CI job against the compose stack, as a plain script (github-actions.yml beside it runs the
 # same steps; kzbridge's own CI runs this very script under podman: scripts/containers.sh).
 #
-#   build-kazoo, build-tools  the fixture node's image and the kzbridge tools image
+#   build      the fixture node's image and the kzbridge tools image (in parallel)
 #   up         the kazoo service, detached
 #   wait       until kazoo_apps@kazoo answers and kz_data_tracing is registered
 #   trace-host kzbridge trace-module kz_json from this machine, through the published ports
@@ -117,11 +117,8 @@ kz() {
 }
 
 # ---------------------------------------------------------------- the steps
-do_build_kazoo() {
-  compose build kazoo
-}
-do_build_tools() {
-  compose --profile tools build kzbridge
+do_build() {  # both images, built in parallel by compose
+  compose --profile tools build kazoo kzbridge
 }
 
 do_up() {
@@ -219,8 +216,7 @@ trap 'teardown; trap - EXIT; [ -z "$failed" ] || { say "failed:$failed"; exit 1;
 trap 'exit 130' INT TERM
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-  step build-kazoo do_build_kazoo || exit 1
-  step build-tools do_build_tools || exit 1
+  step build do_build || exit 1
 fi
 step up do_up || exit 1
 step wait do_wait || exit 1
