@@ -84,7 +84,7 @@ timed() {  # timed NAME COMMAND...
 
 # One lane at a time on a machine: the leftover check compares the whole machine with before.
 exec 9> /run/lock/kzbridge-containers.lock
-flock -w 900 9 || finish FAILED "another container lane held /run/lock/kzbridge-containers.lock for 900s"
+flock -w 300 9 || finish FAILED "another container lane held /run/lock/kzbridge-containers.lock for 300s"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kzbridge-containers.XXXXXX")
 chmod 755 "$work"
