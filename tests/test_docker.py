@@ -175,6 +175,10 @@ def test_ci_example_workflow_runs_the_steps_of_the_script_the_lane_runs():
                  "--kazoo-node", "--kazoo-trace-dir", "down -v -t 10 --remove-orphans"):  # fmt: skip
         assert text in script, f"compose-ci.sh lost {text!r}"
     assert "--kazoo-trace-dir" in runs[index("--kazoo-node")]
+    # Neither touches /etc/hosts: the node is reached at 127.0.0.1 under its real name.
+    assert "--kazoo-address 127.0.0.1" in runs[index("--kazoo-node")] and "--kazoo-address 127.0.0.1" in script
+    assert "--address 127.0.0.1" in runs[index("kzbridge wait --node")] and '--address 127.0.0.1 "$@"' in script
+    assert "/etc/hosts" not in "".join(runs)
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
     down = steps[index("compose down -v")]
     assert upload["if"] == "always()" and down["if"] == "always()", "traces kept and stack down even on failure"

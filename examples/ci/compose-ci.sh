@@ -28,12 +28,9 @@
 #   TRACE_SECONDS      length of each smoke trace (default 3)
 #   SKIP_BUILD=1       use images built before (e.g. by a cached CI step)
 #
-# The node is kazoo_apps@kazoo, and `kazoo` must reach the published ports from this machine.
-# With a kzbridge that has --address, the CLI steps say `--address 127.0.0.1`. Otherwise, and
-# for pytest, the name has to resolve: when it does not, and this runs as root, each host-side
-# command runs in a private mount namespace whose /etc/hosts is a copy of this machine's plus
-# "127.0.0.1 kazoo"; the machine's /etc/hosts is never written. Elsewhere (a GitHub runner),
-# add the line yourself (the workflow does, with sudo, on its throw-away VM).
+# The node is kazoo_apps@kazoo. The host needs no /etc/hosts line: kzbridge connects to
+# 127.0.0.1 (--address, and --kazoo-address for the pytest plugin) and still handshakes with
+# the node's real name; EPMD is found on the published port (ERL_EPMD_PORT).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -76,44 +73,11 @@ step() {  # step NAME COMMAND...: run it, time it, remember a failure
   return "$rc"
 }
 
-# ---------------------------------------------------------------- reaching kazoo from here
-hosts_copy=""
-resolves_here() {
-  "$PYTHON" - <<'EOF'
-import socket, sys
-try:
-    sys.exit(0 if socket.gethostbyname("kazoo").startswith("127.") else 1)
-except OSError:
-    sys.exit(1)
-EOF
-}
-if ! resolves_here; then
-  if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null 2>&1; then
-    hosts_copy=$(mktemp "${TMPDIR:-/tmp}/kzbridge-hosts.XXXXXX")
-    { cat /etc/hosts; echo "127.0.0.1 kazoo"; } > "$hosts_copy"
-    chmod 644 "$hosts_copy"
-    say "kazoo does not resolve here: host-side commands run with a private /etc/hosts ($hosts_copy)"
-  else
-    say "kazoo does not resolve to this machine: add '127.0.0.1 kazoo' to /etc/hosts (or run as root)" >&2
-    exit 2
-  fi
-fi
-on_host() {  # run a host-side command where kazoo resolves to the published ports
-  if [ -n "$hosts_copy" ]; then
-    unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$hosts_copy" "$@"
-  else
-    "$@"
-  fi
-}
-# kzbridge CLI steps: --address when this kzbridge has it (no name resolution needed at all).
+# kzbridge CLI steps, from this machine through the published ports.
 kz() {
   sub=$1
   shift
-  if "$KZBRIDGE" "$sub" --help 2>/dev/null | grep -q -- '--address'; then
-    "$KZBRIDGE" "$sub" --address 127.0.0.1 "$@"
-  else
-    on_host "$KZBRIDGE" "$sub" "$@"
-  fi
+  "$KZBRIDGE" "$sub" --address 127.0.0.1 "$@"
 }
 
 # ---------------------------------------------------------------- the steps
@@ -125,40 +89,8 @@ do_up() {
   compose up -d kazoo
 }
 
-# `kzbridge wait` when this kzbridge has it; otherwise the same check through the Python API.
-wait_poll() {
-  on_host "$PYTHON" - "$NODE" "$WAIT_TIMEOUT" <<'EOF'
-import sys, time
-import kzbridge
-from kzbridge import Atom
-
-node, limit = sys.argv[1], float(sys.argv[2])
-deadline = time.monotonic() + limit
-last = "no answer"
-while True:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        print(f"compose-ci: {node} not ready after {limit:.0f}s: {last}", file=sys.stderr)
-        sys.exit(3)
-    try:
-        with kzbridge.connect_sync(node, timeout=min(5.0, max(left, 0.5))) as n:
-            pid = n.rpc("erlang", "whereis", [Atom("kz_data_tracing")], timeout=min(5.0, max(left, 0.5)))
-            if pid != Atom("undefined"):
-                print(f"{node} answers and kz_data_tracing is registered ({pid})")
-                sys.exit(0)
-            last = "kz_data_tracing is not registered yet"
-    except kzbridge.KzBridgeError as exc:
-        last = str(exc)
-    time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
-EOF
-}
 do_wait() {
-  if "$KZBRIDGE" wait --help >/dev/null 2>&1; then
-    kz wait --node "$NODE" --timeout "$WAIT_TIMEOUT"
-  else
-    say "this kzbridge has no 'wait' command: polling through its Python API"
-    wait_poll
-  fi
+  kz wait --node "$NODE" --timeout "$WAIT_TIMEOUT"
 }
 
 check_trace() {  # check_trace JSON_FILE LOCAL_FILE: lines came back, verified, and are on disk
@@ -183,25 +115,18 @@ do_trace_host() {
 
 do_trace_tools() {
   rm -f "$TRACE_DIR/tools-kz_json.log"
-  # The image's kzbridge waits too when it can (compose's depends_on only orders starts).
-  if compose --profile tools run --rm --no-deps -T kzbridge wait --help >/dev/null 2>&1; then
-    compose --profile tools run --rm --no-deps -T kzbridge wait --timeout "$WAIT_TIMEOUT" || return 1
-  fi
+  # The image's kzbridge waits too (compose's depends_on only orders starts).
+  compose --profile tools run --rm --no-deps -T kzbridge wait --timeout "$WAIT_TIMEOUT" || return 1
   compose --profile tools run --rm --no-deps -T kzbridge trace-module kz_json --duration "$TRACE_SECONDS" \
     --json -o /traces/tools-kz_json.log > "$TRACE_DIR/tools-kz_json.json" \
     && check_trace "$TRACE_DIR/tools-kz_json.json" "$TRACE_DIR/tools-kz_json.log"
 }
 
 do_pytest() {
-  set -- --kazoo-node "$NODE" -p no:cacheprovider --junitxml "$TRACE_DIR/pytest-junit.xml"
-  # --kazoo-trace-dir: each test's trace file, kept for the artifact (plugins that have it).
-  if "$PYTHON" -m pytest --help 2>/dev/null | grep -q -- '--kazoo-trace-dir'; then
-    set -- "$@" --kazoo-trace-dir "$TRACE_DIR/pytest"
-  else
-    say "this kzbridge's pytest plugin has no --kazoo-trace-dir: per-test traces are not kept"
-  fi
+  # --kazoo-trace-dir: each failing test's trace file, kept for the artifact.
   # shellcheck disable=SC2086  # TESTS may name several paths
-  on_host "$PYTHON" -m pytest "$@" $TESTS
+  "$PYTHON" -m pytest --kazoo-node "$NODE" --kazoo-address 127.0.0.1 --kazoo-epmd-port "$KZBRIDGE_EPMD_PORT" \
+    --kazoo-trace-dir "$TRACE_DIR/pytest" -p no:cacheprovider --junitxml "$TRACE_DIR/pytest-junit.xml" $TESTS
 }
 
 do_down() {
@@ -210,7 +135,6 @@ do_down() {
 }
 teardown() {
   step down do_down
-  [ -z "$hosts_copy" ] || rm -f "$hosts_copy"
 }
 trap 'teardown; trap - EXIT; [ -z "$failed" ] || { say "failed:$failed"; exit 1; }' EXIT
 trap 'exit 130' INT TERM
