@@ -48,6 +48,7 @@ from .logparse import LogRecord
 DATA_SINK = flt.DATA_SINK
 LAGER_SINK = flt.LAGER_SINK
 DEFAULT_LEASE = flt.DEFAULT_LEASE
+LAPSE_SEEN_WITHIN = 5.0  # s: a handler gone this long after a late renewal was not removed by that lapse
 
 
 def _kazoo_format(app: str, module: str, function: str) -> list[Any]:
@@ -159,6 +160,44 @@ class Trace:
     timeout: float = CALL_TIMEOUT  # bounds each remote call this trace makes (stop, lease renewals)
     format_list: list[Any] | None = None  # the format it was started with, when known
     own_file: bool = False  # the file name is kzbridge's own random one (no other trace writes it)
+    # The lease as this client knows it (monotonic times): the earliest moment the node's lease
+    # timer can fire (its arming was sent at _lease_sent; a replaced timer counts until cancelled),
+    # a renewal in flight since _renewing_since, and what was seen when a renewal came too late.
+    lease_expires: float | None = None
+    _lease_sent: float | None = None
+    _renewing_since: float | None = None
+    _lapse: tuple[float, str] | None = None
+
+    def lease_armed(self, sent: float, seconds: float) -> None:
+        """A lease timer whose arming was sent at ``sent`` (monotonic) is now the only one on the node."""
+        self._lease_sent, self.lease_expires = sent, sent + seconds
+
+    def lease_lapsed(self, now: float | None = None) -> str | None:
+        """Why the node's own lease can have stopped this trace, or None when it cannot have.
+
+        A lease timer fires no earlier than its arming was sent plus its length; a handler that
+        went before that moment was removed by someone else. Past it, the reason is what kept the
+        lease from being renewed: failed renewals, one unanswered, or none sent at all. A renewal
+        sent after that moment (this process was paused) is remembered for LAPSE_SEEN_WITHIN
+        seconds: the node's reader reports a removed handler within about one.
+        """
+        now = time.monotonic() if now is None else now
+        if self._lapse is not None and now - self._lapse[0] <= LAPSE_SEEN_WITHIN:
+            return self._lapse[1]
+        return self._lapsed_now(now)
+
+    def _lapsed_now(self, now: float) -> str | None:
+        if self.lease_expires is None or now < self.lease_expires:
+            return None
+        if self.keeper_error is not None:
+            return f"lease renewals failed: {self.keeper_error.message}"
+        if self._renewing_since is not None:
+            return f"a lease renewal was unanswered for {now - self._renewing_since:.1f} s"
+        since = now - (self._lease_sent if self._lease_sent is not None else self.lease_expires - self.lease)
+        return (
+            f"the lease was not renewed for {since:.1f} s, longer than its {self.lease:g} s "
+            "(kzbridge was paused or too busy)"
+        )
 
     @property
     def node_name(self) -> str:
@@ -167,14 +206,24 @@ class Trace:
     async def renew_lease(self, seconds: float | None = None) -> None:
         """Arm a fresh lease, then cancel the old one (no gap in between)."""
         old = self._tref
-        self._tref = await _arm_lease(
-            self.node,
-            seconds or self.lease,
-            self.ref if self.sink == DATA_SINK else None,
-            self.remote_path,
-            self.lager_trace,
-            self.timeout,
-        )
+        sent = time.monotonic()
+        lapsed = self._lapsed_now(sent)
+        if lapsed is not None:
+            # Renewing after the old lease ran out (this process was paused, or its loop starved):
+            # that lease may have stopped the trace already; remember why, for the summary.
+            self._lapse = (sent, lapsed)
+        self._renewing_since = sent
+        try:
+            self._tref = await _arm_lease(
+                self.node,
+                seconds or self.lease,
+                self.ref if self.sink == DATA_SINK else None,
+                self.remote_path,
+                self.lager_trace,
+                self.timeout,
+            )
+        finally:
+            self._renewing_since = None
         self.lease_renewals += 1
         try:
             journal.extend_lease(
@@ -184,6 +233,8 @@ class Trace:
             self._journal_warning(exc)
         if old is not None:
             await self.node.rpc("timer", "cancel", [old], timeout=self.timeout)
+        # Only now: until the old timer is cancelled, it may fire first.
+        self.lease_armed(sent, seconds or self.lease)
 
     def _journal_warning(self, exc: LocalFileError) -> None:
         text = f"{exc.message}; status and stop from other processes may not see trace {self.ref}"
@@ -382,6 +433,7 @@ async def start_trace(
     await _claim_path(node, path)
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
+    armed = time.monotonic()
     try:
         tref = await _arm_lease(node, lease, None, path, None, timeout)
     except BaseException:
@@ -420,6 +472,7 @@ async def start_trace(
         raise
     trace = Trace(node, ref, path, generation, sink, checked, level, lease, lager_trace, warnings)
     trace._tref = tref
+    trace.lease_armed(armed, lease)
     trace.timeout = timeout
     trace.format_list = fmt
     trace.own_file = remote_path is None
