@@ -41,6 +41,7 @@ from ..wire.literal import format_term
 from ..wire.node import HiddenNode
 from ..wire.terms import Atom, ErlString
 from . import filters as flt
+from . import governor as gov
 from . import journal, programs
 from .collect import CollectResult, collect_file
 from .logparse import LogRecord
@@ -384,11 +385,17 @@ async def start_trace(
     lease: float = DEFAULT_LEASE,
     detached: bool = False,
     timeout: float = CALL_TIMEOUT,
+    max_rate: float | None = flt.DEFAULT_MAX_RATE,
+    governor: bool = True,
 ) -> Trace:
     """Validate, arm the lease, start the trace; the returned Trace holds the ref.
 
     ``lease`` is checked against limits.RANGES (finite, at most a week: the node's timer
     takes no more); ``timeout`` bounds each remote call, here and later on the Trace.
+    A ``detached`` trace gets the node-side governor (governor.guard_detached: refuses to start on
+    an overloaded sink, stops the trace past ``max_rate`` events/s or when the sink goes
+    synchronous); ``governor=False`` turns it off, with a warning. A trace that is followed is
+    governed by its TraceSession instead.
     """
     checked = flt.validate(filter_list)
     level_atom = flt.validate_level(level)
@@ -427,6 +434,8 @@ async def start_trace(
                 "or trace the lager_event sink",
                 setting="sink",
             )
+    if detached:
+        warnings += await _before_detached(node, sink, max_rate, governor)
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
     # The file is ours alone: refused when it exists or a lager handler writes it, else created
     # exclusively (two clients racing for one path see one winner).
@@ -507,7 +516,47 @@ async def start_trace(
         trace.lease_renewals = 0
     if not detached:
         trace.keep_alive()
+    elif governor:
+        await _guard_detached(trace, max_rate)
     return trace
+
+
+async def _before_detached(node: HiddenNode, sink: str, max_rate: float | None, governor: bool) -> list[TraceWarning]:
+    """Before a detached trace starts: the governor's preflight (NodeBusyError on a busy sink), or its warning."""
+    gov.check_max_rate(max_rate)
+    if not governor:
+        return [TraceWarning(gov.GOVERNOR_OFF_DETACHED, setting="governor")]
+    await gov.preflight(node, sink)
+    return []
+
+
+async def _guard_detached(trace: Trace, max_rate: float | None) -> None:
+    """Start the node-side governor of a just-started detached trace, for what is left of its lease.
+
+    A detached trace runs governed or not at all: when the governor cannot be started, the
+    trace is stopped and the error raised.
+    """
+    try:
+        await gov.guard_detached(
+            trace.node,
+            ref=trace.ref,
+            sink=trace.sink,
+            path=trace.remote_path,
+            max_rate=max_rate,
+            lifetime=(trace.lease_expires or 0.0) - time.monotonic(),
+            # The lease's own stop (as _arm_lease binds it).
+            stop_bindings=programs.bindings(
+                Ref=trace.ref.encode() if trace.sink == DATA_SINK else A_UNDEFINED,
+                File=ErlString(trace.remote_path),
+                Trace=trace.lager_trace if trace.lager_trace is not None else A_UNDEFINED,
+            ),
+            tref=trace._tref,
+            timeout=trace.timeout,
+        )
+    except BaseException:
+        with contextlib.suppress(KzBridgeError):
+            await asyncio.shield(trace.stop())
+        raise
 
 
 async def _claim_path(node: HiddenNode, path: str) -> None:
