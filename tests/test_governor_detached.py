@@ -96,6 +96,29 @@ async def test_a_detached_trace_under_a_flood_is_stopped_by_the_node_side_govern
 
 
 @pytest.mark.asyncio
+async def test_a_detached_start_on_a_synchronous_sink_is_refused(
+    fresh_sandbox: Any, open_node: Any, node_tmp: Path
+) -> None:
+    n = await open_node(fresh_sandbox)
+    # someone else's trace on a flood keeps the sink synchronous (150 loggers > its threshold of 100)
+    other = await tracing.start_trace(n, [(Atom("request"), b"flood")], remote_path=f"{node_tmp}/other.log")
+    try:
+        await n.rpc("kz_fixture", "flood", [Atom("data"), 150, 8000, 20])
+        await poll_until_async(lambda: _is(sink_mode(n), "sync"), timeout=10, interval=0.02)
+        with pytest.raises(governor.NodeBusyError) as info:
+            await tracing.start_trace(
+                n, flt.module_filter("kz_json"), remote_path=f"{node_tmp}/refused.log", lease=60, detached=True
+            )
+        assert info.value.setting == "governor"
+        status = await n.rpc("kz_data_tracing", "status", [])
+        assert [s[0].decode() for s in status] == [other.ref], "nothing else was started"
+        assert not os.path.exists(f"{node_tmp}/refused.log") and await governors(n) == []
+        await poll_until_async(lambda: _is(sink_mode(n), "async"), timeout=30, interval=0.1)
+    finally:
+        await other.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_detached_trace_past_max_rate_is_stopped_and_says_why(
     fresh_sandbox: Any, open_node: Any, node_tmp: Path
 ) -> None:
