@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kzbridge.errors import BadRpcError
+from kzbridge.errors import BadRpcError, UsageError
 from kzbridge.kazoo import filters as flt
 from kzbridge.kazoo import governor, journal, programs, tracing
 from kzbridge.wire.terms import Atom, ErlString
@@ -226,6 +226,10 @@ async def test_without_a_lager_watcher_the_governor_asks_the_sink_and_still_ends
 
 @pytest.mark.asyncio
 async def test_no_governor_starts_none_and_says_so(gen2_node: Any, node_tmp: Path) -> None:
+    calls = gen2_node.calls_made
+    with pytest.raises(UsageError, match="maximum event rate") as info:
+        await tracing.start_trace(gen2_node, flt.module_filter("kz_json"), detached=True, max_rate=float("nan"))
+    assert info.value.setting == "max_rate" and gen2_node.calls_made == calls, "refused before any call"
     trace = await tracing.start_trace(
         gen2_node,
         flt.module_filter("kz_json"),

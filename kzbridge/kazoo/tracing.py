@@ -401,6 +401,8 @@ async def start_trace(
     level_atom = flt.validate_level(level)
     lease = check_number(lease, "lease")
     timeout = check_number(timeout, "timeout")
+    if detached:
+        gov.check_max_rate(max_rate)
     path = remote_path or default_remote_path(node.peer_name)
     if not path.startswith("/"):
         raise UsageError(
@@ -435,7 +437,7 @@ async def start_trace(
                 setting="sink",
             )
     if detached:
-        warnings += await _before_detached(node, sink, max_rate, governor)
+        warnings += await _before_detached(node, sink, governor)
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
     # The file is ours alone: refused when it exists or a lager handler writes it, else created
     # exclusively (two clients racing for one path see one winner).
@@ -521,9 +523,8 @@ async def start_trace(
     return trace
 
 
-async def _before_detached(node: HiddenNode, sink: str, max_rate: float | None, governor: bool) -> list[TraceWarning]:
+async def _before_detached(node: HiddenNode, sink: str, governor: bool) -> list[TraceWarning]:
     """Before a detached trace starts: the governor's preflight (NodeBusyError on a busy sink), or its warning."""
-    gov.check_max_rate(max_rate)
     if not governor:
         return [TraceWarning(gov.GOVERNOR_OFF_DETACHED, setting="governor")]
     await gov.preflight(node, sink)
