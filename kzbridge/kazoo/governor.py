@@ -40,6 +40,12 @@ Rules:
   in the stream within lager's one-second write buffering, which brings the checks back to
   once a second.
 
+Detached traces (``tracing.start_trace(detached=True)``, ``kzbridge start``) have nobody on our
+side to ask, so ``guard_detached`` spawns the same judgement on the node (programs.WATCHDOG, an
+erl_eval process, nothing loaded): the same look and thresholds once a second, the same stop
+program as the lease, a note of why beside the trace file (``detached_stop`` reads it back). It
+ends with the trace's handler and never outlives the lease.
+
 Also measured: a flood from a few hundred processes logging in a tight loop starves the one sink
 process of CPU, so it can take seconds to handle the event that flips the throttle (the queue
 grew to 50 000 first, at 400 processes on 2 busy cores) and the node's rpc worker answers
