@@ -1,7 +1,10 @@
 """``python -m kzbridge`` and the ``kzbridge`` console script.
 
-The command line's modules are imported inside ``run`` so that a Ctrl-C arriving while they
-load (the first tens of milliseconds) ends as one line and exit 130, not a traceback.
+A Ctrl-C (or SIGTERM) at any moment from here on ends as one line and exit 130, never a
+traceback: the command line's modules are imported inside ``run`` (the first tens of
+milliseconds), and click runs without its standalone handling, which would turn a Ctrl-C
+while it parses the arguments into "Aborted!" and exit 1. What comes before ``run`` is
+CPython's own start (README, "Guarantees"); this module imports nothing but ``sys``.
 """
 
 from __future__ import annotations
@@ -10,14 +13,36 @@ import sys
 
 
 def run() -> None:
+    code: object = 0
     try:
+        import click
+
         from .cli import main
 
-        main()
-    except KeyboardInterrupt as exc:  # before the command's own handler exists
+        try:
+            # Not standalone: click's errors come here, to be reported as click would, except
+            # a Ctrl-C it caught while parsing (an Abort caused by KeyboardInterrupt).
+            code = main.main(standalone_mode=False)
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                raise exc.__cause__ from None
+            click.echo("Aborted!", err=True)
+            code = 1
+        except click.ClickException as exc:
+            exc.show()
+            code = exc.exit_code
+    except KeyboardInterrupt as exc:  # before the command's own handler exists, or after it
         said = "terminated" if type(exc).__name__ == "Terminated" else "interrupted"
         sys.stderr.write(f"kzbridge: {said}\n")
-        sys.exit(130)
+        code = 130
+    finally:
+        # Leaving: a Ctrl-C now must not turn the exit into a traceback. (signal is loaded by now,
+        # unless the Ctrl-C came first; importing it here could be interrupted itself.)
+        signals = sys.modules.get("signal")
+        if signals is not None:
+            signals.signal(signals.SIGINT, signals.SIG_IGN)
+    # Commands return None; an int is click's exit code (--help, --version, ctx.exit).
+    sys.exit(code if type(code) is int else 0)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ Rules:
   in the stream within lager's one-second write buffering, which brings the checks back to
   once a second.
 
+Detached traces (``tracing.start_trace(detached=True)``, ``kzbridge start``) have nobody on our
+side to ask, so ``guard_detached`` spawns the same judgement on the node (programs.WATCHDOG, an
+erl_eval process, nothing loaded): the same look and thresholds once a second, the same stop
+program as the lease, a note of why beside the trace file (``detached_stop`` reads it back). It
+ends with the trace's handler and never outlives the lease.
+
 Also measured: a flood from a few hundred processes logging in a tight loop starves the one sink
 process of CPU, so it can take seconds to handle the event that flips the throttle (the queue
 grew to 50 000 first, at 400 processes on 2 busy cores) and the node's rpc worker answers
@@ -59,16 +65,18 @@ same sink (README, "The node's safety").
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ..errors import KazooError, NodeBusyError, RpcTimeoutError, UsageError
+from ..errors import KazooError, LocalFileError, NodeBusyError, RpcTimeoutError, UsageError
 from ..wire.node import HiddenNode
-from ..wire.terms import Atom, ErlString
+from ..wire.terms import Atom, ErlString, Pid
 from . import filters as flt
-from . import programs
+from . import journal, programs
 
 DEFAULT_MAX_RATE = flt.DEFAULT_MAX_RATE  # events/s, 10 000 (see the docstring)
 CHECK_INTERVAL = 1.0  # s: at most one rpc per this
@@ -80,7 +88,18 @@ DEFAULT_LINE_BYTES = 120  # until the session has counted some lines (shorter: e
 
 Mode = Literal["async", "sync", "unthrottled", "unknown"]
 Cause = Literal["max-rate", "synchronous", "queue", "unobservable"]
-__all__ = ["DEFAULT_MAX_RATE", "Governor", "NodeBusyError", "SafetyStop", "SinkState", "preflight", "read_state"]
+NOTE_SUFFIX = ".governor"  # beside a detached trace's file: why the node-side governor stopped it
+__all__ = [
+    "DEFAULT_MAX_RATE",
+    "Governor",
+    "NodeBusyError",
+    "SafetyStop",
+    "SinkState",
+    "detached_stop",
+    "guard_detached",
+    "preflight",
+    "read_state",
+]
 
 
 def check_max_rate(max_rate: float | None) -> None:
@@ -242,3 +261,116 @@ class Governor:
 
     def unobservable(self, detail: str) -> SafetyStop:
         return SafetyStop(("unobservable",), self.sink, 0.0, self.max_rate, -1, "unknown", detail)
+
+
+# ------------------------------------------------------------------ detached traces
+
+GOVERNOR_OFF_DETACHED = (
+    "the governor is off: nothing on the node watches lager's load while this detached trace runs, "
+    "and a flood can make every logging process wait"
+)
+
+
+def note_path(remote_path: str) -> str:
+    """Where the node-side governor of a detached trace says why it stopped it."""
+    return remote_path + NOTE_SUFFIX
+
+
+async def guard_detached(
+    node: HiddenNode,
+    *,
+    ref: str,
+    sink: str,
+    path: str,
+    max_rate: float | None,
+    lifetime: float,
+    stop_bindings: list[Any],
+    tref: Any = None,
+    timeout: float = 10.0,
+) -> Pid:
+    """Spawn the governor of a detached trace on the node itself (programs.WATCHDOG, nothing loaded).
+
+    Nobody on our side watches a detached trace, so a process on the node does what ``Governor``
+    does from here: once every CHECK_INTERVAL it takes the same look (programs.SINK_STATE) and
+    stops the trace past ``max_rate`` or when the sink goes synchronous (or, unthrottled, queues
+    more than QUEUE_LIMIT callers), with the lease's own stop program (``stop_bindings`` are the
+    lease's: Ref, File, Trace) and cancels the lease timer ``tref``; it first writes why to
+    ``note_path(path)`` (read back by ``detached_stop``). It ends by itself when the trace's
+    handler goes (stop, clear, the lease) and after ``lifetime`` seconds (what is left of the
+    lease) at the latest. Returns its pid once it watches (its first look taken); KazooError when
+    it ends at once or is not watching within ``timeout``.
+    """
+    check_max_rate(max_rate)
+    sink_state = await programs.forms(node, programs.SINK_STATE, timeout)
+    stop = await programs.forms(node, programs.LEASE_STOP, timeout)
+    pid = await programs.spawn(
+        node,
+        programs.WATCHDOG,
+        timeout,
+        Ref=ref.encode(),
+        Sink=Atom(sink_process(sink)),
+        Path=ErlString(path),
+        MaxRate=max_rate if max_rate is not None else Atom("undefined"),
+        QueueLimit=QUEUE_LIMIT,
+        Interval=int(CHECK_INTERVAL * 1000),
+        Lifetime=max(0, int(lifetime * 1000)),
+        RotateBytes=ROTATE_BYTES,
+        LineBytes=DEFAULT_LINE_BYTES,
+        SinkState=sink_state,
+        Stop=stop,
+        StopBinds=stop_bindings,
+        Tref=tref if tref is not None else Atom("undefined"),
+        Note=ErlString(note_path(path)),
+    )
+    marker = (Atom("kzb_governor"), ref.encode())
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await node.rpc("erlang", "process_info", [pid, Atom("dictionary")], timeout=timeout)
+        if type(info) is tuple and len(info) == 2 and type(info[1]) is list and marker in info[1]:
+            return pid
+        if info == Atom("undefined") or time.monotonic() > deadline:
+            raise KazooError(
+                f"the node-side governor of trace {ref} on {node.peer_name} "
+                + ("ended as it started" if info == Atom("undefined") else f"was not watching within {timeout:g}s"),
+                hint="trace without the governor if you must",
+                setting="governor",
+            )
+        await asyncio.sleep(0.01)
+
+
+async def detached_stop(
+    node: HiddenNode, remote_path: str, ref: str | None = None, timeout: float = 10.0
+) -> SafetyStop | None:
+    """Why the node-side governor stopped the detached trace writing ``remote_path``; None when it did not.
+
+    One rpc (``file:consult`` of the note it leaves beside the trace file). With ``ref``, what
+    was found is also recorded in that trace's journal entry (``extra["stopped_by"]`` "safety",
+    ``extra["safety"]`` the SafetyStop as a dict); a journal that cannot be written is not an error.
+    """
+    reply = await node.rpc("file", "consult", [ErlString(note_path(remote_path))], timeout=timeout)
+    if not (type(reply) is tuple and len(reply) == 2 and reply[0] == Atom("ok") and type(reply[1]) is list):
+        return None
+    for term in reply[1]:
+        if type(term) is tuple and len(term) == 9 and term[0] == Atom("kzbridge_governor"):
+            _, noted_ref, sink, causes, rate, max_rate, queue, mode, _at = term
+            found = tuple(_NOTED[str(c)] for c in causes if type(c) is Atom and str(c) in _NOTED)
+            if not (found and isinstance(rate, (int, float)) and type(queue) is int and type(causes) is list):
+                continue
+            if ref is not None and noted_ref != ref.encode():
+                continue  # another trace's note (the path was reused)
+            why = SafetyStop(
+                found,
+                "data" if sink == Atom("data_lager_event") else str(sink),
+                float(rate),
+                float(max_rate) if isinstance(max_rate, (int, float)) else None,
+                queue,
+                str(mode),
+            )
+            if ref is not None:
+                with contextlib.suppress(LocalFileError):
+                    journal.annotate(node.peer_name, ref, stopped_by="safety", safety=why.to_dict())
+            return why
+    return None
+
+
+_NOTED: dict[str, Cause] = {"max_rate": "max-rate", "synchronous": "synchronous", "queue": "queue"}

@@ -156,3 +156,15 @@ def find(node: str, ref: str) -> JournalEntry | None:
 def active(node: str) -> list[JournalEntry]:
     now = time.time()
     return [e for e in load() if e.node == node and not e.stopped and e.lease_until > now]
+
+
+def annotate(node: str, ref: str, **extra: Any) -> None:
+    """Add facts learned later to a trace's entry (``extra``), e.g. why the node stopped it."""
+
+    def change(entries: list[JournalEntry]) -> bool:
+        hit = [e for e in entries if e.node == node and e.ref == ref]
+        for e in hit:
+            e.extra.update(extra)
+        return bool(hit)
+
+    _update(change)

@@ -305,3 +305,122 @@ end,
 {Size, Inode} = case file:read_file_info(Path) of {ok, I} -> {element(2, I), element(12, I)}; _ -> {-1, -1} end,
 {Mode, Queue, Size, Inode}.
 """
+
+
+# The node-side governor of a detached trace (kazoo.governor.guard_detached): nobody on our side
+# watches a detached trace, so this process does, once every Interval ms, for at most Lifetime ms
+# (what is left of the trace's lease). Each round it takes the governor's own look (SinkState: the
+# SINK_STATE forms) and judges as kazoo.governor.Governor does: the trace's event rate (the file's
+# growth over the round, divided by the average line size of the last 64 KB written) above MaxRate
+# (undefined: no limit), the sink synchronous, or an unthrottled sink with more than QueueLimit
+# callers waiting. On any of these it writes one line, an Erlang term
+# {kzbridge_governor, Ref, Sink, Causes, Rate, MaxRate, Queue, Mode, UnixSeconds}, to Note (created
+# exclusively; never over an existing file), stops the trace with the lease's own program (Stop,
+# StopBinds), cancels the lease timer (Tref, or undefined) and ends. It ends without a word when
+# the trace's handler is gone (stopped, cleared, its lease fired) or its lifetime is over. It
+# knows the handler is gone from the process lager started to watch it (lager_handler_watcher, found
+# in lager's handlers list): that process ends when the handler is deleted, whoever deletes it, and
+# a newer trace of the same file has another one. A lager without that list gets a helper process
+# that asks the sink itself (gen_event:which_handlers, a call, so not from the watchdog: a flooded
+# sink answers late) once a round, killed on every way out and ending with the watchdog anyway.
+# The watchdog runs at high priority (a few hundred microseconds a second), so the flood it watches
+# cannot starve it. Both carry {kzb_governor, Ref} in their process dictionaries, so they can be found
+# (the watchdog once it watches: its first look taken).
+# Bindings: Ref (binary), Sink (atom), Path (string), MaxRate, QueueLimit, Interval, Lifetime,
+# RotateBytes, LineBytes, SinkState, Stop, StopBinds, Tref, Note (string).
+WATCHDOG = r"""
+process_flag(priority, high),
+Me = self(),
+Now = fun() -> erlang:monotonic_time(1000) end,
+Until = Now() + Lifetime,
+Watchers = case catch lager_config:global_get(handlers, []) of
+    Hs0 when is_list(Hs0) -> [W || {{lager_file_backend, F}, W, S} <- Hs0, F =:= Path, S =:= Sink, is_pid(W)];
+    _ -> []
+end,
+Helper = case Watchers of
+    [Watcher | _] -> erlang:monitor(process, Watcher), none;
+    [] ->
+        spawn(fun() ->
+            put(kzb_governor, Ref),
+            M = erlang:monitor(process, Me),
+            Ask = fun Ask() ->
+                Traced = case catch gen_event:which_handlers(Sink) of
+                    Hs when is_list(Hs) -> lists:member({lager_file_backend, Path}, Hs);
+                    _ -> false
+                end,
+                case Traced of
+                    false -> Me ! {kzb_gone, self()};
+                    true -> receive {'DOWN', M, _, _, _} -> ok after Interval -> Ask() end
+                end
+            end,
+            Ask()
+        end)
+end,
+Done = fun() -> catch exit(Helper, kill), exit(normal) end,
+Look = fun() -> {value, V, _} = erl_eval:exprs(SinkState, [{'Path', Path}, {'Sink', Sink}]), V end,
+LineSize = fun(Size, Grown) ->
+    N = min(min(Grown, 65536), Size),
+    Tail = case N > 0 andalso file:open(Path, [read, raw, binary]) of
+        {ok, Fd} -> R = file:pread(Fd, Size - N, N), file:close(Fd), R;
+        _ -> none
+    end,
+    case Tail of
+        {ok, Bin} ->
+            case length(binary:matches(Bin, <<"\n">>)) of
+                L when L >= 20 -> byte_size(Bin) / L;
+                _ -> LineBytes
+            end;
+        _ -> LineBytes
+    end
+end,
+Rate = fun
+    ({S0, I0, T0}, {S1, I1, T1}) when S0 >= 0, S1 >= 0 ->
+        Grown = case I1 =/= I0 orelse S1 < S0 of
+            true -> max(0, RotateBytes - S0) + S1;
+            false -> S1 - S0
+        end,
+        Grown / max(LineSize(S1, Grown), 1) / max((T1 - T0) / 1000, 0.001);
+    (_, _) -> 0.0
+end,
+Judge = fun(Mode, Queue, R) ->
+    [max_rate || MaxRate =/= undefined, R > MaxRate]
+    ++ [synchronous || Mode =:= sync]
+    ++ [queue || Mode =:= unthrottled, Queue > QueueLimit]
+end,
+Halt = fun(Causes, R, Mode, Queue) ->
+    catch exit(Helper, kill),
+    Line = io_lib:print({kzbridge_governor, Ref, Sink, Causes, round(R), MaxRate, Queue, Mode, erlang:system_time(1)},
+                        1, 100000, -1),
+    case file:open(Note, [write, exclusive, raw, binary]) of
+        {ok, F} -> file:write(F, [Line, ".\n"]), file:close(F);
+        _ -> ok
+    end,
+    catch erl_eval:exprs(Stop, StopBinds),
+    case Tref of undefined -> ok; _ -> catch timer:cancel(Tref) end,
+    exit(normal)
+end,
+Loop = fun Loop(Prev) ->
+    Left = Until - Now(),
+    case Left > 0 of true -> ok; false -> Done() end,
+    receive
+        {kzb_gone, Helper} -> Done();
+        {'DOWN', _, process, _, _} -> Done()
+    after min(Interval, Left) -> ok
+    end,
+    {Mode, Queue, Size, Inode} = Look(),
+    Here = {Size, Inode, Now()},
+    R = Rate(Prev, Here),
+    case Judge(Mode, Queue, R) of
+        [] -> Loop(Here);
+        Causes ->
+            receive
+                {kzb_gone, Helper} -> Done();
+                {'DOWN', _, process, _, _} -> Done()
+            after 0 -> Halt(Causes, R, Mode, Queue)
+            end
+    end
+end,
+{_, _, S, I} = Look(),
+put(kzb_governor, Ref),
+Loop({S, I, Now()}).
+"""

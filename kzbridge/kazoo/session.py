@@ -9,7 +9,9 @@ Events, in the order a session emits them::
 
     (Progress | Record | Rotated)*     while the trace runs; Progress also every quarter second
     StoppedBy                          why it stops: duration | max-size | safety | requested (by whom) | abandoned
-                                       | other-client (someone else stopped it: the node's lager handler went)
+                                       | lease (the node's lease timer stopped it: our renewals failed or
+                                         stalled, ``detail`` says how) | other-client (the node's lager
+                                         handler went before our lease could have fired)
     (Progress | Record)*               the rest of the file, read to its end once the trace is stopped
     Collected                          the summary: ref, node, paths, records, bytes, verified, partial, warnings
 
@@ -74,7 +76,7 @@ GOVERNOR_OFF = (
     "the governor is off: nothing watches lager's load on the node while this trace runs, "
     "and a flood can make every logging process wait"
 )
-StopReason = Literal["duration", "max-size", "safety", "requested", "abandoned", "other-client"]
+StopReason = Literal["duration", "max-size", "safety", "requested", "abandoned", "lease", "other-client"]
 SIGNALS = ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"))
 
 
@@ -115,12 +117,15 @@ class StoppedBy:
     reason: StopReason
     by: str = ""  # who asked, for requested/abandoned: "interrupted", "terminated", "caller", ...
     safety: SafetyStop | None = None  # why, for safety
+    detail: str = ""  # how, for lease: why the lease was not renewed
 
     @property
     def label(self) -> str:
         """What the summary calls it: the asker for a request, else the reason."""
         if self.reason == "other-client":
             return "another client"
+        if self.reason == "lease":
+            return "its lease"
         return self.by if self.reason == "requested" and self.by else self.reason
 
 
@@ -145,6 +150,7 @@ class RunSummary:
     safety: SafetyStop | None = None  # why the governor stopped the trace
     peak_rate: float | None = None  # the highest events/s the governor measured; None when off
     records: int = 0  # parsed records
+    stop_detail: str = ""  # for "its lease": why the lease was not renewed
 
 
 @dataclass(frozen=True)
@@ -545,12 +551,16 @@ class TraceSession(StopControls):
                 elif ev.kind == "rotated":
                     yield Rotated(ev.sent)
                 elif ev.kind == "gone" and stopped is None:
-                    # Someone else stopped our trace (stop --all, clear, sup): say so, never "duration".
-                    stopped = StoppedBy("other-client")
+                    # The node's handler went without us: our own lease, or someone else (stop --all,
+                    # clear, sup). Say which, never "duration".
+                    stopped = _stopped_elsewhere(trace)
+                    detail = f" ({stopped.detail})" if stopped.detail else ""
                     trace.warnings.append(
                         TraceWarning(
-                            f"trace {trace.ref} was stopped by another client after "
-                            f"{time.monotonic() - started:.1f} s; the local file holds what the node wrote until then"
+                            f"trace {trace.ref} was stopped by {stopped.label} after "
+                            f"{time.monotonic() - started:.1f} s{detail}; the local file holds what the node "
+                            "wrote until then",
+                            setting="lease" if stopped.reason == "lease" else None,
                         )
                     )
                     yield stopped
@@ -644,8 +654,21 @@ class TraceSession(StopControls):
             stopped.safety,
             gov.peak_rate if gov is not None else None,
             records=lines,
+            stop_detail=stopped.detail,
         )
         yield Collected(self.summary)
+
+
+def _stopped_elsewhere(trace: Trace) -> StoppedBy:
+    """Who removed the trace's handler, as far as this client can tell.
+
+    Its own lease only when the lease can have fired by now (Trace.lease_lapsed: no earlier
+    than the timer's arming plus its length, renewals failed or late); else someone else.
+    """
+    lapsed = trace.lease_lapsed()
+    if lapsed is not None:
+        return StoppedBy("lease", detail=lapsed)
+    return StoppedBy("other-client")
 
 
 def _header_check(trace: Trace) -> Any:

@@ -41,6 +41,7 @@ from ..wire.literal import format_term
 from ..wire.node import HiddenNode
 from ..wire.terms import Atom, ErlString
 from . import filters as flt
+from . import governor as gov
 from . import journal, programs
 from .collect import CollectResult, collect_file
 from .logparse import LogRecord
@@ -48,6 +49,7 @@ from .logparse import LogRecord
 DATA_SINK = flt.DATA_SINK
 LAGER_SINK = flt.LAGER_SINK
 DEFAULT_LEASE = flt.DEFAULT_LEASE
+LAPSE_SEEN_WITHIN = 5.0  # s: a handler gone this long after a late renewal was not removed by that lapse
 
 
 def _kazoo_format(app: str, module: str, function: str) -> list[Any]:
@@ -159,6 +161,44 @@ class Trace:
     timeout: float = CALL_TIMEOUT  # bounds each remote call this trace makes (stop, lease renewals)
     format_list: list[Any] | None = None  # the format it was started with, when known
     own_file: bool = False  # the file name is kzbridge's own random one (no other trace writes it)
+    # The lease as this client knows it (monotonic times): the earliest moment the node's lease
+    # timer can fire (its arming was sent at _lease_sent; a replaced timer counts until cancelled),
+    # a renewal in flight since _renewing_since, and what was seen when a renewal came too late.
+    lease_expires: float | None = None
+    _lease_sent: float | None = None
+    _renewing_since: float | None = None
+    _lapse: tuple[float, str] | None = None
+
+    def lease_armed(self, sent: float, seconds: float) -> None:
+        """A lease timer whose arming was sent at ``sent`` (monotonic) is now the only one on the node."""
+        self._lease_sent, self.lease_expires = sent, sent + seconds
+
+    def lease_lapsed(self, now: float | None = None) -> str | None:
+        """Why the node's own lease can have stopped this trace, or None when it cannot have.
+
+        A lease timer fires no earlier than its arming was sent plus its length; a handler that
+        went before that moment was removed by someone else. Past it, the reason is what kept the
+        lease from being renewed: failed renewals, one unanswered, or none sent at all. A renewal
+        sent after that moment (this process was paused) is remembered for LAPSE_SEEN_WITHIN
+        seconds: the node's reader reports a removed handler within about one.
+        """
+        now = time.monotonic() if now is None else now
+        if self._lapse is not None and now - self._lapse[0] <= LAPSE_SEEN_WITHIN:
+            return self._lapse[1]
+        return self._lapsed_now(now)
+
+    def _lapsed_now(self, now: float) -> str | None:
+        if self.lease_expires is None or now < self.lease_expires:
+            return None
+        if self.keeper_error is not None:
+            return f"lease renewals failed: {self.keeper_error.message}"
+        if self._renewing_since is not None:
+            return f"a lease renewal was unanswered for {now - self._renewing_since:.1f} s"
+        since = now - (self._lease_sent if self._lease_sent is not None else self.lease_expires - self.lease)
+        return (
+            f"the lease was not renewed for {since:.1f} s, longer than its {self.lease:g} s "
+            "(kzbridge was paused or too busy)"
+        )
 
     @property
     def node_name(self) -> str:
@@ -167,14 +207,24 @@ class Trace:
     async def renew_lease(self, seconds: float | None = None) -> None:
         """Arm a fresh lease, then cancel the old one (no gap in between)."""
         old = self._tref
-        self._tref = await _arm_lease(
-            self.node,
-            seconds or self.lease,
-            self.ref if self.sink == DATA_SINK else None,
-            self.remote_path,
-            self.lager_trace,
-            self.timeout,
-        )
+        sent = time.monotonic()
+        lapsed = self._lapsed_now(sent)
+        if lapsed is not None:
+            # Renewing after the old lease ran out (this process was paused, or its loop starved):
+            # that lease may have stopped the trace already; remember why, for the summary.
+            self._lapse = (sent, lapsed)
+        self._renewing_since = sent
+        try:
+            self._tref = await _arm_lease(
+                self.node,
+                seconds or self.lease,
+                self.ref if self.sink == DATA_SINK else None,
+                self.remote_path,
+                self.lager_trace,
+                self.timeout,
+            )
+        finally:
+            self._renewing_since = None
         self.lease_renewals += 1
         try:
             journal.extend_lease(
@@ -184,6 +234,8 @@ class Trace:
             self._journal_warning(exc)
         if old is not None:
             await self.node.rpc("timer", "cancel", [old], timeout=self.timeout)
+        # Only now: until the old timer is cancelled, it may fire first.
+        self.lease_armed(sent, seconds or self.lease)
 
     def _journal_warning(self, exc: LocalFileError) -> None:
         text = f"{exc.message}; status and stop from other processes may not see trace {self.ref}"
@@ -333,16 +385,24 @@ async def start_trace(
     lease: float = DEFAULT_LEASE,
     detached: bool = False,
     timeout: float = CALL_TIMEOUT,
+    max_rate: float | None = flt.DEFAULT_MAX_RATE,
+    governor: bool = True,
 ) -> Trace:
     """Validate, arm the lease, start the trace; the returned Trace holds the ref.
 
     ``lease`` is checked against limits.RANGES (finite, at most a week: the node's timer
     takes no more); ``timeout`` bounds each remote call, here and later on the Trace.
+    A ``detached`` trace gets the node-side governor (governor.guard_detached: refuses to start on
+    an overloaded sink, stops the trace past ``max_rate`` events/s or when the sink goes
+    synchronous); ``governor=False`` turns it off, with a warning. A trace that is followed is
+    governed by its TraceSession instead.
     """
     checked = flt.validate(filter_list)
     level_atom = flt.validate_level(level)
     lease = check_number(lease, "lease")
     timeout = check_number(timeout, "timeout")
+    if detached:
+        gov.check_max_rate(max_rate)
     path = remote_path or default_remote_path(node.peer_name)
     if not path.startswith("/"):
         raise UsageError(
@@ -376,12 +436,15 @@ async def start_trace(
                 "or trace the lager_event sink",
                 setting="sink",
             )
+    if detached:
+        warnings += await _before_detached(node, sink, governor)
     fmt = format_list if format_list is not None else (DEFAULT_FORMAT if sink == DATA_SINK else LAGER_FORMAT)
     # The file is ours alone: refused when it exists or a lager handler writes it, else created
     # exclusively (two clients racing for one path see one winner).
     await _claim_path(node, path)
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
+    armed = time.monotonic()
     try:
         tref = await _arm_lease(node, lease, None, path, None, timeout)
     except BaseException:
@@ -420,6 +483,7 @@ async def start_trace(
         raise
     trace = Trace(node, ref, path, generation, sink, checked, level, lease, lager_trace, warnings)
     trace._tref = tref
+    trace.lease_armed(armed, lease)
     trace.timeout = timeout
     trace.format_list = fmt
     trace.own_file = remote_path is None
@@ -454,7 +518,46 @@ async def start_trace(
         trace.lease_renewals = 0
     if not detached:
         trace.keep_alive()
+    elif governor:
+        await _guard_detached(trace, max_rate)
     return trace
+
+
+async def _before_detached(node: HiddenNode, sink: str, governor: bool) -> list[TraceWarning]:
+    """Before a detached trace starts: the governor's preflight (NodeBusyError on a busy sink), or its warning."""
+    if not governor:
+        return [TraceWarning(gov.GOVERNOR_OFF_DETACHED, setting="governor")]
+    await gov.preflight(node, sink)
+    return []
+
+
+async def _guard_detached(trace: Trace, max_rate: float | None) -> None:
+    """Start the node-side governor of a just-started detached trace, for what is left of its lease.
+
+    A detached trace runs governed or not at all: when the governor cannot be started, the
+    trace is stopped and the error raised.
+    """
+    try:
+        await gov.guard_detached(
+            trace.node,
+            ref=trace.ref,
+            sink=trace.sink,
+            path=trace.remote_path,
+            max_rate=max_rate,
+            lifetime=(trace.lease_expires or 0.0) - time.monotonic(),
+            # The lease's own stop (as _arm_lease binds it).
+            stop_bindings=programs.bindings(
+                Ref=trace.ref.encode() if trace.sink == DATA_SINK else A_UNDEFINED,
+                File=ErlString(trace.remote_path),
+                Trace=trace.lager_trace if trace.lager_trace is not None else A_UNDEFINED,
+            ),
+            tref=trace._tref,
+            timeout=trace.timeout,
+        )
+    except BaseException:
+        with contextlib.suppress(KzBridgeError):
+            await asyncio.shield(trace.stop())
+        raise
 
 
 async def _claim_path(node: HiddenNode, path: str) -> None:
