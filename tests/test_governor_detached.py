@@ -248,3 +248,33 @@ async def test_no_governor_starts_none_and_says_so(gen2_node: Any, node_tmp: Pat
 
 async def _absent(n: Any, ref: str) -> bool:
     return ref not in await governors(n)
+
+
+def test_start_takes_max_rate_and_no_governor_and_stop_says_what_the_governor_did(
+    fresh_sandbox: Any, node_tmp: Path, tmp_path: Path
+) -> None:
+    node = fresh_sandbox.node
+    res = kzb("start", "--module", "kz_json", "-n", node, "-d", "60", "--no-governor")
+    assert res.returncode == 0, res.stderr
+    assert "kzbridge: warning: the governor is off: nothing on the node watches" in res.stderr
+    assert "(see --no-governor)" in res.stderr
+    res = kzb("stop", res.stdout.strip(), "-n", node, "--no-collect")
+    assert res.returncode == 0 and "governor" not in res.stdout, res
+
+    path = f"{node_tmp}/cli-rate.log"
+    kzb("rpc", "-n", node, "kz_traffic", "set_rate", "6000")  # paced, ~6 000 events/s
+    try:
+        res = kzb("start", "--module", "kz_json", "-n", node, "-d", "60", "--max-rate", "1000", "--remote-path", path)
+        assert res.returncode == 0, res.stderr
+        ref = res.stdout.strip()
+        deadline = time.monotonic() + 15
+        while not os.path.exists(governor.note_path(path)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        kzb("rpc", "-n", node, "kz_traffic", "set_rate", "20")
+    res = kzb("stop", ref, "-n", node, "-o", str(tmp_path / "rate.log"))
+    assert res.returncode == 0, res.stderr
+    assert "; the node's governor had stopped it: " in res.stdout and "events/s > --max-rate 1000" in res.stdout, res
+    # validated before connecting: no node of that name exists
+    res = kzb("start", "--module", "kz_json", "-n", "nobody@127.0.0.1", "--max-rate", "nan")
+    assert res.returncode == 2 and "see --max-rate" in res.stderr, res.stderr

@@ -130,6 +130,19 @@ def _start_targets(t: Targets, pid: str | None) -> tuple[Targets, str | None]:
     is_flag=True,
     help="With several nodes: if any node cannot be reached or refuses, stop the traces started and fail (exit 3).",
 )
+@click.option(
+    "--max-rate",
+    type=float,
+    default=flt.DEFAULT_MAX_RATE,
+    show_default=True,
+    help="Events/s: a governor on the node stops the trace past this rate, or when lager's sink goes "
+    "synchronous, and start refuses a sink that is synchronous already.",
+)
+@click.option(
+    "--no-governor",
+    is_flag=True,
+    help="Start no governor on the node (a flood can then make every logging process wait).",
+)
 def start(
     node: tuple[str, ...],
     cluster_seed: str | None,
@@ -147,6 +160,8 @@ def start(
     sink: str,
     remote_path: str | None,
     require_all: bool,
+    max_rate: float,
+    no_governor: bool,
 ) -> None:
     """Start a detached trace and print its ref; the node stops it after --duration.
 
@@ -161,7 +176,9 @@ def start(
       kzbridge start --filter callid=0123abcd --cluster kazoo_apps@kz1 --exclude 'bigcouch@*'
     """
     from ..kazoo import tracing
+    from ..kazoo.governor import check_max_rate
 
+    check_max_rate(max_rate)  # before connecting, as the trace commands do
     t, pid = _start_targets(Targets(node, cluster_seed, exclude, cookie, cookie_file, timeout), pid)
     filters = filters_from(filter_specs, module, function, pid)
     checked = flt.validate(filters)  # once, before any node is asked
@@ -174,13 +191,16 @@ def start(
 
     async def body(n: HiddenNode) -> Trace:
         return await tracing.start_trace(
-            n, checked, sink=sink, level=level, remote_path=remote_path, lease=duration, detached=True, timeout=timeout
-        )
+            n, checked, sink=sink, level=level, remote_path=remote_path, lease=duration, detached=True, timeout=timeout,
+            max_rate=max_rate, governor=not no_governor,
+        )  # fmt: skip
 
     if t.several:
         _start_on_nodes(t, body, checked, duration, as_json, require_all)
         return
     trace = t.run(body)
+    for w in trace.warnings:
+        click.echo(warning_line(w), err=True)
     if as_json:
         emit_json(_started_json(trace, duration))
     else:
@@ -295,6 +315,8 @@ def _stopped_line(item: dict[str, Any]) -> str:
     line = f"stopped {safe_text(item['ref'])} ({safe_text(item['remote_path'])})"
     if "local_path" in item:
         line += f" -> {item['local_path']}, {item['bytes']} bytes"
+    if "governor" in item:
+        line += f"; the node's governor had stopped it: {item['governor']}"
     return line
 
 
@@ -352,6 +374,7 @@ def stop(
             setting="local_path",
         )
     from ..kazoo import journal, localfiles, tracing
+    from ..kazoo.governor import detached_stop
     from ..kazoo.session import default_local_path
 
     collecting: dict[str, str] = {}  # node -> the local file being collected (Ctrl-C names what was kept)
@@ -371,6 +394,9 @@ def stop(
             trace = await tracing.attach(n, r, timeout)
             await trace.stop()
             item: dict[str, Any] = {"ref": r, "remote_path": trace.remote_path}
+            safety = await detached_stop(n, trace.remote_path, ref=r, timeout=timeout)
+            if safety is not None:  # the node-side governor had stopped it
+                item.update(safety=safety.to_dict(), governor=safety.describe("--max-rate"))
             if not no_collect:
                 bar = ProgressBar() if sys.stderr.isatty() and not as_json and not several else None
                 collecting[n.peer_name] = local
