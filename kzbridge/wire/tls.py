@@ -109,7 +109,7 @@ class TlsSettings:
         if not self.verify:
             out.append(
                 "TLS certificate verification is off: the node's identity is not checked, "
-                "and anyone in between can read the cookie digest and the traffic"
+                "and anyone in between can pose as the node and read the traffic"
             )
         key = self.key_file or self.cert_file
         if key is not None:
