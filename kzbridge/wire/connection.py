@@ -64,6 +64,9 @@ class DistProtocol(asyncio.BufferedProtocol):
         self.closed = False
         self._paused = False
         self._small = bytearray(self.SMALL_BUFFER)
+        # Handed out as a memoryview: asyncio's TLS transport reads a record into
+        # ``buf[offset:]``, which for a bytearray would be a copy (those bytes would be lost).
+        self._small_view = memoryview(self._small)
         self._big: memoryview | None = None  # the part of _big_store received into so far
         self._big_store = bytearray()
         self._big_filled = 0
@@ -88,7 +91,7 @@ class DistProtocol(asyncio.BufferedProtocol):
             if self._big_filled == len(big):
                 big = self._grow_big()
             return big[self._big_filled :]
-        return self._small
+        return self._small_view
 
     def _grow_big(self) -> memoryview:
         """The in-place buffer is full but the frame is not: double it, up to the announced length."""
@@ -113,7 +116,7 @@ class DistProtocol(asyncio.BufferedProtocol):
                     # A one-off huge message (an rpc returning a big binary): do not keep its buffer.
                     self._big_store = bytearray()
             return
-        view = memoryview(self._small)[:nbytes]
+        view = self._small_view[:nbytes]
         if not self.handshake_done.done():
             self._handshake_data(bytes(view))
             return
