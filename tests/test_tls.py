@@ -429,6 +429,14 @@ def test_trace_module_and_collect_over_tls_cli(tls_sandbox: Any, tmp_path: Path)
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_follow_over_tls_cli(tls_sandbox: Any, tmp_path: Path) -> None:
+    box = tls_sandbox
+    res = kzb("trace-module", "kz_json", "-n", box.node, *tls_flags(box), "--duration", "2", "--follow",
+              "-o", str(tmp_path / "f.log"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("get_value") >= 3, res.stdout[:500]  # records printed as they came
+
+
 def test_connect_sync_and_async_api_over_tls(tls_sandbox: Any, tmp_path: Path) -> None:
     box = tls_sandbox
     with kzbridge.connect_sync(box.node, box.cookie, tls=box.tls_settings()) as n:  # blocking driver
