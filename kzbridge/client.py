@@ -17,6 +17,17 @@ container's ``kazoo_apps@kazoo``) at another host, or straight at its distributi
 
 ``address`` is ``"HOST[:PORT]"`` (for every node given), ``"NODE=HOST[:PORT]"``, a list of
 those, or a mapping ``{node: "HOST[:PORT]"}`` (wire.names.Routes.build says the rules).
+
+``tls`` speaks TLS distribution (nodes started with ``-proto_dist inet_tls``), as the command
+line's ``--tls*`` options: a ``wire.tls.TlsSettings``, ``True`` for the defaults (the
+system's CAs, verification on), or the path of the cluster's ``ssl_dist_optfile``::
+
+    from kzbridge.wire.tls import TlsSettings
+    tls = TlsSettings(ca_file="ca.pem", cert_file="client.pem", key_file="client.key")
+    kzbridge.connect_sync("kazoo_apps@kz1.example.com", cookie, tls=tls)
+
+Its warnings (verification off, a private key others can read) are ``warnings.warn``-ed
+on every connect.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import warnings
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,8 +54,34 @@ if TYPE_CHECKING:
     from .kazoo.merge import MergedRecord
     from .kazoo.session import Observer, RunSummary
     from .kazoo.tracing import Trace
+    from .wire.tls import TlsSettings
 
 T = TypeVar("T")
+
+
+def tls_settings(tls: TlsSettings | bool | str | os.PathLike[str] | None) -> TlsSettings | None:
+    """``tls=`` as a TlsSettings (None: plain TCP); warns what an operator should hear."""
+    if tls is None or tls is False:
+        return None
+    from .errors import UsageError
+    from .wire import tls as wire_tls
+
+    if tls is True:
+        settings = wire_tls.TlsSettings()
+    elif isinstance(tls, wire_tls.TlsSettings):
+        settings = tls
+    elif isinstance(tls, (str, os.PathLike)):
+        settings, unused = wire_tls.read_optfile(tls)
+        if unused:
+            warnings.warn(
+                f"the TLS optfile's client options {', '.join(unused)} are not used by kzbridge", stacklevel=3
+            )
+    else:
+        raise UsageError(f"tls must be TlsSettings, True or an optfile path, not {tls!r:.60}", setting="tls")
+    settings.check_files()
+    for text in settings.warnings():
+        warnings.warn(text, stacklevel=3)
+    return settings
 
 
 class connect:
@@ -59,10 +97,11 @@ class connect:
         ticktime: float = DEFAULT_TICKTIME,
         address: AddressSpec = None,
         epmd_port: int | None = None,
+        tls: TlsSettings | bool | str | os.PathLike[str] | None = None,
     ) -> None:
         self.node = node
         self.timeout = check_number(timeout, "timeout")
-        self.route = Routes.build([node], address, epmd_port).route(node)
+        self.route = Routes.build([node], address, epmd_port, tls=tls_settings(tls)).route(node)
         self.cookie = cookie_for_node(node, cookie, cookie_file)
         self.ticktime = ticktime
         self._hidden: HiddenNode | None = None
@@ -85,7 +124,7 @@ class SyncNode:
     per call than driving the async node from another thread), kept alive by a tick
     thread. ``run(coro_fn)`` runs async helpers (tracing, collection) on a second,
     asyncio connection (``async_node``) opened on first use in a private loop thread.
-    ``route`` (a wire.names.Route), when given, is used instead of ``address``/``epmd_port``.
+    ``route`` (a wire.names.Route), when given, is used instead of ``address``/``epmd_port``/``tls``.
     """
 
     def __init__(
@@ -99,12 +138,13 @@ class SyncNode:
         address: AddressSpec = None,
         epmd_port: int | None = None,
         route: Route | None = None,
+        tls: TlsSettings | bool | str | os.PathLike[str] | None = None,
     ) -> None:
         from .wire.blocking import BlockingNode
 
         self._target = node
         self._timeout = check_number(timeout, "timeout")
-        self._route = route or Routes.build([node], address, epmd_port).route(node)
+        self._route = route or Routes.build([node], address, epmd_port, tls=tls_settings(tls)).route(node)
         self._cookie = cookie_for_node(node, cookie, cookie_file)
         self._ticktime = ticktime
         self.blocking = BlockingNode(node, self._cookie, timeout=timeout, route=self._route)
@@ -311,7 +351,8 @@ class trace_cluster:
     ``options``: ``duration`` (default: until stopped), ``max_size``, ``max_total_size``,
     ``sink``, ``level``, ``format_list``, ``lease``, ``require_all`` (see kazoo.cluster.ClusterTrace).
     Nodes that cannot be reached are in ``run.outcomes`` with their error, unless ``require_all``.
-    ``address``/``epmd_port``: where the nodes are reached (see the module docstring).
+    ``address``/``epmd_port``: where the nodes are reached; ``tls``: TLS distribution (see the
+    module docstring).
     """
 
     def __init__(
@@ -328,12 +369,13 @@ class trace_cluster:
         max_total_size: int | None = None,
         address: AddressSpec = None,
         epmd_port: int | None = None,
+        tls: TlsSettings | bool | str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
         from .kazoo.cluster import ClusterLimits, parse_node_list
 
         self.nodes = parse_node_list(nodes)
-        self.routes = Routes.build(self.nodes, address, epmd_port)
+        self.routes = Routes.build(self.nodes, address, epmd_port, tls=tls_settings(tls))
         self.filters = filters
         self.directory = directory
         self._cookie_for = lambda node: cookie_for_node(node, cookie, cookie_file)

@@ -14,6 +14,14 @@
     |   +-- NotAllowedError            the peer refuses connections from us
     |   +-- HandshakeTimeoutError      the handshake did not finish in time
     |   +-- VersionMismatchError       no common handshake version / flags
+    |   +-- TlsError                   the TLS layer of a TLS distribution connection failed
+    |       +-- TlsRequiredError       the node runs TLS distribution and we spoke plain TCP
+    |       +-- NodeNotTlsError        we spoke TLS and the node runs plain distribution
+    |       +-- CertificateUntrustedError   a certificate is not signed by a CA the other side trusts
+    |       +-- CertificateNameError   the node's certificate is for another name
+    |       +-- CertificateExpiredError     a certificate has expired (or is not valid yet)
+    |       +-- ClientCertificateRequiredError  the node requires a client certificate and got none
+    |       +-- TlsVersionError        no TLS version both sides accept
     +-- ConnectionLostError            the peer went away (exit 3)
     |   +-- TraceLostError             ... while a trace ran: carries the ref, remote path and kept partial file
     +-- RpcError                       a remote call failed (exit 4)
@@ -64,6 +72,13 @@ SETTINGS = frozenset(
         "max_rate",
         "governor",
         "mode",
+        "tls",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        "tls_verify",
+        "tls_server_name",
+        "tls_optfile",
     }
 )
 
@@ -149,6 +164,38 @@ class HandshakeTimeoutError(ConnectError):
 
 class VersionMismatchError(ConnectError):
     """The peer speaks no handshake version or flag set we can use."""
+
+
+class TlsError(ConnectError):
+    """The TLS layer of a TLS distribution connection failed (OTP's inet_tls_dist)."""
+
+
+class TlsRequiredError(TlsError):
+    """The node answered our plain handshake with TLS: it runs TLS distribution."""
+
+
+class NodeNotTlsError(TlsError):
+    """We spoke TLS and the node does not: it runs plain (TCP) distribution."""
+
+
+class CertificateUntrustedError(TlsError):
+    """A certificate is not signed by a CA the other side trusts (theirs by us, or ours by them)."""
+
+
+class CertificateNameError(TlsError):
+    """The node's certificate does not name the host we expect it to."""
+
+
+class CertificateExpiredError(TlsError):
+    """A certificate has expired or is not valid yet (the node's, or ours as the node says)."""
+
+
+class ClientCertificateRequiredError(TlsError):
+    """The node requires a client certificate (``fail_if_no_peer_cert``) and we sent none."""
+
+
+class TlsVersionError(TlsError):
+    """The node and we have no TLS protocol version in common."""
 
 
 class ConnectionLostError(KzBridgeError):

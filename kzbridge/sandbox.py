@@ -25,6 +25,13 @@ value is changed while the node runs (a FAKETIME file), and costs a re-read on e
 clock call, so it is not set. Any of these variables in the caller's environment are
 dropped: only what ``start`` is asked for reaches the BEAM. ``start(tz="America/New_York")`` sets the
 BEAM's ``TZ``; lager's timestamps are local time, so they follow both.
+
+TLS distribution: ``start(tls="mutual")`` (or ``"server-auth"``) makes a throwaway CA, a
+server certificate for 127.0.0.1 and a client certificate (kzbridge.certs, with the
+``openssl`` command) in the sandbox's directory, and starts the BEAM with ``-proto_dist
+inet_tls -ssl_dist_optfile FILE``. "mutual": the node requires a client certificate signed
+by that CA (``verify_peer``, ``fail_if_no_peer_cert``); "server-auth": only we check the
+node's. ``Sandbox.tls_settings()`` is how to connect; the files go with the sandbox on stop.
 """
 
 from __future__ import annotations
@@ -43,17 +50,22 @@ import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import limits
 from .cachedir import cache_dir, subdir
 from .errors import KzBridgeError, SandboxError, UsageError
 from .wire.terms import Atom
 
+if TYPE_CHECKING:
+    from .wire.names import Route
+    from .wire.tls import TlsSettings
+
 _TRUE = Atom("true")
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
+TLS_MODES = ("mutual", "server-auth")
 
 FAKETIME_LIBS = (
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -135,6 +147,8 @@ class Sandbox:
     started: float
     faketime: str | None = None
     tz: str | None = None
+    tls_mode: str | None = None  # TLS distribution: "mutual" or "server-auth"
+    tls_dir: str | None = None  # its CA, certificates and optfile
 
     @property
     def cookie(self) -> str:
@@ -143,6 +157,27 @@ class Sandbox:
     @property
     def name(self) -> str:
         return self.node.split("@")[0]
+
+    def tls_settings(self) -> TlsSettings | None:
+        """How to connect to this sandbox's TLS distribution (None: plain): its CA and client certificate."""
+        if self.tls_dir is None:
+            return None
+        from .wire.tls import TlsSettings
+
+        d = Path(self.tls_dir)
+        return TlsSettings(ca_file=str(d / "ca.pem"), cert_file=str(d / "client.pem"), key_file=str(d / "client.key"))
+
+    @property
+    def tls_optfile(self) -> str | None:
+        """The node's ssl_dist_optfile (its client section works for kzbridge's --tls-optfile too)."""
+        return str(Path(self.tls_dir) / "dist.conf") if self.tls_dir is not None else None
+
+    def route(self) -> Route | None:
+        """The route to this sandbox: with its TLS settings, or None for plain distribution."""
+        from .wire.names import Route
+
+        tls = self.tls_settings()
+        return Route(tls=tls) if tls is not None else None
 
     def alive(self) -> bool:
         try:
@@ -199,7 +234,10 @@ def list_sandboxes() -> list[Sandbox]:
     return out
 
 
-async def _wait_ready(node: str, cookie: str, deadline: float, proc: subprocess.Popen[bytes] | None) -> int:
+async def _wait_ready(
+    node: str, cookie: str, deadline: float, proc: subprocess.Popen[bytes] | None, route: Route | None = None
+) -> int:
+    from .errors import TlsError
     from .wire.node import connect_node
 
     last: Exception | None = None
@@ -207,12 +245,16 @@ async def _wait_ready(node: str, cookie: str, deadline: float, proc: subprocess.
         if proc is not None and proc.poll() not in (None, 0):
             raise SandboxError(f"the fixture node exited with code {proc.returncode} while starting")
         try:
-            hidden = await connect_node(node, cookie, timeout=2.0)
+            hidden = await connect_node(node, cookie, timeout=2.0, route=route)
             try:
                 if await hidden.rpc("kz_fixture", "ready", [], timeout=2.0) == _TRUE:
                     return int(await hidden.rpc("os", "getpid", [], timeout=2.0))
             finally:
                 await hidden.close()
+        except TlsError as exc:
+            if not isinstance(exc.__cause__, (ConnectionResetError, ConnectionAbortedError)):
+                raise SandboxError(f"the fixture node {node} refused our TLS connection: {exc}") from exc
+            last = exc  # the node closed while its distribution was still starting
         except KzBridgeError as exc:
             last = exc
         await asyncio.sleep(0.2)
@@ -267,15 +309,19 @@ def start(
     timeout: float = 30.0,
     faketime: str | None = None,
     tz: str | None = None,
+    tls: str | None = None,
 ) -> Sandbox:
     """Start a fixture node named ``name@127.0.0.1``; refuses if one of that name runs.
 
     ``faketime``: run the node's clock off by this libfaketime value ("+3600s", "-2s",
     "@2026-11-25 23:59:58"). ``tz``: the node's time zone ("America/New_York").
+    ``tls``: run TLS distribution, "mutual" or "server-auth" (see the module docstring).
     """
     _validate_name(name)
     if generation not in (1, 2):
         raise UsageError("--generation must be 1 or 2")
+    if tls is not None and tls not in TLS_MODES:
+        raise UsageError(f"TLS mode must be one of {', '.join(TLS_MODES)}, not {tls!r}", setting="tls")
     rate = limits.check_number(rate, "rate", name="--rate")
     existing = find(name)
     if existing is not None and existing.alive():
@@ -295,8 +341,14 @@ def start(
     cookie_file = state_dir() / f"{name}.cookie"
     _write_private(cookie_file, cookie, 0o600)
     _write_private(home / ".erlang.cookie", cookie, 0o400)  # read by the BEAM: no -setcookie in ps
+    dist: list[str] = []
+    tls_dir: str | None = None
+    if tls is not None:
+        tls_dir = str(workdir / "tls")
+        optfile = make_tls_files(tls_dir, mutual=tls == "mutual")
+        dist = ["-proto_dist", "inet_tls", "-ssl_dist_optfile", optfile]
     cmd = [
-        _require("erl"), "-detached", "-noinput", "-name", node,
+        _require("erl"), "-detached", "-noinput", "-name", node, *dist,
         "-pa", str(build / "common"), "-pa", str(build / f"gen{generation}"),
         "-config", str(fixtures_dir() / "config" / "sys"),
         "-kernel", "inet_dist_use_interface", "{127,0,0,1}",
@@ -306,10 +358,21 @@ def start(
         cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    os_pid = _run(_wait_ready(node, cookie, time.monotonic() + timeout, proc))
-    box = Sandbox(node, str(cookie_file), generation, float(rate), os_pid, time.time(), faketime, tz)
+    box = Sandbox(node, str(cookie_file), generation, float(rate), 0, time.time(), faketime, tz, tls, tls_dir)
+    box.os_pid = _run(_wait_ready(node, cookie, time.monotonic() + timeout, proc, box.route()))
     _state_file(name).write_text(json.dumps(asdict(box)))
     return box
+
+
+def make_tls_files(directory: str, *, mutual: bool) -> str:
+    """A throwaway CA, a server certificate for 127.0.0.1, a client certificate, and the
+    ssl_dist_optfile naming them (returned): what a TLS sandbox runs with."""
+    from .certs import Pki, dist_optfile
+
+    pki = Pki.create(directory, name="kzbridge sandbox CA")
+    server = pki.issue("server", common_name=LOOPBACK, alt_names=(LOOPBACK, "localhost"))
+    client = pki.issue("client", common_name="kzbridge", client=True)
+    return dist_optfile(Path(directory) / "dist.conf", ca=pki.ca, server=server, client=client, mutual=mutual)
 
 
 def trace_files(box: Sandbox) -> list[str]:

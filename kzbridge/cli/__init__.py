@@ -35,6 +35,7 @@ from .render import safe_text
 if TYPE_CHECKING:
     from ..wire.names import Routes
     from ..wire.node import HiddenNode
+    from ..wire.tls import TlsSettings
 
 # Heavier modules (asyncio, the tracing layer, the sandbox) are imported inside the
 # commands that need them: a one-shot `kzbridge rpc` should not pay for all of them.
@@ -65,6 +66,13 @@ OPTION_OF = {
     "mode": "--mode",
     "address": "--address",
     "epmd_port": "--epmd-port",
+    "tls": "--tls",
+    "tls_ca": "--tls-ca",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_verify": "--tls-verify",
+    "tls_server_name": "--tls-server-name",
+    "tls_optfile": "--tls-optfile",
 }
 
 
@@ -214,8 +222,28 @@ _NODES_HELP = (
 
 
 @dataclass(frozen=True)
+class TlsOptions:
+    """The --tls* options as given (None: not given), before the optfile is read."""
+
+    enabled: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool | None = None
+    server_name: str | None = None
+    optfile: str | None = None
+
+    @property
+    def wanted(self) -> bool:
+        """--tls, or any --tls-* option (each implies TLS distribution)."""
+        return self.enabled or any(
+            v is not None for v in (self.ca, self.cert, self.key, self.verify, self.server_name, self.optfile)
+        )
+
+
+@dataclass(frozen=True)
 class ConnectSettings:
-    """Where the nodes are reached (--address, --epmd-port), as the command line gave them.
+    """Where and how the nodes are reached (--address, --epmd-port, --tls*), as the command line gave them.
 
     The options store it in click's context (``ctx.meta``) rather than passing it to each
     command function, so every node command takes them without a parameter of its own;
@@ -224,24 +252,65 @@ class ConnectSettings:
 
     addresses: tuple[str, ...] = ()
     epmd_port: int | None = None
+    tls: TlsOptions = TlsOptions()
 
 
 _SETTINGS = "kzbridge.connect"
+_TLS_BUILT = "kzbridge.tls"
 
 
 def connect_settings() -> ConnectSettings:
-    """The current command's --address/--epmd-port (defaults outside a command, e.g. in the demo)."""
+    """The current command's --address/--epmd-port/--tls* (defaults outside a command, e.g. in the demo)."""
     ctx = click.get_current_context(silent=True)
     return connect_settings_of(ctx) if ctx is not None else ConnectSettings()
 
 
+def tls_settings() -> TlsSettings | None:
+    """The current command's TLS distribution settings (None: plain TCP): the --tls-optfile's
+    client section with the --tls-* options on top. Built once per command, when the first
+    connection is made; its warnings (verification off, a key file others can read) are
+    printed then, every time."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    if _TLS_BUILT in ctx.meta:
+        built: TlsSettings | None = ctx.meta[_TLS_BUILT]
+        return built
+    opts = connect_settings_of(ctx).tls
+    settings: TlsSettings | None = None
+    if opts.wanted:
+        from ..wire import tls
+
+        base = None
+        if opts.optfile is not None:
+            base, unused = tls.read_optfile(opts.optfile)
+            if unused:
+                click.echo(
+                    warning_line(f"the TLS optfile's client options {', '.join(unused)} are not used by kzbridge"),
+                    err=True,
+                )
+        settings = tls.merge(
+            base,
+            ca_file=opts.ca,
+            cert_file=opts.cert,
+            key_file=opts.key,
+            verify=opts.verify,
+            server_name=opts.server_name,
+        )
+        settings.check_files()
+        for text in settings.warnings():
+            click.echo(warning_line(text), err=True)
+    ctx.meta[_TLS_BUILT] = settings
+    return settings
+
+
 def routes_for(nodes: Iterable[str], *, more_nodes: bool = False) -> Routes:
-    """The Routes for ``nodes`` from --address/--epmd-port (checked against the node names; with
-    ``more_nodes``, e.g. --cluster, a NODE=HOST for a node found later is allowed)."""
+    """The Routes for ``nodes`` from --address/--epmd-port/--tls* (checked against the node names;
+    with ``more_nodes``, e.g. --cluster, a NODE=HOST for a node found later is allowed)."""
     from ..wire.names import Routes
 
     s = connect_settings()
-    return Routes.build(list(nodes), s.addresses or None, s.epmd_port, more_nodes=more_nodes)
+    return Routes.build(list(nodes), s.addresses or None, s.epmd_port, more_nodes=more_nodes, tls=tls_settings())
 
 
 def _store_addresses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | None) -> None:
@@ -265,16 +334,112 @@ def _store_epmd_port(ctx: click.Context, param: click.Parameter, value: str | No
     ctx.meta[_SETTINGS] = replace(connect_settings_of(ctx), epmd_port=port)
 
 
+def _tls_store(field_name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A callback keeping one --tls* option's value in the context's ConnectSettings."""
+
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if field_name == "enabled":
+            value = bool(value)
+        elif isinstance(value, str) and not value.strip():
+            value = None  # an empty environment variable is no setting
+        current = connect_settings_of(ctx)
+        ctx.meta[_SETTINGS] = replace(current, tls=replace(current.tls, **{field_name: value}))
+        ctx.meta.pop(_TLS_BUILT, None)
+
+    return store
+
+
+def _tls_options(fn: F) -> F:
+    """--tls and the --tls-* options: stored in the context (ConnectSettings.tls), like --address."""
+    file_type = click.Path(dir_okay=False)
+    options = [
+        click.option(
+            "--tls",
+            is_flag=True,
+            envvar="KZBRIDGE_TLS",
+            show_envvar=True,
+            expose_value=False,
+            callback=_tls_store("enabled"),
+            help="Speak TLS distribution (nodes started with -proto_dist inet_tls). EPMD stays plain. "
+            "Every --tls-* option implies it.",
+        ),
+        click.option(
+            "--tls-ca",
+            type=file_type,
+            envvar="KZBRIDGE_TLS_CA",
+            show_envvar=True,
+            metavar="FILE",
+            expose_value=False,
+            callback=_tls_store("ca"),
+            help="PEM file of the CA that signed the nodes' certificates (default: the system's CAs).",
+        ),
+        click.option(
+            "--tls-cert",
+            type=file_type,
+            envvar="KZBRIDGE_TLS_CERT",
+            show_envvar=True,
+            metavar="FILE",
+            expose_value=False,
+            callback=_tls_store("cert"),
+            help="Our client certificate (PEM), for nodes that require one (verify_peer, fail_if_no_peer_cert).",
+        ),
+        click.option(
+            "--tls-key",
+            type=file_type,
+            envvar="KZBRIDGE_TLS_KEY",
+            show_envvar=True,
+            metavar="FILE",
+            expose_value=False,
+            callback=_tls_store("key"),
+            help="The client certificate's private key (PEM; default: inside --tls-cert). Never printed; "
+            "a warning if others can read it.",
+        ),
+        click.option(
+            "--tls-verify/--no-tls-verify",
+            default=None,
+            envvar="KZBRIDGE_TLS_VERIFY",
+            show_envvar=True,
+            expose_value=False,
+            callback=_tls_store("verify"),
+            help="Check the node's certificate: chain to the CA, dates, name (default). "
+            "--no-tls-verify prints a warning every time.",
+        ),
+        click.option(
+            "--tls-server-name",
+            envvar="KZBRIDGE_TLS_SERVER_NAME",
+            show_envvar=True,
+            metavar="NAME",
+            expose_value=False,
+            callback=_tls_store("server_name"),
+            help="The name the node's certificate must hold (default: the host in the node's name).",
+        ),
+        click.option(
+            "--tls-optfile",
+            type=file_type,
+            envvar="KZBRIDGE_TLS_OPTFILE",
+            show_envvar=True,
+            metavar="FILE",
+            expose_value=False,
+            callback=_tls_store("optfile"),
+            help="The cluster's ssl_dist_optfile: its client section (cacertfile, certfile, keyfile, verify, "
+            "server_name_indication, versions) is used; --tls-* options override it.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def connect_settings_of(ctx: click.Context) -> ConnectSettings:
     found = ctx.meta.get(_SETTINGS)
     return found if isinstance(found, ConnectSettings) else ConnectSettings()
 
 
 def _connection_options(fn: F, timeout_default: float = 10.0, timeout_help: str | None = None) -> F:
-    """Cookie options, --timeout, --json, --address and --epmd-port: the same for one node or many.
+    """Cookie options, --timeout, --json, --address, --epmd-port and --tls*: the same for one node or many.
 
-    --address and --epmd-port reach no command function: they are stored in the context
-    (ConnectSettings) and read where the connections are made.
+    --address, --epmd-port and the TLS options reach no command function: they are stored
+    in the context (ConnectSettings) and read where the connections are made.
     """
 
     @click.option(
@@ -318,6 +483,7 @@ def _connection_options(fn: F, timeout_default: float = 10.0, timeout_help: str 
         callback=_store_epmd_port,
         help="EPMD's port on the nodes' hosts (default 4369).",
     )
+    @_tls_options
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)

@@ -43,21 +43,62 @@ def sandbox() -> None:
     "(to try clock correction across nodes and midnight).",
 )
 @click.option("--tz", default=None, metavar="ZONE", help="The node's time zone, e.g. America/New_York.")
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Run TLS distribution (-proto_dist inet_tls) with a throwaway CA, server and client certificate "
+    "made here with openssl; prints the --tls-* options to connect with.",
+)
+@click.option(
+    "--tls-mode",
+    type=click.Choice(["mutual", "server-auth"]),
+    default="mutual",
+    show_default=True,
+    help="mutual: the node requires our client certificate (verify_peer, fail_if_no_peer_cert); "
+    "server-auth: only we check the node's.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def sandbox_start(
-    name: str, cookie: str | None, generation: str, rate: float, faketime: str | None, tz: str | None, as_json: bool
+    name: str,
+    cookie: str | None,
+    generation: str,
+    rate: float,
+    faketime: str | None,
+    tz: str | None,
+    tls: bool,
+    tls_mode: str,
+    as_json: bool,
 ) -> None:
     """Compile the fixtures if needed, start epmd and the node, wait until it answers."""
     from .. import sandbox as sandbox_mod
 
-    box = sandbox_mod.start(name, cookie=cookie, generation=int(generation), rate=rate, faketime=faketime, tz=tz)
+    box = sandbox_mod.start(
+        name,
+        cookie=cookie,
+        generation=int(generation),
+        rate=rate,
+        faketime=faketime,
+        tz=tz,
+        tls=tls_mode if tls else None,
+    )
     if as_json:
         emit_json(sandbox_mod.info(box))
-    else:
-        click.echo(box.node)
+        return
+    click.echo(box.node)
+    click.echo(
+        f"kzbridge: sandbox up (generation {box.generation}, {box.rate:g} events/s, pid {box.os_pid}); "
+        f"kzbridge finds its cookie by node name, or use --cookie-file {box.cookie_file}",
+        err=True,
+    )
+    settings = box.tls_settings()
+    if settings is not None:
+        flags = f"--tls-ca {settings.ca_file}"
+        if box.tls_mode == "mutual":
+            flags += f" --tls-cert {settings.cert_file} --tls-key {settings.key_file}"
         click.echo(
-            f"kzbridge: sandbox up (generation {box.generation}, {box.rate:g} events/s, pid {box.os_pid}); "
-            f"kzbridge finds its cookie by node name, or use --cookie-file {box.cookie_file}",
+            f"kzbridge: TLS distribution ({box.tls_mode}); connect with:\n"
+            f"  kzbridge ping --node {box.node} {flags}\n"
+            f"  or: kzbridge ping --node {box.node} --tls-optfile {box.tls_optfile}",
             err=True,
         )
 

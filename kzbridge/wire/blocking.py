@@ -4,6 +4,11 @@ Importing asyncio costs more than a whole rpc, and a one-shot command needs no
 concurrency, so this drives the same sans-IO pieces (EPMD parsers, ClientHandshake,
 FrameReader, codec, rex and I/O protocol helpers) with a plain socket. Long-lived
 work (tracing, collection, the library API) uses the asyncio HiddenNode.
+
+With TLS distribution the socket is wrapped (``SSLContext.wrap_socket``) before the
+handshake. An OpenSSL connection must not be read and written from two threads at once,
+so over TLS a read holds the send lock, in slices of ``TLS_READ_SLICE`` seconds: the tick
+thread's writes wait at most that long.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from .rex import RpcResult, rpc_result
 from .session import ConnectPlan, RpcReply, call_name
 from .socket_errors import TIMEOUTS, describe, map_exceptions
 from .terms import Atom
+
+TLS_READ_SLICE = 0.5
 
 
 class BlockingNode:
@@ -54,6 +61,7 @@ class BlockingNode:
             self.sock.close()
             raise
         self._send_lock = threading.Lock()
+        self._tls = plan.tls is not None
         self._call_lock = threading.Lock()
         self._last_sent = time.monotonic()
         self._ticker: threading.Thread | None = None
@@ -67,6 +75,14 @@ class BlockingNode:
         """One TCP connection to the node's port and the handshake on it."""
         with map_exceptions(plan.tcp_errors(info.port)):
             sock = socket.create_connection((plan.host, info.port), timeout=plan.remaining())
+            if plan.tls is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.settimeout(plan.remaining())
+                    sock = plan.ssl_context().wrap_socket(sock, server_hostname=plan.server_name)
+                except BaseException:
+                    sock.close()
+                    raise
         try:
             with map_exceptions(plan.handshake_errors()):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -119,23 +135,29 @@ class BlockingNode:
                     hint="raise the timeout, or check the node's load",
                     setting="timeout",
                 )
-            self.sock.settimeout(remaining)
             try:
-                with map_exceptions(
-                    {
-                        TIMEOUTS: None,
-                        OSError: lambda exc: ConnectionLostError(
-                            f"{self.peer_name} went away during {what}: {describe(exc)}"
-                        ),
-                    }
-                ):
-                    data = self.sock.recv(1 << 18)
+                with self._recv_errors(what):
+                    if self._tls:
+                        with self._send_lock:
+                            self.sock.settimeout(min(remaining, TLS_READ_SLICE))
+                            data = self.sock.recv(1 << 18)
+                    else:
+                        self.sock.settimeout(remaining)
+                        data = self.sock.recv(1 << 18)
             except TIMEOUTS:
                 continue  # the deadline check above decides
             if not data:
                 raise ConnectionLostError(f"{self.peer_name} went away during {what}")
             self._frames.extend(self._reader.feed(data))
         return self._frames.pop(0)
+
+    def _recv_errors(self, what: str) -> map_exceptions:
+        return map_exceptions(
+            {
+                TIMEOUTS: None,
+                OSError: lambda exc: ConnectionLostError(f"{self.peer_name} went away during {what}: {describe(exc)}"),
+            }
+        )
 
     def rpc_output(
         self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float = 30.0

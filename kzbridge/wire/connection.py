@@ -3,12 +3,15 @@
 The protocol object is a thin loop around the sans-IO pieces (ClientHandshake,
 FrameReader, parse_message). It hands each DistMessage to a callback and
 reports loss once; it knows nothing about rpc or mailboxes. ``open_connection``
-walks the shared ConnectPlan (session.py) with asyncio.
+walks the shared ConnectPlan (session.py) with asyncio; with TLS distribution the
+connection is asyncio's own TLS transport (``create_connection(ssl=...)``), under the
+same protocol object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -42,8 +45,9 @@ class DistProtocol(asyncio.BufferedProtocol):
     FIRST_BIG = 8 << 20  # a file chunk (4 MB and its header) fits at once
     KEEP_BIG = 16 << 20  # file chunks are 4 MB; a buffer up to this size is kept for the next one
 
-    def __init__(self, handshake_factory: Callable[[str], ClientHandshake]) -> None:
+    def __init__(self, handshake_factory: Callable[[str], ClientHandshake], tls: bool = False) -> None:
         self._factory = handshake_factory
+        self._tls = tls
         self.handshake: ClientHandshake | None = None
         self.handshake_done: asyncio.Future[HandshakeResult] = asyncio.get_running_loop().create_future()
         # Mark the outcome retrieved even if the caller gave up waiting (timeout).
@@ -60,6 +64,9 @@ class DistProtocol(asyncio.BufferedProtocol):
         self.closed = False
         self._paused = False
         self._small = bytearray(self.SMALL_BUFFER)
+        # Handed out as a memoryview: asyncio's TLS transport reads a record into
+        # ``buf[offset:]``, which for a bytearray would be a copy (those bytes would be lost).
+        self._small_view = memoryview(self._small)
         self._big: memoryview | None = None  # the part of _big_store received into so far
         self._big_store = bytearray()
         self._big_filled = 0
@@ -84,7 +91,7 @@ class DistProtocol(asyncio.BufferedProtocol):
             if self._big_filled == len(big):
                 big = self._grow_big()
             return big[self._big_filled :]
-        return self._small
+        return self._small_view
 
     def _grow_big(self) -> memoryview:
         """The in-place buffer is full but the frame is not: double it, up to the announced length."""
@@ -109,7 +116,7 @@ class DistProtocol(asyncio.BufferedProtocol):
                     # A one-off huge message (an rpc returning a big binary): do not keep its buffer.
                     self._big_store = bytearray()
             return
-        view = memoryview(self._small)[:nbytes]
+        view = self._small_view[:nbytes]
         if not self.handshake_done.done():
             self._handshake_data(bytes(view))
             return
@@ -195,7 +202,11 @@ class DistProtocol(asyncio.BufferedProtocol):
         self.closed = True
         if not self.handshake_done.done():
             assert self.handshake is not None
-            self.handshake_done.set_exception(self.handshake.connection_closed())
+            if self._tls and exc is not None:
+                # A TLS alert (the node wants our certificate, refuses it): the plan reads it.
+                self.handshake_done.set_exception(exc)
+            else:
+                self.handshake_done.set_exception(self.handshake.connection_closed())
             return
         self.on_lost(ConnectionLostError(f"connection closed by the peer{': ' + str(exc) if exc else ''}"))
 
@@ -294,7 +305,7 @@ async def open_connection(
     without EPMD, EPMD's port); ``epmd_port`` alone is the older spelling of its EPMD port.
     """
     if epmd_port is not None and (route is None or route.epmd_port is None):
-        route = Route(route.host if route else None, route.port if route else None, epmd_port)
+        route = dataclasses.replace(route or Route(), epmd_port=epmd_port)
     plan = ConnectPlan(node, cookie, timeout=timeout, name_prefix=name_prefix, route=route)
     attempts = plan.attempts() or [await epmd.lookup(plan.name, plan.host, timeout=timeout, port=plan.epmd_port)]
     for i, info in enumerate(attempts):
@@ -309,13 +320,24 @@ async def open_connection(
 async def _handshake(plan: ConnectPlan, info: epmd.NodeInfo) -> tuple[DistProtocol, Session]:
     """One TCP connection to the node's port and the handshake on it."""
     loop = asyncio.get_running_loop()
+    tls = plan.tls is not None
+
+    def make() -> DistProtocol:
+        return DistProtocol(lambda local_ip: plan.handshake(info, local_ip), tls)
+
     with map_exceptions(plan.tcp_errors(info.port)):
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: DistProtocol(lambda local_ip: plan.handshake(info, local_ip)), plan.host, info.port
-            ),
-            plan.remaining(),
-        )
+        if tls:
+            connecting = loop.create_connection(
+                make,
+                plan.host,
+                info.port,
+                ssl=plan.ssl_context(),
+                server_hostname=plan.server_name,
+                ssl_handshake_timeout=plan.remaining(),
+            )
+        else:
+            connecting = loop.create_connection(make, plan.host, info.port)
+        _, protocol = await asyncio.wait_for(connecting, plan.remaining())
     try:
         with map_exceptions(plan.handshake_errors()):
             result = await asyncio.wait_for(asyncio.shield(protocol.handshake_done), plan.remaining())

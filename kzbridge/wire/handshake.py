@@ -8,6 +8,10 @@ EPMD's "highest version" decides which we open with. If we open with ``n`` and
 the peer answers with an ``N`` challenge, we send the ``c`` complement.
 
 Usage: ``hs = ClientHandshake(...); send(hs.start()); while not hs.done: send(hs.feed(bytes))``.
+
+Over TLS distribution (OTP's inet_tls_dist) the same messages are framed with a 4-byte
+length instead of 2 (the TLS socket is in ``{packet, 4}`` from the start): ``tls=True``.
+A plain handshake answered with a TLS record (a TLS node's alert) is TlsRequiredError.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..errors import (
     NameInUseError,
     NotAllowedError,
     ProtocolError,
+    TlsRequiredError,
     VersionMismatchError,
 )
 
@@ -113,8 +118,14 @@ def digest(cookie: str, challenge: int) -> bytes:
     return hashlib.md5(cookie.encode("latin-1", "replace") + str(challenge).encode("ascii")).digest()
 
 
-def frame(payload: bytes) -> bytes:
-    return struct.pack(">H", len(payload)) + payload
+def frame(payload: bytes, length_bytes: int = 2) -> bytes:
+    """A handshake message with its length prefix: 2 bytes over TCP, 4 over TLS."""
+    return len(payload).to_bytes(length_bytes, "big") + payload
+
+
+# The first bytes of a TLS record a TLS node answers a plain handshake with: an alert
+# (0x15) or a handshake record (0x16), then the major version 3.
+_TLS_RECORD_STARTS = (b"\x15\x03", b"\x16\x03")
 
 
 class ClientHandshake:
@@ -129,6 +140,7 @@ class ClientHandshake:
         creation: int,
         flags: int = OUR_FLAGS,
         challenge: int | None = None,
+        tls: bool = False,
     ) -> None:
         if peer_version not in (5, 6):
             raise VersionMismatchError(f"the peer speaks distribution version {peer_version}; kzbridge speaks 5 and 6")
@@ -138,6 +150,8 @@ class ClientHandshake:
         self.creation = creation
         self.flags = flags
         self.challenge = challenge if challenge is not None else struct.unpack(">I", os.urandom(4))[0]
+        self.tls = tls
+        self._len = 4 if tls else 2
         self.state = State.UNSTARTED
         self.buffer = bytearray()
         self.peer_name = ""
@@ -159,7 +173,7 @@ class ClientHandshake:
         else:
             msg = b"n" + struct.pack(">HI", 5, self.flags & 0xFFFFFFFF) + name
         self.state = State.AWAIT_STATUS
-        return frame(msg)
+        return frame(msg, self._len)
 
     def feed(self, data: bytes) -> bytes:
         """Consume bytes from the peer; return bytes to send (possibly empty).
@@ -170,17 +184,25 @@ class ClientHandshake:
             raise RuntimeError("handshake already finished; later bytes are distribution frames")
         self.buffer += data
         out = bytearray()
+        size = self._len
         while self.state not in (State.DONE, State.FAILED):
-            if len(self.buffer) < 2:
+            if len(self.buffer) < size:
                 break
-            n = struct.unpack_from(">H", self.buffer)[0]
+            if not self.tls and self.state is State.AWAIT_STATUS and self.buffer[:2] in _TLS_RECORD_STARTS:
+                self.state = State.FAILED
+                raise TlsRequiredError(
+                    "the node answered with TLS: it runs TLS distribution (-proto_dist inet_tls)",
+                    hint="connect with TLS, trusting the CA that signed the cluster's certificates",
+                    setting="tls",
+                )
+            n = int.from_bytes(self.buffer[:size], "big")
             if n == 0 or n > MAX_HANDSHAKE_MESSAGE:
                 self.state = State.FAILED
                 raise ProtocolError(f"handshake message of {n} bytes from the peer")
-            if len(self.buffer) < 2 + n:
+            if len(self.buffer) < size + n:
                 break
-            msg = bytes(self.buffer[2 : 2 + n])
-            del self.buffer[: 2 + n]
+            msg = bytes(self.buffer[size : size + n])
+            del self.buffer[: size + n]
             try:
                 out += self._handle(msg)
             except Exception:
@@ -253,7 +275,7 @@ class ClientHandshake:
             self.peer_creation = creation
             if self.version == 5:
                 # We opened with 'n'; a v6 peer wants the high flag word and our creation.
-                out += frame(b"c" + struct.pack(">II", self.flags >> 32, self.creation))
+                out += frame(b"c" + struct.pack(">II", self.flags >> 32, self.creation), self._len)
         elif tag == b"n":
             if len(msg) < 11:
                 raise ProtocolError("old-style challenge too short")
@@ -267,7 +289,7 @@ class ClientHandshake:
             raise VersionMismatchError(f"the node lacks extended pids/references (flags {flags:#x})")
         self.peer_flags = flags
         self.state = State.AWAIT_ACK
-        return out + frame(b"r" + struct.pack(">I", self.challenge) + digest(self.cookie, challenge))
+        return out + frame(b"r" + struct.pack(">I", self.challenge) + digest(self.cookie, challenge), self._len)
 
     def _on_ack(self, msg: bytes) -> bytes:
         if msg[:1] != b"a" or len(msg) != 17:

@@ -6,9 +6,13 @@ import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .tls import TlsSettings
 
 
 def split_node_name(node: str) -> tuple[str, str]:
@@ -46,11 +50,14 @@ class Route:
     host in the node's name, which then need not resolve. ``port``: the node's
     distribution port: connect straight to it and ask no EPMD. ``epmd_port``: EPMD's
     port (None: ERL_EPMD_PORT, else 4369). The handshake always uses the node's real name.
+    ``tls``: speak TLS distribution (wire.tls.TlsSettings) on the distribution port; EPMD
+    stays plain.
     """
 
     host: str | None = None
     port: int | None = None
     epmd_port: int | None = None
+    tls: TlsSettings | None = None
 
     def __str__(self) -> str:
         host = self.host or "(the name's host)"
@@ -107,16 +114,20 @@ class Routes:
     """How to reach each node of a run: a Route per node name, and EPMD's port for all.
 
     A node without an entry is reached where its name says (EPMD at its host). Built
-    by ``Routes.build`` from what a caller gives; drivers get ``route(node)``.
+    by ``Routes.build`` from what a caller gives; drivers get ``route(node)``. ``tls``: TLS
+    distribution settings for every node (a cluster shares its CA and client certificate).
     """
 
     by_node: Mapping[str, Route] = field(default_factory=dict)
     epmd_port: int | None = None
+    tls: TlsSettings | None = None
 
     def route(self, node: str) -> Route:
         found = self.by_node.get(node, Route())
         if found.epmd_port is None and self.epmd_port is not None:
-            return Route(found.host, found.port, self.epmd_port)
+            found = replace(found, epmd_port=self.epmd_port)
+        if found.tls is None and self.tls is not None:
+            found = replace(found, tls=self.tls)
         return found
 
     @classmethod
@@ -127,6 +138,7 @@ class Routes:
         epmd_port: int | str | None = None,
         *,
         more_nodes: bool = False,
+        tls: TlsSettings | None = None,
     ) -> Routes:
         """Routes for ``nodes`` from ``address``, checked before anything is sent.
 
@@ -134,11 +146,12 @@ class Routes:
         one node; a list of such strings (at most one without ``NODE=``); or a mapping
         ``{node: "HOST[:PORT]"}``. A port is one node's: ``HOST:PORT`` for several nodes is
         refused. A ``NODE=`` naming a node not in ``nodes`` is refused unless ``more_nodes``
-        (nodes found later, e.g. by cluster discovery, may use it).
+        (nodes found later, e.g. by cluster discovery, may use it). ``tls``: TLS distribution
+        settings for every node.
         """
         port = check_port(epmd_port, "epmd_port") if epmd_port is not None else None
         if address is None:
-            return cls({}, port)
+            return cls({}, port, tls)
         specs: list[str]
         if isinstance(address, str):
             specs = [address]
@@ -182,4 +195,4 @@ class Routes:
                 )
             for node in nodes:
                 by_node.setdefault(node, plain)
-        return cls(by_node, port)
+        return cls(by_node, port, tls)

@@ -13,7 +13,8 @@ of its rpc calls (``RpcReply``), a message or signal for a mailbox (``Message``,
 
 ``ConnectPlan`` is the connect setup both drivers follow step by step: the cookie
 check, our creation, the handshake version from EPMD's answer, our per-connection
-name, and the error each failing step raises.
+name, TLS (the context, the name the node's certificate must hold, the handshake's
+4-byte framing) when the route asks for it, and the error each failing step raises.
 
 Why an object that eats and emits data rather than one async implementation from
 which the sync driver is generated (httpcore's unasync)? The two drivers are not the
@@ -39,7 +40,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import (
     ConnectError,
@@ -84,6 +85,9 @@ from .names import Route, own_node_name, split_node_name
 from .rex import A_BADRPC, A_CALL, A_EXIT, A_GEN_CALL, A_NOPROC, A_REX
 from .socket_errors import TIMEOUTS, ExceptionMapping, describe
 from .terms import Atom, Pid, Reference
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("kzbridge.wire")
 _FRAME_LEN = struct.Struct(">I").pack
@@ -165,6 +169,7 @@ class ConnectPlan:
     for info in plan.attempts() or [<EPMD lookup of plan.name on plan.host, port plan.epmd_port>]:
         with map_exceptions(plan.tcp_errors(info.port)):
             <TCP connect to (plan.host, info.port) within plan.remaining()>
+            <with plan.tls: wrap it in TLS, plan.ssl_context(), server_hostname=plan.server_name>
         hs = plan.handshake(info, local_ip)
         with map_exceptions(plan.handshake_errors()):
             <send hs.start(); feed hs what arrives and send what it returns, until hs.done>
@@ -196,6 +201,16 @@ class ConnectPlan:
         self.creation = int.from_bytes(os.urandom(4), "big") | 4
         self.own_name = ""
         self.current: ClientHandshake | None = None  # the latest attempt's handshake
+        self.tls = self.route.tls
+        # The name the node's certificate must hold: the name's host, as OTP's own client checks.
+        self.server_name = self.tls.name_for(self.name_host) if self.tls is not None else ""
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS client context (built once per settings; imports ssl)."""
+        from .tls import client_context
+
+        assert self.tls is not None, "no TLS in this route"
+        return client_context(self.tls)
 
     def remaining(self, floor: float = 0.1) -> float:
         """Seconds left of the timeout, at least ``floor``."""
@@ -230,19 +245,41 @@ class ConnectPlan:
         self.own_name = own_node_name(self.name_host, local_ip, self.name_prefix)
         version = 6 if info.highest >= 6 else 5
         self.current = ClientHandshake(
-            self.own_name, self.cookie, peer_version=version, creation=self.creation, flags=OUR_FLAGS
+            self.own_name,
+            self.cookie,
+            peer_version=version,
+            creation=self.creation,
+            flags=OUR_FLAGS,
+            tls=self.tls is not None,
         )
         return self.current
 
+    def _tls_errors(self, in_tls_handshake: bool) -> ExceptionMapping:
+        if self.tls is None:
+            return {}
+        from .tls import error_mapping
+
+        return error_mapping(self.node, self.tls, self.server_name, in_tls_handshake=in_tls_handshake)
+
     def tcp_errors(self, port: int) -> ExceptionMapping:
-        """How a failed TCP connect to the distribution port reads."""
+        """How a failed TCP connect to the distribution port reads (and, with TLS, its TLS handshake)."""
         where = f"{self.host}:{port}" if self.route.host else f"port {port}"
-        return {
-            TIMEOUTS: lambda exc: HandshakeTimeoutError(
+        if self.tls is not None:
+            timed_out = HandshakeTimeoutError(
+                f"{self.node}: TCP connect and TLS handshake on {where} did not finish within {self.timeout:g}s",
+                hint="a node that runs plain distribution never answers TLS; or a firewall blocks the port",
+                setting="timeout",
+            )
+        else:
+            timed_out = HandshakeTimeoutError(
                 f"{self.node}: TCP connect to {where} timed out after {self.timeout:g}s",
                 hint="a firewall may block the node's distribution port",
                 setting="timeout",
-            ),
+            )
+        return {
+            TIMEOUTS: lambda exc: timed_out,
+            ConnectError: None,
+            **self._tls_errors(True),
             OSError: lambda exc: HostUnreachableError(
                 f"{self.node}: cannot connect to distribution port {where}: {describe(exc)}",
                 hint="a firewall may block the node's distribution port range",
@@ -258,6 +295,7 @@ class ConnectPlan:
             ),
             ConnectError: None,
             KzBridgeError: lambda exc: ConnectError(f"{self.node}: handshake failed: {exc}"),
+            **self._tls_errors(False),
             OSError: lambda exc: ConnectError(f"{self.node}: connection failed during the handshake: {describe(exc)}"),
         }
 
