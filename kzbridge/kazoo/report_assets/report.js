@@ -51,6 +51,7 @@
   function recordText(i) {
     var nd = NODE[i], s = starts[nd], a = LINE[i], b = a + NLINES[i];
     var end = b < s.length ? s[b] - 1 : texts[nd].length;
+    if (b >= s.length && texts[nd].charCodeAt(end - 1) === 10) end--;  // the file's final newline
     return texts[nd].slice(s[a], end);
   }
 
