@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what kzbridge needs on Debian (as root): Erlang/OTP and lager from apt, then a
 # virtualenv in .venv with kzbridge and, with --test, its test dependencies (and, for the
-# clock-skew and time-zone sandboxes the tests start, libfaketime and tzdata).
+# clock-skew and time-zone sandboxes the tests start, libfaketime and tzdata; for the report
+# tests, a headless browser: chromium and chromium-driver).
 set -eu
 cd "$(dirname "$0")/.."
 test_deps=""
@@ -16,6 +17,9 @@ if [ -n "$test_deps" ]; then
   packages="$packages faketime tzdata"
   dpkg -L libfaketime 2>/dev/null | grep -q 'libfaketimeMT\.so\.1$' || need_apt=1
   [ -f /usr/share/zoneinfo/America/New_York ] || need_apt=1
+  packages="$packages chromium chromium-driver"
+  command -v chromium >/dev/null 2>&1 || need_apt=1
+  command -v chromedriver >/dev/null 2>&1 || need_apt=1
 fi
 if [ -n "$need_apt" ]; then
   export DEBIAN_FRONTEND=noninteractive

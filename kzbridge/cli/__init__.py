@@ -595,7 +595,7 @@ def main() -> None:
 
 
 # Registration: each family module adds its commands to ``main`` as it loads.
-from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds, cluster_cmds  # noqa: E402,F401,I001
+from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds, cluster_cmds, report_cmds  # noqa: E402,F401,I001
 
 __all__ = [
     "EXIT_INTERRUPTED",

@@ -170,6 +170,10 @@ def run_cluster_trace(filters: list[Any], opts: TraceOptions) -> None:
     for o in summary.outcomes:
         for w in o.summary.warnings if o.summary else []:
             click.echo(warning_line(f"{o.node}: {w}"), err=True)
+    if opts.report:
+        from .report_cmds import report_sources, write_report_for
+
+        say("kzbridge: " + write_report_for(report_sources((str(summary.directory),)), opts.report), err=True)
     if summary.stopped_by and summary.stopped_by == "abandoned":
         sys.exit(EXIT_INTERRUPTED)
     if any(o.partial_path for o in summary.outcomes):

@@ -123,6 +123,13 @@ def trace_options(fn: F) -> F:
         default=None,
         help="Permission bits of the local file, octal (default 0600: traces hold call data).",
     )
+    @click.option(
+        "--report",
+        "report",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Also write the HTML report of what was collected to this new file (see kzbridge report).",
+    )
     @raw_option
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -157,6 +164,7 @@ class TraceOptions:
     exclude: tuple[str, ...] = ()
     require_all: bool = False
     max_total_size: str | None = None
+    report: str | None = None
 
     @property
     def several(self) -> bool:
@@ -187,6 +195,8 @@ def format_arg(text: str | None) -> list[Any] | None:
 
 def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
     """The shared body of trace-module, trace-function, trace-pid and trace (and demo)."""
+    if opts.report and (os.path.lexists(opts.report) or os.path.lexists(opts.report + ".partial")):
+        raise UsageError(f"{opts.report} exists: --report writes a new file", setting="local_path")
     if opts.several:
         from .cluster_cmds import run_cluster_trace
 
@@ -205,6 +215,7 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
 
     check_max_rate(opts.max_rate)
     show_progress = render.is_terminal() and not opts.follow
+    corrections: list[Any] = []
 
     async def body(n: HiddenNode) -> RunSummary:
         from ..kazoo.session import StopRequests, TraceSession
@@ -249,7 +260,9 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
                         opts.as_json, lambda: requests.request_stop("output closed"), _silence_stdout, raw=opts.raw
                     )
                 )
-            return await session.run(*observers)
+            done = await session.run(*observers)
+            corrections.append(session.correction)
+            return done
 
     summary = run_with_node(node, opts.cookie, opts.cookie_file, opts.timeout, body, overall=False)
     # The trace is stopped and collected: a late Ctrl-C must not turn the summary into a traceback.
@@ -261,6 +274,14 @@ def run_trace_command(filters: list[Any], opts: TraceOptions) -> None:
         click.echo(render.summary_text(summary), err=True)
     for w in summary.warnings:
         click.echo(warning_line(w), err=True)
+    if opts.report and corrections and corrections[0] is not None:
+        from pathlib import Path
+
+        from ..kazoo.merge import MergeSource
+        from .report_cmds import write_report_for
+
+        source = MergeSource(summary.node, Path(summary.local_path), corrections[0])
+        click.echo(render.safe_text("kzbridge: " + write_report_for([source], opts.report)), err=True)
     if summary.reason == "abandoned" or summary.partial:
         sys.exit(EXIT_INTERRUPTED)
 
