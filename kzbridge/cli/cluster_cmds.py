@@ -395,7 +395,7 @@ def merge_cmd(
             )
         target = Path(output)
     else:
-        sources = _file_sources(paths, clocks, zones, start)
+        sources = file_sources(paths, clocks, zones, start)
         if not output:
             raise UsageError("give --output for merging files (there is no run directory to write into)")
         target = Path(output)
@@ -405,13 +405,14 @@ def merge_cmd(
     say(f"{target}: {sum(stats.records)} records from {len(sources)} nodes")
 
 
-def _file_sources(
+def file_sources(
     paths: tuple[str, ...], clocks: tuple[str, ...], zones: tuple[str, ...], start: str | None
 ) -> list[Any]:
     import datetime as dt
 
     from ..kazoo.clock import ClockCorrection, NodeClock
     from ..kazoo.merge import MergeSource
+    from ..kazoo.report import first_line_instant
 
     offsets = _parse_pairs(clocks, "--clock", _seconds)
     utc_offsets = _parse_pairs(zones, "--zone", _zone)
@@ -431,31 +432,9 @@ def _file_sources(
         names.append(node)
         offset = offsets.get(node, 0.0)
         zone = int(utc_offsets.get(node, 0.0))
-        when = at if at is not None else _first_line_instant(path, zone)
+        when = at if at is not None else first_line_instant(path, zone)
         out.append(MergeSource(node, path, ClockCorrection(NodeClock.given(offset, utc_offset=zone, at=when))))
     unknown = (set(offsets) | set(utc_offsets)) - set(names)
     if unknown:
         raise UsageError(f"--clock/--zone name nodes with no file: {', '.join(sorted(unknown))}")
     return out
-
-
-def _first_line_instant(path: Path, utc_offset: int) -> float:
-    """A start for a file without one: its first printed time on the day the file was last written
-    (the day before, if that time is later in the day than the file's last write)."""
-    import datetime as dt
-
-    from ..kazoo.clock import printed_seconds
-
-    mtime = path.stat().st_mtime + utc_offset
-    day = dt.datetime.fromtimestamp(mtime, dt.timezone.utc)
-    with open(path, "rb") as fh:
-        for line in fh:
-            parsed = printed_seconds(line[:23])
-            if parsed is None:
-                continue
-            sod = parsed[1]
-            midnight = day.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-            if sod > day.hour * 3600 + day.minute * 60 + day.second + 60:
-                midnight -= 86400
-            return midnight + sod - utc_offset
-    return path.stat().st_mtime

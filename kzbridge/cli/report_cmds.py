@@ -27,9 +27,9 @@ def report_sources(paths: tuple[str, ...], clocks: tuple[str, ...] = (), zones: 
         return report.sources_for(list(paths))
     if len(paths) == 1 and Path(paths[0]).is_dir():
         raise UsageError("--clock and --zone are for files; a run's directory has cluster.json")
-    from .cluster_cmds import _file_sources
+    from .cluster_cmds import file_sources
 
-    return list(_file_sources(paths, clocks, zones, None))
+    return list(file_sources(paths, clocks, zones, None))
 
 
 def write_report_for(sources: list[MergeSource], output: str) -> str:
