@@ -91,6 +91,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kzbridge.wire")
 _FRAME_LEN = struct.Struct(">I").pack
+_CALL_HEAD = b"h\x05" + encode_term(A_CALL)  # {call, M, F, A, GroupLeader}: its constant head
 
 A_DOWN = Atom("DOWN")
 A_PROCESS = Atom("process")
@@ -369,8 +370,7 @@ class Session:
         body = (
             self._rpc_head
             + encode_term(ref)
-            + b"h\x05"
-            + encode_term(A_CALL)
+            + _CALL_HEAD
             + encode_term(module)
             + encode_term(function)
             + encode_term(args)
