@@ -14,7 +14,10 @@ ratios are medians of the per-round ratios, with their range.
 
 Baselines: Erlang-to-Erlang rpc:call between two BEAM nodes on this machine (and the
 same gen_server call to rex that kzbridge makes), erl_call, and booting a hidden BEAM
-for one rpc (what Kazoo's sup does).
+for one rpc (what Kazoo's sup does). Python peers in the same rounds: erldistpy (PyPI,
+the ``bench`` extra; a synchronous client, the same gen_server call to rex) and
+py-interface 2.3 (a test dependency; it speaks only the old handshake and is reported
+"n/a" when the node refuses it, as OTP 25.0-25.2 do).
 """
 
 from __future__ import annotations
@@ -91,6 +94,50 @@ def blocking_side(node: str, cookie: str, calls: int) -> list[float]:
     return times
 
 
+def erldistpy_side(node: str, cookie: str, calls: int) -> list[float]:
+    """erldistpy (PyPI): the same gen_server call to rex, its group leader the node's ``user``."""
+    import functools
+
+    import erldistpy.node as edp
+    from erldistpy import Atom
+
+    # erldistpy's Node asks EPMD on its default port; the benchmark's EPMD is private.
+    edp.lookup = functools.partial(edp.lookup, port=int(os.environ["ERL_EPMD_PORT"]))
+    request = (Atom("call"), Atom("erlang"), Atom("node"), [], Atom("user"))
+    n = edp.Node(
+        our_name=f"edp{os.getpid()}@127.0.0.1", peer_name=node.split("@")[0], cookie=cookie, peer_host="127.0.0.1"
+    )
+    try:
+        for _ in range(2000):
+            n.call("rex", request)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
+            reply = n.call("rex", request)
+            times.append((time.perf_counter_ns() - t0) / 1000)
+        assert reply == Atom(node), reply
+    finally:
+        n.close()
+    return times
+
+
+def pyinterface_side(node: str, cookie: str, calls: int) -> list[float] | str:
+    """py-interface 2.3's rpc in its own process (its event loop is global); a string says why not."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_pyinterface_rpc.py")
+    port = os.environ["ERL_EPMD_PORT"]
+    try:
+        out = subprocess.run(
+            [sys.executable, script, node, cookie, port, str(calls), "2000"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        got = json.loads(out.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return f"failed: {exc!r:.100}"
+    return got["times"] if "times" in got else str(got["na"])
+
+
 def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
     """Median wall time of each command; the commands take turns, so a slow minute hits all of them."""
     cmds: dict[str, list[str]] = {}
@@ -122,6 +169,12 @@ def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
             if res.returncode != 0:
                 raise RuntimeError(f"{cmd[0]} failed: {res.stderr or res.stdout}")
     return {k: pct(v, 50) for k, v in vals.items()}
+
+
+def edp_version() -> str:
+    from importlib.metadata import version
+
+    return version("erldistpy")
 
 
 def worker(tree: str, driver: str, node: str, cookie: str, calls: int) -> None:
@@ -217,16 +270,47 @@ def main() -> None:
     base: dict = {"rpc_call": [], "rex_call": [], "throughput": []}
     ours: dict = {"rpc": [], "throughput": []}
     blocking: list[float] = []
-    ratios: dict = {"async": [], "rex": [], "blocking": [], "throughput": []}
-    for _ in range(args.rounds):
+    edp: list[float] = []
+    pyi: list[float] = []
+    pyi_na = ""
+    ratios: dict = {
+        "async": [],
+        "rex": [],
+        "blocking": [],
+        "throughput": [],
+        "blocking/edp": [],
+        "blocking/edp p99": [],
+        "async/edp": [],
+        "blocking/pyi": [],
+        "edp": [],
+    }
+    for r in range(args.rounds):
+        # Taking turns: the order flips every round, so neither side always runs first after Erlang.
         b = erlang_baseline(node, cookie, per_round)
-        o = asyncio.run(kzbridge_side(node, cookie, per_round))
-        k = blocking_side(node, cookie, per_round)
+        if r % 2 == 0:
+            o = asyncio.run(kzbridge_side(node, cookie, per_round))
+            k = blocking_side(node, cookie, per_round)
+            d = erldistpy_side(node, cookie, per_round)
+        else:
+            d = erldistpy_side(node, cookie, per_round)
+            k = blocking_side(node, cookie, per_round)
+            o = asyncio.run(kzbridge_side(node, cookie, per_round))
+        y = pyinterface_side(node, cookie, per_round)
         e50 = pct(b["rpc_call"], 50)
         ratios["async"].append(pct(o["rpc"], 50) / e50)
         ratios["rex"].append(pct(o["rpc"], 50) / pct(b["rex_call"], 50))
         ratios["blocking"].append(pct(k, 50) / e50)
         ratios["throughput"].append(o["throughput"] / b["throughput"])
+        ratios["blocking/edp"].append(pct(k, 50) / pct(d, 50))
+        ratios["blocking/edp p99"].append(pct(k, 99) / pct(d, 99))
+        ratios["async/edp"].append(pct(o["rpc"], 50) / pct(d, 50))
+        ratios["edp"].append(pct(d, 50) / e50)
+        edp += d
+        if isinstance(y, str):
+            pyi_na = y
+        else:
+            pyi += y
+            ratios["blocking/pyi"].append(pct(k, 50) / pct(y, 50))
         for key in ("rpc_call", "rex_call"):
             base[key] += b[key]
         base["throughput"].append(b["throughput"])
@@ -252,6 +336,19 @@ def main() -> None:
         f"pooled p99 / rpc:call = {k99 / e99:.2f}x"
     )
     print(f"  ratio p50 blocking / rpc:call = {rng('blocking')}")
+    print("rpc against other Python nodes (same rounds, same node)")
+    d50, d99 = pct(edp, 50), pct(edp, 99)
+    print(f"  {'erldistpy ' + edp_version() + ' Node.call to rex':<48} p50 {d50:7.1f} us  p99 {d99:7.1f} us")
+    if pyi:
+        y50, y99 = pct(pyi, 50), pct(pyi, 99)
+        print(f"  {'py-interface 2.3 SendRPC':<48} p50 {y50:7.1f} us  p99 {y99:7.1f} us")
+    else:
+        print(f"  {'py-interface 2.3 SendRPC':<48} n/a: {pyi_na}")
+    print(f"  ratio p50 erldistpy / rpc:call = {rng('edp')}")
+    print(f"  ratio p50 blocking / erldistpy = {rng('blocking/edp')}; p99 {rng('blocking/edp p99')}")
+    print(f"  ratio p50 asyncio / erldistpy = {rng('async/edp')}")
+    if ratios["blocking/pyi"]:
+        print(f"  ratio p50 blocking / py-interface = {rng('blocking/pyi')}")
     print("throughput, 100 concurrent callers x 100 calls on one connection (median of rounds)")
     line("baseline: Erlang, 100 processes", statistics.median(base["throughput"]), "calls/s")
     line("kzbridge, 100 tasks", statistics.median(ours["throughput"]), "calls/s")

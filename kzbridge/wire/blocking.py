@@ -9,6 +9,12 @@ With TLS distribution the socket is wrapped (``SSLContext.wrap_socket``) before 
 handshake. An OpenSSL connection must not be read and written from two threads at once,
 so over TLS a read holds the send lock, in slices of ``TLS_READ_SLICE`` seconds: the tick
 thread's writes wait at most that long.
+
+Per call the plain-TCP path makes four system calls (poll and send, poll and receive):
+replies are received into one reused buffer (``recv(n)`` would allocate, resize and free
+an n-byte object per read: mmap, mremap and munmap for a 256 KB read), and the socket's
+timeout is changed only when a wait must be shorter than ``SOCKET_WAIT`` (each change
+is an ioctl).
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from .socket_errors import TIMEOUTS, describe, map_exceptions
 from .terms import Atom
 
 TLS_READ_SLICE = 0.5
+# The socket's usual timeout over plain TCP: how long one read waits before the deadline is
+# checked again, and how long a send may block on a peer that does not read.
+SOCKET_WAIT = 10.0
+RECV_BUFFER = 1 << 18
 
 
 class BlockingNode:
@@ -62,6 +72,10 @@ class BlockingNode:
             raise
         self._send_lock = threading.Lock()
         self._tls = plan.tls is not None
+        self._recv_buffer = bytearray(RECV_BUFFER)
+        self._recv_view = memoryview(self._recv_buffer)
+        self._sock_timeout = SOCKET_WAIT
+        self.sock.settimeout(SOCKET_WAIT)
         self._call_lock = threading.Lock()
         self._last_sent = time.monotonic()
         self._ticker: threading.Thread | None = None
@@ -136,28 +150,27 @@ class BlockingNode:
                     setting="timeout",
                 )
             try:
-                with self._recv_errors(what):
-                    if self._tls:
-                        with self._send_lock:
-                            self.sock.settimeout(min(remaining, TLS_READ_SLICE))
-                            data = self.sock.recv(1 << 18)
-                    else:
-                        self.sock.settimeout(remaining)
-                        data = self.sock.recv(1 << 18)
+                if self._tls:
+                    with self._send_lock:
+                        self._set_timeout(min(remaining, TLS_READ_SLICE))
+                        n = self.sock.recv_into(self._recv_buffer)
+                else:
+                    self._set_timeout(min(remaining, SOCKET_WAIT))
+                    n = self.sock.recv_into(self._recv_buffer)
             except TIMEOUTS:
                 continue  # the deadline check above decides
-            if not data:
+            except OSError as exc:
+                raise ConnectionLostError(f"{self.peer_name} went away during {what}: {describe(exc)}") from exc
+            if not n:
                 raise ConnectionLostError(f"{self.peer_name} went away during {what}")
-            self._frames.extend(self._reader.feed(data))
+            # The reader copies each frame out (and keeps a partial one), so the buffer is free again.
+            self._frames.extend(self._reader.feed(self._recv_view[:n]))
         return self._frames.pop(0)
 
-    def _recv_errors(self, what: str) -> map_exceptions:
-        return map_exceptions(
-            {
-                TIMEOUTS: None,
-                OSError: lambda exc: ConnectionLostError(f"{self.peer_name} went away during {what}: {describe(exc)}"),
-            }
-        )
+    def _set_timeout(self, seconds: float) -> None:
+        if seconds != self._sock_timeout:
+            self.sock.settimeout(seconds)
+            self._sock_timeout = seconds
 
     def rpc_output(
         self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float = 30.0
@@ -169,7 +182,9 @@ class BlockingNode:
     def _rpc_output(
         self, module: str | Atom, function: str | Atom, args: list[Any] | None, timeout: float
     ) -> RpcResult:
-        m, f, args = Atom(str(module)), Atom(str(function)), list(args or [])
+        m = module if type(module) is Atom else Atom(str(module))
+        f = function if type(function) is Atom else Atom(str(function))
+        args = list(args or [])
         what = call_name(m, f, args)
         session = self.session
         main, gl, output, frame = session.start_call(m, f, args)

@@ -16,11 +16,21 @@ A plain handshake answered with a TLS record (a TLS node's alert) is TlsRequired
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+# CPython's built-in md5: hashlib would load OpenSSL's libcrypto (4 ms of a one-shot
+# command's start) for the handshake's two digests.
+if TYPE_CHECKING:
+    from hashlib import md5 as _md5
+else:
+    try:
+        from _md5 import md5 as _md5
+    except ImportError:  # a Python built without it
+        from hashlib import md5 as _md5
 
 from ..errors import (
     CookieRejectedError,
@@ -115,7 +125,7 @@ class HandshakeResult:
 
 def digest(cookie: str, challenge: int) -> bytes:
     """MD5 of the cookie followed by the challenge in decimal, as both sides compute it."""
-    return hashlib.md5(cookie.encode("latin-1", "replace") + str(challenge).encode("ascii")).digest()
+    return _md5(cookie.encode("latin-1", "replace") + str(challenge).encode("ascii")).digest()
 
 
 def frame(payload: bytes, length_bytes: int = 2) -> bytes:

@@ -34,7 +34,6 @@ each driver stays a thin loop of its own kind.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import struct
 import time
@@ -89,8 +88,16 @@ from .terms import Atom, Pid, Reference
 if TYPE_CHECKING:
     import ssl
 
-log = logging.getLogger("kzbridge.wire")
+
+def _debug(msg: str, *args: Any) -> None:
+    """Log at debug level; logging is imported on first use (6 ms of a one-shot command's start)."""
+    import logging
+
+    logging.getLogger("kzbridge.wire").debug(msg, *args)
+
+
 _FRAME_LEN = struct.Struct(">I").pack
+_CALL_HEAD = b"h\x05" + encode_term(A_CALL)  # {call, M, F, A, GroupLeader}: its constant head
 
 A_DOWN = Atom("DOWN")
 A_PROCESS = Atom("process")
@@ -369,8 +376,7 @@ class Session:
         body = (
             self._rpc_head
             + encode_term(ref)
-            + b"h\x05"
-            + encode_term(A_CALL)
+            + _CALL_HEAD
             + encode_term(module)
             + encode_term(function)
             + encode_term(args)
@@ -446,7 +452,7 @@ class Session:
                         if self._applies and payload[0] in self._applies:
                             return self._applied(self._applies.pop(payload[0]), payload[1])
                         return (_tuple_new(RpcReply, payload),)  # RpcReply(ref, value), built the fast way
-                    log.debug("message to our caller pid that is no reply: %.200r", payload)
+                    _debug("message to our caller pid that is no reply: %.200r", payload)
                     return _NO_EVENTS
                 if to in self.mailboxes:
                     return (Message(to, msg),)
@@ -456,7 +462,7 @@ class Session:
                         _, sender, reply_as, request = payload
                         return self._drive(_IoRequest(io_steps(request), to, sender, reply_as), None)
                     return _NO_EVENTS
-                log.debug("message to unknown pid %s dropped", to)
+                _debug("message to unknown pid %s dropped", to)
                 return _NO_EVENTS
             if op == OP_MONITOR_P:
                 # {19, FromPid, ToProc, Ref}: fine for live pids; otherwise DOWN at once.
@@ -480,11 +486,11 @@ class Session:
                 if not self.is_live(ctl[2]):
                     self.outbox.append(build_message((OP_EXIT, ctl[2], ctl[1], A_NOPROC)))
             elif op == OP_REG_SEND:
-                log.debug("dropping message to unregistered name %s", ctl[3])
+                _debug("dropping message to unregistered name %s", ctl[3])
             elif op == OP_DEMONITOR_P or op == OP_UNLINK or op == OP_UNLINK_ID_ACK:
                 pass
             else:
-                log.debug("ignoring control message %r", ctl)
+                _debug("ignoring control message %r", ctl)
             return _NO_EVENTS
         except (IndexError, TypeError, ValueError) as exc:
             # A control tuple of the wrong arity, or an unhashable where a pid belongs.
