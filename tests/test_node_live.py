@@ -354,3 +354,22 @@ def test_blocking_node_answers_monitors_and_links_from_the_node(erl_node):
         forms = b.rpc("erl_parse", "parse_exprs", [tokens])[1]
         value = b.rpc("erl_eval", "exprs", [forms, [(Atom("Dead"), dead)]], timeout=10)[1]
         assert value == (Atom("noproc"), Atom("noproc"))
+
+
+@pytest.mark.asyncio
+async def test_frames_sent_just_before_close_still_reach_the_node(erl_node, open_node):
+    # Sends made in one loop iteration leave in one write at the end of it: a close right after
+    # must flush them, not drop them.
+    watcher = await open_node(erl_node)
+    pid = await watcher.rpc("erlang", "spawn", [Atom("timer"), Atom("sleep"), [60000]])
+    n = await open_node(erl_node)
+    for i in range(50):
+        n.send(pid, (Atom("hello"), i))
+    await n.close()
+
+    async def all_arrived():
+        reply = await watcher.rpc("erlang", "process_info", [pid, Atom("message_queue_len")])
+        return reply == (Atom("message_queue_len"), 50)
+
+    await poll_until_async(all_arrived, timeout=5)
+    await watcher.rpc("erlang", "exit", [pid, Atom("kill")])
