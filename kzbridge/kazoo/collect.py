@@ -8,10 +8,12 @@ we check against what we wrote.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +92,12 @@ class RemoteReader:
         self.received = 0
         self.messages_sent = 0
         # With on_data, chunks are handed over as they arrive, straight from the receive
-        # buffer (no copy, no queue); next_event then reports only the other events.
+        # buffer (no copy, no queue); next_event then reports only the other events. With
+        # ``credit_when_done``, a chunk counts towards the next acknowledgement only when the
+        # owner calls done_with_chunk() (it wrote the chunk elsewhere, later): the window then
+        # bounds what is in flight *and* waiting on our side.
         self.on_data = on_data
+        self.credit_when_done = False
         self._data_error: BaseException | None = None
 
     async def start(self) -> RemoteReader:
@@ -124,17 +130,23 @@ class RemoteReader:
                 assert self.on_data is not None
                 self.on_data(data)
             except BaseException as exc:  # surfaces from next_event, not inside the protocol
-                self._data_error = exc
-                assert self.mailbox is not None
-                self.mailbox.deliver((A_KZB_ERROR, None, Atom("local")))
-        self._count(len(data))
+                self.data_failed(exc)
+        self.received += len(data)
+        if not self.credit_when_done:
+            self.done_with_chunk()
         return True
 
-    def _count(self, nbytes: int) -> None:
-        self.received += nbytes
-        self._unacked += 1
-        if self._unacked * 2 >= self.window:
+    def data_failed(self, exc: BaseException) -> None:
+        """Handling a chunk failed (e.g. the local disk is full): next_event raises ``exc``."""
+        if self._data_error is None:
+            self._data_error = exc
             assert self.mailbox is not None
+            self.mailbox.deliver((A_KZB_ERROR, None, Atom("local")))
+
+    def done_with_chunk(self) -> None:
+        """One chunk received is dealt with: credit for it goes back to the node (every half window)."""
+        self._unacked += 1
+        if self._unacked * 2 >= self.window and self.node.alive and self.mailbox is not None:
             self.node.send(self.pid, (A_ACK, self._unacked), sender=self.mailbox.pid)
             self.messages_sent += 1
             self._unacked = 0
@@ -160,7 +172,8 @@ class RemoteReader:
             raise self._data_error
         if tag == A_DATA:
             data = msg[3]
-            self._count(len(data))
+            self.received += len(data)
+            self.done_with_chunk()
             return ReaderEvent("data", data=data)
         if tag == A_PART:
             return ReaderEvent("part", name=msg[3].decode("utf-8", "replace"))
@@ -265,15 +278,24 @@ async def collect_file(
     tmp = part.path
     started = time.monotonic()
     parts: list[str] = []
+    writer = _WriteBehind(part)
+
+    def written(exc: BaseException | None) -> None:
+        if reader is None:
+            return
+        if exc is not None:
+            reader.data_failed(exc)
+        elif progress is not None:
+            progress(part.written, total)
+        reader.done_with_chunk()
 
     def on_data(data: memoryview) -> None:
-        part.write(data)
-        if progress is not None:
-            progress(part.written, total)
+        # A copy: the view is the connection's receive buffer, which the next chunk reuses.
+        writer.write(bytes(data), written)
 
     reader: RemoteReader | None = None
     try:
-        reader = await RemoteReader(
+        reader = RemoteReader(
             node,
             remote_path,
             mode="rotated" if rotated else "once",
@@ -281,7 +303,9 @@ async def collect_file(
             window=window,
             on_data=on_data,
             timeout=timeout,
-        ).start()
+        )
+        reader.credit_when_done = True
+        await reader.start()
         while True:
             ev = await reader.next_event(timeout=60.0)
             if ev is None:
@@ -289,6 +313,9 @@ async def collect_file(
             if ev.kind == "part":
                 parts.append(ev.name)
             elif ev.kind == "eof":
+                await writer.drain()
+                if reader._data_error is not None:
+                    raise reader._data_error
                 if ev.sent != part.written:
                     raise RemoteFileError(
                         f"size check failed for {remote_path}: node sent {ev.sent} bytes, we wrote {part.written}"
@@ -297,6 +324,8 @@ async def collect_file(
     except (ConnectionLostError, RemoteFileError) as exc:
         if reader is not None:
             reader.abandon()
+        await writer.drain()  # what arrived is kept: at most a window of chunks still to write
+        writer.close()
         if part.written == 0:  # e.g. no such file: nothing worth keeping
             part.discard()
             raise
@@ -305,6 +334,7 @@ async def collect_file(
     except LocalFileError as exc:
         if reader is not None:
             reader.abandon()
+        writer.close()
         with contextlib.suppress(LocalFileError):
             part.close()
         exc.remote_path, exc.node = remote_path, node.peer_name
@@ -312,9 +342,11 @@ async def collect_file(
     except BaseException:
         if reader is not None:
             reader.abandon()
+        writer.close()
         with contextlib.suppress(LocalFileError):
             part.close()
         raise
+    writer.close()
     final = part.publish()
     return CollectResult(
         remote_path,
@@ -325,6 +357,60 @@ async def collect_file(
         verified=True,
         warnings=warnings,
     )
+
+
+class _WriteBehind:
+    """A collection's chunks written to its file by a thread of its own, in order.
+
+    A write into the page cache usually takes a few milliseconds for 4 MB, but when the
+    kernel is flushing (other files, other processes) one can block for tens or hundreds:
+    done on the event loop, that stalls every other transfer, tick and call on every
+    connection with it (collecting three nodes at once came out slower than one after
+    another). Here only this transfer waits, and its reader's credit (acknowledged once a
+    chunk is written) bounds what waits: at most a window of chunks.
+    """
+
+    def __init__(self, part: localfiles.Partial) -> None:
+        self._part = part
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+        self._failed = False
+
+    def _write(self, data: bytes) -> None:
+        # In the writer thread, one chunk after another. After a failure nothing more is
+        # written, so the file stays a prefix of the remote one.
+        if self._failed:
+            return
+        try:
+            self._part.write(data)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def write(self, data: bytes, done: Callable[[BaseException | None], None]) -> None:
+        """Queue ``data``; ``done`` is called on the event loop once it is written (or failed)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kzbridge-write")
+        fut = asyncio.wrap_future(self._pool.submit(self._write, data))
+        self._pending.add(fut)
+
+        def finished(f: asyncio.Future[None]) -> None:
+            self._pending.discard(f)
+            if not f.cancelled():  # cancelled: the collection is over (close())
+                done(f.exception())
+
+        fut.add_done_callback(finished)
+
+    async def drain(self) -> None:
+        """Until every chunk handed over so far is written (or failed: the callback said so)."""
+        while self._pending:
+            await asyncio.wait(set(self._pending))
+
+    def close(self) -> None:
+        """No more writes; waits for the one in progress (the file may be closed next), drops the rest."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 async def _mode(node: HiddenNode, path: str, timeout: float = 10.0) -> int | None:
