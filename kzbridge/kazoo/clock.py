@@ -131,8 +131,22 @@ def _from_tuple(value: Any) -> dt.datetime:
     return dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
 
 
-async def measure(node: HiddenNode, rounds: int = 7, timeout: float = 5.0) -> NodeClock:
-    """Measure ``node``'s clock against ours (see the module docstring)."""
+# A sample whose round trip is this short bounds the offset to half a millisecond, finer than
+# lager prints (milliseconds): more samples could not improve the merge, so measuring stops.
+GOOD_ROUND_TRIP = 0.001
+
+
+async def measure(
+    node: HiddenNode, rounds: int = 7, timeout: float = 5.0, good_enough: float = GOOD_ROUND_TRIP
+) -> NodeClock:
+    """Measure ``node``'s clock against ours (see the module docstring).
+
+    Up to ``rounds`` samples, one after another, stopping at the first whose round trip is at
+    most ``good_enough`` (on a LAN, usually the first); the uncertainty is always half the
+    round trip of the sample kept. Zone and utc_log are then asked at once.
+    """
+    import asyncio
+
     from ..wire.terms import Atom
 
     samples: list[ClockSample] = []
@@ -143,16 +157,20 @@ async def measure(node: HiddenNode, rounds: int = 7, timeout: float = 5.0) -> No
         if type(value) is not int:
             raise KazooError(f"{node.peer_name}: os:system_time answered {value!r:.80}")
         samples.append(ClockSample(sent, value / _MICRO, received))
+        if samples[-1].round_trip <= good_enough:
+            break
     best = best_sample(samples)
     at = (best.sent + best.received) / 2
     # The node's UTC now, whole seconds; its local time for that same instant gives the zone.
     node_utc = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=int(at + best.offset))
-    local = await node.rpc("erlang", "universaltime_to_localtime", [_datetime_tuple(node_utc)], timeout=timeout)
+    local, utc_log = await asyncio.gather(
+        node.rpc("erlang", "universaltime_to_localtime", [_datetime_tuple(node_utc)], timeout=timeout),
+        node.rpc("application", "get_env", [Atom("sasl"), Atom("utc_log")], timeout=timeout),
+    )
     try:
         utc_offset = round((_from_tuple(local) - node_utc).total_seconds())
     except (TypeError, ValueError) as exc:
         raise KazooError(f"{node.peer_name}: universaltime_to_localtime answered {local!r:.80}") from exc
-    utc_log = await node.rpc("application", "get_env", [Atom("sasl"), Atom("utc_log")], timeout=timeout)
     return NodeClock(best.offset, best.round_trip / 2, utc_offset, at, utc_log == (Atom("ok"), Atom("true")))
 
 
