@@ -35,12 +35,13 @@ def _sha(path: Path | str) -> str:
 
 
 @pytest.mark.asyncio
-async def test_a_slow_local_disk_does_not_stall_the_event_loop(
+async def test_a_slow_local_disk_does_not_stall_the_event_loop_while_collecting_several(
     sandbox_gen2: Any, open_node: Any, node_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     n = await open_node(sandbox_gen2)
-    remote = f"{node_tmp}/kzb-wb-{time.time_ns()}.bin"
-    await _make_file(n, remote, 12)
+    remotes = [f"{node_tmp}/kzb-wb-{i}-{time.time_ns()}.bin" for i in range(2)]
+    for remote in remotes:
+        await _make_file(n, remote, 12)
     real_write = localfiles.Partial.write
 
     def slow_write(self: localfiles.Partial, data: Any) -> None:
@@ -65,41 +66,64 @@ async def test_a_slow_local_disk_does_not_stall_the_event_loop(
 
     pinger = asyncio.ensure_future(ping())
     try:
-        res = await collect_file(n, remote, tmp_path / "slow.bin", chunk=4 * MB, window=4)
+        results = await asyncio.gather(
+            *(collect_file(n, r, tmp_path / f"slow{i}.bin", chunk=4 * MB, window=4) for i, r in enumerate(remotes))
+        )
     finally:
         pinger.cancel()
-    # Three 4 MB chunks, 0.4 s each on the disk: the transfer waits for them, the loop does not.
-    assert res.verified and res.bytes == 12 * MB
-    assert _sha(res.local_path) == _sha(remote)
+    # Three 4 MB chunks each, 0.4 s apiece on the disk: the transfers wait for them, the loop does not.
+    for res, remote in zip(results, remotes, strict=True):
+        assert res.verified and res.bytes == 12 * MB
+        assert _sha(res.local_path) == _sha(remote)
     assert calls >= 10, calls
     assert max(gaps) < 0.3, f"the event loop stalled for {max(gaps):.2f}s while a write was blocked"
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "with-another"])
 async def test_a_write_failing_midway_keeps_a_prefix_and_names_it(
-    sandbox_gen2: Any, open_node: Any, node_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox_gen2: Any,
+    open_node: Any,
+    node_tmp: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    together: bool,
 ) -> None:
+    """Alone, chunks are written on the loop; with another collection running, by a thread
+    (queued): either way the third write fails, nothing after it is written, the other
+    collection completes."""
     n = await open_node(sandbox_gen2)
     remote = f"{node_tmp}/kzb-wbfail-{time.time_ns()}.bin"
+    other = f"{node_tmp}/kzb-wbother-{time.time_ns()}.bin"
     await _make_file(n, remote, 8)
+    await _make_file(n, other, 8)
+    out = tmp_path / "fail.bin"
+    partial = tmp_path / "fail.bin.partial"
     real_write = localfiles.Partial.write
     seen = {"writes": 0}
 
     def failing_write(self: localfiles.Partial, data: Any) -> None:
-        seen["writes"] += 1
-        if seen["writes"] == 3:
-            raise self._error("write", OSError(28, "No space left on device"))
+        if self.path == partial:
+            seen["writes"] += 1
+            time.sleep(0.05)  # slow enough for later chunks to queue behind it
+            if seen["writes"] == 3:
+                raise self._error("write", OSError(28, "No space left on device"))
         real_write(self, data)
 
     monkeypatch.setattr(localfiles.Partial, "write", failing_write)
-    out = tmp_path / "fail.bin"
-    with pytest.raises(LocalFileError) as info:
-        await collect_file(n, remote, out, chunk=1 * MB, window=4)
-    partial = tmp_path / "fail.bin.partial"
-    assert str(partial) in str(info.value) and not out.exists()
-    # Only the two chunks before the failure: chunks queued after it were never written.
+    calls = [collect_file(n, remote, out, chunk=1 * MB, window=4)]
+    if together:
+        calls.append(collect_file(n, other, tmp_path / "other.bin", chunk=1 * MB, window=4))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    err = results[0]
+    assert isinstance(err, LocalFileError), results
+    assert str(partial) in str(err) and not out.exists()
+    # Only the two chunks before the failure: chunks received after it were never written.
     assert partial.stat().st_size == 2 * MB
     assert partial.read_bytes() == Path(remote).read_bytes()[: 2 * MB]
     assert seen["writes"] == 3
+    if together:
+        assert not isinstance(results[1], BaseException), results[1]
+        assert _sha(results[1].local_path) == _sha(other)
     # The connection is still good for the next call.
     assert await n.rpc("erlang", "node", [], timeout=10) is not None

@@ -290,8 +290,7 @@ async def collect_file(
         reader.done_with_chunk()
 
     def on_data(data: memoryview) -> None:
-        # A copy: the view is the connection's receive buffer, which the next chunk reuses.
-        writer.write(bytes(data), written)
+        writer.write(data, written)
 
     reader: RemoteReader | None = None
     try:
@@ -324,8 +323,10 @@ async def collect_file(
     except (ConnectionLostError, RemoteFileError) as exc:
         if reader is not None:
             reader.abandon()
-        await writer.drain()  # what arrived is kept: at most a window of chunks still to write
-        writer.close()
+        try:
+            await writer.drain()  # what arrived is kept: at most a window of chunks still to write
+        finally:
+            writer.close()
         if part.written == 0:  # e.g. no such file: nothing worth keeping
             part.discard()
             raise
@@ -360,25 +361,32 @@ async def collect_file(
 
 
 class _WriteBehind:
-    """A collection's chunks written to its file by a thread of its own, in order.
+    """Where a collection's chunks are written: on the event loop when it is the only
+    collection running, else by a thread of its own, in order.
 
     A write into the page cache usually takes a few milliseconds for 4 MB, but when the
-    kernel is flushing (other files, other processes) one can block for tens or hundreds:
-    done on the event loop, that stalls every other transfer, tick and call on every
-    connection with it (collecting three nodes at once came out slower than one after
-    another). Here only this transfer waits, and its reader's credit (acknowledged once a
-    chunk is written) bounds what waits: at most a window of chunks.
+    kernel is flushing (other files, other processes) one can block for tens or hundreds.
+    One collection alone loses nothing by waiting for it (its node waits for credit either
+    way), and writing straight from the receive buffer is the fastest path. With several at
+    once, a blocked write on the loop would stall every transfer (three collections at once
+    came out slower than one after another): then chunks are copied (the receive buffer is
+    reused for the next one) and written by a thread, and the reader's credit for a chunk
+    goes back once it is written, so a window of chunks at most waits in memory.
     """
+
+    active = 0  # collections writing in this process
 
     def __init__(self, part: localfiles.Partial) -> None:
         self._part = part
         self._pool: ThreadPoolExecutor | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self._failed = False
+        self._open = True
+        _WriteBehind.active += 1
 
-    def _write(self, data: bytes) -> None:
-        # In the writer thread, one chunk after another. After a failure nothing more is
-        # written, so the file stays a prefix of the remote one.
+    def _write(self, data: bytes | memoryview) -> None:
+        # One chunk after another (on the loop, or in the one writer thread). After a failure
+        # nothing more is written, so the file stays a prefix of the remote one.
         if self._failed:
             return
         try:
@@ -387,11 +395,19 @@ class _WriteBehind:
             self._failed = True
             raise
 
-    def write(self, data: bytes, done: Callable[[BaseException | None], None]) -> None:
-        """Queue ``data``; ``done`` is called on the event loop once it is written (or failed)."""
+    def write(self, view: memoryview, done: Callable[[BaseException | None], None]) -> None:
+        """Write ``view`` now or queue a copy; ``done`` is called on the loop once it is written (or failed)."""
+        if not self._pending and _WriteBehind.active <= 1:
+            try:
+                self._write(view)
+            except BaseException as exc:
+                done(exc)
+                return
+            done(None)
+            return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kzbridge-write")
-        fut = asyncio.wrap_future(self._pool.submit(self._write, data))
+        fut = asyncio.wrap_future(self._pool.submit(self._write, bytes(view)))
         self._pending.add(fut)
 
         def finished(f: asyncio.Future[None]) -> None:
@@ -411,6 +427,9 @@ class _WriteBehind:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._open:
+            self._open = False
+            _WriteBehind.active -= 1
 
 
 async def _mode(node: HiddenNode, path: str, timeout: float = 10.0) -> int | None:
