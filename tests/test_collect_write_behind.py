@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kzbridge.errors import LocalFileError
-from kzbridge.kazoo import localfiles, programs
+from kzbridge.kazoo import collect, localfiles, programs
 from kzbridge.kazoo.collect import collect_file
 from kzbridge.wire.terms import ErlString
 
@@ -38,6 +38,9 @@ def _sha(path: Path | str) -> str:
 async def test_a_slow_local_disk_does_not_stall_the_event_loop_while_collecting_several(
     sandbox_gen2: Any, open_node: Any, node_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Local transfers are bounded by our CPUs (see the last test); let two run at once here,
+    # as two from other machines would.
+    monkeypatch.setattr(collect, "local_transfers_at_once", lambda: 2)
     n = await open_node(sandbox_gen2)
     remotes = [f"{node_tmp}/kzb-wb-{i}-{time.time_ns()}.bin" for i in range(2)]
     for remote in remotes:
@@ -92,6 +95,7 @@ async def test_a_write_failing_midway_keeps_a_prefix_and_names_it(
     """Alone, chunks are written on the loop; with another collection running, by a thread
     (queued): either way the third write fails, nothing after it is written, the other
     collection completes."""
+    monkeypatch.setattr(collect, "local_transfers_at_once", lambda: 2)  # both stream at once
     n = await open_node(sandbox_gen2)
     remote = f"{node_tmp}/kzb-wbfail-{time.time_ns()}.bin"
     other = f"{node_tmp}/kzb-wbother-{time.time_ns()}.bin"
@@ -127,3 +131,36 @@ async def test_a_write_failing_midway_keeps_a_prefix_and_names_it(
         assert _sha(results[1].local_path) == _sha(other)
     # The connection is still good for the next call.
     assert await n.rpc("erlang", "node", [], timeout=10) is not None
+
+
+@pytest.mark.asyncio
+async def test_collections_from_this_machine_stream_at_most_half_the_cpus_at_once(
+    sandbox_gen2: Any, open_node: Any, node_tmp: Path, tmp_path: Path
+) -> None:
+    """Three collections from a node on this machine, asked for at once: at most
+    local_transfers_at_once() stream at the same time (one on 2 CPUs), and all arrive whole."""
+    n = await open_node(sandbox_gen2)
+    remotes = [f"{node_tmp}/kzb-slot-{i}-{time.time_ns()}.bin" for i in range(3)]
+    for remote in remotes:
+        await _make_file(n, remote, 6)
+    streaming: set[int] = set()
+    most = 0
+
+    def progress_of(i: int) -> Any:
+        def progress(done: int, total: int) -> None:
+            nonlocal most
+            streaming.add(i)
+            most = max(most, len(streaming))
+            if done >= total:
+                streaming.discard(i)
+
+        return progress
+
+    results = await asyncio.gather(
+        *(
+            collect_file(n, r, tmp_path / f"c{i}.bin", chunk=1 * MB, window=2, progress=progress_of(i))
+            for i, r in enumerate(remotes)
+        )
+    )
+    assert [_sha(r.local_path) for r in results] == [_sha(r) for r in remotes]
+    assert 1 <= most <= collect.local_transfers_at_once(), most

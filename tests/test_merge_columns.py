@@ -23,7 +23,7 @@ BASE = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc).timestamp()
 
 
 def _stamp(sod: float) -> str:
-    ms = int(round(sod * 1000)) % 86_400_000
+    ms = round(sod * 1000) % 86_400_000
     h, rest = divmod(ms // 1000, 3600)
     m, s = divmod(rest, 60)
     return f"{h:02d}:{m:02d}:{s:02d}.{ms % 1000:03d}"
