@@ -89,7 +89,9 @@ class _LineReader:
 
     def __init__(self, source: MergeSource, index: int) -> None:
         self.index = index
-        self._fh = open(source.path, "rb")  # noqa: SIM115 - closed by close(), after the merge
+        # A buffer of a batch: readlines then refills it once per batch, not once per 8 KB
+        # (that alone was 0.17 us a line).
+        self._fh = open(source.path, "rb", buffering=_BATCH_BYTES)  # noqa: SIM115 - closed by close()
         self._timeline = Timeline(source.correction)
         self._instant = source.correction.start.measured_at
         self._key = float("-inf")
@@ -147,7 +149,7 @@ def _running_max(values: list[float], floor: float) -> list[float]:
 Shape = Callable[[int, list[float], list[float], list[bytes]], list[Any]]
 
 
-def _merged(sources: list[MergeSource], shape: Shape, stats: MergeStats | None = None) -> Iterator[list[Any]]:
+def _merged(sources: list[MergeSource], shape: Shape, stats: MergeStats | None = None) -> Iterator[Iterator[Any]]:
     """Every line of every source, shaped, in timeline order, in batches; ``stats`` gets the counts.
 
     Each round tops up every reader's buffer with a batch, merges everything up to the
@@ -188,7 +190,7 @@ def _merged(sources: list[MergeSource], shape: Shape, stats: MergeStats | None =
                     return
                 continue
             order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
-            yield list(map(all_shaped.__getitem__, order))
+            yield map(all_shaped.__getitem__, order)
     finally:
         for r in readers:
             r.close()
