@@ -34,6 +34,7 @@ from operator import floordiv as _floordiv
 from operator import gt as _gt
 from operator import mod as _mod
 from operator import mul as _mul
+from operator import sub as _sub
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -218,6 +219,8 @@ def merged_items(sources: list[MergeSource]) -> Iterator[MergeItem]:
 
 
 _MILLIS = [b".%03dZ " % i for i in range(1000)]
+# A batch whose lines span at most one second per this many lines gets a table of texts per second.
+_DENSE = 300
 
 
 def write_merged(sources: list[MergeSource], out: Writer) -> MergeStats:
@@ -227,16 +230,42 @@ def write_merged(sources: list[MergeSource], out: Writer) -> MergeStats:
     prefixes = [(s.label or labels[s.node]).ljust(width).encode() + b" " for s in sources]
     stats = MergeStats([s.node for s in sources])
     heads: list[dict[int, bytes]] = [{} for _ in sources]  # per node: whole second -> "LABEL 2026-11-25T23:59:58"
+    # Per node: whole second -> its 1000 "LABEL 2026-11-25T23:59:58.123Z " texts, for dense seconds.
+    blocks: list[dict[int, list[bytes]]] = [{} for _ in sources]
+
+    def head(index: int, second: int) -> bytes:
+        known = heads[index]
+        text = known.get(second)
+        if text is None:
+            if len(known) > 4096:
+                known.clear()
+            text = known[second] = prefixes[index] + format_instant(second)[:-5].encode()
+        return text
 
     def shape(index: int, keys: list[float], instants: list[float], lines: list[bytes]) -> list[bytes]:
         # Each output line whole, column by column: "LABEL 2026-11-25T23:59:58" + ".123Z " + line.
         millis = list(map(float.__round__, map(_mul, instants, repeat(1000.0))))
+        if not millis:
+            return []
+        first, last = min(millis) // 1000, max(millis) // 1000
+        if (last - first + 1) * _DENSE <= len(millis):
+            # Dense (the common case for a big file): one table covering the batch's seconds,
+            # each second's 1000 texts made once, and one look-up per line.
+            mine = blocks[index]
+            if len(mine) > 16:
+                mine.clear()
+            table: list[bytes] = []
+            for second in range(first, last + 1):
+                block = mine.get(second)
+                if block is None:
+                    block = mine[second] = list(map(_add, repeat(head(index, second)), _MILLIS))
+                table += block
+            texts = map(table.__getitem__, map(_sub, millis, repeat(first * 1000)))
+            return list(map(_add, texts, lines))
         seconds = list(map(_floordiv, millis, repeat(1000)))
+        for second in set(seconds):
+            head(index, second)
         known = heads[index]
-        if len(known) > 4096:
-            known.clear()
-        for second in set(seconds).difference(known):
-            known[second] = prefixes[index] + format_instant(second)[:-5].encode()
         tails = map(_MILLIS.__getitem__, map(_mod, millis, repeat(1000)))
         return list(map(_add, map(_add, map(known.__getitem__, seconds), tails), lines))
 
