@@ -8,6 +8,7 @@ Works on every OTP from 18 on (named funs in erl_eval exist since 17).
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from typing import Any
 
@@ -204,14 +205,14 @@ catch lager_config:global_set(handlers, lists:keydelete(Id, 1, lager_config:glob
 {R1, Deleted, lists:member(Id, gen_event:which_handlers(Sink))}.
 """
 
-_forms: weakref.WeakKeyDictionary[HiddenNode, dict[str, Encoded]] = weakref.WeakKeyDictionary()
+_forms: weakref.WeakKeyDictionary[HiddenNode, dict[str, asyncio.Future[Encoded]]] = weakref.WeakKeyDictionary()
 
 
-def _parse_on_node(source: str) -> list[Any]:
-    """Abstract forms, built here, of ``(fun() -> {ok, T, _} = erl_scan:string(Source),
-    {ok, F} = erl_parse:parse_exprs(T), term_to_binary(F) end)()``.
+def _parse_on_node(sources: list[str]) -> list[Any]:
+    """Abstract forms, built here, of ``lists:map(fun(S) -> {ok, T, _} = erl_scan:string(S),
+    {ok, F} = erl_parse:parse_exprs(T), term_to_binary(F) end, Sources)``.
 
-    One rpc that brings back the parsed program already encoded: the tokens never
+    One rpc that brings back every parsed program already encoded: the tokens never
     cross the wire and the forms are neither decoded nor re-encoded here (that took
     about 20 ms per program and 2 ms per use). Inside a fun, so erl_eval returns no
     bindings. Line annotations are plain integers, valid on every OTP from 18 on.
@@ -233,33 +234,71 @@ def _parse_on_node(source: str) -> list[Any]:
         return (Atom("tuple"), 1, list(items))
 
     body = [
-        match(tup(atom("ok"), var("T"), var("_")), call("erl_scan", "string", (Atom("string"), 1, ErlString(source)))),
+        match(tup(atom("ok"), var("T"), var("_")), call("erl_scan", "string", var("S"))),
         match(tup(atom("ok"), var("F")), call("erl_parse", "parse_exprs", var("T"))),
         call("erlang", "term_to_binary", var("F")),
     ]
-    fun: tuple[Any, ...] = (Atom("fun"), 1, (Atom("clauses"), [(Atom("clause"), 1, [], [], body)]))
-    return [(Atom("call"), 1, fun, [])]
+    parse: tuple[Any, ...] = (Atom("fun"), 1, (Atom("clauses"), [(Atom("clause"), 1, [var("S")], [], body)]))
+    listed: tuple[Any, ...] = (Atom("nil"), 1)
+    for source in reversed(sources):
+        listed = (Atom("cons"), 1, (Atom("string"), 1, ErlString(source)), listed)
+    return [call("lists", "map", parse, listed)]
 
 
-async def forms(node: HiddenNode, source: str, timeout: float = 10.0) -> Encoded:
-    """Abstract forms of ``source``, parsed on the node and kept encoded (cached per connection)."""
+async def preload(node: HiddenNode, sources: list[str], timeout: float = 10.0) -> None:
+    """Parse on the node, in one rpc, those of ``sources`` not parsed on this connection yet.
+
+    A start needs four programs: one round trip for all instead of one each. Callers that
+    ask for a program while it is being parsed wait for that parse (no second one).
+    """
     cache = _forms.setdefault(node, {})
-    if source in cache:
-        return cache[source]
+    todo = [s for s in dict.fromkeys(sources) if s not in cache]
+    waiting = [cache[s] for s in dict.fromkeys(sources) if s in cache and not cache[s].done()]
+    if todo:
+        loop = asyncio.get_running_loop()
+        futures = {s: loop.create_future() for s in todo}
+        cache.update(futures)
+        try:
+            parsed = await _parse_many(node, todo, timeout)
+        except BaseException as exc:
+            for s, fut in futures.items():
+                if cache.get(s) is fut:
+                    del cache[s]
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: a waiter may or may not be there
+            raise
+        for s, encoded in zip(todo, parsed, strict=True):
+            futures[s].set_result(encoded)
+    for fut in waiting:
+        await asyncio.shield(fut)
+
+
+async def _parse_many(node: HiddenNode, sources: list[str], timeout: float) -> list[Encoded]:
     try:
-        result = await node.rpc("erl_eval", "exprs", [_parse_on_node(source), []], timeout=timeout)
+        result = await node.rpc("erl_eval", "exprs", [_parse_on_node(sources), []], timeout=timeout)
     except BadRpcError as exc:
         raise ProgramError(f"the node could not parse a kzbridge program: {exc.message:.200}") from exc
     if not (
         type(result) is tuple
         and len(result) == 3
         and result[0] == Atom("value")
-        and type(result[1]) is bytes
-        and result[1][:2] == b"\x83l"
+        and type(result[1]) is list
+        and len(result[1]) == len(sources)
+        and all(type(b) is bytes and b[:2] == b"\x83l" for b in result[1])
     ):
         raise ProgramError(f"the node could not parse a kzbridge program: {result!r:.200}")
-    cache[source] = Encoded(result[1][1:])
-    return cache[source]
+    return [Encoded(b[1:]) for b in result[1]]
+
+
+async def forms(node: HiddenNode, source: str, timeout: float = 10.0) -> Encoded:
+    """Abstract forms of ``source``, parsed on the node and kept encoded (cached per connection)."""
+    cache = _forms.setdefault(node, {})
+    fut = cache.get(source)
+    if fut is None or not fut.done():
+        await preload(node, [source], timeout)
+        fut = cache[source]
+    return fut.result()
 
 
 def bindings(**values: Any) -> list[tuple[Atom, Any]]:
@@ -424,3 +463,5 @@ end,
 put(kzb_governor, Ref),
 Loop({S, I, Now()}).
 """
+# What TraceSession.start and the run after it use: preloaded in one rpc (programs.preload).
+START_PROGRAMS = [SINK_STATE, CLAIM_PATH, LEASE_STOP, READER]

@@ -328,10 +328,11 @@ class TraceSession(StopControls):
                 localfiles.check_directory(".")
             if correction is None:
                 correction = clock.ClockCorrection(await clock.measure(node, timeout=timeout))
+            # Every program the start and the following run, parsed on the node in one round trip
+            # (cached per connection), instead of one round trip each when first used.
+            await programs.preload(node, programs.START_PROGRAMS, timeout)
             if governor:
                 await preflight(node, sink)
-            # Parsed before the trace starts (cached per connection): following then begins with one rpc less.
-            await programs.forms(node, programs.READER, timeout)
             trace = await start_trace(
                 node,
                 filters,

@@ -21,7 +21,7 @@ import posixpath
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,15 +106,22 @@ async def detect_generation(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> 
 
     ``timeout`` here and in the other functions of this module bounds each remote call.
     """
-    try:
-        exports = await node.rpc("kz_data_tracing", "module_info", [Atom("exports")], timeout=timeout)
-    except BadRpcError as exc:
+    # Both questions at once (one round trip); the answers are judged in the same order as before.
+    answers: tuple[Any, Any] = await asyncio.gather(
+        node.rpc("kz_data_tracing", "module_info", [Atom("exports")], timeout=timeout),
+        node.rpc("erlang", "whereis", [A_KZ], timeout=timeout),
+        return_exceptions=True,
+    )
+    exports, where = answers
+    if isinstance(exports, BadRpcError):
         raise TracingUnavailableError(
             f"{node.peer_name} has no kz_data_tracing module",
             hint="is this a Kazoo node with kazoo_data? the lager_event sink needs only lager",
             setting="sink",
-        ) from exc
-    where = await node.rpc("erlang", "whereis", [A_KZ], timeout=timeout)
+        ) from exports
+    for answer in (exports, where):
+        if isinstance(answer, BaseException):
+            raise answer
     if where == A_UNDEFINED:
         raise TracingUnavailableError(
             f"kz_data_tracing is not running on {node.peer_name}",
@@ -428,8 +435,8 @@ async def start_trace(
     warnings: list[TraceWarning] = []
     generation: int | None = None
     if sink == DATA_SINK:
-        generation = await detect_generation(node, timeout)
-        if not await has_data_sink(node, timeout):
+        generation, declared = await _gather_in_order(detect_generation(node, timeout), has_data_sink(node, timeout))
+        if not declared:
             raise TracingUnavailableError(
                 f"{node.peer_name} does not declare lager's data_lager_event sink; trace_file would crash there",
                 hint="declare {extra_sinks, [{data_lager_event, [{handlers, []}]}]} in its sys.config, "
@@ -445,6 +452,7 @@ async def start_trace(
     # The lease goes on first, keyed by file, so even a crash between here and the
     # ref coming back cannot orphan the trace.
     armed = time.monotonic()
+    armed_at = time.time()
     try:
         tref = await _arm_lease(node, lease, None, path, None, timeout)
     except BaseException:
@@ -489,8 +497,11 @@ async def start_trace(
     trace.own_file = remote_path is None
     # Journal first: if the calls below fail or the caller's deadline cancels them, the
     # trace (stopped by the lease armed above) is still listed by status and stop --all.
+    # Written from a thread: the file lock and the rename can take milliseconds, and starting
+    # several nodes at once should not hold every other connection's traffic meanwhile.
     try:
-        journal.record(
+        await asyncio.to_thread(
+            journal.record,
             journal.JournalEntry(
                 node=node.peer_name,
                 ref=ref,
@@ -499,11 +510,11 @@ async def start_trace(
                 generation=generation or 0,
                 filters=flt.describe(checked),
                 started=trace.started,
-                lease_until=time.time() + lease,
+                lease_until=armed_at + lease,  # when the lease armed above fires (unless renewed)
                 detached=detached,
                 lager_trace=term_to_binary(lager_trace).hex() if lager_trace is not None else "",
                 extra={"timer": term_to_binary(trace._tref).hex()},
-            )
+            ),
         )
     except LocalFileError as exc:
         # Nobody could find this trace later: stop it now rather than leave it to its lease.
@@ -512,8 +523,10 @@ async def start_trace(
         exc.message = f"{exc.message}; trace {ref} on {node.peer_name} was stopped"
         exc.ref, exc.node, exc.remote_path = ref, node.peer_name, path
         raise
-    # Re-arm with the ref known, so the lease also clears kz_data_tracing's state.
-    if sink == DATA_SINK or detached:
+    # Re-arm with the ref known, so the lease also clears kz_data_tracing's state. Generation 2
+    # needs no re-arm: the first lease finds the ref by file in status() (programs.LEASE_STOP),
+    # and saving it saves two round trips and a journal write per start.
+    if (sink == DATA_SINK and generation != 2) or (detached and sink != DATA_SINK):
         await trace.renew_lease()
         trace.lease_renewals = 0
     if not detached:
@@ -558,6 +571,15 @@ async def _guard_detached(trace: Trace, max_rate: float | None) -> None:
         with contextlib.suppress(KzBridgeError):
             await asyncio.shield(trace.stop())
         raise
+
+
+async def _gather_in_order(*calls: Awaitable[Any]) -> list[Any]:
+    """Run ``calls`` at once; the first error in argument order is raised (the others retrieved)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def _claim_path(node: HiddenNode, path: str) -> None:
