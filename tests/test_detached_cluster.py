@@ -247,12 +247,13 @@ def test_ctrl_c_during_stop_all_names_every_partial_file(pair: list[sandbox.Sand
             text=True,
         )
         try:
-
-            def both_arriving() -> bool:
+            # Collections from nodes on this machine take turns (kazoo.collect's transfer slots:
+            # half the CPUs), so on 2 cores one file is arriving and the other waits its turn.
+            def arriving() -> bool:
                 parts = list(tmp_path.glob("*.partial"))
-                return len(parts) == 2 and all(p.stat().st_size > 0 for p in parts)
+                return len(parts) >= 1 and all(p.stat().st_size > 0 for p in parts)
 
-            poll_until(both_arriving, timeout=30, interval=0.01, message="both collections under way")
+            poll_until(arriving, timeout=30, interval=0.01, message="a collection under way")
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
         finally:
@@ -264,7 +265,8 @@ def test_ctrl_c_during_stop_all_names_every_partial_file(pair: list[sandbox.Sand
             os.unlink(remote)
     assert proc.returncode == 130, err
     parts = sorted(tmp_path.glob("*.partial"))
-    assert len(parts) == 2
+    assert len(parts) >= 1
+    assert err.count("(partial)") == len(parts), err  # every partial file kept is named, and only those
     for part in parts:
         assert f"kzbridge: interrupted; kept {part.stat().st_size} bytes in {part} (partial)" in err
         assert 0 < part.stat().st_size < 1 << 30
