@@ -309,6 +309,7 @@ t0=$(date +%s.%N)
 COMPOSE="$COMPOSE_BIN${build_args:+ $build_args}" PROJECT=$project PATH="$root/.venv/bin:$PATH" \
   PYTHON=$root/.venv/bin/python KZBRIDGE=$root/.venv/bin/kzbridge TRACE_DIR=$trace_dir \
   KZBRIDGE_EPMD_PORT=$epmd_port KZBRIDGE_DIST_PORT_MIN=$dist_min KZBRIDGE_DIST_PORT_MAX=$dist_max \
+  AFTER_PYTEST="$root/.venv/bin/python $root/scripts/lane_failing_test.py" \
   sh examples/ci/compose-ci.sh < /dev/null 2>&1 | tee "$work/compose-ci.log" | grep -v 'CNI config file'
 ci_rc=${PIPESTATUS[0]}
 record compose-ci "$(elapsed "$t0")"

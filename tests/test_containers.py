@@ -68,7 +68,8 @@ def test_compose_stack_builds_runs_traces_and_leaves_nothing_under_podman(tmp_pa
     assert rc == 0 and outcome["outcome"] == "OK", f"{outcome['reason']}\n{output[-6000:]}"
 
     # Every step ran and was timed; both traces came back with lines, size verified.
-    for step in ("base-image", "runtime-probe", "up", "wait", "trace-host", "trace-tools", "pytest", "down"):
+    steps = ("base-image", "runtime-probe", "up", "wait", "trace-host", "trace-tools", "pytest", "after-pytest", "down")
+    for step in steps:
         assert step in outcome["timings"], f"{step} did not run:\n{output[-4000:]}"
     traces = outcome["traces"]
     assert [t.split(":")[0].rsplit("/", 1)[-1] for t in traces] == ["host-kz_json.log", "tools-kz_json.log"]
@@ -76,6 +77,9 @@ def test_compose_stack_builds_runs_traces_and_leaves_nothing_under_podman(tmp_pa
         lines = int(line.split(": ", 1)[1].split()[0])
         assert lines > 0 and line.endswith("size verified"), line
     assert "2 passed" in output, "the example suite ran its two tests against the container"
+    # A user's suite in a temporary directory, only the installed plugin: its failing test's report
+    # shows the trace, the file is in --kazoo-trace-dir and junit names it (lane_failing_test.py).
+    assert "lane-failing-test: the failing test's report shows its trace" in output, output[-4000:]
 
     # Nothing left: the lane's own comparison, and podman asked again here.
     assert outcome["leftovers"] == []

@@ -27,6 +27,7 @@
 #   WAIT_TIMEOUT       seconds to wait for the node (default 60)
 #   TRACE_SECONDS      length of each smoke trace (default 3)
 #   SKIP_BUILD=1       use images built before (e.g. by a cached CI step)
+#   AFTER_PYTEST       a shell command run after the pytest step, before down
 #
 # The node is kazoo_apps@kazoo. The host needs no /etc/hosts line: kzbridge connects to
 # 127.0.0.1 (--address, and --kazoo-address for the pytest plugin) and still handshakes with
@@ -147,4 +148,9 @@ step wait do_wait || exit 1
 step trace-host do_trace_host || true
 step trace-tools do_trace_tools || true
 step pytest do_pytest || true
+# AFTER_PYTEST: a command of yours run while the stack is still up (kzbridge's own lane checks
+# there that a failing test's report carries its trace: scripts/lane_failing_test.py).
+if [ -n "${AFTER_PYTEST:-}" ]; then
+  step after-pytest sh -c "$AFTER_PYTEST" || true
+fi
 [ -n "$failed" ] || say "all steps passed; traces in $TRACE_DIR"
