@@ -124,12 +124,21 @@ async def test_a_flood_that_turns_the_sink_synchronous_is_stopped_by_safety(fres
         started = time.monotonic()
         await n.rpc("kz_fixture", "flood", [Atom("data"), 150, 3000, 20])
         stops: list[StoppedBy] = []
-        summary = await session.run(lambda e: stops.append(e) if isinstance(e, StoppedBy) else None)
+        decided: list[float] = []
+
+        def observe(e: object) -> None:
+            if isinstance(e, StoppedBy):
+                stops.append(e)
+                decided.append(time.monotonic())
+
+        summary = await session.run(observe)
         assert [s.reason for s in stops] == ["safety"]
         assert summary.reason == "safety" and summary.safety is not None
         assert "synchronous" in summary.safety.causes and "max-rate" not in summary.safety.causes
         assert "lager's data sink went synchronous" in str(summary.safety)
-        assert time.monotonic() - started < 15, "stopped long before the 30 s duration"
+        # Decided long before the 30 s duration (the stop itself then waits for the flooded sink's
+        # queue to drain, which under a loaded machine takes seconds more).
+        assert decided[0] - started < 15, "decided long before the 30 s duration"
         assert summary.verified and not summary.partial and summary.lines > 0
         assert (tmp_path / "sync.log").stat().st_size == summary.bytes
         await nothing_left_running(n, session.trace.remote_path)
