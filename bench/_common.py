@@ -116,3 +116,27 @@ def summary(name: str, values: list[float], unit: str = "us") -> dict:
 def line(name: str, value: float, unit: str, baseline: float | None = None, base_name: str = "") -> None:
     ratio = f"  {value / baseline:5.2f}x {base_name}" if baseline else ""
     print(f"  {name:<48} {value:10.1f} {unit}{ratio}")
+
+
+def collect_table(title: str, base: list[list[float]], ours: list[list[float]], rss: list[float]) -> None:
+    """The collection benches' report: MB/s of each transfer, per process [first, later...], baseline
+    (Erlang's rpc:call of file:read_file) against kzbridge, as medians and ratios."""
+    import statistics
+
+    med = statistics.median
+    print(title)
+    print(f"  {'':<40} {'all':>8} {'first':>8} {'later':>8}")
+    rows = []
+    for name, runs in (("rpc:call(N, file, read_file, [F])", base), ("kzbridge collect_file", ours)):
+        row = (med([x for r in runs for x in r]), med([r[0] for r in runs]), med([x for r in runs for x in r[1:]]))
+        rows.append(row)
+        print(f"  {name:<40} {row[0]:8.0f} {row[1]:8.0f} {row[2]:8.0f}")
+    print(
+        f"  {'ratio':<40} {rows[1][0] / rows[0][0]:7.2f}x {rows[1][1] / rows[0][1]:7.2f}x "
+        f"{rows[1][2] / rows[0][2]:7.2f}x"
+    )
+    print(
+        f"  {'slowest kzbridge transfer / fastest baseline':<40} "
+        f"{min(x for r in ours for x in r) / max(x for r in base for x in r):7.2f}x"
+    )
+    print(f"  kzbridge process peak RSS {max(rss):.0f} MB")

@@ -16,12 +16,11 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 
-from _common import ROOT, erl_eval, erl_node, private_epmd
+from _common import ROOT, collect_table, erl_eval, erl_node, private_epmd
 
 from kzbridge.kazoo import programs
 from kzbridge.wire.node import connect_node
@@ -99,26 +98,13 @@ def main() -> None:
         rss.append(r["maxrss_mb"])
         os.unlink(out)
     os.unlink(path)
-    med = statistics.median
-    print(
+    collect_table(
         f"collecting a {size / 1048576:.0f} MB file over loopback, MB/s (median of {args.rounds} rounds, "
-        "3 transfers per process)"
+        "3 transfers per process)",
+        base,
+        ours,
+        rss,
     )
-    print(f"  {'':<40} {'all':>8} {'first':>8} {'later':>8}")
-    rows = []
-    for name, runs in (("rpc:call(N, file, read_file, [F])", base), ("kzbridge collect_file", ours)):
-        row = (med([x for r in runs for x in r]), med([r[0] for r in runs]), med([x for r in runs for x in r[1:]]))
-        rows.append(row)
-        print(f"  {name:<40} {row[0]:8.0f} {row[1]:8.0f} {row[2]:8.0f}")
-    print(
-        f"  {'ratio':<40} {rows[1][0] / rows[0][0]:7.2f}x {rows[1][1] / rows[0][1]:7.2f}x "
-        f"{rows[1][2] / rows[0][2]:7.2f}x"
-    )
-    print(
-        f"  {'slowest kzbridge transfer / fastest baseline':<40} "
-        f"{min(x for r in ours for x in r) / max(x for r in base for x in r):7.2f}x"
-    )
-    print(f"  kzbridge process peak RSS {max(rss):.0f} MB")
 
 
 if __name__ == "__main__":

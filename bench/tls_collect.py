@@ -18,13 +18,12 @@ import asyncio
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, erl_node, private_epmd
+from _common import ROOT, collect_table, erl_node, private_epmd
 
 from kzbridge.certs import Pki, dist_optfile
 from kzbridge.kazoo import programs
@@ -129,26 +128,13 @@ def main() -> None:
                 os.unlink(out)
         finally:
             os.unlink(path)
-    med = statistics.median
-    print(
+    collect_table(
         f"collecting a {size / 1048576:.0f} MB file over TLS distribution (mutual, TLS 1.2), loopback, MB/s "
-        f"(median of {args.rounds} rounds, 3 transfers per process)"
+        f"(median of {args.rounds} rounds, 3 transfers per process)",
+        base,
+        ours,
+        rss,
     )
-    print(f"  {'':<40} {'all':>8} {'first':>8} {'later':>8}")
-    rows = []
-    for name, runs in (("rpc:call(N, file, read_file, [F])", base), ("kzbridge collect_file", ours)):
-        row = (med([x for r in runs for x in r]), med([r[0] for r in runs]), med([x for r in runs for x in r[1:]]))
-        rows.append(row)
-        print(f"  {name:<40} {row[0]:8.0f} {row[1]:8.0f} {row[2]:8.0f}")
-    print(
-        f"  {'ratio':<40} {rows[1][0] / rows[0][0]:7.2f}x {rows[1][1] / rows[0][1]:7.2f}x "
-        f"{rows[1][2] / rows[0][2]:7.2f}x"
-    )
-    print(
-        f"  {'slowest kzbridge transfer / fastest baseline':<40} "
-        f"{min(x for r in ours for x in r) / max(x for r in base for x in r):7.2f}x"
-    )
-    print(f"  kzbridge process peak RSS {max(rss):.0f} MB")
 
 
 if __name__ == "__main__":
