@@ -57,6 +57,7 @@ def test_rpc_and_ping_load_only_their_own_family(sandbox_gen2):
     for args, said in [
         (["rpc", "-n", node, "-c", cookie, "erlang", "node"], f"'{node}'"),
         (["ping", "-n", node, "-c", cookie], f"pong from {node}"),
+        (["rpc", "-n", node, "erlang", "node"], f"'{node}'"),  # the cookie found by the sandbox's name
     ]:
         res, modules, out = probe(*args)
         assert res.returncode == 0 and out.startswith(said), (res.stdout, res.stderr)
