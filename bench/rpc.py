@@ -2,6 +2,7 @@
 
     python bench/rpc.py [--calls 5000] [--rounds 5]
     python bench/rpc.py --baseline /path/to/older/checkout [--calls 5000] [--rounds 10]
+    python bench/rpc.py --one-shot [--baseline /path/to/older/checkout] [--rounds 5]
 
 With ``--baseline`` it compares two kzbridge trees instead: each round runs the asyncio
 and the blocking rpc latency once with the baseline tree's wire and once with this
@@ -138,10 +139,19 @@ def pyinterface_side(node: str, cookie: str, calls: int) -> list[float] | str:
     return got["times"] if "times" in got else str(got["na"])
 
 
-def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
-    """Median wall time of each command; the commands take turns, so a slow minute hits all of them."""
+def one_shot(node: str, cookie: str, runs: int = 15, baseline: str | None = None) -> dict:
+    """Median wall time of each command; the commands take turns, so a slow minute hits all of them.
+
+    With ``baseline`` (another checkout) its ``python -m kzbridge`` takes its turn too, run from
+    that tree (``-m`` finds the package in the working directory first).
+    """
     cmds: dict[str, list[str]] = {}
+    cwd: dict[str, str] = {}
     cmds["kzbridge"] = [sys.executable, "-m", "kzbridge", "rpc", "--node", node, "--cookie", cookie, "erlang", "node"]
+    cwd["kzbridge"] = str(ROOT)
+    if baseline:
+        cmds["baseline"] = cmds["kzbridge"]
+        cwd["baseline"] = os.path.abspath(baseline)
     script = os.path.join(os.path.dirname(sys.executable), "kzbridge")
     kzb = script if os.path.exists(script) else (shutil.which("kzbridge") or "")
     if kzb:
@@ -164,7 +174,7 @@ def one_shot(node: str, cookie: str, runs: int = 15) -> dict:
     for _ in range(runs):
         for key, cmd in cmds.items():
             t0 = time.perf_counter()
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd.get(key))
             vals[key].append((time.perf_counter() - t0) * 1000)
             if res.returncode != 0:
                 raise RuntimeError(f"{cmd[0]} failed: {res.stderr or res.stdout}")
@@ -247,11 +257,26 @@ def compare(baseline: str, node: str, cookie: str, calls: int, rounds: int) -> N
         )
 
 
+def one_shot_only(runs: int, baseline: str | None) -> None:
+    """The one-shot rows alone, ``runs`` times, each run's ratios to the BEAM boot printed."""
+    node, cookie = erl_node()
+    for r in range(runs):
+        shots = one_shot(node, cookie, baseline=baseline)
+        boot = shots["beam_boot"]
+        said = ", ".join(f"{k} {v:.0f} ms ({v / boot:.2f}x)" for k, v in shots.items() if k != "beam_boot")
+        print(f"run {r + 1}: beam_boot {boot:.0f} ms; {said}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", help="another kzbridge checkout to compare this tree's rpc latency against")
+    ap.add_argument(
+        "--one-shot",
+        action="store_true",
+        help="only the one-shot command rows, --rounds runs of 15 turns each (with --baseline: that tree's too)",
+    )
     ap.add_argument("--worker", choices=["async", "blocking"], help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--node", help=argparse.SUPPRESS)
@@ -261,6 +286,9 @@ def main() -> None:
         worker(args.tree, args.worker, args.node, args.cookie, args.calls)
         return
     private_epmd()
+    if args.one_shot:
+        one_shot_only(args.rounds, args.baseline)
+        return
     if args.baseline:
         node, cookie = erl_node()
         compare(args.baseline, node, cookie, max(100, args.calls // args.rounds), args.rounds)

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# pathlib (with urllib.parse and ipaddress, 4 ms) is imported only when a file is read: a
+# one-shot command given --cookie or KZBRIDGE_COOKIE does not need it.
 
 # A cookie is a line of text; anything longer is not a cookie file.
 MAX_COOKIE_FILE = 64 << 10
@@ -50,6 +56,8 @@ def resolve_cookie(cookie: str | None = None, cookie_file: str | os.PathLike[str
     env = os.environ.get("KZBRIDGE_COOKIE")
     if env:
         return env
+    from pathlib import Path
+
     if cookie_file:
         return _read(Path(cookie_file))
     default = Path.home() / ".erlang.cookie"

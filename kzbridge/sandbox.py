@@ -36,13 +36,9 @@ node's. ``Sandbox.tls_settings()`` is how to connect; the files go with the sand
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -56,6 +52,10 @@ from . import limits
 from .cachedir import cache_dir, subdir
 from .errors import KzBridgeError, SandboxError, UsageError
 from .wire.terms import Atom
+
+# asyncio, concurrent.futures, hashlib and secrets are imported where they are used: every
+# command without --cookie asks this module for a sandbox's cookie (cookie.cookie_for_node),
+# and a one-shot `kzbridge rpc` should not load an event loop, ssl or OpenSSL's libcrypto for it.
 
 if TYPE_CHECKING:
     from .wire.names import Route
@@ -113,6 +113,8 @@ def faketime_library() -> str:
 
 def build_fixtures() -> Path:
     """Compiled fixture beams, rebuilt only when the sources change."""
+    import hashlib
+
     src = fixtures_dir()
     digest = hashlib.sha256()
     for path in [*sorted((src / "src").iterdir()), src / "bin" / "build.sh"]:
@@ -237,6 +239,8 @@ def list_sandboxes() -> list[Sandbox]:
 async def _wait_ready(
     node: str, cookie: str, deadline: float, proc: subprocess.Popen[bytes] | None, route: Route | None = None
 ) -> int:
+    import asyncio
+
     from .errors import TlsError
     from .wire.node import connect_node
 
@@ -264,6 +268,9 @@ async def _wait_ready(
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from sync code, also when called inside a running event loop
     (an async test calling ``start``): then in a thread of its own, blocking the caller's loop meanwhile."""
+    import asyncio
+    import concurrent.futures
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -337,6 +344,8 @@ def start(
     env = _environment(home, faketime, tz)
     ensure_epmd()
     node = f"{name}@{LOOPBACK}"
+    import secrets
+
     cookie = cookie or secrets.token_hex(16)
     cookie_file = state_dir() / f"{name}.cookie"
     _write_private(cookie_file, cookie, 0o600)

@@ -8,7 +8,9 @@ Every failure ends as one line on stderr and a documented exit code:
 `kzbridge sup` uses sup's own codes instead (see its --help).
 
 Commands live in modules by family (node_cmds, trace_cmds, detached_cmds,
-sandbox_cmds), registered on ``main`` when this package loads; render.py draws.
+sandbox_cmds, cluster_cmds, report_cmds), each registering its commands on ``main``
+when it loads; ``main`` loads only the module of the command being run
+(``COMMAND_MODULES``). render.py draws.
 The library's errors are words plus the setting they are about; ``error_line``
 turns a setting into this face's option name (``OPTION_OF``).
 """
@@ -187,6 +189,52 @@ class Group(click.Group):
                 err=True,
             )
             sys.exit(1)
+
+
+# Which module defines each top-level command. A command's module is imported only when that
+# command runs (or when --help lists them all): a one-shot `kzbridge rpc` loads node_cmds, not
+# the trace, cluster, sandbox and report families. tests/test_cli_lazy.py checks this table
+# against what the modules define.
+COMMAND_MODULES = {
+    "ping": "node_cmds",
+    "rpc": "node_cmds",
+    "sup": "node_cmds",
+    "wait": "node_cmds",
+    "trace-module": "trace_cmds",
+    "trace-function": "trace_cmds",
+    "trace-pid": "trace_cmds",
+    "trace": "trace_cmds",
+    "start": "detached_cmds",
+    "status": "detached_cmds",
+    "stop": "detached_cmds",
+    "clear": "detached_cmds",
+    "collect": "detached_cmds",
+    "sandbox": "sandbox_cmds",
+    "demo": "sandbox_cmds",
+    "nodes": "cluster_cmds",
+    "merge": "cluster_cmds",
+    "report": "report_cmds",
+    "summary": "report_cmds",
+}
+
+
+class LazyGroup(Group):
+    """The top-level group: its commands are registered by their modules as those load, and a
+    module is loaded the first time one of its commands is asked for (click's "lazy loading
+    of subcommands"). Listing the commands (``--help``) loads every module."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            # An unknown name loads every module: click's "Did you mean" draws on ``self.commands``.
+            wanted = COMMAND_MODULES.get(cmd_name)
+            for module in [wanted] if wanted else sorted(set(COMMAND_MODULES.values())):
+                # Registers its commands on ``main``. (__import__, not importlib.import_module:
+                # `python -X importtime` reports only the former.)
+                __import__(f"{__name__}.{module}")
+        return self.commands.get(cmd_name)
 
 
 class NumberType(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.3 on
@@ -572,7 +620,7 @@ def parse_size(text: str, setting: str = "max_size") -> int:
     return limits.parse_size(text, setting)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="kzbridge")
 def main() -> None:
     """Trace Kazoo nodes from anywhere, as a hidden Erlang node.
@@ -594,10 +642,8 @@ def main() -> None:
     """
 
 
-# Registration: each family module adds its commands to ``main`` as it loads.
-from . import node_cmds, trace_cmds, detached_cmds, sandbox_cmds, cluster_cmds, report_cmds  # noqa: E402,F401,I001
-
 __all__ = [
+    "COMMAND_MODULES",
     "EXIT_INTERRUPTED",
     "OPTION_OF",
     "ConnectSettings",
