@@ -127,9 +127,9 @@ class _LineReader:
         self.records += records
         self._instant = instants[-1]
         if lead:
-            keys = _running_max([self._key] * lead + instants[lead:], self._key)
+            keys = running_max([self._key] * lead + instants[lead:], self._key)
         else:
-            keys = _running_max(instants, self._key)
+            keys = running_max(instants, self._key)
         self._key = keys[-1]
         return keys, instants, lines
 
@@ -137,7 +137,7 @@ class _LineReader:
         self._fh.close()
 
 
-def _running_max(values: list[float], floor: float) -> list[float]:
+def running_max(values: list[float], floor: float) -> list[float]:
     """``accumulate(values, max, initial=floor)`` without the floor: the values themselves when
     already in order (lager's usual), else each dip raised to the maximum before it."""
     if values[0] >= floor and not any(map(_gt, values, islice(values, 1, None))):

@@ -12,8 +12,13 @@ sort key is each node's running maximum, exactly as merge.py orders merged.log),
 node. Aggregates (counts per level/module/node, calls, the event rate) are computed from
 the columns on demand.
 
-Reading fast: a chunk of whole lines is parsed with one ``findall`` when every line in it
-is a record header (the usual case); a chunk holding continuation lines goes line by line.
+Reading fast: each chunk of whole lines (4 MB) is parsed by one ``findall`` that gives, per
+record, its header fields and its continuation lines (``_FAST``); everything else is done by
+builtins over those columns (zip, map, accumulate), and instants by clock.Timeline.instants
+(each printed second parsed once), so no Python code runs per line. ``_FAST`` ends a record's
+continuation lines at any line starting with two digits (every header does), which is exact
+unless such a line is not a header: then ``findall`` skips it, the line count shows it, and
+that chunk is parsed again by ``_RECORDS`` (which checks the whole header at every line).
 Both give the same records as logparse.parse_lines.
 """
 
@@ -25,16 +30,17 @@ import re
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import accumulate, pairwise, repeat
+from itertools import accumulate, count, filterfalse, islice, repeat
+from operator import add, gt
 from pathlib import Path
 from typing import Any
 
 from ..errors import KazooError, UsageError
-from .clock import ClockCorrection, NodeClock, Timeline, format_instant, printed_seconds
+from .clock import ClockCorrection, NodeClock, Timeline, format_instant, nones, printed_seconds
 from .logparse import SEVERITIES, UNDEFINED
-from .merge import MergeSource, short_labels
+from .merge import MergeSource, running_max, short_labels
 
 # logparse._HEADER, on bytes, capturing only what the model keeps: time, severity, callid, module, pid.
 _HEAD = (
@@ -48,6 +54,11 @@ _HEADS = re.compile(rb"^" + _HEAD, re.MULTILINE)
 # A record: its header line, then the lines that are not headers (its message's further lines).
 _HEAD_UNCAPTURED = re.sub(rb"(?<!\\)\((?!\?)", b"(?:", _HEAD)
 _RECORDS = re.compile(rb"^" + _HEAD + rb"[^\n]*((?:\n(?!" + _HEAD_UNCAPTURED + rb")[^\n]*)*)\n", re.MULTILINE)
+# The same header with possessive repeats (each stops at its delimiter, so backtracking could never
+# help: the same matches, less bookkeeping), after a newline (a literal: findall jumps from line to
+# line), then its continuation lines, taken as those not starting with two digits.
+_HEAD_POSSESSIVE = _HEAD.replace(rb"]*", rb"]*+").replace(rb"]+", rb"]++").replace(rb"\d+", rb"\d++")
+_FAST = re.compile(rb"\n" + _HEAD_POSSESSIVE + rb"[^\n]*+((?:\n(?!\d\d)[^\n]*+)*+)")
 _CHUNK = 4 << 20
 NONE = ""  # the interned "no value" (Undefined, empty): index 0 of every table
 WARNING = SEVERITIES.index("warning")
@@ -61,12 +72,14 @@ class Interner:
         self.names: list[str] = [NONE]
         self._index: dict[bytes, int] = {b"": 0, UNDEFINED.encode(): 0}
 
-    def indexes(self, values: tuple[bytes, ...] | list[bytes]) -> Iterator[int]:
+    def indexes(self, values: tuple[bytes, ...] | list[bytes]) -> list[int]:
+        """The index of each value, new values numbered in order of first appearance."""
         index = self._index
-        for v in set(values).difference(index):
-            index[v] = len(self.names)
-            self.names.append(v.decode("utf-8", "replace"))
-        return map(index.__getitem__, values)
+        new = list(filterfalse(index.__contains__, dict.fromkeys(values)))
+        if new:
+            index.update(zip(new, count(len(self.names))))
+            self.names += [v.decode("utf-8", "replace") for v in new]
+        return list(map(index.__getitem__, values))
 
 
 @dataclass
@@ -185,12 +198,13 @@ def read_model(sources: list[MergeSource]) -> ReportModel:
         paths=[Path(s.path) for s in sources],
         file_lines=[],
     )
-    keys: array[float] = array("d")
+    keys: list[float] = []
     for index, source in enumerate(sources):
         before = len(model.t)
         model.file_lines.append(_read_file(model, index, source))
-        keys.extend(accumulate(model.t[before:], max))  # the node's running maximum: merge.py's order
-    if len(sources) > 1 and any(b < a for a, b in pairwise(keys)):
+        if len(sources) > 1 and len(model.t) > before:  # the node's running maximum: merge.py's order
+            keys += running_max(model.t[before:].tolist(), float("-inf"))
+    if any(map(gt, keys, islice(keys, 1, None))):
         order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: ties keep (node, file order)
         for name in ("t", "node", "level", "module", "pid", "callid", "line", "nlines"):
             col = getattr(model, name)
@@ -202,6 +216,8 @@ def _read_file(model: ReportModel, node: int, source: MergeSource) -> int:
     """Append one file's events to ``model``; returns the file's line count."""
     timeline = Timeline(source.correction)
     level_of = {s.encode(): i for i, s in enumerate(model.levels)}
+    node_column = array("H", [node])
+    previous = source.correction.start.measured_at
     lineno = 0
     rest = b""
     first = len(model.t)  # this file's first event
@@ -229,31 +245,39 @@ def _read_file(model: ReportModel, node: int, source: MergeSource) -> int:
             if not columns:
                 continue
             times, sevs, cids, mods, pids = columns
-            instants = timeline.instants(list(times))
-            model.t.extend(instants)  # type: ignore[arg-type]  # every head has a time
-            model.node.extend([node] * len(times))
+            instants: list[Any] = timeline.instants(list(times))
+            if None in instants:
+                # A header whose time is no time of day ("25:00:00.000"): merge.py reads it as a
+                # continuation line, so it gets the previous record's instant (the file's start first).
+                for i in sorted(nones(instants)):
+                    instants[i] = instants[i - 1] if i else previous
+            previous = instants[-1]
+            model.t += array("d", instants)
+            model.node.extend(node_column * len(times))
             for sev in set(sevs).difference(level_of):
                 level_of[sev] = len(model.levels)
                 model.levels.append(sev.decode("ascii"))
-            model.level.extend(map(level_of.__getitem__, sevs))
-            model.module.extend(model.modules.indexes(mods))
-            model.pid.extend(model.pids.indexes(pids))
-            model.callid.extend(model.callids.indexes(cids))
+            model.level += array("B", list(map(level_of.__getitem__, sevs)))
+            model.module += array("I", model.modules.indexes(mods))
+            model.pid += array("I", model.pids.indexes(pids))
+            model.callid += array("I", model.callids.indexes(cids))
             model.line.extend(starts)
             model.nlines.extend(nlines)
     return lineno
 
 
-def _records(model: ReportModel, block: bytes, lineno: int, continues: bool) -> tuple[list[Any], list[int], list[int]]:
+def _records(
+    model: ReportModel, block: bytes, lineno: int, continues: bool
+) -> tuple[list[tuple[bytes, ...]], Iterable[int], Iterable[int]]:
     """A chunk of whole lines: the header fields of its records as columns (time, severity, callid,
-    module, pid), each record's first line number and
-    line count (the same records as logparse.parse_lines). Lines before the first header continue
-    the previous chunk's last record (``continues``) or are orphans (the file's start)."""
-    found = _HEADS.search(block)
-    if found is None:
-        head_at = len(block)
-    else:
-        head_at = found.start()
+    module, pid), each record's first line number and line count (the same records as
+    logparse.parse_lines). Lines before the first header continue the previous chunk's last
+    record (``continues``) or are orphans (the file's start)."""
+    # "\n" + the chunk without its last newline: every line, a header's first, follows a newline,
+    # at the same offsets as in the chunk.
+    text = b"\n" + block[:-1]
+    found = _FAST.search(text)
+    head_at = len(block) if found is None else found.start()
     if head_at:
         before = block.count(b"\n", 0, head_at)
         if continues:
@@ -261,13 +285,24 @@ def _records(model: ReportModel, block: bytes, lineno: int, continues: bool) -> 
         else:
             model.orphan_lines += before
         lineno += before
-    records = _RECORDS.findall(block, head_at)
-    if not records:
+    if found is None:
         return [], [], []
+    lines = block.count(b"\n", head_at)
+    records = _FAST.findall(text, head_at)
+    *columns, more = zip(*records, strict=True)
+    if not any(more):  # no continuation lines (the usual chunk)
+        if len(records) == lines:
+            return columns, range(lineno, lineno + lines), repeat(1, lines)
+    else:
+        extra = list(map(bytes.count, more, repeat(b"\n")))
+        if len(records) + sum(extra) == lines:
+            nlines = list(map(add, extra, repeat(1)))
+            return columns, accumulate(nlines[:-1], initial=lineno), nlines
+    # A line starting with two digits that is not a header (_FAST skipped it): check every line.
+    records = _RECORDS.findall(block, head_at)
     *columns, more = zip(*records, strict=True)
     nlines = [1 + n for n in map(bytes.count, more, repeat(b"\n"))]
-    starts = list(accumulate(nlines[:-1], initial=lineno))
-    return columns, starts, nlines
+    return columns, accumulate(nlines[:-1], initial=lineno), nlines
 
 
 # -------------------------------------------------------------------- sources

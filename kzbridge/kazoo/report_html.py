@@ -24,6 +24,8 @@ import json
 import zlib
 from array import array
 from importlib import resources
+from itertools import repeat
+from operator import sub
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,7 +33,9 @@ from ..errors import KazooError
 from .report import ReportModel, native_little_endian
 
 _TEXT_CHUNK = 3 << 20  # a multiple of 3: base64 of each compressed piece joins without padding
-LEVEL = 6
+# zlib level 1 for the texts and columns: 2-4x faster than level 6 (which took a third of the time of
+# a 1M-line report), for a file about 60 % larger (bench/report.py: 0.11x the log instead of 0.06x).
+LEVEL = 1
 
 
 def json_for_script(value: Any) -> str:
@@ -59,7 +63,7 @@ def asset(name: str) -> str:
 
 def _meta(model: ReportModel, title: str) -> dict[str, Any]:
     t0 = min(model.t) if len(model) else 0.0
-    rel = array("d", (t - t0 for t in model.t))
+    rel = array("d", map(sub, model.t, repeat(t0)))
     return {
         "v": 1,
         "title": title,

@@ -1,0 +1,173 @@
+"""report.read_model's batched reader gives exactly what a simple per-line reader gives.
+
+The reader parses each chunk with one findall (report._FAST, which takes any line not starting
+with two digits as a continuation line) and falls back to checking every line when a line
+starting with digits is not a header; instants come from clock.Timeline.instants over whole
+batches. The reference here goes one line at a time: logparse.parse_header decides what is a
+header, clock.Timeline.instant gives its instant. Random files with continuation lines (some
+starting with digits, some looking almost like headers), dates, UTC suffixes, midnight, a time
+that is no time of day, invalid UTF-8, orphan lines and no final newline; read in chunks of
+many sizes, so records and continuation lines fall across chunk edges.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kzbridge.kazoo import logparse, report
+from kzbridge.kazoo.clock import ClockCorrection, NodeClock, Timeline
+from kzbridge.kazoo.merge import MergeSource
+
+BASE = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc).timestamp()
+LEVELS = ["debug", "info", "notice", "warning", "error", "critical"]
+NOT_HEADERS = [
+    "  continued",
+    "",
+    '{"a": 1}',
+    "12:34 starts with digits",
+    "10:00:00.000 [info] no pipes here",
+    "10:00:00.000 [INFO] |a|b|m:f:1 (<0.1.0>) upper-case level",
+    "10:00:00.000 [info] |a|b|m:f:x (<0.1.0>) line is not a number",
+    "2026-11-25 not a time",
+    "99",
+    "third: a|b:c",
+]
+
+
+def _stamp(sod: float) -> str:
+    ms = round(sod * 1000) % 86_400_000
+    h, rest = divmod(ms // 1000, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms % 1000:03d}"
+
+
+def _header(rnd: random.Random, time: str, i: int) -> str:
+    callid = rnd.choice([f"call-{rnd.randrange(20)}", "Undefined", "", "c\u00e9"])
+    module = rnd.choice(["kz_json", "Undefined", "mod_b", ""])
+    line = rnd.choice(["{7,5}", "12", "Undefined"])
+    pid = rnd.choice(["<0.1.0>", "<0.2.0>", "Undefined", ""])
+    return f"{time} [{rnd.choice(LEVELS)}] |app|{callid}|{module}:fun:{line} ({pid}) message {i} | a:b (c) "
+
+
+def _file(rnd: random.Random, start_sod: float, n: int) -> bytes:
+    t = start_sod
+    out = [rnd.choice(NOT_HEADERS) for _ in range(rnd.choice([0, 0, 2]))]  # orphans
+    for i in range(n):
+        t += rnd.random() * rnd.choice([0.001, 0.05, 1.0, 120.0])
+        r = rnd.random()
+        if r < 0.25:
+            out.append(rnd.choice(NOT_HEADERS))
+        elif r < 0.27:
+            day = dt.date(2026, 11, 25) + dt.timedelta(days=int(t // 86400))
+            out.append(_header(rnd, f"{day.isoformat()} {_stamp(t)}", i))
+        elif r < 0.29:
+            out.append(_header(rnd, f"{_stamp(t)} UTC", i))
+        elif r < 0.30:
+            out.append(_header(rnd, "25:61:00.000", i))  # a header whose time is no time of day
+        elif r < 0.33:
+            out.append(_header(rnd, _stamp(t - rnd.random() * 0.01), i))  # lager's reordering
+        else:
+            out.append(_header(rnd, _stamp(t), i))
+    text = "\n".join(out).encode("utf-8")
+    if rnd.random() < 0.3:
+        text = text.replace(b"message 1", b"bytes \xff\xfe\xc3( 1")  # invalid UTF-8
+    return text if rnd.random() < 0.3 else text + b"\n"
+
+
+def _correction(rnd: random.Random) -> ClockCorrection:
+    start = NodeClock(rnd.choice([0.0, 2.5, -1.25]), 0.0, rnd.choice([0, 3600, -18000]), BASE + 86400 / 2)
+    if rnd.random() < 0.5:
+        return ClockCorrection(start)
+    return ClockCorrection(start, NodeClock(start.offset + 0.4, 0.0, start.utc_offset, start.measured_at + 86400))
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("latin-1").encode("latin-1").decode("utf-8", "replace")
+
+
+def reference(source: MergeSource) -> tuple[list[list[Any]], int, int]:
+    """Events [instant, level, module, pid, callid, first line, line count], orphan and total lines: line by line."""
+    timeline = Timeline(source.correction)
+    previous = source.correction.start.measured_at
+    events: list[list[Any]] = []
+    orphans = 0
+    lines = Path(source.path).read_bytes().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    for number, raw in enumerate(lines):
+        rec = logparse.parse_header(raw.decode("latin-1"))
+        if rec is None:
+            if events:
+                events[-1][6] += 1
+            else:
+                orphans += 1
+            continue
+        instant = timeline.instant(raw)
+        previous = instant if instant is not None else previous
+        fields = [_text((v or "").encode("latin-1")) for v in (rec.module, rec.pid, rec.callid)]
+        events.append([previous, rec.severity, *fields, number, 1])
+    return events, orphans, len(lines)
+
+
+def model_events(model: report.ReportModel) -> list[list[Any]]:
+    return [
+        [t, model.levels[lv], model.modules.names[m], model.pids.names[p], model.callids.names[c], ln, nl]
+        for t, lv, m, p, c, ln, nl in zip(
+            model.t, model.level, model.module, model.pid, model.callid, model.line, model.nlines, strict=True
+        )
+    ]
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("chunk", [7, 64, 333, 4096, 4 << 20])
+def test_batched_reader_equals_the_per_line_reference(
+    seed: int, chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report, "_CHUNK", chunk)
+    rnd = random.Random(seed)
+    sources = []
+    for k in range(1 + seed % 3):
+        path = tmp_path / f"n{k}@h.log"
+        start = rnd.choice([36000.0, 86400 - 30.0, 5.0])  # 10:00, just before midnight, just after
+        path.write_bytes(_file(rnd, start, rnd.choice([40, 400])))
+        sources.append(MergeSource(f"n{k}@h", path, _correction(rnd)))
+    model = report.read_model(sources)
+
+    expected: list[tuple[float, int, int, list[Any]]] = []
+    orphans = 0
+    for node, source in enumerate(sources):
+        events, lost, lines = reference(source)
+        assert model.file_lines[node] == lines
+        orphans += lost
+        keys = accumulate((e[0] for e in events), max)  # merge.py's order: the node's running maximum
+        expected += [(key, node, i, e) for i, (key, e) in enumerate(zip(keys, events, strict=True))]
+    expected.sort(key=lambda item: (item[0], item[1], item[2]))
+    assert model_events(model) == [e for *_, e in expected]
+    assert list(model.node) == [node for _, node, _, _ in expected]
+    assert model.orphan_lines == orphans
+
+
+def test_fast_path_and_fallback_agree_on_one_chunk(tmp_path: Path) -> None:
+    """The same file with and without one digit-led continuation line (which sends its chunk to the
+    fallback): the records are the same, the line numbers shift by one after it."""
+    rnd = random.Random(99)
+    lines = [_header(rnd, _stamp(36000 + i / 10), i) for i in range(50)]
+    lines[20:20] = ["second line", ""]
+    plain = tmp_path / "plain@h.log"
+    plain.write_text("\n".join(lines) + "\n")
+    digits = tmp_path / "digits@h.log"
+    digits.write_text("\n".join([*lines[:30], "42 is not a header", *lines[30:]]) + "\n")
+    correction = ClockCorrection(NodeClock.given(0.0, at=BASE))
+    a = report.read_model([MergeSource("plain@h", plain, correction)])
+    b = report.read_model([MergeSource("digits@h", digits, correction)])
+    ea, eb = model_events(a), model_events(b)
+    assert len(ea) == len(eb) == 50
+    shifted = [[*e[:5], e[5] + (e[5] >= 30), e[6]] for e in ea]
+    shifted[27][6] += 1  # the record before the inserted line has it as a continuation line
+    assert eb == shifted
