@@ -30,9 +30,14 @@ CHILD = r"""
 import asyncio, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[4])
 from kzbridge.kazoo.collect import collect_file
+from kzbridge.wire.names import Route
 from kzbridge.wire.node import connect_node
 async def main():
-    n = await connect_node(sys.argv[1], sys.argv[2])
+    route = None
+    if len(sys.argv) > 6:  # an ssl_dist_optfile: over TLS distribution (bench/tls_collect.py)
+        from kzbridge.wire.tls import read_optfile
+        route = Route(tls=read_optfile(sys.argv[6])[0])
+    n = await connect_node(sys.argv[1], sys.argv[2], route=route)
     times = []
     for _ in range(3):  # a first collection in a fresh process, then two more
         t0 = time.perf_counter()

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from _common import ROOT, collect_table, erl_node, private_epmd
+from collect import CHILD
 
 from kzbridge.certs import Pki, dist_optfile
 from kzbridge.kazoo import programs
@@ -32,28 +33,7 @@ from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import ErlString
 from kzbridge.wire.tls import TlsSettings, read_optfile
 
-CHILD = r"""
-import asyncio, json, os, resource, sys, time
-sys.path.insert(0, sys.argv[4])
-from kzbridge.kazoo.collect import collect_file
-from kzbridge.wire.names import Route
-from kzbridge.wire.node import connect_node
-from kzbridge.wire.tls import read_optfile
-async def main():
-    tls, _ = read_optfile(sys.argv[6])
-    n = await connect_node(sys.argv[1], sys.argv[2], route=Route(tls=tls))
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        res = await collect_file(n, sys.argv[3], sys.argv[5])
-        times.append(time.perf_counter() - t0)
-        if len(times) < 3:
-            os.unlink(sys.argv[5])
-    await n.close()
-    print(json.dumps({"times": times, "bytes": res.bytes,
-                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-asyncio.run(main())
-"""
+# The collecting process is bench/collect.py's, given the optfile as its last argument.
 
 
 async def make_file(node: str, cookie: str, tls: TlsSettings, path: str, mb: int) -> None:

@@ -84,6 +84,15 @@ def free_port() -> int:
         return port
 
 
+def kzb(
+    *args: str, timeout: float = 90, env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m kzbridge ARGS`` as an operator would; ``env`` replaces the environment (None: ours)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
+
+
 def poll_until(
     predicate: Callable[[], T],
     timeout: float = 10.0,

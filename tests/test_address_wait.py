@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,13 +28,7 @@ from kzbridge.wire.blocking import BlockingNode
 from kzbridge.wire.names import Route, Routes, check_port, parse_address
 from kzbridge.wire.terms import Atom
 
-from .conftest import free_port, poll_until
-
-
-def kzb(*args: str, timeout: float = 90, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+from .conftest import free_port, kzb, poll_until
 
 
 def dead_port() -> int:

@@ -18,13 +18,7 @@ from kzbridge.errors import BadRpcError
 from kzbridge.wire.blocking import BlockingNode
 from kzbridge.wire.terms import Atom
 
-from .conftest import poll_until
-
-
-def kzb(*args: str, timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
-    )
+from .conftest import kzb, poll_until
 
 
 class Running:

@@ -18,11 +18,9 @@ import pytest
 from kzbridge import sandbox
 from kzbridge.wire.node import connect_node
 
+from .conftest import kzb
+
 pytestmark = pytest.mark.live
-
-
-def kzb(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

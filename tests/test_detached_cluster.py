@@ -20,17 +20,13 @@ from kzbridge import sandbox
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 
-from .conftest import poll_until
+from .conftest import kzb, poll_until
 from .peers.hostile import HostilePeer
 from .test_hardening_limits import swallow
 
 pytestmark = pytest.mark.live
 
 GHOST = "kzdcghost@127.0.0.1"  # a name with no BEAM behind it
-
-
-def kzb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

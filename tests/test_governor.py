@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,15 +19,9 @@ from kzbridge.kazoo import governor, tracing
 from kzbridge.kazoo.session import StoppedBy, TraceSession
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
-from tests.conftest import poll_until_async
+from tests.conftest import kzb, poll_until_async
 
 FLOOD = [(Atom("request"), b"flood")]
-
-
-def kzb(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 async def nothing_left_running(n, remote_path: str) -> None:

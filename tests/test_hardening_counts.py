@@ -18,7 +18,7 @@ from kzbridge.kazoo import filters as flt
 from kzbridge.kazoo.logparse import parse_text
 from kzbridge.wire.terms import Atom, ErlString
 
-from .test_cli import kzb
+from .conftest import kzb
 
 
 def test_the_summary_says_records_and_lines(sandbox_gen2, tmp_path):

@@ -25,17 +25,14 @@ from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 from tests.conftest import poll_until
 
+from .conftest import kzb as run_kzb
+
 # ---------------------------------------------------------------- helpers
 
 
 def kzb(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kzbridge", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    """conftest.kzb with ``env`` added to ours rather than replacing it."""
+    return run_kzb(*args, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def one_line(res: subprocess.CompletedProcess[str]) -> str:

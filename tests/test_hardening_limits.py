@@ -13,7 +13,6 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,16 +26,11 @@ from kzbridge.kazoo import tracing
 from kzbridge.kazoo.session import TraceSession
 from kzbridge.wire.terms import Atom
 
+from .conftest import kzb
 from .peers.hostile import HostilePeer
 
 COOKIE = "stall-cookie"
 NOWHERE = "nobody@127.0.0.1"  # never reached: every case here must fail before connecting
-
-
-def kzb(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
 
 
 def one_line(res: subprocess.CompletedProcess[str]) -> str:

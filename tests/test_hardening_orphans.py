@@ -17,8 +17,7 @@ from kzbridge.kazoo import tracing
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 
-from .conftest import poll_until
-from .test_cli import kzb
+from .conftest import kzb, poll_until
 
 
 def handlers(box: Any) -> list[str]:

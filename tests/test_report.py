@@ -26,6 +26,8 @@ from kzbridge.kazoo.merge import merged_records
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 
+from .conftest import kzb
+
 # Logged on a sandbox node with kz_json's metadata (lager prints a binary's bytes as Latin-1 characters,
 # so U+2028's bytes arrive as "\u00e2\u0080\u00a8": a C1 control among them).
 HOSTILE = [
@@ -35,10 +37,6 @@ HOSTILE = [
     b"ctl \x1b[31mred\x1b[0m \x07 bell \x7f del",
     b"bytes \xff\xfe\xc3( end",
 ]
-
-
-def kzb(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout)
 
 
 # ---------------------------------------------------------------- model (no browser, no node)

@@ -49,7 +49,7 @@ from kzbridge.wire.names import Route
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.tls import TlsSettings, read_optfile
 
-from .conftest import ErlNode, RunEnv
+from .conftest import ErlNode, RunEnv, kzb
 
 # ------------------------------------------------------------------ pure parts
 
@@ -323,10 +323,6 @@ def test_cookie_still_checked_inside_tls(nodes: Nodes, certs: Certs, driver: Dri
 
 
 # ------------------------------------------------------------------ the command line
-
-
-def kzb(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kzbridge", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_errors_are_one_line_and_keep_secrets(nodes: Nodes, certs: Certs, tmp_path: Path) -> None:
