@@ -93,6 +93,20 @@ def kzb(
     )
 
 
+def node_call(box: Any, module: str, function: str, args: list[Any]) -> Any:
+    """One rpc on ``box`` (anything with ``.node``/``.cookie``) from synchronous test code."""
+    from kzbridge.wire.node import connect_node
+
+    async def body() -> Any:
+        n = await connect_node(box.node, box.cookie)
+        try:
+            return await n.rpc(module, function, args)
+        finally:
+            await n.close()
+
+    return asyncio.run(body())
+
+
 def poll_until(
     predicate: Callable[[], T],
     timeout: float = 10.0,

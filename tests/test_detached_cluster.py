@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -17,10 +16,9 @@ from typing import Any
 import pytest
 
 from kzbridge import sandbox
-from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 
-from .conftest import kzb, poll_until
+from .conftest import kzb, node_call, poll_until
 from .peers.hostile import HostilePeer
 from .test_hardening_limits import swallow
 
@@ -37,28 +35,17 @@ def pair(private_epmd: int) -> Iterator[list[sandbox.Sandbox]]:
         boxes.append(sandbox.start(f"kzdc1_{tag}", rate=30))
         boxes.append(sandbox.start(f"kzdc2_{tag}", rate=30))
         a, b = boxes
-        call(a, "kz_nodes", "join", [[Atom(b.node)]])  # what AMQP heartbeats do on Kazoo: --cluster finds b
+        node_call(a, "kz_nodes", "join", [[Atom(b.node)]])  # what AMQP heartbeats do on Kazoo: --cluster finds b
         yield boxes
     finally:
         for box in boxes:
             sandbox.stop(box.name)
 
 
-def call(box: sandbox.Sandbox, module: str, function: str, args: list[Any]) -> Any:
-    async def body() -> Any:
-        n = await connect_node(box.node, box.cookie)
-        try:
-            return await n.rpc(module, function, args)
-        finally:
-            await n.close()
-
-    return asyncio.run(body())
-
-
 def node_state(box: sandbox.Sandbox) -> tuple[list[Any], list[Any]]:
     """What runs on the node: kz_data_tracing's traces and the data sink's file handlers."""
-    handlers = call(box, "gen_event", "which_handlers", [Atom("data_lager_event")])
-    return list(call(box, "kz_data_tracing", "status", [])), [
+    handlers = node_call(box, "gen_event", "which_handlers", [Atom("data_lager_event")])
+    return list(node_call(box, "kz_data_tracing", "status", [])), [
         h for h in handlers if type(h) is tuple and h[0] == Atom("lager_file_backend")
     ]
 
@@ -214,7 +201,7 @@ def test_usage_that_needs_one_node_is_refused_before_any_node_is_touched(pair: l
 
 def test_a_pid_of_one_node_traces_that_node_and_stop_finds_it_by_ref(pair: list[sandbox.Sandbox]) -> None:
     a, b = pair
-    pid = call(a, "erlang", "whereis", [Atom("kz_data_tracing")])
+    pid = node_call(a, "erlang", "whereis", [Atom("kz_data_tracing")])
     printed = f"<{a.node}.{pid.id}.{pid.serial}>"
     res = kzb("start", "--pid", printed, "-n", a.node, "-n", b.node, "-d", "60", "--json")
     assert res.returncode == 0, res.stderr

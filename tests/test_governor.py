@@ -19,7 +19,7 @@ from kzbridge.kazoo import governor, tracing
 from kzbridge.kazoo.session import StoppedBy, TraceSession
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
-from tests.conftest import kzb, poll_until_async
+from tests.conftest import kzb, node_call, poll_until_async
 
 FLOOD = [(Atom("request"), b"flood")]
 
@@ -64,6 +64,11 @@ def test_the_fixtures_throttled_data_sink_goes_synchronous_under_a_flood(fresh_s
     asyncio.run(body())
 
 
+def set_rate(box, rate: float) -> None:
+    """kz_traffic's events per second on the sandbox (its flood of kz_json and kzs_perf)."""
+    node_call(box, "kz_traffic", "set_rate", [rate])
+
+
 async def _is(coro, value):
     return await coro == value
 
@@ -71,20 +76,13 @@ async def _is(coro, value):
 def test_a_flood_past_max_rate_is_stopped_by_safety_collected_whole_and_verified(fresh_sandbox, tmp_path):
     out = tmp_path / "flood.log"
 
-    async def set_rate(rate: float) -> None:
-        n = await connect_node(fresh_sandbox.node, fresh_sandbox.cookie)
-        try:
-            await n.rpc("kz_traffic", "set_rate", [rate])
-        finally:
-            await n.close()
-
-    asyncio.run(set_rate(6000))  # ~6 000 events/s on kz_json and kzs_perf, from 4 workers
+    set_rate(fresh_sandbox, 6000)  # ~6 000 events/s on kz_json and kzs_perf, from 4 workers
     try:
         started = time.monotonic()
         r = kzb("trace-module", "kz_json", "-n", fresh_sandbox.node, "-d", "30", "--max-rate", "1000", "-o", str(out))
         took = time.monotonic() - started
     finally:
-        asyncio.run(set_rate(20))
+        set_rate(fresh_sandbox, 20)
     assert r.returncode == 0, r.stderr
     m = re.search(r"stopped by safety after ([\d.]+)s", r.stderr)
     assert m, r.stderr
@@ -142,21 +140,14 @@ async def test_a_flood_that_turns_the_sink_synchronous_is_stopped_by_safety(fres
 def test_no_governor_lets_the_same_flood_run_to_its_duration_with_a_warning(fresh_sandbox, tmp_path):
     out = tmp_path / "ungoverned.log"
 
-    async def set_rate(rate: float) -> None:
-        n = await connect_node(fresh_sandbox.node, fresh_sandbox.cookie)
-        try:
-            await n.rpc("kz_traffic", "set_rate", [rate])
-        finally:
-            await n.close()
-
-    asyncio.run(set_rate(6000))
+    set_rate(fresh_sandbox, 6000)
     try:
         r = kzb(
             "trace-module", "kz_json", "-n", fresh_sandbox.node, "-d", "3", "--max-rate", "1000", "--no-governor",
             "-o", str(out),
         )  # fmt: skip
     finally:
-        asyncio.run(set_rate(20))
+        set_rate(fresh_sandbox, 20)
     assert r.returncode == 0, r.stderr
     assert "kzbridge: warning: the governor is off" in r.stderr and "(see --no-governor)" in r.stderr
     assert "stopped by duration" in r.stderr and "safety" not in r.stderr

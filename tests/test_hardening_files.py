@@ -7,7 +7,6 @@ The full-disk cases mount a 1 MB tmpfs of their own (we run as root here).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import stat
@@ -21,11 +20,11 @@ import pytest
 
 from kzbridge.errors import LocalFileError, UsageError
 from kzbridge.kazoo import localfiles
-from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom
 from tests.conftest import poll_until
 
 from .conftest import kzb as run_kzb
+from .conftest import node_call
 
 # ---------------------------------------------------------------- helpers
 
@@ -49,17 +48,6 @@ def the_error(res: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in res.stderr.splitlines() if line.startswith("kzbridge: error: ")]
     assert len(errors) == 1 and res.stderr.strip().splitlines()[-1] == errors[0], res.stderr
     return errors[0]
-
-
-def node_call(box: Any, module: str, function: str, args: list[Any]) -> Any:
-    async def body() -> Any:
-        n = await connect_node(box.node, box.cookie)
-        try:
-            return await n.rpc(module, function, args)
-        finally:
-            await n.close()
-
-    return asyncio.run(body())
 
 
 def traced_files(box: Any) -> set[str]:

@@ -715,18 +715,24 @@ def _report_failures(results: dict[str, Any]) -> None:
         say(f"kzbridge: {n}: error: {exc}", err=True)
 
 
+def _per_node_lines(results: dict[str, Any], none: str, line: Callable[[Any], str]) -> None:
+    """One stdout line per item, the node's name first (``line`` renders an item terminal-safe);
+    a node with none says ``none`` on stderr; failed nodes are left to _report_failures."""
+    width = max(len(n) for n in results)
+    for n, r in results.items():
+        if isinstance(r, KzBridgeError):
+            continue
+        if not r:
+            say(f"kzbridge: {n}: {none}", err=True)
+        for item in r:
+            click.echo(f"{safe_text(n):<{width}}  {line(item)}")
+
+
 def _cleared(results: dict[str, list[str] | KzBridgeError], source: str, as_json: bool) -> None:
     if as_json:
         emit_json(nodes_json(results, "stopped", lambda r: r))
     else:
-        width = max(len(n) for n in results)
-        for n, r in results.items():
-            if isinstance(r, KzBridgeError):
-                continue
-            if not r:
-                say(f"kzbridge: {n}: nothing to stop", err=True)
-            for s in r:
-                say(f"{n:<{width}}  stopped {s}")
+        _per_node_lines(results, "nothing to stop", lambda s: f"stopped {safe_text(s)}")
     _report_failures(results)
     code = exit_code(results)
     if code:
@@ -744,14 +750,7 @@ def _orphans_cleared(results: dict[str, list[Any] | KzBridgeError], source: str,
             }
         )
     else:
-        width = max(len(n) for n in results)
-        for n, r in results.items():
-            if isinstance(r, KzBridgeError):
-                continue
-            if not r:
-                say(f"kzbridge: {n}: no orphaned traces", err=True)
-            for c in r:
-                click.echo(f"{safe_text(n):<{width}}  {_cleared_line(c)}")
+        _per_node_lines(results, "no orphaned traces", _cleared_line)
     _report_failures(results)
     left = {n: sum(1 for c in r if not c.removed) for n, r in results.items() if not isinstance(r, KzBridgeError)}
     left = {n: k for n, k in left.items() if k}
