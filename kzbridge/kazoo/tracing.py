@@ -789,12 +789,20 @@ async def clear_all(node: HiddenNode, timeout: float = CALL_TIMEOUT) -> list[str
     if generation == 2:
         for ref, _result in await node.rpc("kz_data_tracing", "clear_all_traces", [], timeout=timeout):
             stopped.append(ref.decode())
+        # "Stopped" only when the node no longer lists it: read its traces again.
+        listed = await node.rpc("kz_data_tracing", "status", [], timeout=timeout)
+        left = sorted({t[0].decode() for t in listed if type(t) is tuple and t} & set(stopped))
+        if left:
+            raise KazooError(
+                f"clear_all_traces answered, but {node.peer_name} still lists {', '.join(left)}",
+                hint="kz_data_tracing did not drop them; see kzbridge status",
+            )
     for e in journal.active(node.peer_name):
         if e.ref in stopped:
             # Stopped by clear_all_traces; its lease timer must not fire later on a newer trace of the file.
-            tref = (await attach(node, e.ref))._tref
+            tref = (await attach(node, e.ref, timeout))._tref
             if tref is not None:
-                await node.rpc("timer", "cancel", [tref], timeout=10)
+                await node.rpc("timer", "cancel", [tref], timeout=timeout)
             journal.mark_stopped(node.peer_name, e.ref)
             continue
         trace = await attach(node, e.ref, timeout)
