@@ -56,8 +56,8 @@ def synthesize(sample: Path, out: Path, lines: int) -> int:
 def generate(log: Path, html: Path) -> float:
     html.unlink(missing_ok=True)
     t = time.perf_counter()
-    model = report.read_model(report.sources_for([log]))
-    report_html.write_report(model, html)
+    with report.ModelReader(report.sources_for([log])) as reader:
+        report_html.write_report(reader, html)
     return time.perf_counter() - t
 
 

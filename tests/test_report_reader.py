@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kzbridge.kazoo import logparse, report
+from kzbridge.errors import KazooError
+from kzbridge.kazoo import logparse, report, report_html
 from kzbridge.kazoo.clock import ClockCorrection, NodeClock, Timeline
 from kzbridge.kazoo.merge import MergeSource
 
@@ -125,11 +127,20 @@ def model_events(model: report.ReportModel) -> list[list[Any]]:
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("chunk", [7, 64, 333, 4096, 4 << 20])
+@pytest.mark.parametrize(
+    ("chunk", "range_", "workers"),
+    [
+        *[(chunk, 1 << 30, 0) for chunk in (7, 64, 333, 4096, 4 << 20)],
+        # files cut into ranges (mid-record: a range can start with continuation lines, or hold no
+        # header), parsed in this process and by worker processes
+        *[(64, 500, 0), (4 << 20, 97, 2), (333, 2000, 3), (4 << 20, 1000, 1)],
+    ],
+)
 def test_batched_reader_equals_the_per_line_reference(
-    seed: int, chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seed: int, chunk: int, range_: int, workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(report, "_CHUNK", chunk)
+    monkeypatch.setattr(report, "_RANGE", range_)
     rnd = random.Random(seed)
     sources = []
     for k in range(1 + seed % 3):
@@ -137,7 +148,7 @@ def test_batched_reader_equals_the_per_line_reference(
         start = rnd.choice([36000.0, 86400 - 30.0, 5.0])  # 10:00, just before midnight, just after
         path.write_bytes(_file(rnd, start, rnd.choice([40, 400])))
         sources.append(MergeSource(f"n{k}@h", path, _correction(rnd)))
-    model = report.read_model(sources)
+    model = report.read_model(sources, workers=workers)
 
     expected: list[tuple[float, int, int, list[Any]]] = []
     orphans = 0
@@ -171,3 +182,42 @@ def test_fast_path_and_fallback_agree_on_one_chunk(tmp_path: Path) -> None:
     shifted = [[*e[:5], e[5] + (e[5] >= 30), e[6]] for e in ea]
     shifted[27][6] += 1  # the record before the inserted line has it as a continuation line
     assert eb == shifted
+
+
+def test_a_worker_that_dies_or_a_file_that_goes_is_a_one_line_error(tmp_path: Path) -> None:
+    rnd = random.Random(5)
+    path = tmp_path / "n@h.log"
+    path.write_bytes(_file(rnd, 36000.0, 400))
+    source = MergeSource("n@h", path, _correction(rnd))
+    with report.ModelReader([source], workers=1) as reader:
+        proc = reader._workers[0]
+        proc.kill()
+        proc.wait()
+        with pytest.raises(KazooError, match=r"report worker .* ended early \(exit status -9\)"):
+            reader.model()
+    assert proc.stdout is not None and proc.stdout.closed  # ended and its pipes closed
+    with report.ModelReader([source], workers=1) as reader:
+        path.unlink()  # after the ranges were cut: the worker cannot open it
+        with pytest.raises(KazooError, match=r"cannot read .*n@h\.log: No such file or directory"):
+            reader.model()
+
+
+def test_the_report_is_the_same_whether_workers_or_this_process_make_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTML file, byte for byte (but the time it was made), from two files cut into many ranges
+    and parsed and compressed by worker processes, and from this process alone."""
+    monkeypatch.setattr(report, "_RANGE", 3000)
+    rnd = random.Random(7)
+    sources = []
+    for k in range(2):
+        path = tmp_path / f"n{k}@h.log"
+        path.write_bytes(_file(rnd, 36000.0, 2000))
+        sources.append(MergeSource(f"n{k}@h", path, _correction(rnd)))
+    pages = []
+    for workers in (0, 2):
+        with report.ModelReader(sources, workers=workers) as reader:
+            out, model = report_html.write_report(reader, tmp_path / f"w{workers}.html")
+        assert len(model) > 2000
+        pages.append(re.sub(rb'"generated":"[^"]*"', b"", out.read_bytes()))
+    assert pages[0] == pages[1]

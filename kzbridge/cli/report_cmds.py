@@ -36,8 +36,8 @@ def write_report_for(sources: list[MergeSource], output: str) -> str:
     """Read ``sources`` and write the HTML report to ``output``; returns the line to print."""
     from ..kazoo import report, report_html
 
-    model = report.read_model(sources)
-    path = report_html.write_report(model, output)
+    with report.ModelReader(sources) as reader:
+        path, model = report_html.write_report(reader, output)
     return (
         f"{path}: report of {len(model)} events from {len(sources)} node{'s' if len(sources) != 1 else ''}"
         f" ({human_bytes(path.stat().st_size)})"

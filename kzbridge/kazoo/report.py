@@ -12,74 +12,58 @@ sort key is each node's running maximum, exactly as merge.py orders merged.log),
 node. Aggregates (counts per level/module/node, calls, the event rate) are computed from
 the columns on demand.
 
-Reading fast: each chunk of whole lines (4 MB) is parsed by one ``findall`` that gives, per
-record, its header fields and its continuation lines (``_FAST``); everything else is done by
-builtins over those columns (zip, map, accumulate), and instants by clock.Timeline.instants
-(each printed second parsed once), so no Python code runs per line. ``_FAST`` ends a record's
-continuation lines at any line starting with two digits (every header does), which is exact
-unless such a line is not a header: then ``findall`` skips it, the line count shows it, and
-that chunk is parsed again by ``_RECORDS`` (which checks the whole header at every line).
-Both give the same records as logparse.parse_lines.
+Reading: each file is cut into ranges of whole lines, parsed into columns by report_ranges
+(by worker processes, one per CPU, when the files are large; see there for how a range is
+parsed fast), and the ranges are added to the model in order: instants by
+clock.Timeline.instants (each printed second parsed once, as the merge does), each range's
+string tables mapped onto the model's, its line numbers made the file's. Both give the same
+records as logparse.parse_lines.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import re
+import subprocess
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, count, filterfalse, islice, repeat
+from itertools import islice, repeat
 from operator import add, gt
 from pathlib import Path
 from typing import Any
 
 from ..errors import KazooError, UsageError
+from . import report_work
 from .clock import ClockCorrection, NodeClock, Timeline, format_instant, nones, printed_seconds
 from .logparse import SEVERITIES, UNDEFINED
 from .merge import MergeSource, running_max, short_labels
+from .report_work import CHUNK, RangeColumns, RangeTask, Table, parse_range
 
-# logparse._HEADER, on bytes, capturing only what the model keeps: time, severity, callid, module, pid.
-_HEAD = (
-    rb"((?:\d{4}-\d{2}-\d{2} )?\d{2}:\d{2}:\d{2}\.\d{3}(?: UTC)?) "
-    rb"\[([a-z]+)\] "
-    rb"\|[^|\n]*\|([^|\n]*)\|"
-    rb"([^:|\n]*):[^:|\n]*:(?:\{\d+,\d+\}|\d+|Undefined) "
-    rb"\(([^)\n]*)\) "
-)
-_HEADS = re.compile(rb"^" + _HEAD, re.MULTILINE)
-# A record: its header line, then the lines that are not headers (its message's further lines).
-_HEAD_UNCAPTURED = re.sub(rb"(?<!\\)\((?!\?)", b"(?:", _HEAD)
-_RECORDS = re.compile(rb"^" + _HEAD + rb"[^\n]*((?:\n(?!" + _HEAD_UNCAPTURED + rb")[^\n]*)*)\n", re.MULTILINE)
-# The same header with possessive repeats (each stops at its delimiter, so backtracking could never
-# help: the same matches, less bookkeeping), after a newline (a literal: findall jumps from line to
-# line), then its continuation lines, taken as those not starting with two digits.
-_HEAD_POSSESSIVE = _HEAD.replace(rb"]*", rb"]*+").replace(rb"]+", rb"]++").replace(rb"\d+", rb"\d++")
-_FAST = re.compile(rb"\n" + _HEAD_POSSESSIVE + rb"[^\n]*+((?:\n(?!\d\d)[^\n]*+)*+)")
-_CHUNK = 4 << 20
+# Work for worker processes: files of at least this many bytes in all, in ranges of about this size.
+_PARALLEL_MIN = 24 << 20
+_RANGE = 8 << 20
+_CHUNK = CHUNK
 NONE = ""  # the interned "no value" (Undefined, empty): index 0 of every table
 WARNING = SEVERITIES.index("warning")
 ERROR = SEVERITIES.index("error")
 
 
-class Interner:
-    """Strings to small integers; index 0 is NONE (``Undefined`` and the empty value map to it)."""
+class Interner(Table):
+    """A Table that also keeps its values decoded (``names``); index 0 is NONE (``Undefined`` and the
+    empty value map to it)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.names: list[str] = [NONE]
-        self._index: dict[bytes, int] = {b"": 0, UNDEFINED.encode(): 0}
 
-    def indexes(self, values: tuple[bytes, ...] | list[bytes]) -> list[int]:
-        """The index of each value, new values numbered in order of first appearance."""
-        index = self._index
-        new = list(filterfalse(index.__contains__, dict.fromkeys(values)))
-        if new:
-            index.update(zip(new, count(len(self.names))))
-            self.names += [v.decode("utf-8", "replace") for v in new]
-        return list(map(index.__getitem__, values))
+    def indexes(self, values: Iterable[bytes]) -> list[int]:
+        known = len(self.values)
+        out = super().indexes(values)
+        self.names += [v.decode("utf-8", "replace") for v in self.values[known:]]
+        return out
 
 
 @dataclass
@@ -187,122 +171,168 @@ class ReportModel:
 # -------------------------------------------------------------------- reading
 
 
-def read_model(sources: list[MergeSource]) -> ReportModel:
+def read_model(sources: list[MergeSource], *, workers: int | None = None) -> ReportModel:
     """Read every source once into a ReportModel (timeline order)."""
-    if not sources:
-        raise UsageError("nothing to report: no trace file")
-    labels = short_labels([s.node for s in sources])
-    model = ReportModel(
-        nodes=[s.node for s in sources],
-        labels=[s.label or labels[s.node] for s in sources],
-        paths=[Path(s.path) for s in sources],
-        file_lines=[],
-    )
-    keys: list[float] = []
-    for index, source in enumerate(sources):
-        before = len(model.t)
-        model.file_lines.append(_read_file(model, index, source))
-        if len(sources) > 1 and len(model.t) > before:  # the node's running maximum: merge.py's order
-            keys += running_max(model.t[before:].tolist(), float("-inf"))
-    if any(map(gt, keys, islice(keys, 1, None))):
-        order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: ties keep (node, file order)
-        for name in ("t", "node", "level", "module", "pid", "callid", "line", "nlines"):
-            col = getattr(model, name)
-            setattr(model, name, array(col.typecode, map(col.__getitem__, order)))
-    return model
+    with ModelReader(sources, workers=workers) as reader:
+        return reader.model()
 
 
-def _read_file(model: ReportModel, node: int, source: MergeSource) -> int:
-    """Append one file's events to ``model``; returns the file's line count."""
-    timeline = Timeline(source.correction)
-    level_of = {s.encode(): i for i, s in enumerate(model.levels)}
-    node_column = array("H", [node])
-    previous = source.correction.start.measured_at
-    lineno = 0
-    rest = b""
-    first = len(model.t)  # this file's first event
-    try:
-        fh = open(source.path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise KazooError(f"cannot read {source.path}: {exc.strerror or exc}") from exc
-    with fh:
-        while True:
-            block = fh.read(_CHUNK)
-            if not block:
-                if rest:
-                    block, rest = rest + b"\n", b""
-                else:
-                    break
+class ModelReader:
+    """Reads sources into a ReportModel, large files by worker processes (report_ranges).
+
+    The workers start when this is made, so the caller can do other work (report_html
+    compresses the files meanwhile) before asking for ``model()``. ``workers``: how many
+    (0: none, this process reads); by default one per CPU when the files hold at least
+    24 MB, else none. Use as a context manager: leaving it ends the workers.
+    """
+
+    def __init__(self, sources: list[MergeSource], *, workers: int | None = None) -> None:
+        if not sources:
+            raise UsageError("nothing to report: no trace file")
+        self.sources = sources
+        self._tasks = [_ranges(Path(s.path), _RANGE, _CHUNK) for s in sources]
+        count_ = sum(map(len, self._tasks))
+        if workers is None:
+            size = sum(task.end for tasks in self._tasks for task in tasks[-1:])
+            workers = _cpus() if size >= _PARALLEL_MIN else 0
+        self.workers = n = min(workers, count_)
+        tasks = [t for ts in self._tasks for t in ts]
+        self._workers: list[subprocess.Popen[bytes]] = []
+        try:
+            for w in range(n):
+                self._workers.append(report_work.start(tasks[w::n]))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> ModelReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc in self._workers:
+            report_work.end(proc)
+        self._workers = []
+
+    def _results(self) -> Iterator[RangeColumns]:
+        """Each range's columns, in order (files in order, each file's ranges in order)."""
+        tasks = [t for ts in self._tasks for t in ts]
+        if not self._workers:
+            yield from map(parse_range, tasks)
+            return
+        for i in range(len(tasks)):
+            yield RangeColumns(*report_work.receive(self._workers[i % len(self._workers)]))
+
+    def model(self) -> ReportModel:
+        sources = self.sources
+        labels = short_labels([s.node for s in sources])
+        model = ReportModel(
+            nodes=[s.node for s in sources],
+            labels=[s.label or labels[s.node] for s in sources],
+            paths=[Path(s.path) for s in sources],
+            file_lines=[],
+        )
+        results = self._results()
+        keys: list[float] = []
+        for index, (source, tasks) in enumerate(zip(sources, self._tasks, strict=True)):
+            before = len(model.t)
+            reading = _FileReading(model, index, source)
+            for _ in tasks:
+                reading.add(next(results))
+            model.file_lines.append(reading.lines)
+            if len(sources) > 1 and len(model.t) > before:  # the node's running maximum: merge.py's order
+                keys += running_max(model.t[before:].tolist(), float("-inf"))
+        if any(map(gt, keys, islice(keys, 1, None))):
+            order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: ties keep (node, file order)
+            for name in ("t", "node", "level", "module", "pid", "callid", "line", "nlines"):
+                col = getattr(model, name)
+                setattr(model, name, array(col.typecode, map(col.__getitem__, order)))
+        return model
+
+
+class _FileReading:
+    """One file's ranges, added to the model in order: instants from the printed times (clock.Timeline,
+    which goes in file order), the ranges' tables mapped onto the model's, line numbers made the file's."""
+
+    def __init__(self, model: ReportModel, node: int, source: MergeSource) -> None:
+        self.model = model
+        self.source = source
+        self.timeline = Timeline(source.correction)
+        self.level_of = {s.encode(): i for i, s in enumerate(model.levels)}
+        self.node_column = array("H", [node])
+        self.previous = source.correction.start.measured_at
+        self.first = len(model.t)  # the file's first event
+        self.lines = 0  # lines of the file so far
+
+    def add(self, part: RangeColumns) -> None:
+        model = self.model
+        if part.error is not None:
+            raise KazooError(f"cannot read {self.source.path}: {part.error}")
+        if part.leading:  # the previous range's last record continues, or the file's orphan lines
+            if len(model.t) > self.first:
+                model.nlines[-1] += part.leading
             else:
-                block = rest + block
-                cut = block.rfind(b"\n") + 1
-                block, rest = block[:cut], block[cut:]
-                if not block:
-                    continue
-            count = block.count(b"\n")
-            columns, starts, nlines = _records(model, block, lineno, len(model.t) > first)
-            lineno += count
-            if not columns:
-                continue
-            times, sevs, cids, mods, pids = columns
-            instants: list[Any] = timeline.instants(list(times))
+                model.orphan_lines += part.leading
+        if part.times:
+            instants: list[Any] = self.timeline.instants(part.times)
             if None in instants:
                 # A header whose time is no time of day ("25:00:00.000"): merge.py reads it as a
                 # continuation line, so it gets the previous record's instant (the file's start first).
                 for i in sorted(nones(instants)):
-                    instants[i] = instants[i - 1] if i else previous
-            previous = instants[-1]
+                    instants[i] = instants[i - 1] if i else self.previous
+            self.previous = instants[-1]
             model.t += array("d", instants)
-            model.node.extend(node_column * len(times))
-            for sev in set(sevs).difference(level_of):
-                level_of[sev] = len(model.levels)
+            model.node.extend(self.node_column * len(instants))
+            for sev in set(part.levels[1:]).difference(self.level_of):
+                self.level_of[sev] = len(model.levels)
                 model.levels.append(sev.decode("ascii"))
-            model.level += array("B", list(map(level_of.__getitem__, sevs)))
-            model.module += array("I", model.modules.indexes(mods))
-            model.pid += array("I", model.pids.indexes(pids))
-            model.callid += array("I", model.callids.indexes(cids))
-            model.line.extend(starts)
-            model.nlines.extend(nlines)
-    return lineno
+            _extend(model.level, part.level, [0, *map(self.level_of.__getitem__, part.levels[1:])])
+            _extend(model.module, part.module, model.modules.indexes(part.modules))
+            _extend(model.pid, part.pid, model.pids.indexes(part.pids))
+            _extend(model.callid, part.callid, model.callids.indexes(part.callids))
+            starts = array("I", part.line)
+            model.line.extend(starts if not self.lines else array("I", map(add, starts, repeat(self.lines))))
+            model.nlines.frombytes(part.nlines)
+        self.lines += part.lines
 
 
-def _records(
-    model: ReportModel, block: bytes, lineno: int, continues: bool
-) -> tuple[list[tuple[bytes, ...]], Iterable[int], Iterable[int]]:
-    """A chunk of whole lines: the header fields of its records as columns (time, severity, callid,
-    module, pid), each record's first line number and line count (the same records as
-    logparse.parse_lines). Lines before the first header continue the previous chunk's last
-    record (``continues``) or are orphans (the file's start)."""
-    # "\n" + the chunk without its last newline: every line, a header's first, follows a newline,
-    # at the same offsets as in the chunk.
-    text = b"\n" + block[:-1]
-    found = _FAST.search(text)
-    head_at = len(block) if found is None else found.start()
-    if head_at:
-        before = block.count(b"\n", 0, head_at)
-        if continues:
-            model.nlines[-1] += before
-        else:
-            model.orphan_lines += before
-        lineno += before
-    if found is None:
-        return [], [], []
-    lines = block.count(b"\n", head_at)
-    records = _FAST.findall(text, head_at)
-    *columns, more = zip(*records, strict=True)
-    if not any(more):  # no continuation lines (the usual chunk)
-        if len(records) == lines:
-            return columns, range(lineno, lineno + lines), repeat(1, lines)
+def _extend(column: array[int], values: bytes, table: list[int]) -> None:
+    """Append a range's index column (its bytes) to the model's, each value mapped through ``table``."""
+    if table == list(range(len(table))):
+        column.frombytes(values)
     else:
-        extra = list(map(bytes.count, more, repeat(b"\n")))
-        if len(records) + sum(extra) == lines:
-            nlines = list(map(add, extra, repeat(1)))
-            return columns, accumulate(nlines[:-1], initial=lineno), nlines
-    # A line starting with two digits that is not a header (_FAST skipped it): check every line.
-    records = _RECORDS.findall(block, head_at)
-    *columns, more = zip(*records, strict=True)
-    nlines = [1 + n for n in map(bytes.count, more, repeat(b"\n"))]
-    return columns, accumulate(nlines[:-1], initial=lineno), nlines
+        column.extend(map(table.__getitem__, array(column.typecode, values)))
+
+
+def _ranges(path: Path, length: int, chunk: int) -> list[RangeTask]:
+    """The file cut into ranges of whole lines of about ``length`` bytes."""
+    try:
+        with open(path, "rb") as fh:
+            total = os.fstat(fh.fileno()).st_size
+            out: list[RangeTask] = []
+            start = 0
+            while start < total:
+                end = start + length
+                if end < total:
+                    fh.seek(end)
+                    fh.readline()
+                    end = min(fh.tell(), total)
+                else:
+                    end = total
+                out.append(RangeTask(str(path), start, end, chunk))
+                start = end
+    except OSError as exc:
+        raise KazooError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return out
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # -------------------------------------------------------------------- sources

@@ -10,9 +10,10 @@ The data block is JSON with ``<``, ``>``, ``&``, U+2028 and U+2029 written as ``
 etc. (``json_for_script``): no string in it can close the script element. It holds the
 string tables (nodes, levels, modules, pids, callids), the columns of report.ReportModel
 (each the array's little-endian bytes, zlib-compressed, base64) and each node's file,
-byte for byte, zlib-compressed and base64: the page inflates them with the browser's
-DecompressionStream and shows every piece of node text through textContent, never as
-markup. Compressed, a trace of 1M lines takes about a fifth of its size.
+byte for byte, zlib-compressed and base64 (first in the block: the files are compressed
+while the model is being read, see report.ModelReader): the page inflates them with the
+browser's DecompressionStream and shows every piece of node text through textContent,
+never as markup. Compressed, a trace of 1M lines takes about a tenth of its size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import tempfile
 import zlib
 from array import array
 from importlib import resources
@@ -30,12 +32,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import KazooError
-from .report import ReportModel, native_little_endian
+from . import report_work
+from .report import ModelReader, ReportModel, native_little_endian
+from .report_work import CompressTask, compress_files
 
-_TEXT_CHUNK = 3 << 20  # a multiple of 3: base64 of each compressed piece joins without padding
-# zlib level 1 for the texts and columns: 2-4x faster than level 6 (which took a third of the time of
-# a 1M-line report), for a file about 60 % larger (bench/report.py: 0.11x the log instead of 0.06x).
-LEVEL = 1
+# zlib level 1 for the columns too (report_work.LEVEL says why).
+LEVEL = report_work.LEVEL
 
 
 def json_for_script(value: Any) -> str:
@@ -91,15 +93,16 @@ def _meta(model: ReportModel, title: str) -> dict[str, Any]:
     }
 
 
-def write_html(model: ReportModel, out: IO[bytes], title: str = "kzbridge report") -> None:
-    """Write the report to a binary stream; each node's file is read again, compressed and embedded."""
+def write_html(model: ReportModel | ModelReader, out: IO[bytes], title: str | None = None) -> ReportModel:
+    """Write the report to a binary stream: the page, the data block with each node's file (read again,
+    compressed, embedded) and then the model, the script. Given a ModelReader, the files are compressed
+    on a thread while its workers parse them; returns the model."""
     script = asset("report.js")
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     csp = (
         "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
         f"script-src 'sha256-{digest}'; connect-src 'none'; form-action 'none'; base-uri 'none'"
     )
-    data = json_for_script(_meta(model, title))
     head = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
@@ -110,48 +113,68 @@ def write_html(model: ReportModel, out: IO[bytes], title: str = "kzbridge report
         + asset("report_body.html")
         + '<script type="application/json" id="kz-data">'
     )
-    out.write(head.encode())
-    out.write(data[:-1].encode())  # the object stays open for the texts
-    out.write(b',"texts":[')
-    for i, path in enumerate(model.paths):
-        out.write(b',"' if i else b'"')
-        _embed_file(path, out)
-        out.write(b'"')
-    out.write(b"]}</script>\n<script>")
+    out.write(head.encode() + b'{"texts":[')
+    if isinstance(model, ModelReader):
+        paths = [str(source.path) for source in model.sources]
+        if model.workers:  # the files are compressed by one more worker while the others parse them
+            with tempfile.TemporaryFile() as spool:
+                proc = report_work.start([CompressTask(paths, spool.fileno())])
+                try:
+                    model = model.model()
+                    sizes = report_work.receive(proc)
+                finally:
+                    report_work.end(proc)
+                if isinstance(sizes, str):
+                    raise KazooError(sizes)
+                spool.seek(0)
+                for i, size in enumerate(sizes):
+                    out.write(b',"' if i else b'"')
+                    _copy(spool, out, size)
+                    out.write(b'"')
+        else:
+            _compress(paths, out)
+            model = model.model()
+    else:
+        _compress([str(p) for p in model.paths], out)
+    data = json_for_script(_meta(model, title or f"kzbridge report: {', '.join(model.labels)}"))
+    out.write(b"]," + data[1:].encode())  # the object the texts began
+    out.write(b"</script>\n<script>")
     out.write(script.encode())
     out.write(b"</script>\n</body></html>\n")
+    return model
 
 
-def _embed_file(path: Path, out: IO[bytes]) -> None:
-    """The file's bytes, zlib-compressed, base64, streamed (memory: one chunk)."""
-    z = zlib.compressobj(LEVEL)
-    pending = b""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise KazooError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    with fh:
-        while True:
-            block = fh.read(_TEXT_CHUNK)
-            if not block:
-                break
-            pending += z.compress(block)
-            cut = len(pending) - len(pending) % 3
-            out.write(base64.b64encode(pending[:cut]))
-            pending = pending[cut:]
-    pending += z.flush()
-    out.write(base64.b64encode(pending))
+def _compress(paths: list[str], out: IO[bytes]) -> None:
+    """The texts' JSON strings, each file compressed here."""
+    for i, path in enumerate(paths):
+        out.write(b',"' if i else b'"')
+        failure = compress_files([path], out)  # type: ignore[arg-type]
+        if isinstance(failure, str):
+            raise KazooError(failure)
+        out.write(b'"')
 
 
-def write_report(model: ReportModel, path: str | Path, title: str | None = None) -> Path:
-    """Write the report to ``path`` (a new file, written as ``path.partial`` first; see localfiles)."""
+def _copy(source: IO[bytes], out: IO[bytes], size: int) -> None:
+    while size:
+        block = source.read(min(size, 1 << 20))
+        if not block:
+            raise KazooError("a report worker's compressed text was cut short")
+        out.write(block)
+        size -= len(block)
+
+
+def write_report(
+    model: ReportModel | ModelReader, path: str | Path, title: str | None = None
+) -> tuple[Path, ReportModel]:
+    """Write the report to ``path`` (a new file, written as ``path.partial`` first; see localfiles);
+    returns the file and the model."""
     from .localfiles import Partial
 
     target = Path(path)
     part = Partial.create(target, 0o600)
     try:
-        write_html(model, part, title or f"kzbridge report: {', '.join(model.labels)}")  # type: ignore[arg-type]
+        done = write_html(model, part, title)  # type: ignore[arg-type]
     except BaseException:
         part.discard()
         raise
-    return part.publish()
+    return part.publish(), done
