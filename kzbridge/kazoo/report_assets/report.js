@@ -23,9 +23,14 @@
   }
   function status(text) { $("status").textContent = text; }
 
-  async function inflate(b64) {
+  function fromBase64(b64) {
+    if (Uint8Array.fromBase64) return Uint8Array.fromBase64(b64);  // Chrome 140+, Firefox 133+, Safari 18.2+
     var bin = atob(b64), n = bin.length, u = new Uint8Array(n);
     for (var i = 0; i < n; i++) u[i] = bin.charCodeAt(i);
+    return u;
+  }
+  async function inflate(b64) {
+    var u = fromBase64(b64);
     var stream = new Blob([u]).stream().pipeThrough(new DecompressionStream("deflate"));
     return new Uint8Array(await new Response(stream).arrayBuffer());
   }
@@ -470,19 +475,28 @@
     });
   }
 
+  var phases = {};  // milliseconds from navigation at the end of each start-up step (bench/report.py prints them)
+  function phase(name) { phases[name] = Math.round(performance.now()); }
+
   async function main() {
+    phase("script");
     D = JSON.parse($("kz-data").textContent);
+    phase("json");
     N = D.n;
     $("title").textContent = D.title;
     WARN = D.levels.indexOf("warning");
     ERR = D.levels.indexOf("error");
     var names = ["t", "node", "level", "module", "pid", "callid", "line", "nlines"];
+    var inflating = Promise.all(D.texts.map(inflate));  // the texts inflate while the columns do
     var cols = await Promise.all(names.map(function (k) { return column(D.cols[k]); }));
     T = cols[0]; NODE = cols[1]; LEVEL = cols[2]; MODULE = cols[3]; PID = cols[4]; CALLID = cols[5]; LINE = cols[6]; NLINES = cols[7];
-    var raw = await Promise.all(D.texts.map(inflate));
+    phase("columns");
+    var raw = await inflating;
+    phase("inflate");
     var decoder = new TextDecoder("utf-8");
     texts = raw.map(function (b) { return decoder.decode(b); });
     D.texts = null;
+    phase("decode");
     starts = texts.map(lineStarts);
     lineEvent = starts.map(function (s) { return new Int32Array(s.length).fill(-1); });
     present = new Uint8Array(D.levels.length);
@@ -491,12 +505,15 @@
       var map = lineEvent[NODE[i]], a = LINE[i], b = a + NLINES[i];
       for (var ln = a; ln < b && ln < map.length; ln++) map[ln] = i;
     }
+    phase("index");
     lists.lines = VList($("lines"));
     lists.call = VList($("call-lines"));
     controls();
     laneSetup();
     wholeRange();
     compute();
+    phase("ready");
+    window.__kzPhases = phases;
     document.body.dataset.ready = "1";
     window.__kzReadyMs = performance.now();
   }
