@@ -57,12 +57,17 @@ def _header(rnd: random.Random, time: str, i: int) -> str:
     return f"{time} [{rnd.choice(LEVELS)}] |app|{callid}|{module}:fun:{line} ({pid}) message {i} | a:b (c) "
 
 
-def _file(rnd: random.Random, start_sod: float, n: int) -> bytes:
+def _file(rnd: random.Random, start_sod: float, n: int, bursts: bool = False) -> bytes:
+    """``bursts``: most records share their millisecond with the one before (a busy node), and no
+    header carries a date or an impossible time."""
     t = start_sod
     out = [rnd.choice(NOT_HEADERS) for _ in range(rnd.choice([0, 0, 2]))]  # orphans
     for i in range(n):
-        t += rnd.random() * rnd.choice([0.001, 0.05, 1.0, 120.0])
+        if not bursts or rnd.random() < 0.1:
+            t += rnd.random() * rnd.choice([0.001, 0.05, 1.0, 120.0])
         r = rnd.random()
+        if bursts and 0.25 <= r < 0.30:
+            r = 1.0  # no dates, no impossible times: those take the line-by-line path anyway
         if r < 0.25:
             out.append(rnd.choice(NOT_HEADERS))
         elif r < 0.27:
@@ -131,6 +136,9 @@ def model_events(model: report.ReportModel) -> list[list[Any]]:
     ("chunk", "range_", "workers"),
     [
         *[(chunk, 1 << 30, 0) for chunk in (7, 64, 333, 4096, 4 << 20)],
+        # most times repeated (each distinct time read once, clock.Timeline.stamps), midnight too
+        (4 << 20, 1 << 30, -1),
+        (4 << 20, 700, -1),
         # files cut into ranges (mid-record: a range can start with continuation lines, or hold no
         # header), parsed in this process and by worker processes
         *[(64, 500, 0), (4 << 20, 97, 2), (333, 2000, 3), (4 << 20, 1000, 1)],
@@ -146,9 +154,9 @@ def test_batched_reader_equals_the_per_line_reference(
     for k in range(1 + seed % 3):
         path = tmp_path / f"n{k}@h.log"
         start = rnd.choice([36000.0, 86400 - 30.0, 5.0])  # 10:00, just before midnight, just after
-        path.write_bytes(_file(rnd, start, rnd.choice([40, 400])))
+        path.write_bytes(_file(rnd, start, rnd.choice([40, 400]), bursts=workers < 0))
         sources.append(MergeSource(f"n{k}@h", path, _correction(rnd)))
-    model = report.read_model(sources, workers=workers)
+    model = report.read_model(sources, workers=max(workers, 0))
 
     expected: list[tuple[float, int, int, list[Any]]] = []
     orphans = 0

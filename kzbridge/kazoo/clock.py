@@ -266,13 +266,28 @@ class Timeline:
         line = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
         return self.instants([line])[0]
 
-    def instants(self, lines: list[bytes]) -> list[float | None]:
-        """Each line's instant, None for a continuation line; the same values as ``instant`` line by line.
+    def stamps(self, stamps: list[bytes]) -> list[float | None]:
+        """What ``instants`` gives for lines that are printed times alone (as report's parser takes
+        them from headers), in fewer steps when times repeat (many events in one millisecond): each
+        distinct time is read once and placed once, then looked up. A time's instant depends only
+        on its text while no midnight falls in the batch; otherwise, and for dates, the lines go
+        through ``instants``. The same values either way."""
+        keys = list(dict.fromkeys(stamps))
+        if len(keys) * 2 > len(stamps):
+            return self.instants(stamps)
+        try:
+            sods = self._seconds_of_day(keys)
+        except TypeError:  # a stamp that is not "HH:MM:SS.mmm" in digits
+            return self.instants(stamps)
+        last = self._last
+        if min(min(sods), last) < max(max(sods), last) - MIDNIGHT_JUMP:
+            return self._instants_one_by_one(stamps)
+        instant_of = dict(zip(keys, self._placed(sods), strict=True))
+        self._last = sods[keys.index(stamps[-1])]
+        return list(map(instant_of.__getitem__, stamps))
 
-        The common batch (no date-prefixed time, no midnight within it) is done column-wise by
-        builtins (map over the whole list: no Python bytecode per line); anything else takes
-        the line-by-line loop.
-        """
+    def _seconds_of_day(self, lines: list[bytes]) -> list[float]:
+        """Each line's seconds of day; TypeError if one is not "HH:MM:SS.mmm" in digits."""
         seconds = self._seconds
         if len(seconds) > 4096:
             seconds.clear()
@@ -281,11 +296,31 @@ class Timeline:
             whole = _whole_second(head)  # each new "HH:MM:SS." once
             if whole is not None:
                 seconds[head] = whole
+        return list(map(_add, map(seconds.get, heads), map(_FRACTION.get, map(_MILLIS3, lines))))
+
+    def _placed(self, sods: list[float]) -> list[float]:
+        """Seconds of day on the current day, as instants (our clock)."""
+        base = float((self._day - _EPOCH_ORDINAL) * 86400 - self._shift)
+        if self._slope:
+            node_clocks = list(map(_add, repeat(base), sods))
+            t0 = self._t0
+            clamped = map(min, map(max, node_clocks, repeat(t0)), repeat(self._t1))
+            offsets = map(_add, repeat(self._o0), map(_mul, repeat(self._slope), map(_sub, clamped, repeat(t0))))
+            return list(map(_sub, node_clocks, offsets))
+        return list(map(_sub, map(_add, repeat(base), sods), repeat(self._o0)))
+
+    def instants(self, lines: list[bytes]) -> list[float | None]:
+        """Each line's instant, None for a continuation line; the same values as ``instant`` line by line.
+
+        The common batch (no date-prefixed time, no midnight within it) is done column-wise by
+        builtins (map over the whole list: no Python bytecode per line); anything else takes
+        the line-by-line loop.
+        """
         continued: list[int] = []
         try:
-            sods = list(map(_add, map(seconds.get, heads), map(_FRACTION.get, map(_MILLIS3, lines))))
+            sods = self._seconds_of_day(lines)
         except TypeError:  # None + float: a line that is not "HH:MM:SS.mmm" in digits
-            irregular = self._irregular(lines, heads)
+            irregular = self._irregular(lines, list(map(_HEAD9, lines)))
             if irregular is None:
                 return self._instants_one_by_one(lines)  # a date in a line: the day is its own
             sods, continued = irregular
@@ -294,15 +329,7 @@ class Timeline:
             if min(min(sods), last) < max(max(sods), last) - MIDNIGHT_JUMP:
                 return self._instants_one_by_one(lines)  # a new day (or the day before) within the batch
             last = sods[-1]
-        base = float((self._day - _EPOCH_ORDINAL) * 86400 - self._shift)
-        if self._slope:
-            node_clocks = list(map(_add, repeat(base), sods))
-            t0 = self._t0
-            clamped = map(min, map(max, node_clocks, repeat(t0)), repeat(self._t1))
-            offsets = map(_add, repeat(self._o0), map(_mul, repeat(self._slope), map(_sub, clamped, repeat(t0))))
-            out: list[Any] = list(map(_sub, node_clocks, offsets))
-        else:
-            out = list(map(_sub, map(_add, repeat(base), sods), repeat(self._o0)))
+        out: list[Any] = self._placed(sods)
         for i in continued:
             out[i] = None
         self._last = last

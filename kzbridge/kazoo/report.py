@@ -276,7 +276,7 @@ class _FileReading:
             else:
                 model.orphan_lines += part.leading
         if part.times:
-            instants: list[Any] = self.timeline.instants(part.times)
+            instants: list[Any] = self.timeline.stamps(part.times)
             if None in instants:
                 # A header whose time is no time of day ("25:00:00.000"): merge.py reads it as a
                 # continuation line, so it gets the previous record's instant (the file's start first).
