@@ -288,22 +288,24 @@ class _FileReading:
             for sev in set(part.levels[1:]).difference(self.level_of):
                 self.level_of[sev] = len(model.levels)
                 model.levels.append(sev.decode("ascii"))
-            _extend(model.level, part.level, [0, *map(self.level_of.__getitem__, part.levels[1:])])
-            _extend(model.module, part.module, model.modules.indexes(part.modules))
-            _extend(model.pid, part.pid, model.pids.indexes(part.pids))
-            _extend(model.callid, part.callid, model.callids.indexes(part.callids))
+            _extend(model.level, array("B", part.level), [0, *map(self.level_of.__getitem__, part.levels[1:])])
+            callids, _, modules = zip(*(site.partition(b"|") for site in part.sites), strict=True)
+            sites = array("I", part.site)
+            _extend(model.callid, sites, model.callids.indexes(callids))
+            _extend(model.module, sites, model.modules.indexes(modules))
+            _extend(model.pid, array("I", part.pid), model.pids.indexes(part.pids))
             starts = array("I", part.line)
             model.line.extend(starts if not self.lines else array("I", map(add, starts, repeat(self.lines))))
             model.nlines.frombytes(part.nlines)
         self.lines += part.lines
 
 
-def _extend(column: array[int], values: bytes, table: list[int]) -> None:
-    """Append a range's index column (its bytes) to the model's, each value mapped through ``table``."""
+def _extend(column: array[int], values: array[int], table: list[int]) -> None:
+    """Append a range's index column to the model's, each value mapped through ``table``."""
     if table == list(range(len(table))):
-        column.frombytes(values)
+        column.extend(values)
     else:
-        column.extend(map(table.__getitem__, array(column.typecode, values)))
+        column.extend(map(table.__getitem__, values))
 
 
 def _ranges(path: Path, length: int, chunk: int) -> list[RangeTask]:
