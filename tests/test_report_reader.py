@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+import sys
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,8 @@ def test_the_report_is_the_same_whether_workers_or_this_process_make_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The HTML file, byte for byte (but the time it was made), from two files cut into many ranges
-    and parsed and compressed by worker processes, and from this process alone."""
+    and parsed and compressed by worker processes, from this process alone, and from this process
+    when no worker can be started."""
     monkeypatch.setattr(report, "_RANGE", 3000)
     rnd = random.Random(7)
     sources = []
@@ -223,9 +225,12 @@ def test_the_report_is_the_same_whether_workers_or_this_process_make_it(
         path.write_bytes(_file(rnd, 36000.0, 2000))
         sources.append(MergeSource(f"n{k}@h", path, _correction(rnd)))
     pages = []
-    for workers in (0, 2):
+    ways = [("here", 0, sys.executable), ("workers", 2, sys.executable), ("none", 2, "/nonexistent")]
+    for name, workers, python in ways:
+        monkeypatch.setattr(sys, "executable", python)  # "none": no worker can start, so this process works
         with report.ModelReader(sources, workers=workers) as reader:
-            out, model = report_html.write_report(reader, tmp_path / f"w{workers}.html")
+            out, model = report_html.write_report(reader, tmp_path / f"{name}.html")
+            assert reader.workers == (2 if name == "workers" else 0)
         assert len(model) > 2000
         pages.append(re.sub(rb'"generated":"[^"]*"', b"", out.read_bytes()))
-    assert pages[0] == pages[1]
+    assert pages[0] == pages[1] == pages[2]

@@ -201,6 +201,9 @@ class ModelReader:
         try:
             for w in range(n):
                 self._workers.append(report_work.start(tasks[w::n]))
+        except OSError:  # no process can be started here (limits, no interpreter file): this one reads
+            self.close()
+            self.workers = 0
         except BaseException:
             self.close()
             raise

@@ -115,25 +115,13 @@ def write_html(model: ReportModel | ModelReader, out: IO[bytes], title: str | No
     )
     out.write(head.encode() + b'{"texts":[')
     if isinstance(model, ModelReader):
-        paths = [str(source.path) for source in model.sources]
-        if model.workers:  # the files are compressed by one more worker while the others parse them
-            with tempfile.TemporaryFile() as spool:
-                proc = report_work.start([CompressTask(paths, spool.fileno())])
-                try:
-                    model = model.model()
-                    sizes = report_work.receive(proc)
-                finally:
-                    report_work.end(proc)
-                if isinstance(sizes, str):
-                    raise KazooError(sizes)
-                spool.seek(0)
-                for i, size in enumerate(sizes):
-                    out.write(b',"' if i else b'"')
-                    _copy(spool, out, size)
-                    out.write(b'"')
-        else:
+        reader = model
+        paths = [str(source.path) for source in reader.sources]
+        done = _compress_by_worker(reader, paths, out) if reader.workers else None
+        if done is None:
             _compress(paths, out)
-            model = model.model()
+            done = reader.model()
+        model = done
     else:
         _compress([str(p) for p in model.paths], out)
     data = json_for_script(_meta(model, title or f"kzbridge report: {', '.join(model.labels)}"))
@@ -141,6 +129,29 @@ def write_html(model: ReportModel | ModelReader, out: IO[bytes], title: str | No
     out.write(b"</script>\n<script>")
     out.write(script.encode())
     out.write(b"</script>\n</body></html>\n")
+    return model
+
+
+def _compress_by_worker(reader: ModelReader, paths: list[str], out: IO[bytes]) -> ReportModel | None:
+    """The texts' JSON strings, the files compressed by one more worker while the reader's workers
+    parse them; the model. None if no worker could be started (nothing written then)."""
+    with tempfile.TemporaryFile() as spool:
+        try:
+            proc = report_work.start([CompressTask(paths, spool.fileno())])
+        except OSError:
+            return None
+        try:
+            model = reader.model()
+            sizes = report_work.receive(proc)
+        finally:
+            report_work.end(proc)
+        if isinstance(sizes, str):
+            raise KazooError(sizes)
+        spool.seek(0)
+        for i, size in enumerate(sizes):
+            out.write(b',"' if i else b'"')
+            _copy(spool, out, size)
+            out.write(b'"')
     return model
 
 
