@@ -13,6 +13,7 @@ many sizes, so records and continuation lines fall across chunk edges.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import re
 import sys
@@ -26,6 +27,8 @@ from kzbridge.errors import KazooError
 from kzbridge.kazoo import logparse, report, report_html
 from kzbridge.kazoo.clock import ClockCorrection, NodeClock, Timeline
 from kzbridge.kazoo.merge import MergeSource
+
+from .conftest import kzb
 
 BASE = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc).timestamp()
 LEVELS = ["debug", "info", "notice", "warning", "error", "critical"]
@@ -234,3 +237,16 @@ def test_the_report_is_the_same_whether_workers_or_this_process_make_it(
         assert len(model) > 2000
         pages.append(re.sub(rb'"generated":"[^"]*"', b"", out.read_bytes()))
     assert pages[0] == pages[1] == pages[2]
+
+
+def test_summary_gives_the_same_numbers_with_any_number_of_jobs(tmp_path: Path) -> None:
+    rnd = random.Random(11)
+    path = tmp_path / "n@h.log"
+    path.write_bytes(_file(rnd, 36000.0, 3000))
+    runs = [kzb("summary", str(path), "--json", "--jobs", jobs) for jobs in ("0", "1", "3")]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert runs[0].stdout == runs[1].stdout == runs[2].stdout
+    assert json.loads(runs[0].stdout)["events"] > 2000
+    bad = kzb("summary", str(path), "--jobs", "-1")
+    assert bad.returncode == 2 and "--jobs" in bad.stderr and "Traceback" not in bad.stderr

@@ -73,6 +73,10 @@ def test_wheel_in_a_fresh_venv_runs_the_demo_and_the_plugins_sandbox(private_epm
         (log,) = work.glob("demo-*.log")
         assert log.stat().st_size > 0 and re.search(r"first events of [1-9]\d* parsed", demo.stdout), demo.stdout
         assert list(cache.glob("fixtures/*/gen2/kz_data_tracing.beam")), "compiled from the wheel's fixtures"
+        # report's worker processes start from the installed package (python -m kzbridge.kazoo.report_work)
+        page = _run([str(venv / "bin" / "kzbridge"), "report", str(log), "--jobs", "2", "-o", "r.html"], cwd=work,
+                    env=env, timeout=120)  # fmt: skip
+        assert "report of" in page.stderr and (work / "r.html").stat().st_size > 20_000, page.stderr
 
         (work / "test_user.py").write_text(USER_TEST)
         pytest_cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"]

@@ -32,11 +32,11 @@ def report_sources(paths: tuple[str, ...], clocks: tuple[str, ...] = (), zones: 
     return list(file_sources(paths, clocks, zones, None))
 
 
-def write_report_for(sources: list[MergeSource], output: str) -> str:
+def write_report_for(sources: list[MergeSource], output: str, jobs: int | None = None) -> str:
     """Read ``sources`` and write the HTML report to ``output``; returns the line to print."""
     from ..kazoo import report, report_html
 
-    with report.ModelReader(sources) as reader:
+    with report.ModelReader(sources, workers=jobs) as reader:
         path, model = report_html.write_report(reader, output)
     return (
         f"{path}: report of {len(model)} events from {len(sources)} node{'s' if len(sources) != 1 else ''}"
@@ -55,6 +55,14 @@ _FILE_OPTIONS = [
     click.option(
         "--zone", "zones", multiple=True, metavar="NODE=+HH:MM", help="For files: NODE's UTC offset (default UTC)."
     ),
+    click.option(
+        "--jobs",
+        type=click.IntRange(0, 256),
+        default=None,
+        metavar="N",
+        help="Worker processes that parse the files, each a range at a time (report adds one that compresses "
+        "them): default one per CPU when the files hold 24 MB or more, else none; 0 reads them in this process.",
+    ),
 ]
 
 
@@ -63,7 +71,10 @@ _FILE_OPTIONS = [
 @click.option("--output", "-o", required=True, help="The new HTML file (0600; an existing file is never replaced).")
 @_FILE_OPTIONS[0]
 @_FILE_OPTIONS[1]
-def report_cmd(paths: tuple[str, ...], output: str, clocks: tuple[str, ...], zones: tuple[str, ...]) -> None:
+@_FILE_OPTIONS[2]
+def report_cmd(
+    paths: tuple[str, ...], output: str, clocks: tuple[str, ...], zones: tuple[str, ...], jobs: int | None
+) -> None:
     """Write one self-contained HTML timeline of a trace or a cluster run.
 
     \b
@@ -72,7 +83,7 @@ def report_cmd(paths: tuple[str, ...], output: str, clocks: tuple[str, ...], zon
       kzbridge report kazoo_apps@kz1.log ecallmgr@kz2.log --clock ecallmgr@kz2=-2.1 -o both.html
     The page needs no network: open it from disk in any current browser.
     """
-    click.echo(safe_text(write_report_for(report_sources(paths, clocks, zones), output)), err=True)
+    click.echo(safe_text(write_report_for(report_sources(paths, clocks, zones), output, jobs)), err=True)
 
 
 @main.command("summary")
@@ -81,8 +92,14 @@ def report_cmd(paths: tuple[str, ...], output: str, clocks: tuple[str, ...], zon
 @click.option("--json", "as_json", is_flag=True, help="The same numbers, machine-readable.")
 @_FILE_OPTIONS[0]
 @_FILE_OPTIONS[1]
+@_FILE_OPTIONS[2]
 def summary_cmd(
-    paths: tuple[str, ...], top: int, as_json: bool, clocks: tuple[str, ...], zones: tuple[str, ...]
+    paths: tuple[str, ...],
+    top: int,
+    as_json: bool,
+    clocks: tuple[str, ...],
+    zones: tuple[str, ...],
+    jobs: int | None,
 ) -> None:
     """Counts per level, module and node, the top calls, the time span and the event rate of a trace.
 
@@ -92,7 +109,7 @@ def summary_cmd(
     """
     from ..kazoo import report
 
-    model = report.read_model(report_sources(paths, clocks, zones))
+    model = report.read_model(report_sources(paths, clocks, zones), workers=jobs)
     data = report.summary_data(model, top)
     if as_json:
         emit_json(data)
