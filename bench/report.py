@@ -2,11 +2,14 @@
 and time until the page is interactive in headless Chromium.
 
     python bench/report.py SAMPLE.log [--lines 1000000] [--shape kazoo|sandbox] [--rounds 3] [--keep DIR]
+                           [--baseline OLD_TREE]
 
 SAMPLE.log is a real trace (e.g. `kzbridge trace-module kz_json -n SANDBOX -o SAMPLE.log`).
 Its lines are repeated, each copy shifted in time by the sample's span (the sample's own rate)
 and with its callids renamed per copy, up to --lines lines. Rounds alternate (report, gzip,
 report, gzip, ...) so both see the same machine load; the median of each is printed.
+--baseline OLD_TREE (e.g. a `git worktree add` of an older commit) adds that tree's
+``read_model`` + ``write_report`` to each round, run in a process of its own.
 
 --shape: the sandbox's lines are short (about 83 bytes) and, repeated, compress 30-fold, which
 makes gzip unusually fast; the issue's trace is 1M lines of about 130 MB. ``kazoo`` (the default)
@@ -85,6 +88,23 @@ def generate(log: Path, html: Path) -> float:
     return time.perf_counter() - t
 
 
+def baseline_time(tree: Path, log: Path, html: Path) -> float:
+    """An older tree's generation (its read_model, then write_report), timed inside its own process."""
+    html.unlink(missing_ok=True)
+    code = (
+        "import sys, time\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from kzbridge.kazoo import report, report_html\n"
+        "t = time.perf_counter()\n"
+        "report_html.write_report(report.read_model(report.sources_for([sys.argv[2]])), sys.argv[3])\n"
+        "print(time.perf_counter() - t)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(tree), str(log), str(html)], capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"baseline failed: {run.stderr.strip()}")
+    return float(run.stdout)
+
+
 def gzip_time(log: Path, target: Path) -> float:
     t = time.perf_counter()
     with open(target, "wb") as fh:
@@ -138,6 +158,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=["kazoo", "sandbox"], default="kazoo")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keep", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None, help="an older tree to time in the same rounds")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kzb-bench-report-"))
     try:
@@ -146,14 +167,22 @@ def main() -> None:
         size = log.stat().st_size
         print(f"trace: {n} lines, {size / 1e6:.1f} MB ({args.shape} shape)")
         html, gz = work / "big.html", work / "big.log.gz"
-        gen, zipped = [], []
+        gen, zipped, old = [], [], []
         for _ in range(args.rounds):
             gen.append(generate(log, html))
             zipped.append(gzip_time(log, gz))
+            if args.baseline:
+                old.append(baseline_time(args.baseline, log, work / "old.html"))
         g, z = statistics.median(gen), statistics.median(zipped)
         print(f"report generation: {g:.2f} s (rounds {', '.join(f'{x:.2f}' for x in gen)})")
         print(f"gzip -6:           {z:.2f} s (rounds {', '.join(f'{x:.2f}' for x in zipped)})")
-        print(f"ratio:             {g / z:.2f}x gzip's time (aim <= 2x)")
+        ratios = [a / b for a, b in zip(gen, zipped, strict=True)]
+        print(
+            f"ratio:             {g / z:.2f}x gzip's time (aim <= 2x); per round {min(ratios):.2f}-{max(ratios):.2f}x"
+        )
+        if old:
+            o = statistics.median(old)
+            print(f"baseline tree:     {o:.2f} s = {o / z:.2f}x gzip (rounds {', '.join(f'{x:.2f}' for x in old)})")
         hsize = html.stat().st_size
         print(
             f"HTML: {hsize / 1e6:.1f} MB = {hsize / size:.2f}x the log (aim <= 0.5x); "
