@@ -297,7 +297,7 @@ def test_clicking_a_call_lists_exactly_its_lines(browser: Any, cluster_run: tupl
     run, html = cluster_run
     load(browser, html)
     want = expected(run)
-    cell = browser.find_element("css selector", "#calls tbody tr td")
+    cell = browser.find_element("css selector", "#calls tbody tr:not(.pad) td")
     callid = cell.text
     cell.click()
     assert text(browser, "call-title") == callid
@@ -334,11 +334,9 @@ def test_a_search_narrows_every_view(browser: Any, cluster_run: tuple[Path, Path
     assert text(browser, "lines-count") == f"({len(hits)})"
     assert int(text(browser, "lv-count-info")) == sum(1 for r in hits if r.record.severity == "info")
     assert int(text(browser, "lv-count-debug")) == 0
-    calls = browser.execute_script(
-        "return Array.from(document.querySelectorAll('#calls tbody tr'))"
-        ".map(function (r) { return Number(r.cells[5].textContent); })"
-    )
-    assert sum(calls) == sum(1 for r in hits if r.record.callid)
+    calls = all_calls(browser)
+    assert sum(r["events"] for r in calls) == sum(1 for r in hits if r.record.callid)
+    assert len(calls) == len({r.record.callid for r in hits if r.record.callid}) == int(text(browser, "stat-calls"))
     after = browser.execute_script(
         "return [document.getElementById('timeline').toDataURL(), document.getElementById('rate').toDataURL()]"
     )
@@ -419,3 +417,234 @@ def test_single_node_report_and_screenshots(
         path = shots / f"report-{w}x{h}.png"
         assert browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
     browser.set_window_size(1366, 768)
+
+
+# ---------------------------------------------------------------- many calls: a synthetic trace
+
+MANY_CALLS = 5000
+BUSIEST = 3217  # the one call with the most events
+LANE_MODULES = [f"mod_{k:02d}" for k in range(40)]
+LANE_PIDS = [f"<0.{100 + k}.0>" for k in range(60)]
+
+
+def _many_calls_records(seed: int = 12) -> list[dict[str, Any]]:
+    """Calls ``call-NNNNN`` starting 10 ms apart (each its own first instant), 1 to 6 events each (BUSIEST:
+    25), every 40th record without a callid; modules and pids skewed (more than 30 of each: the lane
+    rule's "others"); some records with continuation lines. Times in ms from 10:00:00.000."""
+    import random
+
+    rnd = random.Random(seed)
+    recs = []
+    for i in range(MANY_CALLS):
+        n = 25 if i == BUSIEST else 1 + rnd.randrange(6)
+        for j in range(n):
+            recs.append({"ms": i * 10 + j * 4, "callid": f"call-{i:05d}"})
+    for k in range(0, len(recs), 40):
+        recs.append({"ms": recs[k]["ms"] + 1, "callid": None})
+    recs.sort(key=lambda r: r["ms"])
+    levels = ["debug"] * 6 + ["info"] * 4 + ["notice", "warning", "error"]
+    for n, r in enumerate(recs):
+        r["level"] = rnd.choice(levels)
+        r["module"] = None if rnd.random() < 0.05 else LANE_MODULES[int(len(LANE_MODULES) * rnd.random() ** 2)]
+        r["pid"] = LANE_PIDS[int(len(LANE_PIDS) * rnd.random() ** 1.5)]
+        ms = 10 * 3600 * 1000 + r["ms"]
+        stamp = f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+        text = (
+            f"{stamp} [{r['level']}] |app|{r['callid'] or 'Undefined'}|{r['module'] or 'Undefined'}:fun:{{7,5}} "
+            f"({r['pid']}) message {n}"
+        )
+        if n % 17 == 0:
+            text += "\n  continued {a,b}\n  and more"
+        r["text"] = text
+    return recs
+
+
+@pytest.fixture(scope="module")
+def many_calls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """A report of a synthetic trace file of MANY_CALLS distinct callids, and its records."""
+    d = tmp_path_factory.mktemp("many")
+    recs = _many_calls_records()
+    log, html = d / "many@host.log", d / "many.html"
+    log.write_text("".join(r["text"] + "\n" for r in recs), encoding="utf-8")
+    r = kzb("report", str(log), "-o", str(html))
+    assert r.returncode == 0, r.stderr
+    return html, recs
+
+
+def _calls(recs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        if r["callid"]:
+            c = out.setdefault(r["callid"], {"callid": r["callid"], "first": r["ms"], "events": 0})
+            c["events"] += 1
+    return out
+
+
+def calls_view(d: Any, top: int | None) -> dict[str, Any]:
+    """Scroll the calls table to ``top`` (None: the bottom); the rows then in the table, with their boxes
+    (``top``: the bottom of the sticky header cells, which the thead's own box does not follow)."""
+    script = """
+        var box = document.getElementById('calls-scroll'), y = arguments[0];
+        box.scrollTop = y === null ? box.scrollHeight : y;
+        box.dispatchEvent(new Event('scroll'));
+        return new Promise(function (ok) { requestAnimationFrame(function () { requestAnimationFrame(function () {
+          var b = box.getBoundingClientRect(), h = document.querySelector('#calls th').getBoundingClientRect();
+          ok({trs: box.querySelectorAll('tbody tr').length, top: h.bottom, bottom: b.top + box.clientHeight,
+            end: box.scrollTop + box.clientHeight >= box.scrollHeight - 1,
+            rows: Array.from(box.querySelectorAll('tbody tr:not(.pad)')).map(function (r) {
+              var rect = r.getBoundingClientRect();
+              return {row: Number(r.dataset.row), callid: r.cells[0].textContent,
+                events: Number(r.cells[5].textContent), sel: r.className === 'sel',
+                top: rect.top, bottom: rect.bottom, height: rect.height}; })}); }); }); });
+    """
+    view: dict[str, Any] = d.execute_script(script, top)
+    view["visible"] = [r for r in view["rows"] if r["bottom"] > view["top"] + 1 and r["top"] < view["bottom"] - 1]
+    return view
+
+
+def all_calls(d: Any) -> list[dict[str, Any]]:
+    """Every row of the calls table, scrolled through 90 px at a time (it holds only the rows in view)."""
+    seen: dict[int, dict[str, Any]] = {}
+    top = 0
+    while True:
+        view = calls_view(d, top)
+        seen.update((r["row"], r) for r in view["rows"])
+        if view["end"]:
+            break
+        top += 90
+    assert sorted(seen) == list(range(len(seen)))
+    return [seen[k] for k in sorted(seen)]
+
+
+@pytest.mark.slow
+def test_calls_table_holds_the_rows_in_view_and_reaches_every_call(
+    browser: Any, many_calls: tuple[Path, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    html, recs = many_calls
+    logs = load(browser, html)
+    assert [e for e in logs if e["level"] == "SEVERE"] == []
+    assert text(browser, "calls-note") == f"({MANY_CALLS})" and int(text(browser, "stat-calls")) == MANY_CALLS
+    order = sorted(_calls(recs).values(), key=lambda c: c["first"])  # the default sort: first event, ascending
+    view = calls_view(browser, 0)
+    assert view["trs"] < 200 and all(r["height"] == 18 for r in view["rows"])
+    assert [r["callid"] for r in view["visible"]] == [c["callid"] for c in order[: len(view["visible"])]]
+    for k in (1, 777, 2500, 4321):  # any row scrolled to is the row of the sort order
+        view = calls_view(browser, k * 18)
+        assert view["trs"] < 200
+        assert view["visible"][0]["row"] == k and view["visible"][0]["callid"] == order[k]["callid"]
+        assert abs(view["visible"][0]["top"] - view["top"]) < 1
+    view = calls_view(browser, None)
+    last = view["visible"][-1]
+    assert last["row"] == MANY_CALLS - 1 and last["callid"] == order[-1]["callid"]
+    assert abs(last["bottom"] - view["bottom"]) < 1  # fully in view, at the bottom
+    row = browser.find_element("css selector", f'#calls tbody tr[data-row="{MANY_CALLS - 1}"]')
+    row.click()
+    callid = order[-1]["callid"]
+    assert text(browser, "call-title") == callid
+    got = rows(browser, "call-lines")
+    mine = [r for r in recs if r["callid"] == callid]
+    assert [cells[3] for _, cells in got] == [shown(r["text"]) for r in mine] and len(mine) > 0
+    assert text(browser, "call-count") == f"({len(mine)} events)"
+    assert [r["callid"] for r in calls_view(browser, None)["rows"] if r["sel"]] == [callid]
+    assert not any(r["sel"] for r in calls_view(browser, 0)["rows"])
+    assert [r["callid"] for r in calls_view(browser, None)["rows"] if r["sel"]] == [callid]  # kept, scrolled back
+    shots = tmp_path_factory.mktemp("screenshots")
+    path = shots / "report-many-calls-1366x768.png"
+    assert browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_sorting_the_calls_by_events(browser: Any, many_calls: tuple[Path, list[dict[str, Any]]]) -> None:
+    html, recs = many_calls
+    load(browser, html)
+    calls = list(_calls(recs).values())
+    browser.find_element("css selector", '#calls th[data-sort="events"]').click()  # most events first
+    top = calls_view(browser, 0)["visible"][0]
+    assert (top["callid"], top["events"]) == (f"call-{BUSIEST:05d}", 25)
+    assert max(c["events"] for c in calls if c["callid"] != top["callid"]) < 25
+    # ties go by first event, in the same direction: the last row is the earliest of the fewest
+    fewest = min(c["events"] for c in calls)
+    last = calls_view(browser, None)["visible"][-1]
+    want = min((c for c in calls if c["events"] == fewest), key=lambda c: c["first"])
+    assert (last["row"], last["callid"], last["events"]) == (MANY_CALLS - 1, want["callid"], fewest)
+    browser.find_element("css selector", '#calls th[data-sort="events"]').click()  # again: fewest first
+    view = calls_view(browser, None)
+    assert view["visible"][-1]["callid"] == top["callid"]
+    assert calls_view(browser, 0)["visible"][0]["events"] == fewest
+
+
+def _lanes(names: list[str]) -> list[str]:
+    """report.js laneSetup: the 30 busiest (ties by name), the rest in one lane."""
+    counts = Counter(names)
+    order = sorted(counts, key=lambda n: (-counts[n], n))
+    return order[:30] + ([f"({len(order) - 30} others)"] if len(order) > 30 else [])
+
+
+def _lane_by(d: Any, by: str) -> list[str]:
+    from selenium.webdriver.support.ui import Select
+
+    Select(d.find_element("id", "lane-by")).select_by_value(by)
+    return list(json.loads(d.execute_script("return document.getElementById('timeline').dataset.lanes")))
+
+
+@pytest.mark.slow
+def test_timeline_lanes_per_module_and_per_pid(browser: Any, many_calls: tuple[Path, list[dict[str, Any]]]) -> None:
+    html, recs = many_calls
+    load(browser, html)
+    node_lanes = json.loads(browser.execute_script("return document.getElementById('timeline').dataset.lanes"))
+    assert node_lanes == ["many"]  # merge.short_labels: the node name short of its host
+    before = browser.execute_script("return document.getElementById('timeline').toDataURL()")
+    modules = _lane_by(browser, "module")
+    assert modules == _lanes([r["module"] or "Undefined" for r in recs]) and modules[-1] == "(11 others)"
+    height = browser.execute_script("return document.getElementById('timeline').clientHeight")
+    assert height == 31 * 16 + 20
+    assert browser.execute_script("return document.getElementById('timeline').toDataURL()") != before
+    pids = _lane_by(browser, "pid")
+    assert pids == _lanes([r["pid"] for r in recs]) and pids[-1] == "(30 others)"
+    assert _lane_by(browser, "node") == node_lanes
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_timeline_lanes_of_a_cluster_run(browser: Any, cluster_run: tuple[Path, Path]) -> None:
+    run, html = cluster_run
+    load(browser, html)
+    recs = [r.record for r in expected(run)["records"] if r.record]
+    assert _lane_by(browser, "module") == _lanes([r.module or "Undefined" for r in recs])
+    assert _lane_by(browser, "pid") == _lanes([r.pid or "Undefined" for r in recs])
+    assert _lane_by(browser, "node") == [n["label"] for n in read_cluster_json(run)["nodes"]]
+
+
+@pytest.mark.slow
+def test_brush_zoom_and_whole_trace(browser: Any, many_calls: tuple[Path, list[dict[str, Any]]]) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    html, recs = many_calls
+    load(browser, html)
+    total = len(recs)
+    assert int(text(browser, "stat-events")) == total and text(browser, "range") == ""
+    canvas = browser.find_element("id", "timeline")
+    w = browser.execute_script("return arguments[0].clientWidth", canvas)
+    left = 110  # report.js LEFT: the lane names
+    x0, x1 = left + (w - left) // 4, left + 3 * (w - left) // 4
+    chain = ActionChains(browser).move_to_element_with_offset(canvas, x0 - w // 2, 0).click_and_hold()
+    for _ in range(8):
+        chain = chain.move_by_offset((x1 - x0) // 8, 0)
+    chain.release().perform()
+    assert text(browser, "range").startswith("range ")
+    v0, v1 = map(
+        float, browser.execute_script("var r = document.getElementById('range'); return [r.dataset.v0, r.dataset.v1]")
+    )
+    span = (max(r["ms"] for r in recs) - min(r["ms"] for r in recs)) / 1000
+    assert v0 == pytest.approx(span / 4, abs=span / 50) and v1 == pytest.approx(3 * span / 4, abs=span / 50)
+    t0 = min(r["ms"] for r in recs)
+    rel = [(r["ms"] - t0) / 1000 for r in recs]
+    inside = sum(1 for t in rel if v0 + 1e-6 <= t <= v1 - 1e-6)
+    edges = sum(1 for t in rel if v0 - 1e-6 <= t <= v1 + 1e-6)
+    got = int(text(browser, "stat-events"))
+    assert 0 < inside <= got <= edges < total
+    assert text(browser, "lines-count") == f"({got})"
+    assert len(rows(browser, "lines")) == got
+    browser.find_element("id", "zoom-reset").click()
+    assert int(text(browser, "stat-events")) == total and text(browser, "range") == ""
+    assert text(browser, "lines-count") == f"({total})"

@@ -5,7 +5,7 @@
   var LEVEL_COLOURS = { debug: "#9aa5b1", info: "#3b82f6", notice: "#14b8a6", warning: "#f59e0b",
     error: "#ef4444", critical: "#b91c1c", alert: "#7f1d1d", emergency: "#581c87" };
   var NODE_COLOURS = ["#3b82f6", "#14b8a6", "#8b5cf6", "#f97316", "#64748b", "#0ea5e9", "#84cc16", "#ec4899"];
-  var MAX_LANES = 30, MAX_CALL_ROWS = 1000, ROW_H = 18;
+  var MAX_LANES = 30, ROW_H = 18, CALL_H = 18;
   var $ = function (id) { return document.getElementById(id); };
   var D, N, T, NODE, LEVEL, MODULE, PID, CALLID, LINE, NLINES;
   var texts = [], lower = [], starts = [], lineEvent = [];
@@ -127,6 +127,8 @@
     lists.lines.set(sel);
     $("lines-count").textContent = "(" + sel.length + ")";
     var r = $("range");
+    r.dataset.v0 = String(state.v0);  // the range shown, in seconds from the first event (D.t0)
+    r.dataset.v1 = String(state.v1);
     r.textContent = state.ranged ? "range " + clock(state.v0) + " to " + clock(state.v1) + " (" + seconds(state.v1 - state.v0) + ")" : "";
   }
 
@@ -168,7 +170,10 @@
     for (var i = 0; i < N; i++) counts[col[i]]++;
     var order = [];
     for (var v = 0; v < names.length; v++) if (counts[v] > 0) order.push(v);
-    if (state.lane !== "node") order.sort(function (a, b) { return counts[b] - counts[a]; });
+    if (state.lane !== "node") order.sort(function (a, b) {  // busiest first, then by name
+      var x = names[a] || "Undefined", y = names[b] || "Undefined";
+      return counts[b] - counts[a] || (x < y ? -1 : x > y ? 1 : 0);
+    });
     var index = new Int32Array(names.length).fill(-1), shownNames = [];
     order.forEach(function (v, k) {
       if (k < MAX_LANES) { index[v] = k; shownNames.push(names[v] || "Undefined"); }
@@ -176,6 +181,7 @@
     });
     if (order.length > MAX_LANES) shownNames.push("(" + (order.length - MAX_LANES) + " others)");
     lanes = { key: col, index: index, names: shownNames };
+    $("timeline").dataset.lanes = JSON.stringify(shownNames);  // an attribute's text: for tests and tools
   }
 
   function canvasSize(cv, height) {
@@ -290,6 +296,8 @@
     legend.appendChild(w); legend.appendChild(e);
   }
 
+  // The calls: one row per callid (callRows, sorted); the table holds only the rows in view.
+  var callRows = [];
   function renderCalls() {
     var nc = D.callids.length, first = new Float64Array(nc).fill(Infinity), last = new Float64Array(nc).fill(-Infinity);
     var events = new Uint32Array(nc), worst = new Int16Array(nc).fill(-1), nodes = [];
@@ -311,29 +319,80 @@
         nodes: ns, events: events[c2], worst: worst[c2] });
     }
     $("stat-calls").textContent = String(rows.length);
+    $("calls-note").textContent = "(" + rows.length + ")";
+    callRows = rows;
+    sortCalls();
+  }
+
+  function sortCalls() {
     var key = state.sort, sign = state.desc ? -1 : 1;
-    rows.sort(function (a, b) {
+    callRows.sort(function (a, b) {
       var x = key === "nodes" ? a.nodes.length : a[key], y = key === "nodes" ? b.nodes.length : b[key];
       return (x < y ? -1 : x > y ? 1 : a.first - b.first) * sign;
     });
-    var body = $("calls").tBodies[0];
+    lists.calls.reset();
+  }
+
+  // A table body that holds only the rows in view, between a top and a bottom spacer row: every row
+  // is CALL_H pixels high (report.css: #calls tbody td); past ~440k calls the scroll position maps
+  // proportionally (as in VList), so the body stays under MAX_H pixels.
+  function CallTable(box, table) {
+    var body = table.tBodies[0], MAX_H = 8e6, pool = [], pending = false;
+    var topPad = el("tr", null, "pad"), bottomPad = el("tr", null, "pad");
+    var topCell = el("td"), bottomCell = el("td");
+    topCell.colSpan = bottomCell.colSpan = 7;
+    topPad.appendChild(topCell); bottomPad.appendChild(bottomCell);
     body.textContent = "";
-    var frag = document.createDocumentFragment();
-    rows.slice(0, MAX_CALL_ROWS).forEach(function (r) {
-      var tr = document.createElement("tr");
-      tr.dataset.callid = String(r.c);
-      if (r.c === state.call) tr.className = "sel";
-      tr.appendChild(el("td", r.callid));
-      tr.appendChild(el("td", clock(r.first)));
-      tr.appendChild(el("td", clock(r.last)));
-      tr.appendChild(el("td", seconds(r.duration)));
-      tr.appendChild(el("td", r.nodes.map(function (k) { return D.labels[k]; }).join(", ")));
-      tr.appendChild(el("td", String(r.events)));
-      tr.appendChild(el("td", D.levels[r.worst], "lv lv-" + D.levels[r.worst]));
-      frag.appendChild(tr);
+    body.appendChild(topPad); body.appendChild(bottomPad);
+    function draw() {
+      pending = false;
+      var n = callRows.length, head = table.tHead.offsetHeight, viewH = Math.max(0, box.clientHeight - head);
+      var rows = Math.min(n, Math.ceil(viewH / CALL_H) + 1), top = box.scrollTop, full = n * CALL_H, firstRow, pad;
+      if (full <= MAX_H) {
+        firstRow = Math.floor(top / CALL_H);
+      } else {
+        full = MAX_H;
+        firstRow = Math.round(top / Math.max(1, head + MAX_H - box.clientHeight) * (n - rows));
+      }
+      firstRow = Math.max(0, Math.min(firstRow, n - rows));
+      pad = full === MAX_H ? Math.min(top, MAX_H - rows * CALL_H) : firstRow * CALL_H;
+      while (pool.length < rows) {
+        var tr = document.createElement("tr");
+        for (var k = 0; k < 7; k++) tr.appendChild(el("td"));
+        tr.cells[6].className = "lv";
+        pool.push(tr);
+      }
+      while (body.rows.length - 2 > rows) body.removeChild(body.rows[body.rows.length - 2]);
+      for (var r = 0; r < rows; r++) {
+        var row = callRows[firstRow + r], tr2 = pool[r], cells = tr2.cells, lv = D.levels[row.worst];
+        if (tr2.parentNode !== body) body.insertBefore(tr2, bottomPad);
+        tr2.dataset.callid = String(row.c);
+        tr2.dataset.row = String(firstRow + r);
+        tr2.className = row.c === state.call ? "sel" : "";
+        cells[0].textContent = row.callid;
+        cells[0].title = row.callid;
+        cells[1].textContent = clock(row.first);
+        cells[2].textContent = clock(row.last);
+        cells[3].textContent = seconds(row.duration);
+        cells[4].textContent = row.nodes.map(function (k) { return D.labels[k]; }).join(", ");
+        cells[5].textContent = String(row.events);
+        cells[6].textContent = lv;
+        cells[6].className = "lv lv-" + lv;
+      }
+      topCell.style.height = pad + "px";
+      bottomCell.style.height = Math.max(0, full - pad - rows * CALL_H) + "px";
+      topPad.hidden = pad === 0;
+      bottomPad.hidden = full - pad - rows * CALL_H <= 0;
+    }
+    box.addEventListener("scroll", function () {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(draw);
     });
-    body.appendChild(frag);
-    $("calls-note").textContent = rows.length > MAX_CALL_ROWS ? "(first " + MAX_CALL_ROWS + " of " + rows.length + ": sort or filter)" : "(" + rows.length + ")";
+    return {
+      reset: function () { box.scrollTop = 0; draw(); },
+      draw: draw
+    };
   }
 
   function showCall(c) {
@@ -343,8 +402,7 @@
     $("call-title").textContent = D.callids[c];
     $("call-count").textContent = "(" + out.length + " events)";
     lists.call.set(Uint32Array.from(out));
-    var rows = $("calls").tBodies[0].rows;
-    for (var r = 0; r < rows.length; r++) rows[r].className = Number(rows[r].dataset.callid) === c ? "sel" : "";
+    lists.calls.draw();
   }
 
   // A list that renders only the rows in view; past ~500k rows the scroll position maps proportionally.
@@ -459,7 +517,7 @@
       if (!key) return;
       state.desc = state.sort === key ? !state.desc : key !== "callid" && key !== "first";
       state.sort = key;
-      renderCalls();
+      sortCalls();
     });
     $("calls").tBodies[0].addEventListener("click", function (ev) {
       var tr = ev.target.closest ? ev.target.closest("tr") : null;
@@ -471,7 +529,7 @@
     window.addEventListener("resize", function () {
       if (pending) return;
       pending = true;
-      requestAnimationFrame(function () { pending = false; drawTimeline(); drawRate(); lists.lines.draw(); lists.call.draw(); });
+      requestAnimationFrame(function () { pending = false; drawTimeline(); drawRate(); lists.lines.draw(); lists.call.draw(); lists.calls.draw(); });
     });
   }
 
@@ -508,6 +566,7 @@
     phase("index");
     lists.lines = VList($("lines"));
     lists.call = VList($("call-lines"));
+    lists.calls = CallTable($("calls-scroll"), $("calls"));
     controls();
     laneSetup();
     wholeRange();
