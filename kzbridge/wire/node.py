@@ -218,7 +218,7 @@ class HiddenNode:
             self._pending.pop(ref, None)
             if on_output is not None:
                 del self._output_callbacks[gl]
-            session.end_call(gl, loop.time())
+            session.end_call(ref, gl, loop.time())
         return rpc_result(value, "".join(output), self.peer_name, what)
 
     SWEEP_INTERVAL = 0.05
