@@ -212,7 +212,10 @@ class HiddenNode:
             self._pending[ref] = (fut, what, None)
         self.calls_made += 1
         try:
-            self.conn.protocol.send_raw(frame)
+            if len(self._pending) == 1:
+                self.conn.protocol.send_now(frame)  # the only call in flight: nothing to batch with
+            else:
+                self.conn.protocol.send_raw(frame)
             value = await fut
         finally:
             self._pending.pop(ref, None)
