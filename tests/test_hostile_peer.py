@@ -23,8 +23,8 @@ from kzbridge.wire.frames import (
     DEFAULT_MAX_FRAME,
     OP_EXIT,
     OP_LINK,
-    OP_PAYLOAD_MONITOR_P_EXIT,
-    OP_SPAWN_REQUEST,
+    OP_SEND,
+    UNUSED,
     DistMessage,
     build_message,
     parse_message,
@@ -125,14 +125,11 @@ def test_a_slow_honest_big_frame_still_arrives_whole(hostile):
     """The in-place buffer grows past its first size as bytes come, and the frame decodes."""
 
     def send_big(conn: socket.socket) -> None:
-        # Wait for our client's rpc frame (a spawn_request: the peer announces DFLAG_SPAWN) to learn
-        # its caller pid, then send it a 20 MB answer in pieces: the spawned process's exit reason.
+        # Wait for our client's rpc frame to learn its caller pid, then send it a 20 MB message in pieces.
         n = struct.unpack(">I", recv_exact(conn, 4))[0]
         msg = parse_message(recv_exact(conn, n))
-        assert msg.control[0] == OP_SPAWN_REQUEST, msg.control
-        ref, caller = msg.control[1], msg.control[2]
-        child = Pid(Atom("hostile@127.0.0.1"), 9, 0, 77)
-        frame = build_message((OP_PAYLOAD_MONITOR_P_EXIT, child, caller, ref), (ref, Atom("return"), b"x" * (20 << 20)))
+        caller, ref = msg.payload[1]
+        frame = build_message((OP_SEND, UNUSED, caller), (ref, b"x" * (20 << 20)))
         for i in range(0, len(frame), 1 << 20):
             conn.sendall(frame[i : i + (1 << 20)])
             time.sleep(0.01)

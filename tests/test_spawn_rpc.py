@@ -1,7 +1,8 @@
 """rpc through the distribution's spawn_request (erpc's way) and through rex, side by side.
 
-A peer that announces DFLAG_SPAWN (OTP 23+) gets SPAWN_REQUEST of erpc:execute_call/4;
-one without it (older nodes, py-interface, a fake peer) the gen_server call to rex. Both
+A peer that announces DFLAG_SPAWN (OTP 23+) can take SPAWN_REQUEST of erpc:execute_call/4
+(``Session.rpc_via = "spawn"``; rex stays the default, it measured faster); one without it
+(older nodes, py-interface, a fake peer) takes only the gen_server call to rex. Both ways
 must give the same values and the same errors, capture the same output, and time out and
 lose the connection the same way. The live tests run against real OTP nodes (erl_node).
 """
@@ -35,7 +36,7 @@ from kzbridge.wire.frames import (
 from kzbridge.wire.handshake import DFLAG_SPAWN, OUR_FLAGS
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.rex import A_REX
-from kzbridge.wire.session import RpcReply
+from kzbridge.wire.session import RpcReply, Session
 from kzbridge.wire.terms import Atom, ErlString, Pid, Reference
 
 from .conftest import poll_until_async
@@ -49,9 +50,15 @@ A_EXIT = Atom("EXIT")
 # ---------------------------------------------------------------- without sockets
 
 
-def test_a_peer_with_the_spawn_flag_gets_a_spawn_request_of_erpc_execute_call():
+def spawning() -> Session:
     s = session()
-    assert s.rpc_via == "spawn"
+    assert s.spawn_capable and s.rpc_via == "rex"  # rex unless asked
+    s.rpc_via = "spawn"
+    return s
+
+
+def test_a_peer_with_the_spawn_flag_can_get_a_spawn_request_of_erpc_execute_call():
+    s = spawning()
     m, f, args = Atom("erlang"), Atom("node"), [1, b"x", [Atom("y")]]
     ref, gl, output, frame = s.start_call(m, f, args)
     assert (s.spawn_calls, s.rex_calls, output) == (1, 0, [])
@@ -61,16 +68,18 @@ def test_a_peer_with_the_spawn_flag_gets_a_spawn_request_of_erpc_execute_call():
     assert s.is_live(gl)
 
 
-def test_a_peer_without_it_gets_the_gen_call_to_rex_and_a_driver_may_force_rex():
+def test_a_peer_without_it_gets_only_the_gen_call_to_rex():
     old = session(OUR_FLAGS & ~DFLAG_SPAWN)
-    assert old.rpc_via == "rex"
+    assert (old.spawn_capable, old.rpc_via) == (False, "rex")
+    with pytest.raises(ValueError, match="takes rex"):
+        old.rpc_via = "spawn"
     _, _, _, frame = old.start_call(Atom("erlang"), Atom("node"), [])
     assert unframe(frame).control == (OP_REG_SEND, old.caller, UNUSED, A_REX)
-    forced = session()
-    forced.rpc_via = "rex"
-    _, _, _, frame = forced.start_call(Atom("erlang"), Atom("node"), [])
+    back = spawning()
+    back.rpc_via = "rex"
+    _, _, _, frame = back.start_call(Atom("erlang"), Atom("node"), [])
     assert unframe(frame).control[0] == OP_REG_SEND
-    assert (forced.spawn_calls, forced.rex_calls) == (0, 1)
+    assert (back.spawn_calls, back.rex_calls) == (0, 1)
 
 
 def _exit(s: Any, ref: Reference, reason: Any, payload: bool = True) -> bytes:
@@ -81,7 +90,7 @@ def _exit(s: Any, ref: Reference, reason: Any, payload: bool = True) -> bytes:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_exit_reason_becomes_the_value_rex_would_give(mode):
-    s = session()
+    s = spawning()
     stack = [(Atom("m"), Atom("f"), 1, [])]
     refs = [s.start_call(Atom("m"), Atom("f"), [])[0] for _ in range(7)]
     reasons = [
@@ -109,7 +118,7 @@ def test_the_exit_reason_becomes_the_value_rex_would_give(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_spawn_replies_pass_quietly_or_fail_the_call_and_late_answers_are_dropped(mode):
-    s = session()
+    s = spawning()
     ok, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
     refused, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
     abandoned, gl, _, _ = s.start_call(Atom("timer"), Atom("sleep"), [5000])
@@ -191,7 +200,7 @@ def test_both_paths_give_the_same_values_errors_and_output_blocking(erl_node):
     results: dict[str, list[tuple[Any, ...]]] = {}
     for via in ("spawn", "rex"):
         with BlockingNode(erl_node.node, erl_node.cookie) as n:
-            assert n.session.rpc_via == "spawn"  # OTP 25 announces DFLAG_SPAWN
+            assert n.session.spawn_capable  # OTP 25 announces DFLAG_SPAWN
             n.session.rpc_via = via
             kill = ("erl_eval", "exprs", [kill_source(n), []])
             results[via] = [outcome(n, c) for c in [*CALLS, kill]]
@@ -213,7 +222,7 @@ async def test_both_paths_give_the_same_values_errors_and_output_asyncio(erl_nod
     results: dict[str, list[tuple[Any, ...]]] = {}
     for via in ("spawn", "rex"):
         n = await open_node(erl_node)
-        assert n.session.rpc_via == "spawn"
+        assert n.session.spawn_capable
         n.session.rpc_via = via
         tokens = (await n.rpc("erl_scan", "string", ["exit(self(), kill)."]))[1]
         kill = ("erl_eval", "exprs", [(await n.rpc("erl_parse", "parse_exprs", [tokens]))[1], []])
@@ -231,7 +240,7 @@ async def test_both_paths_give_the_same_values_errors_and_output_asyncio(erl_nod
 @pytest.mark.asyncio
 async def test_spawn_path_timeout_then_the_late_answer_is_dropped(erl_node, open_node):
     n = await open_node(erl_node)
-    assert n.session.rpc_via == "spawn"
+    n.session.rpc_via = "spawn"
     t0 = time.monotonic()
     with pytest.raises(RpcTimeoutError):
         await n.rpc("timer", "sleep", [800], timeout=0.3)
@@ -244,6 +253,7 @@ async def test_spawn_path_timeout_then_the_late_answer_is_dropped(erl_node, open
 
 def test_spawn_path_timeout_blocking(erl_node):
     with BlockingNode(erl_node.node, erl_node.cookie) as n:
+        n.session.rpc_via = "spawn"
         with pytest.raises(RpcTimeoutError):
             n.rpc("timer", "sleep", [800], timeout=0.3)
         time.sleep(1.0)
@@ -254,7 +264,7 @@ def test_spawn_path_timeout_blocking(erl_node):
 @pytest.mark.asyncio
 async def test_spawn_path_node_killed_mid_call(erl_node, open_node):
     n = await open_node(erl_node)
-    assert n.session.rpc_via == "spawn"
+    n.session.rpc_via = "spawn"
     call = asyncio.ensure_future(n.rpc("timer", "sleep", [30000], timeout=60))
     await poll_until_async(lambda: n.session.spawn_calls == 1, message="the call is on its way")
     await asyncio.sleep(0.2)
@@ -269,6 +279,7 @@ def test_spawn_path_node_killed_mid_call_blocking(erl_node):
     import threading
 
     with BlockingNode(erl_node.node, erl_node.cookie) as n:
+        n.session.rpc_via = "spawn"
         killer = threading.Timer(0.5, erl_node.kill)
         killer.start()
         try:
@@ -283,9 +294,9 @@ def test_spawn_path_node_killed_mid_call_blocking(erl_node):
 async def test_an_old_handshake_peer_gets_rex(pyinterface_peer, open_node):
     """py-interface speaks the v5 handshake with 32-bit flags: no DFLAG_SPAWN, so rex."""
     n = await open_node(pyinterface_peer)
-    assert n.handshake_version == 5 and n.session.rpc_via == "rex"
+    assert (n.handshake_version, n.session.spawn_capable, n.session.rpc_via) == (5, False, "rex")
     with BlockingNode(pyinterface_peer.node, pyinterface_peer.cookie) as b:
-        assert b.session.rpc_via == "rex"
+        assert (b.session.spawn_capable, b.session.rpc_via) == (False, "rex")
 
 
 # ---------------------------------------------------------------- fake peers
@@ -330,6 +341,7 @@ def test_a_peer_without_the_spawn_flag_is_called_through_rex(fake_peer, driver):
         async def body() -> tuple[Any, str, int]:
             n = await connect_node(peer.node, COOKIE, timeout=5)
             try:
+                assert not n.session.spawn_capable
                 return await n.rpc("erlang", "node", [], timeout=5), n.session.rpc_via, n.session.rex_calls
             finally:
                 await n.close()
@@ -337,6 +349,7 @@ def test_a_peer_without_the_spawn_flag_is_called_through_rex(fake_peer, driver):
         assert asyncio.run(body()) == (expected, "rex", 1)
     else:
         with BlockingNode(peer.node, COOKIE, timeout=5) as b:
+            assert not b.session.spawn_capable
             assert (b.rpc("erlang", "node", [], timeout=5), b.session.rpc_via) == (expected, "rex")
 
 
@@ -360,6 +373,7 @@ def test_a_refused_spawn_and_a_garbled_exit_are_rpc_errors_not_crashes(fake_peer
 
         async def body() -> list[str]:
             n = await connect_node(peer.node, COOKIE, timeout=5)
+            n.session.rpc_via = "spawn"
             errors = []
             try:
                 for _ in range(2):
@@ -375,9 +389,40 @@ def test_a_refused_spawn_and_a_garbled_exit_are_rpc_errors_not_crashes(fake_peer
     else:
         errors = []
         with BlockingNode(peer.node, COOKIE, timeout=5) as b:
+            b.session.rpc_via = "spawn"
             for _ in range(2):
                 with pytest.raises(BadRpcError) as err:
                     b.rpc("erlang", "node", [], timeout=5)
                 errors.append(str(err.value))
     assert "spawn_request: system_limit" in errors[0]
     assert "erlang:node/0 failed" in errors[1]
+
+
+def test_a_big_result_comes_whole_through_the_spawn_path(fake_peer):
+    """A 20 MB exit reason, sent in pieces, is received in place and decoded as the call's value."""
+
+    def spawner(conn: socket.socket) -> None:
+        msg = read_message(conn)
+        assert msg.control[0] == OP_SPAWN_REQUEST, msg.control
+        ref, caller = msg.control[1], msg.control[2]
+        child = Pid(Atom(peer.node), 56, 0, 77)
+        frame = build_message((OP_SPAWN_REPLY, ref, caller, 2, child)) + build_message(
+            (OP_PAYLOAD_MONITOR_P_EXIT, child, caller, ref), (ref, Atom("return"), b"x" * (20 << 20))
+        )
+        for i in range(0, len(frame), 1 << 20):
+            conn.sendall(frame[i : i + (1 << 20)])
+            time.sleep(0.01)
+        time.sleep(0.5)
+
+    peer = fake_peer(spawner)
+
+    async def body() -> Any:
+        n = await connect_node(peer.node, COOKIE, timeout=5)
+        n.session.rpc_via = "spawn"
+        try:
+            return await n.rpc("erlang", "node", [], timeout=20)
+        finally:
+            await n.close()
+
+    value = asyncio.run(body())
+    assert type(value) is bytes and len(value) == 20 << 20

@@ -18,8 +18,9 @@ a monitor exit for ``ReqId`` whose reason carries the result:
 ``call_value`` turns these into what the ``rex`` path gives for the same call (``rpc``'s
 own mapping: a throw is a value, the rest ``{badrpc, {'EXIT', ...}}``), so both paths
 raise the same errors (rex.rpc_result). The session (session.py) builds the frames and
-matches the replies; one spawned process per call means calls do not queue behind each
-other in ``rex``, and the BEAM does one process hop fewer.
+matches the replies, when asked to (``Session.rpc_via = "spawn"``): rex stays the default,
+as for a Python client this way measured slower (two reply frames to decode per call,
+session.DEFAULT_RPC_VIA), though the BEAM does one process hop fewer.
 """
 
 from __future__ import annotations
