@@ -36,6 +36,7 @@ from kzbridge.wire.frames import (
     OP_REG_SEND,
     OP_SEND,
     OP_SEND_SENDER,
+    OP_SPAWN_REQUEST,
     OP_UNLINK_ID,
     OP_UNLINK_ID_ACK,
     UNUSED,
@@ -152,6 +153,30 @@ def test_pids_and_refs_are_fresh_and_take_the_peers_creation_form():
     assert s.caller.creation == 0x1234 and not s.caller.old and s.make_ref().form == 90
     old = session(OUR_FLAGS & ~DFLAG_BIG_CREATION)
     assert old.caller.old and old.caller.creation in (1, 2, 3) and old.make_ref().form == 114
+
+
+@pytest.mark.parametrize("flags", [OUR_FLAGS, OUR_FLAGS & ~DFLAG_BIG_CREATION], ids=["big-creation", "old-creation"])
+def test_call_frames_from_pre_encoded_parts_equal_the_generic_encoding(flags):
+    s = session(flags)
+    m, f, args = Atom("lists"), Atom("seq"), [1, 3]
+    for via in ("rex", "spawn"):
+        s.rpc_via = via
+        ref, gl, _, frame = s.start_call(m, f, args)
+        if via == "rex":
+            expected = build_message(
+                (OP_REG_SEND, s.caller, UNUSED, A_REX), (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl))
+            )
+        else:
+            control = (OP_SPAWN_REQUEST, ref, s.caller, gl, (Atom("erpc"), Atom("execute_call"), 4), [Atom("monitor")])
+            expected = build_message(control, [ref, m, f, args])
+        assert frame == expected
+
+
+def test_pids_stay_unique_past_the_15_bits_of_their_id():
+    """One group leader per call: after 32768 calls the ID wraps and the Serial counts on."""
+    s = session()
+    pids = {s.new_pid() for _ in range(40_000)}
+    assert len(pids) == 40_000 and all(p.id <= 0x7FFF and p.serial <= 0x1FFF for p in pids)
 
 
 # ---------------------------------------------------------------- io requests

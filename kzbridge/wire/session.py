@@ -112,6 +112,9 @@ def _debug(msg: str, *args: Any) -> None:
 
 
 _FRAME_LEN = struct.Struct(">I").pack
+_U32 = struct.Struct(">I").pack
+_PID_NUMBER = struct.Struct(">II").pack  # a pid's ID and Serial
+_REF_IDS = struct.Struct(">III").pack
 _CALL_HEAD = b"h\x05" + encode_term(A_CALL)  # {call, M, F, A, GroupLeader}: its constant head
 # SPAWN_REQUEST's constant parts: 'p', the control tuple's head, and what follows the group
 # leader up to the argument list's first element ({M, F, Arity}, the options, the list head).
@@ -380,6 +383,13 @@ class Session:
             + encode_term(self.caller)
         )
         self._caller_bytes = encode_term(self.caller)
+        # Our pids and refs encoded around their numbers (see _own_pid_bytes): the node name
+        # and creation once, in the form the peer's flags chose.
+        name = encode_term(self._atom)
+        our_creation = _U32(self.creation) if self.big_creation else bytes((self.creation,))
+        self._pid_head = (b"X" if self.big_creation else b"g") + name
+        self._pid_tail: bytes = our_creation
+        self._ref_head: bytes = (b"Z" if self.big_creation else b"r") + b"\x00\x03" + name + our_creation
 
     @property
     def rpc_via(self) -> str:
@@ -397,13 +407,25 @@ class Session:
 
     # ------------------------------------------------------------ identities
     def new_pid(self) -> Pid:
-        return Pid(self._atom, next(self._pid_ids) & 0x7FFF, 0, self.creation, old=not self.big_creation)
+        # 15 bits of ID and 13 of Serial, as a node numbers its pids (the old pid format holds
+        # no more): one group leader per call, so 15 bits alone would come round again within
+        # GROUP_LEADER_GRACE at 6500 calls/s, and a retired leader would take a live one's place.
+        n = next(self._pid_ids)
+        return Pid(self._atom, n & 0x7FFF, (n >> 15) & 0x1FFF, self.creation, old=not self.big_creation)
 
     def make_ref(self) -> Reference:
         n = next(self._ref_ids)
         return Reference(
             self._atom, (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt), self.creation, self._ref_form
         )
+
+    def _own_pid_bytes(self, pid: Pid) -> bytes:
+        """``encode_term(pid)`` for a pid this session made, from the pre-encoded parts (a third of the time)."""
+        return self._pid_head + _PID_NUMBER(pid.id, pid.serial) + self._pid_tail
+
+    def _own_ref_bytes(self, ref: Reference) -> bytes:
+        """``encode_term(ref)`` for a reference this session made, likewise."""
+        return self._ref_head + _REF_IDS(*ref.ids)
 
     def open_mailbox(self) -> Pid:
         pid = self.new_pid()
@@ -418,15 +440,18 @@ class Session:
 
     # ------------------------------------------------------------ rpc
     def rpc_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
-        """``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` to rex, framed, from the pre-encoded head."""
-        body = (
-            self._rpc_head
-            + encode_term(ref)
-            + _CALL_HEAD
-            + encode_term(module)
-            + encode_term(function)
-            + encode_term(args)
-            + encode_term(gl)
+        """``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` to rex, framed, from the
+        pre-encoded head; ``gl`` and ``ref`` are ours."""
+        body = b"".join(
+            (
+                self._rpc_head,
+                self._own_ref_bytes(ref),
+                _CALL_HEAD,
+                encode_term(module),
+                encode_term(function),
+                encode_term(args),
+                self._own_pid_bytes(gl),
+            )
         )
         return _FRAME_LEN(len(body)) + body
 
@@ -434,13 +459,13 @@ class Session:
         """SPAWN_REQUEST of ``erpc:execute_call(Ref, M, F, A)`` with group leader ``gl``, monitored
         under ``ref`` (erpc.py), framed, from the pre-encoded parts. ``ref`` is both the request's
         id and the tag of the result, as one reference serves for both."""
-        ref_bytes = encode_term(ref)
+        ref_bytes = self._own_ref_bytes(ref)
         body = b"".join(
             (
                 _SPAWN_HEAD,
                 ref_bytes,
                 self._caller_bytes,
-                encode_term(gl),
+                self._own_pid_bytes(gl),
                 _SPAWN_MIDDLE,
                 ref_bytes,
                 encode_term(module),
