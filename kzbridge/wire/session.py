@@ -140,8 +140,8 @@ _EXITS = frozenset(
 _EXITS_WITH_PAYLOAD = frozenset({OP_PAYLOAD_EXIT, OP_PAYLOAD_EXIT2, OP_PAYLOAD_EXIT_TT, OP_PAYLOAD_EXIT2_TT})
 
 # How rpc goes to a peer that takes both ways (OTP 23+). The gen_server call to rex: against
-# OTP 25 here, spawn_request measured 1.35x its p50 and 0.70x its throughput with 100
-# callers (asyncio; blocking: even), because each call brings two frames to decode, the
+# OTP 25 here, spawn_request measured 1.3x its p50 (asyncio and blocking alike) and 0.7x its
+# throughput with 100 callers, because each call brings two frames to decode, the
 # SPAWN_REPLY and the monitor exit, against rex's one reply (README, Performance).
 DEFAULT_RPC_VIA = "rex"
 
