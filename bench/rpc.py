@@ -15,7 +15,10 @@ ratios are medians of the per-round ratios, with their range.
 
 Baselines: Erlang-to-Erlang rpc:call between two BEAM nodes on this machine (and the
 same gen_server call to rex that kzbridge makes), erl_call, and booting a hidden BEAM
-for one rpc (what Kazoo's sup does). Python peers in the same rounds: erldistpy (PyPI,
+for one rpc (what Kazoo's sup does). kzbridge is measured both ways it can call an
+OTP 23+ node, in the same rounds: the gen_server call to rex (its default) and the
+distribution's spawn_request of erpc:execute_call/4 (``Session.rpc_via = "spawn"``).
+Python peers in the same rounds: erldistpy (PyPI,
 the ``bench`` extra; a synchronous client, the same gen_server call to rex) and
 py-interface 2.3 (a test dependency; it speaks only the old handshake and is reported
 "n/a" when the node refuses it, as OTP 25.0-25.2 do).
@@ -58,10 +61,12 @@ def erlang_baseline(node: str, cookie: str, calls: int) -> dict:
     return {"rpc_call": t1, "rex_call": t2, "throughput": 10000 / (int(out[2]) / 1e9)}
 
 
-async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
+async def kzbridge_side(node: str, cookie: str, calls: int, via: str | None = None) -> dict:
     from kzbridge.wire.node import connect_node
 
     n = await connect_node(node, cookie)
+    if via is not None:
+        n.session.rpc_via = via
     for _ in range(2000):
         await n.rpc("erlang", "node", [])
     times = []
@@ -77,14 +82,18 @@ async def kzbridge_side(node: str, cookie: str, calls: int) -> dict:
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(100)))
     thr = 10000 / (time.perf_counter() - t0)
+    if via is not None:
+        assert getattr(n.session, f"{via}_calls") == 2000 + calls + 10000, "the calls went the other way"
     await n.close()
     return {"rpc": times, "throughput": thr}
 
 
-def blocking_side(node: str, cookie: str, calls: int) -> list[float]:
+def blocking_side(node: str, cookie: str, calls: int, via: str | None = None) -> list[float]:
     from kzbridge.wire.blocking import BlockingNode
 
     with BlockingNode(node, cookie) as n:
+        if via is not None:
+            n.session.rpc_via = via
         for _ in range(2000):
             n.rpc("erlang", "node", [])
         times = []
@@ -277,6 +286,7 @@ def main() -> None:
         action="store_true",
         help="only the one-shot command rows, --rounds runs of 15 turns each (with --baseline: that tree's too)",
     )
+    ap.add_argument("--no-one-shot", action="store_true", help="skip the one-shot command rows at the end")
     ap.add_argument("--worker", choices=["async", "blocking"], help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--node", help=argparse.SUPPRESS)
@@ -297,7 +307,9 @@ def main() -> None:
     per_round = max(100, args.calls // args.rounds)
     base: dict = {"rpc_call": [], "rex_call": [], "throughput": []}
     ours: dict = {"rpc": [], "throughput": []}
+    spawn: dict = {"rpc": [], "throughput": []}  # the same, calls by spawn_request
     blocking: list[float] = []
+    blocking_spawn: list[float] = []
     edp: list[float] = []
     pyi: list[float] = []
     pyi_na = ""
@@ -311,18 +323,28 @@ def main() -> None:
         "async/edp": [],
         "blocking/pyi": [],
         "edp": [],
+        "spawn": [],
+        "spawn/rex": [],
+        "spawn throughput": [],
+        "spawn/rex throughput": [],
+        "blocking spawn/edp": [],
+        "blocking spawn/edp p99": [],
+        "blocking spawn/rex": [],
     }
     for r in range(args.rounds):
         # Taking turns: the order flips every round, so neither side always runs first after Erlang.
         b = erlang_baseline(node, cookie, per_round)
-        if r % 2 == 0:
-            o = asyncio.run(kzbridge_side(node, cookie, per_round))
-            k = blocking_side(node, cookie, per_round)
-            d = erldistpy_side(node, cookie, per_round)
-        else:
-            d = erldistpy_side(node, cookie, per_round)
-            k = blocking_side(node, cookie, per_round)
-            o = asyncio.run(kzbridge_side(node, cookie, per_round))
+        sides = {
+            "async": lambda: asyncio.run(kzbridge_side(node, cookie, per_round, "rex")),
+            "async spawn": lambda: asyncio.run(kzbridge_side(node, cookie, per_round, "spawn")),
+            "blocking": lambda: blocking_side(node, cookie, per_round, "rex"),
+            "blocking spawn": lambda: blocking_side(node, cookie, per_round, "spawn"),
+            "erldistpy": lambda: erldistpy_side(node, cookie, per_round),
+        }
+        got = {}
+        for name in list(sides) if r % 2 == 0 else reversed(sides):
+            got[name] = sides[name]()
+        o, s, k, ks, d = got["async"], got["async spawn"], got["blocking"], got["blocking spawn"], got["erldistpy"]
         y = pyinterface_side(node, cookie, per_round)
         e50 = pct(b["rpc_call"], 50)
         ratios["async"].append(pct(o["rpc"], 50) / e50)
@@ -333,6 +355,16 @@ def main() -> None:
         ratios["blocking/edp p99"].append(pct(k, 99) / pct(d, 99))
         ratios["async/edp"].append(pct(o["rpc"], 50) / pct(d, 50))
         ratios["edp"].append(pct(d, 50) / e50)
+        ratios["spawn"].append(pct(s["rpc"], 50) / e50)
+        ratios["spawn/rex"].append(pct(s["rpc"], 50) / pct(o["rpc"], 50))
+        ratios["spawn throughput"].append(s["throughput"] / b["throughput"])
+        ratios["spawn/rex throughput"].append(s["throughput"] / o["throughput"])
+        ratios["blocking spawn/edp"].append(pct(ks, 50) / pct(d, 50))
+        ratios["blocking spawn/edp p99"].append(pct(ks, 99) / pct(d, 99))
+        ratios["blocking spawn/rex"].append(pct(ks, 50) / pct(k, 50))
+        spawn["rpc"] += s["rpc"]
+        spawn["throughput"].append(s["throughput"])
+        blocking_spawn += ks
         edp += d
         if isinstance(y, str):
             pyi_na = y
@@ -356,14 +388,19 @@ def main() -> None:
     r50, r99 = pct(base["rex_call"], 50), pct(base["rex_call"], 99)
     print(f"  {'Erlang gen_server:call to rex (our form)':<48} p50 {r50:7.1f} us  p99 {r99:7.1f} us")
     k50, k99 = pct(ours["rpc"], 50), pct(ours["rpc"], 99)
-    print(f"  {'kzbridge rpc':<48} p50 {k50:7.1f} us  p99 {k99:7.1f} us")
+    print(f"  {'kzbridge rpc (rex)':<48} p50 {k50:7.1f} us  p99 {k99:7.1f} us")
+    s50, s99 = pct(spawn["rpc"], 50), pct(spawn["rpc"], 99)
+    print(f"  {'kzbridge rpc (spawn_request)':<48} p50 {s50:7.1f} us  p99 {s99:7.1f} us")
     b50, b99 = pct(blocking, 50), pct(blocking, 99)
-    print(f"  {'kzbridge BlockingNode (one-shot client)':<48} p50 {b50:7.1f} us  p99 {b99:7.1f} us")
+    print(f"  {'kzbridge BlockingNode (one-shot client, rex)':<48} p50 {b50:7.1f} us  p99 {b99:7.1f} us")
+    bs50, bs99 = pct(blocking_spawn, 50), pct(blocking_spawn, 99)
+    print(f"  {'kzbridge BlockingNode (spawn_request)':<48} p50 {bs50:7.1f} us  p99 {bs99:7.1f} us")
     print(
         f"  ratio p50 kzbridge / rpc:call = {rng('async')}; / rex call = {rng('rex')}; "
         f"pooled p99 / rpc:call = {k99 / e99:.2f}x"
     )
-    print(f"  ratio p50 blocking / rpc:call = {rng('blocking')}")
+    print(f"  ratio p50 kzbridge spawn_request / rpc:call = {rng('spawn')}; spawn / rex = {rng('spawn/rex')}")
+    print(f"  ratio p50 blocking / rpc:call = {rng('blocking')}; blocking spawn / rex = {rng('blocking spawn/rex')}")
     print("rpc against other Python nodes (same rounds, same node)")
     d50, d99 = pct(edp, 50), pct(edp, 99)
     print(f"  {'erldistpy ' + edp_version() + ' Node.call to rex':<48} p50 {d50:7.1f} us  p99 {d99:7.1f} us")
@@ -374,13 +411,21 @@ def main() -> None:
         print(f"  {'py-interface 2.3 SendRPC':<48} n/a: {pyi_na}")
     print(f"  ratio p50 erldistpy / rpc:call = {rng('edp')}")
     print(f"  ratio p50 blocking / erldistpy = {rng('blocking/edp')}; p99 {rng('blocking/edp p99')}")
+    print(
+        f"  ratio p50 blocking spawn_request / erldistpy = {rng('blocking spawn/edp')}; "
+        f"p99 {rng('blocking spawn/edp p99')}"
+    )
     print(f"  ratio p50 asyncio / erldistpy = {rng('async/edp')}")
     if ratios["blocking/pyi"]:
         print(f"  ratio p50 blocking / py-interface = {rng('blocking/pyi')}")
     print("throughput, 100 concurrent callers x 100 calls on one connection (median of rounds)")
     line("baseline: Erlang, 100 processes", statistics.median(base["throughput"]), "calls/s")
-    line("kzbridge, 100 tasks", statistics.median(ours["throughput"]), "calls/s")
-    print(f"  ratio kzbridge / Erlang = {rng('throughput')}")
+    line("kzbridge, 100 tasks (rex)", statistics.median(ours["throughput"]), "calls/s")
+    line("kzbridge, 100 tasks (spawn_request)", statistics.median(spawn["throughput"]), "calls/s")
+    print(f"  ratio kzbridge / Erlang = {rng('throughput')}; spawn_request / Erlang = {rng('spawn throughput')}")
+    print(f"  ratio spawn_request / rex = {rng('spawn/rex throughput')}")
+    if args.no_one_shot:
+        return
     shots = one_shot(node, cookie)
     print("one-shot command doing one rpc (median wall time)")
     line("baseline: boot a hidden BEAM + rpc (sup's way)", shots["beam_boot"], "ms")

@@ -36,6 +36,7 @@ from kzbridge.wire.frames import (
     OP_REG_SEND,
     OP_SEND,
     OP_SEND_SENDER,
+    OP_SPAWN_REQUEST,
     OP_UNLINK_ID,
     OP_UNLINK_ID_ACK,
     UNUSED,
@@ -44,7 +45,7 @@ from kzbridge.wire.frames import (
     build_message,
     parse_message,
 )
-from kzbridge.wire.handshake import DFLAG_BIG_CREATION, DFLAG_SEND_SENDER, OUR_FLAGS, HandshakeResult
+from kzbridge.wire.handshake import DFLAG_BIG_CREATION, DFLAG_SEND_SENDER, DFLAG_SPAWN, OUR_FLAGS, HandshakeResult
 from kzbridge.wire.io_protocol import A_IO_REPLY, A_IO_REQUEST
 from kzbridge.wire.rex import A_CALL, A_GEN_CALL, A_REX
 from kzbridge.wire.session import (
@@ -107,7 +108,8 @@ def unframe(frame: bytes) -> DistMessage:
 
 
 def test_rpc_frame_is_the_gen_call_to_rex_that_the_term_form_encodes():
-    s = session()
+    s = session(OUR_FLAGS & ~DFLAG_SPAWN)  # a peer before OTP 23 (spawn_request: tests/test_spawn_rpc.py)
+    assert s.rpc_via == "rex"
     m, f, args = Atom("erlang"), Atom("node"), [1, b"x", [Atom("y")]]
     ref, gl, output, frame = s.start_call(m, f, args)
     assert output == []
@@ -122,7 +124,7 @@ def test_rpc_frame_is_the_gen_call_to_rex_that_the_term_form_encodes():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_rex_reply_becomes_an_rpc_reply_event(mode):
-    s = session()
+    s = session(OUR_FLAGS & ~DFLAG_SPAWN)
     ref, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
     other, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
     data = build_message((OP_SEND, UNUSED, s.caller), (other, Atom("second"))) + build_message(
@@ -151,6 +153,30 @@ def test_pids_and_refs_are_fresh_and_take_the_peers_creation_form():
     assert s.caller.creation == 0x1234 and not s.caller.old and s.make_ref().form == 90
     old = session(OUR_FLAGS & ~DFLAG_BIG_CREATION)
     assert old.caller.old and old.caller.creation in (1, 2, 3) and old.make_ref().form == 114
+
+
+@pytest.mark.parametrize("flags", [OUR_FLAGS, OUR_FLAGS & ~DFLAG_BIG_CREATION], ids=["big-creation", "old-creation"])
+def test_call_frames_from_pre_encoded_parts_equal_the_generic_encoding(flags):
+    s = session(flags)
+    m, f, args = Atom("lists"), Atom("seq"), [1, 3]
+    for via in ("rex", "spawn"):
+        s.rpc_via = via
+        ref, gl, _, frame = s.start_call(m, f, args)
+        if via == "rex":
+            expected = build_message(
+                (OP_REG_SEND, s.caller, UNUSED, A_REX), (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl))
+            )
+        else:
+            control = (OP_SPAWN_REQUEST, ref, s.caller, gl, (Atom("erpc"), Atom("execute_call"), 4), [Atom("monitor")])
+            expected = build_message(control, [ref, m, f, args])
+        assert frame == expected
+
+
+def test_pids_stay_unique_past_the_15_bits_of_their_id():
+    """One group leader per call: after 32768 calls the ID wraps and the Serial counts on."""
+    s = session()
+    pids = {s.new_pid() for _ in range(40_000)}
+    assert len(pids) == 40_000 and all(p.id <= 0x7FFF and p.serial <= 0x1FFF for p in pids)
 
 
 # ---------------------------------------------------------------- io requests
@@ -228,14 +254,14 @@ def test_io_requests_batch_and_unknown_requests():
 
 def test_group_leaders_stay_ours_for_a_grace_period_after_the_call():
     s = session()
-    _, gl, _, _ = s.start_call(Atom("io"), Atom("format"), [])
+    ref, gl, _, _ = s.start_call(Atom("io"), Atom("format"), [])
     request = (Atom("put_chars"), Atom("unicode"), Atom("io_lib"), Atom("format"), [b"x", []])
     feed(s, io_request(gl, request), "whole")
     sent(s)
-    s.end_call(gl, now=100.0)
+    s.end_call(ref, gl, now=100.0)
     assert s.is_live(gl)
-    _, gl2, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    s.end_call(gl2, now=100.0 + GROUP_LEADER_GRACE + 1)
+    ref2, gl2, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    s.end_call(ref2, gl2, now=100.0 + GROUP_LEADER_GRACE + 1)
     assert not s.is_live(gl) and s.is_live(gl2)
     assert feed(s, io_request(gl, (Atom("put_chars"), b"late")), "whole") == []
     assert s.outbox == [] and s._applies == {}

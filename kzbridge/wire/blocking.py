@@ -201,7 +201,7 @@ class BlockingNode:
                 if session.outbox:
                     self._write(session.data_to_send())
         finally:
-            session.end_call(gl, time.monotonic())
+            session.end_call(main, gl, time.monotonic())
 
     def rpc(
         self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float = 30.0

@@ -72,6 +72,8 @@ _u32 = struct.Struct(">I").unpack_from
 _i32 = struct.Struct(">i").unpack_from
 _u64 = struct.Struct(">Q").unpack_from
 _f64 = struct.Struct(">d").unpack_from
+_u32x2 = struct.Struct(">II").unpack_from
+_u32x3 = struct.Struct(">III").unpack_from
 _p16 = struct.Struct(">H").pack
 _p32 = struct.Struct(">I").pack
 _pi32 = struct.Struct(">i").pack
@@ -187,11 +189,11 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
         return tuple(items), pos
     if tag == NEW_PID_EXT or tag == PID_EXT:
         node, pos = _decode_atom(data, pos)
-        ident, serial = struct.unpack_from(">II", data, pos)
-        pos += 8
         if tag == NEW_PID_EXT:
-            creation = _u32(data, pos)[0]
-            return Pid(node, ident, serial, creation), pos + 4
+            ident, serial, creation = _u32x3(data, pos)
+            return Pid(node, ident, serial, creation), pos + 12
+        ident, serial = _u32x2(data, pos)
+        pos += 8
         _need(data, pos, 1)
         return Pid(node, ident, serial, data[pos], old=True), pos + 1
     if tag == NEWER_REFERENCE_EXT or tag == NEW_REFERENCE_EXT:
@@ -208,7 +210,7 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
             creation = data[pos]
             pos += 1
         _need(data, pos, 4 * n)
-        ids = struct.unpack_from(f">{n}I", data, pos)
+        ids = _u32x3(data, pos) if n == 3 else struct.unpack_from(f">{n}I", data, pos)
         return Reference(node, ids, creation, tag), pos + 4 * n
     if tag == INTEGER_EXT:
         return _i32(data, pos)[0], pos + 4
@@ -354,11 +356,13 @@ def _decode(data: bytes | bytearray | memoryview, pos: int, depth: int) -> tuple
 
 
 def _decode_atom(data: bytes | bytearray | memoryview, pos: int) -> tuple[Atom, int]:
+    # The node name in every pid and reference: the cache is looked up here, not in _atom_text.
     if data[pos] == SMALL_ATOM_UTF8_EXT:
         n = data[pos + 1]
         end = pos + 2 + n
         if end <= len(data):
-            return _atom_text(bytes(data[pos + 2 : end]), True), end
+            raw = bytes(data[pos + 2 : end])
+            return _DECODED_ATOMS.get(raw) or _atom_text(raw, True), end
     term, pos = _decode(data, pos, MAX_DEPTH)
     if type(term) is not Atom:
         raise DecodeError(f"expected an atom, got {type(term).__name__}")

@@ -228,6 +228,19 @@ class DistProtocol(asyncio.BufferedProtocol):
         self._outgoing.append(data)
         self.last_sent = time.monotonic()
 
+    def send_now(self, data: bytes) -> None:
+        """Write a frame at once (after any queued ones): for a caller that is the only one
+        waiting, so there is nothing to batch with, and the loop iteration ``send_raw``'s
+        deferred write would cost is saved."""
+        if self.closed or self.transport is None:
+            raise ConnectionLostError("the connection is closed")
+        if self._outgoing:
+            self._outgoing.append(data)
+            self.flush()
+        else:
+            self.transport.write(data)
+        self.last_sent = time.monotonic()
+
     def flush(self) -> None:
         """Write the queued frames now (also before a close, so nothing queued is dropped)."""
         out = self._outgoing

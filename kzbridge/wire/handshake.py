@@ -95,6 +95,9 @@ OUR_FLAGS = (
     | DFLAG_UNLINK_ID
     | DFLAG_MANDATORY_25_DIGEST
     | DFLAG_V4_NC
+    # We send SPAWN_REQUEST (rpc the way erpc does, session.py) and answer the peer's with notsup.
+    # A high flag: the old handshake's 32 bits never carry it, so peers before OTP 23 see no change.
+    | DFLAG_SPAWN
 )
 # Without these we cannot talk to the peer at all.
 REQUIRED_FROM_PEER = DFLAG_EXTENDED_REFERENCES | DFLAG_EXTENDED_PIDS_PORTS

@@ -33,9 +33,18 @@ class RpcResult:
 
 def rpc_result(value: Any, output: str, peer: str, what: str) -> RpcResult:
     """The RpcResult, or BadRpcError carrying the remote reason and the output so far."""
-    if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
-        raise BadRpcError(f"{peer}: {what} failed: {describe_badrpc(value[1])}", reason=value[1], output=output)
+    if is_badrpc(value):
+        raise bad_rpc_error(value, output, peer, what)
     return RpcResult(value, output)
+
+
+def is_badrpc(value: Any) -> bool:
+    return type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC
+
+
+def bad_rpc_error(value: Any, output: str, peer: str, what: str) -> BadRpcError:
+    """The error for a ``{badrpc, Reason}`` value."""
+    return BadRpcError(f"{peer}: {what} failed: {describe_badrpc(value[1])}", reason=value[1], output=output)
 
 
 def describe_badrpc(reason: Any) -> str:

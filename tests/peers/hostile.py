@@ -47,10 +47,12 @@ class HostilePeer:
         name: str = "hostile",
         with_ack: bytes = b"",
         claimed_name: str | None = None,
+        flags: int = FLAGS,
     ) -> None:
         self.cookie = cookie
         self.claimed_name = claimed_name  # the name it gives in the handshake, if not its own
         self.with_ack = with_ack  # distribution bytes sent in the same write as the ack
+        self.flags = flags  # what it announces (without DFLAG_SPAWN: a peer before OTP 23)
         self.after_handshake = after_handshake
         self.node = f"{name}@127.0.0.1"
         self.error: BaseException | None = None
@@ -75,7 +77,7 @@ class HostilePeer:
                 send_handshake_message(conn, b"sok")
                 challenge = 0x12345678
                 me = (self.claimed_name or self.node).encode()
-                send_handshake_message(conn, b"N" + struct.pack(">QIIH", FLAGS, challenge, 77, len(me)) + me)
+                send_handshake_message(conn, b"N" + struct.pack(">QIIH", self.flags, challenge, 77, len(me)) + me)
                 reply = recv_handshake_message(conn)
                 assert reply[:1] == b"r" and reply[5:21] == digest(self.cookie, challenge), "bad digest"
                 their_challenge = struct.unpack(">I", reply[1:5])[0]
