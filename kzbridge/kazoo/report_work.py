@@ -138,8 +138,8 @@ def _parse(task: RangeTask) -> RangeColumns:
                 block, rest = block[:cut], block[cut:]
                 if not block:
                     continue
-            columns, first, count_, before = _records(block, lineno)
-            lineno += block.count(b"\n")
+            columns, first, count_, before, lines = _records(block, lineno)
+            lineno += lines
             if before:
                 if nlines:
                     nlines[-1] += before  # the last record's continuation lines
@@ -169,10 +169,10 @@ def _parse(task: RangeTask) -> RangeColumns:
     )
 
 
-def _records(block: bytes, lineno: int) -> tuple[list[tuple[bytes, ...]], Iterable[int], Iterable[int], int]:
+def _records(block: bytes, lineno: int) -> tuple[list[tuple[bytes, ...]], Iterable[int], Iterable[int], int, int]:
     """A chunk of whole lines: the header fields of its records as columns (time, severity,
     "callid|module", pid), each record's first line number and line count (the same records as
-    logparse.parse_lines), and how many lines come before its first header."""
+    logparse.parse_lines), how many lines come before its first header, and how many lines it has."""
     # "\n" + the chunk without its last newline: every line, a header's first, follows a newline,
     # at the same offsets as in the chunk.
     text = b"\n" + block[:-1]
@@ -180,24 +180,25 @@ def _records(block: bytes, lineno: int) -> tuple[list[tuple[bytes, ...]], Iterab
     head_at = len(block) if found is None else found.start()
     before = block.count(b"\n", 0, head_at) if head_at else 0
     if found is None:
-        return [], [], [], before
+        return [], [], [], before, before
     lineno += before
     lines = block.count(b"\n", head_at)
+    total = before + lines
     records = _FAST.findall(text, head_at)
     *columns, more = zip(*records, strict=True)
     if not any(more):  # no continuation lines (the usual chunk)
         if len(records) == lines:
-            return columns, range(lineno, lineno + lines), repeat(1, lines), before
+            return columns, range(lineno, lineno + lines), repeat(1, lines), before, total
     else:
         extra = list(map(bytes.count, more, repeat(b"\n")))
         if len(records) + sum(extra) == lines:
             nlines = list(map(add, extra, repeat(1)))
-            return columns, accumulate(nlines[:-1], initial=lineno), nlines, before
+            return columns, accumulate(nlines[:-1], initial=lineno), nlines, before, total
     # A line starting with two digits that is not a header (_FAST skipped it): check every line.
     records = _RECORDS.findall(block, head_at)
     *columns, more = zip(*records, strict=True)
     nlines = [1 + n for n in map(bytes.count, more, repeat(b"\n"))]
-    return columns, accumulate(nlines[:-1], initial=lineno), nlines, before
+    return columns, accumulate(nlines[:-1], initial=lineno), nlines, before, total
 
 
 # ---------------------------------------------------------------- compressing
