@@ -32,7 +32,7 @@ from kzbridge.wire.frames import (
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom, Pid
 
-from .peers.hostile import HostilePeer, recv_exact
+from .peers.hostile import HostilePeer, recv_exact, send_in_pieces
 
 COOKIE = "hostile-cookie"
 LIMIT = 100 << 20  # well above a few in-place buffers, far below the gigabyte announced
@@ -130,10 +130,7 @@ def test_a_slow_honest_big_frame_still_arrives_whole(hostile):
         msg = parse_message(recv_exact(conn, n))
         caller, ref = msg.payload[1]
         frame = build_message((OP_SEND, UNUSED, caller), (ref, b"x" * (20 << 20)))
-        for i in range(0, len(frame), 1 << 20):
-            conn.sendall(frame[i : i + (1 << 20)])
-            time.sleep(0.01)
-        time.sleep(0.5)
+        send_in_pieces(conn, frame)
 
     peer = hostile(send_big)
 

@@ -40,7 +40,7 @@ from kzbridge.wire.session import RpcReply, Session
 from kzbridge.wire.terms import Atom, ErlString, Pid, Reference
 
 from .conftest import poll_until_async
-from .peers.hostile import FLAGS, HostilePeer, recv_exact
+from .peers.hostile import FLAGS, HostilePeer, recv_exact, send_in_pieces
 from .test_session import MODES, feed, peer_pid, sent, session, unframe
 
 A_BADRPC = Atom("badrpc")
@@ -409,10 +409,7 @@ def test_a_big_result_comes_whole_through_the_spawn_path(fake_peer):
         frame = build_message((OP_SPAWN_REPLY, ref, caller, 2, child)) + build_message(
             (OP_PAYLOAD_MONITOR_P_EXIT, child, caller, ref), (ref, Atom("return"), b"x" * (20 << 20))
         )
-        for i in range(0, len(frame), 1 << 20):
-            conn.sendall(frame[i : i + (1 << 20)])
-            time.sleep(0.01)
-        time.sleep(0.5)
+        send_in_pieces(conn, frame)
 
     peer = fake_peer(spawner)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from kzbridge.wire.handshake import OUR_FLAGS, digest
@@ -25,6 +26,15 @@ def recv_exact(conn: socket.socket, n: int) -> bytes:
             raise ConnectionError("client closed during the handshake")
         data += chunk
     return data
+
+
+def send_in_pieces(conn: socket.socket, data: bytes, piece: int = 1 << 20) -> None:
+    """``data`` a piece at a time with a pause between (the receiver sees a big frame arrive in parts),
+    then a pause for the receiver to answer before the peer closes."""
+    for i in range(0, len(data), piece):
+        conn.sendall(data[i : i + piece])
+        time.sleep(0.01)
+    time.sleep(0.5)
 
 
 def recv_handshake_message(conn: socket.socket) -> bytes:
