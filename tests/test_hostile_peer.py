@@ -8,7 +8,6 @@ ends with one ConnectionLostError or ProtocolError line, never a MemoryError.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 import struct
 import time
@@ -32,7 +31,7 @@ from kzbridge.wire.frames import (
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom, Pid
 
-from .peers.hostile import HostilePeer, recv_exact, send_in_pieces
+from .peers.hostile import HostilePeer, peers_made, recv_exact, send_in_pieces
 
 COOKIE = "hostile-cookie"
 LIMIT = 100 << 20  # well above a few in-place buffers, far below the gigabyte announced
@@ -50,16 +49,8 @@ def announce(length: int, then: bytes = b"p\x83h\x00", linger: float = 1.0) -> C
 
 @pytest.fixture
 def hostile(private_epmd: int) -> Iterator[Callable[..., HostilePeer]]:
-    peers: list[HostilePeer] = []
-
-    def make(after: Callable[[socket.socket], None], with_ack: bytes = b"") -> HostilePeer:
-        peers.append(HostilePeer(private_epmd, COOKIE, after, name=f"hostile{secrets.token_hex(4)}", with_ack=with_ack))
-        return peers[-1]
-
-    yield make
-    for p in peers:
-        p.close()
-        assert p.error is None, p.error
+    with peers_made(private_epmd, COOKIE, "hostile") as make:
+        yield make
 
 
 def peak_during(fn: Callable[[], object]) -> tuple[int, object]:

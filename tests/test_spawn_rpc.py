@@ -10,7 +10,6 @@ lose the connection the same way. The live tests run against real OTP nodes (erl
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 import struct
 import time
@@ -40,7 +39,7 @@ from kzbridge.wire.session import RpcReply, Session
 from kzbridge.wire.terms import Atom, ErlString, Pid, Reference
 
 from .conftest import poll_until_async
-from .peers.hostile import FLAGS, HostilePeer, recv_exact, send_in_pieces
+from .peers.hostile import FLAGS, HostilePeer, peers_made, recv_exact, send_in_pieces
 from .test_session import MODES, feed, peer_pid, sent, session, unframe
 
 A_BADRPC = Atom("badrpc")
@@ -306,16 +305,8 @@ COOKIE = "spawn-cookie"
 
 @pytest.fixture
 def fake_peer(private_epmd: int) -> Iterator[Callable[..., HostilePeer]]:
-    peers: list[HostilePeer] = []
-
-    def make(after: Callable[[socket.socket], None], flags: int = FLAGS) -> HostilePeer:
-        peers.append(HostilePeer(private_epmd, COOKIE, after, name=f"fake{secrets.token_hex(4)}", flags=flags))
-        return peers[-1]
-
-    yield make
-    for p in peers:
-        p.close()
-        assert p.error is None, p.error
+    with peers_made(private_epmd, COOKIE, "fake") as make:
+        yield make
 
 
 def read_message(conn: socket.socket) -> Any:

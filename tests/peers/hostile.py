@@ -7,11 +7,14 @@ checks our digest, acks with its own), then runs ``after_handshake(conn)``.
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from kzbridge.wire.handshake import OUR_FLAGS, digest
 
@@ -101,3 +104,19 @@ class HostilePeer:
         self.epmd.close()
         self.server.close()
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def peers_made(epmd_port: int, cookie: str, prefix: str) -> Iterator[Callable[..., HostilePeer]]:
+    """A maker of peers (``make(after_handshake, **HostilePeer options)``), each named PREFIX + random;
+    on leaving, each is closed and must have seen no error on its side."""
+    made: list[HostilePeer] = []
+
+    def make(after: Callable[[socket.socket], None], **options: Any) -> HostilePeer:
+        made.append(HostilePeer(epmd_port, cookie, after, name=f"{prefix}{secrets.token_hex(4)}", **options))
+        return made[-1]
+
+    yield make
+    for peer in made:
+        peer.close()
+        assert peer.error is None, peer.error
