@@ -283,6 +283,11 @@ class NodeBusyError(KazooError):
     """The node's lager sink is overloaded already (synchronous): starting a trace now would add to it."""
 
 
+class ReportWorkerError(KzBridgeError):
+    """A worker process of ``kzbridge report``/``summary`` ended before its work was done, or answered
+    what is not a result (killed, out of memory)."""
+
+
 class SandboxError(KzBridgeError):
     """The local fixture node could not be compiled, started or stopped."""
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from kzbridge.errors import KazooError
-from kzbridge.kazoo import logparse, report, report_html
+from kzbridge.errors import KazooError, ReportWorkerError
+from kzbridge.kazoo import logparse, report, report_html, report_work
 from kzbridge.kazoo.clock import ClockCorrection, NodeClock, Timeline
 from kzbridge.kazoo.merge import MergeSource
 
@@ -196,22 +196,34 @@ def test_fast_path_and_fallback_agree_on_one_chunk(tmp_path: Path) -> None:
     assert eb == shifted
 
 
-def test_a_worker_that_dies_or_a_file_that_goes_is_a_one_line_error(tmp_path: Path) -> None:
+def test_a_worker_that_dies_mid_way_or_a_file_that_goes_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rnd = random.Random(5)
     path = tmp_path / "n@h.log"
-    path.write_bytes(_file(rnd, 36000.0, 400))
+    path.write_bytes(_file(rnd, 36000.0, 30000))  # about 2.5 MB: results fill the pipe, the worker waits
     source = MergeSource("n@h", path, _correction(rnd))
+    monkeypatch.setattr(report, "_RANGE", 64 << 10)
     with report.ModelReader([source], workers=1) as reader:
+        results = reader._results()
+        next(results)  # the first range's result came: the worker is at work
         proc = reader._workers[0]
         proc.kill()
-        proc.wait()
-        with pytest.raises(KazooError, match=r"report worker .* ended early \(exit status -9\)"):
-            reader.model()
+        with pytest.raises(ReportWorkerError, match=r"ended before its work was done \(exit status -9\)"):
+            list(results)
     assert proc.stdout is not None and proc.stdout.closed  # ended and its pipes closed
-    with report.ModelReader([source], workers=1) as reader:
-        path.unlink()  # after the ranges were cut: the worker cannot open it
-        with pytest.raises(KazooError, match=r"cannot read .*n@h\.log: No such file or directory"):
-            reader.model()
+    start = report_work.start
+
+    def start_after_removing(tasks: Any) -> Any:  # the ranges were cut, then the file went
+        path.unlink(missing_ok=True)
+        return start(tasks)
+
+    monkeypatch.setattr(report_work, "start", start_after_removing)
+    with (
+        report.ModelReader([source], workers=1) as reader,
+        pytest.raises(KazooError, match=r"cannot read .*n@h\.log: No such file or directory"),
+    ):
+        reader.model()
 
 
 def test_the_report_is_the_same_whether_workers_or_this_process_make_it(

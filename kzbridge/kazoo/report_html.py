@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import os
 import tempfile
 import zlib
 from array import array
@@ -31,7 +33,7 @@ from operator import sub
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import KazooError
+from ..errors import KazooError, LocalFileError, ReportWorkerError
 from . import report_work
 from .report import ModelReader, ReportModel, native_little_endian
 from .report_work import CompressTask, compress_files
@@ -135,20 +137,31 @@ def write_html(model: ReportModel | ModelReader, out: IO[bytes], title: str | No
 def _compress_by_worker(reader: ModelReader, paths: list[str], out: IO[bytes]) -> ReportModel | None:
     """The texts' JSON strings, the files compressed by one more worker while the reader's workers
     parse them; the model. None if no worker could be started (nothing written then)."""
-    with tempfile.TemporaryFile() as spool:
+    try:
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    except OSError:
+        return None
+    with spool:
         try:
-            proc = report_work.start([CompressTask(paths, spool.fileno())])
+            # Passed at 3 or above: were kzbridge's stdin or stdout closed, the file could get
+            # descriptor 0 or 1, which the worker's own stdin and stdout would replace.
+            fd = fcntl.fcntl(spool.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+            try:
+                proc = report_work.start([CompressTask(paths, fd)])
+            finally:
+                os.close(fd)
         except OSError:
             return None
         try:
             model = reader.model()
-            sizes = report_work.receive(proc)
+            done = report_work.receive(proc)
         finally:
             report_work.end(proc)
-        if isinstance(sizes, str):
-            raise KazooError(sizes)
+        if not isinstance(done, list):
+            kind, why = done
+            raise LocalFileError(why) if kind == "write" else KazooError(why)
         spool.seek(0)
-        for i, size in enumerate(sizes):
+        for i, size in enumerate(done):
             out.write(b',"' if i else b'"')
             _copy(spool, out, size)
             out.write(b'"')
@@ -159,9 +172,10 @@ def _compress(paths: list[str], out: IO[bytes]) -> None:
     """The texts' JSON strings, each file compressed here."""
     for i, path in enumerate(paths):
         out.write(b',"' if i else b'"')
-        failure = compress_files([path], out)  # type: ignore[arg-type]
-        if isinstance(failure, str):
-            raise KazooError(failure)
+        failed = compress_files([path], out)  # type: ignore[arg-type]
+        if not isinstance(failed, list):
+            kind, why = failed
+            raise LocalFileError(why) if kind == "write" else KazooError(why)
         out.write(b'"')
 
 
@@ -169,7 +183,7 @@ def _copy(source: IO[bytes], out: IO[bytes], size: int) -> None:
     while size:
         block = source.read(min(size, 1 << 20))
         if not block:
-            raise KazooError("a report worker's compressed text was cut short")
+            raise ReportWorkerError("a report worker's compressed text was cut short")
         out.write(block)
         size -= len(block)
 

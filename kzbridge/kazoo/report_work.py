@@ -42,7 +42,7 @@ from operator import add
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from ..errors import KazooError
+from ..errors import ReportWorkerError
 
 # logparse._HEADER, on bytes, capturing only what the model keeps: time, severity, "callid|module"
 # (one capture, one table: fewer objects per record; report.py splits the table's few values), pid.
@@ -126,6 +126,8 @@ def _parse(task: RangeTask) -> RangeColumns:
     with open(task.path, "rb") as fh:
         fh.seek(task.start)
         while True:
+            if parent_gone():
+                raise SystemExit(1)
             block = fh.read(min(task.chunk, left)) if left > 0 else b""
             left -= len(block)
             if not block:
@@ -215,47 +217,65 @@ class CompressTask(NamedTuple):
     fd: int  # where to write: an open file of the caller's, passed to the worker
 
 
-def compress_files(paths: list[str], out: BinaryIO) -> list[int] | str:
+def compress_files(paths: list[str], out: BinaryIO) -> list[int] | tuple[str, str]:
     """Each file's bytes, zlib-compressed and base64, one after another into ``out`` (memory: one chunk);
-    returns how many bytes each took, or why a file could not be read."""
+    returns how many bytes each took, or what failed: ("read", why) or ("write", why)."""
     sizes = []
     for path in paths:
         z = zlib.compressobj(LEVEL)
         pending = b""
         written = 0
         try:
-            with open(path, "rb") as fh:
-                while block := fh.read(TEXT_CHUNK):
-                    pending += z.compress(block)
-                    cut = len(pending) - len(pending) % 3
-                    text = base64.b64encode(pending[:cut])
-                    out.write(text)
-                    written += len(text)
-                    pending = pending[cut:]
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
-            return f"cannot read {path}: {exc.strerror or exc}"
-        text = base64.b64encode(pending + z.flush())
-        out.write(text)
-        sizes.append(written + len(text))
+            return "read", f"cannot read {path}: {exc.strerror or exc}"
+        with fh:
+            while True:
+                if parent_gone():
+                    raise SystemExit(1)
+                try:
+                    block = fh.read(TEXT_CHUNK)
+                except OSError as exc:
+                    return "read", f"cannot read {path}: {exc.strerror or exc}"
+                last = not block
+                pending += z.flush() if last else z.compress(block)
+                cut = len(pending) if last else len(pending) - len(pending) % 3
+                text = base64.b64encode(pending[:cut])
+                pending = pending[cut:]
+                try:
+                    out.write(text)
+                except OSError as exc:
+                    return "write", f"cannot write the report's compressed text: {exc.strerror or exc}"
+                written += len(text)
+                if last:
+                    break
+        sizes.append(written)
     return sizes
 
 
 # ---------------------------------------------------------------- workers
 
 
+# The worker's start: isolated (-I: no current directory, no PYTHON* variables, no user site on its
+# path, so nothing in the directory kzbridge runs from is imported), then this very kzbridge.
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from kzbridge.kazoo.report_work import main; main(int(sys.argv[2]))"
+)
+# A result longer than this is not one (a range of 8 MB gives a few MB).
+_MAX_RESULT = 1 << 32
+
+
 def start(tasks: Sequence[RangeTask | CompressTask]) -> subprocess.Popen[bytes]:
     """A worker process, its tasks already sent (one marshal object: it reads them all before writing,
     so a long list cannot fill both pipes at once). Its own session: a Ctrl-C reaches only the
-    caller, who ends it (``end``)."""
+    caller, who ends it (``end``); if the caller dies without ending it (SIGKILL), the worker sees
+    its parent change before its next chunk and exits."""
     root = str(Path(__file__).resolve().parent.parent.parent)  # where kzbridge is imported from
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kzbridge.kazoo.report_work"],
+        [sys.executable, "-I", "-c", _BOOT, root, str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env=env,
         start_new_session=True,
         pass_fds=[t.fd for t in tasks if isinstance(t, CompressTask)],
     )
@@ -269,16 +289,25 @@ def start(tasks: Sequence[RangeTask | CompressTask]) -> subprocess.Popen[bytes]:
 
 
 def receive(proc: subprocess.Popen[bytes]) -> Any:
-    """The worker's next result (KazooError if it ended before giving it)."""
+    """The worker's next result (ReportWorkerError if it ended before giving it, or sent what is not one)."""
     assert proc.stdout is not None
     try:
         head = proc.stdout.read(8)
-        body = proc.stdout.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
-        return marshal.loads(body)  # (marshal.load on the pipe reads it in many small pieces: slow)
-    except (EOFError, ValueError, TypeError) as exc:
-        raise KazooError(
-            f"a report worker (python -m kzbridge.kazoo.report_work) ended early (exit status {proc.poll()})"
-        ) from exc
+        size = int.from_bytes(head, "little")
+        if len(head) == 8 and size <= _MAX_RESULT:
+            body = proc.stdout.read(size)
+            if len(body) == size:
+                return marshal.loads(body)  # (marshal.load on the pipe reads it in many small pieces: slow)
+    except (EOFError, ValueError, TypeError, OverflowError, MemoryError):
+        pass
+    try:
+        status: int | None = proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        status = None
+    raise ReportWorkerError(
+        "a report worker process ended before its work was done"
+        + (f" (exit status {status})" if status is not None else " (it sent what is not a result)")
+    )
 
 
 def end(proc: subprocess.Popen[bytes]) -> None:
@@ -290,14 +319,33 @@ def end(proc: subprocess.Popen[bytes]) -> None:
             pipe.close()
 
 
+_parent: int | None = None  # in a worker: the process that started it
+
+
+def parent_gone() -> bool:
+    """In a worker: whether the process that started it has ended (then nobody reads its results)."""
+    return _parent is not None and os.getppid() != _parent
+
+
+def main(parent: int) -> None:
+    """A worker's life (see ``start``): ``parent`` is the process that started it."""
+    global _parent
+    _parent = parent
+    serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """A worker: its tasks, one list (marshal) read from stdin first, then each one's result written in
     order (its length in 8 bytes, little-endian, then marshal)."""
     for kind, *fields in marshal.load(stdin):
         if kind == "CompressTask":
             task = CompressTask(*fields)
-            with os.fdopen(task.fd, "wb") as out:
-                result: Any = compress_files(task.paths, out)
+            out = os.fdopen(task.fd, "wb")
+            result: Any = compress_files(task.paths, out)
+            try:
+                out.close()
+            except OSError as exc:
+                result = "write", f"cannot write the report's compressed text: {exc.strerror or exc}"
         else:
             result = tuple(parse_range(RangeTask(*fields)))
         data = marshal.dumps(result)
@@ -306,4 +354,4 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    main(os.getppid())
