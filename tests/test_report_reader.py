@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import marshal
+import os
 import random
 import re
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -254,11 +260,108 @@ def test_the_report_is_the_same_whether_workers_or_this_process_make_it(
 def test_summary_gives_the_same_numbers_with_any_number_of_jobs(tmp_path: Path) -> None:
     rnd = random.Random(11)
     path = tmp_path / "n@h.log"
-    path.write_bytes(_file(rnd, 36000.0, 3000))
+    piece = _file(rnd, 36000.0, 30000)
+    path.write_bytes((piece if piece.endswith(b"\n") else piece + b"\n") * 8)  # about 20 MB: three ranges
     runs = [kzb("summary", str(path), "--json", "--jobs", jobs) for jobs in ("0", "1", "3")]
     for run in runs:
         assert run.returncode == 0, run.stderr
     assert runs[0].stdout == runs[1].stdout == runs[2].stdout
-    assert json.loads(runs[0].stdout)["events"] > 2000
+    assert json.loads(runs[0].stdout)["events"] > 100_000
     bad = kzb("summary", str(path), "--jobs", "-1")
     assert bad.returncode == 2 and "--jobs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _gone(pids: set[int], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "report_work" in _cmdline(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_report_stopped_by_a_signal_leaves_no_worker_running(tmp_path: Path, sig: int) -> None:
+    """Ctrl-C, SIGTERM and a closed terminal: one line, exit 130, the workers ended, no file left; SIGKILL
+    (nothing can clean up): the workers notice their parent is gone and end by themselves."""
+    rnd = random.Random(3)
+    piece = _file(rnd, 36000.0, 30000, bursts=True)
+    path = tmp_path / "n@h.log"
+    path.write_bytes((piece if piece.endswith(b"\n") else piece + b"\n") * 24)  # about 60 MB
+    out = tmp_path / "r.html"
+    cmd = [sys.executable, "-m", "kzbridge", "report", str(path), "--jobs", "2", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 20
+    while len(workers) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        workers = {p for p in _children(proc.pid) if "report_work" in _cmdline(p)}
+        time.sleep(0.02)
+    assert len(workers) == 3, "two parsing workers and one compressing were to be running"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert _gone(workers, within=5), "a report worker outlived kzbridge"
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        return
+    assert proc.returncode == 130, err
+    assert err.strip() in ("kzbridge: interrupted", "kzbridge: terminated"), err
+    assert not out.exists() and not list(tmp_path.glob("r.html*")), list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("parent_alive", [True, False])
+def test_a_worker_whose_parent_is_gone_stops_before_its_next_chunk(tmp_path: Path, parent_alive: bool) -> None:
+    """A worker is told who started it; when that is no longer its parent (kzbridge was killed), it ends
+    before reading further, however much work is left, and writes nothing."""
+    path = tmp_path / "n@h.log"
+    path.write_bytes(_file(random.Random(4), 36000.0, 30000) + b"\n")
+    root = str(Path(report_work.__file__).resolve().parents[2])
+    parent = os.getpid() if parent_alive else 1  # 1: not its parent, as after kzbridge's death
+    with tempfile.TemporaryFile() as spool:
+        fd = spool.fileno()
+        tasks = [("CompressTask", [str(path)], fd), ("RangeTask", str(path), 0, path.stat().st_size, 4 << 20)]
+        worker = subprocess.Popen(
+            [sys.executable, "-I", "-c", report_work._BOOT, root, str(parent)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=[fd],
+        )
+        out, _ = worker.communicate(marshal.dumps(tasks), timeout=60)
+        written = os.fstat(fd).st_size
+    if parent_alive:
+        assert worker.returncode == 0 and written > 1000 and len(out) > 100_000
+    else:
+        assert worker.returncode == 1 and written == 0 and out == b""
+
+
+def test_report_with_stdin_and_stdout_closed(tmp_path: Path) -> None:
+    """The compress worker's file is not given descriptor 0 or 1 when kzbridge's own are closed."""
+    path = tmp_path / "n@h.log"
+    path.write_bytes(_file(random.Random(12), 36000.0, 3000))
+    out = tmp_path / "r.html"
+    cmd = f"exec {sys.executable} -m kzbridge report {path} --jobs 1 -o {out} <&- >&-"
+    run = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    page = out.read_bytes()
+    assert b'{"texts":["' in page and page.rstrip().endswith(b"</html>")
+    with report.ModelReader(report.sources_for([path]), workers=0) as reader:
+        here, _ = report_html.write_report(reader, tmp_path / "here.html")
+    assert re.sub(rb'"generated":"[^"]*"', b"", page) == re.sub(rb'"generated":"[^"]*"', b"", here.read_bytes())

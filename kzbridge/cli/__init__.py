@@ -4,7 +4,7 @@ Every failure ends as one line on stderr and a documented exit code:
   0 ok   1 other error (a local file could not be written: disk full, cache full)
   2 bad usage or filter   3 cannot connect / connection lost
   4 remote call failed   5 timeout   6 node lacks what we need (tracing, ref, file)
-  7 sandbox problem   130 interrupted (Ctrl-C) or terminated (SIGTERM) before the trace could be collected
+  7 sandbox problem   130 interrupted (Ctrl-C) or terminated (SIGTERM, SIGHUP) before the trace could be collected
 `kzbridge sup` uses sup's own codes instead (see its --help).
 
 Commands live in modules by family (node_cmds, trace_cmds, detached_cmds,
@@ -163,6 +163,8 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)  # a silent exit -15 would name no partial file
+            if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # a closed terminal, as SIGTERM (not under nohup)
+                signal.signal(signal.SIGHUP, _on_sigterm)
         try:
             return super().invoke(ctx)
         except KzBridgeError as exc:
