@@ -10,6 +10,7 @@ lose the connection the same way. The live tests run against real OTP nodes (erl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import struct
 import time
@@ -18,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from kzbridge.errors import BadRpcError, ConnectionLostError, RpcTimeoutError
+from kzbridge.errors import BadRpcError, ConnectionLostError, RpcTimeoutError, UsageError
 from kzbridge.wire.blocking import BlockingNode
+from kzbridge.wire.codec import EncodeError
 from kzbridge.wire.erpc import A_ERPC, A_EXECUTE_CALL, A_MONITOR, call_value
 from kzbridge.wire.frames import (
     OP_MONITOR_P_EXIT,
@@ -70,7 +72,7 @@ def test_a_peer_with_the_spawn_flag_can_get_a_spawn_request_of_erpc_execute_call
 def test_a_peer_without_it_gets_only_the_gen_call_to_rex():
     old = session(OUR_FLAGS & ~DFLAG_SPAWN)
     assert (old.spawn_capable, old.rpc_via) == (False, "rex")
-    with pytest.raises(ValueError, match="takes rex"):
+    with pytest.raises(UsageError, match="takes rex"):
         old.rpc_via = "spawn"
     _, _, _, frame = old.start_call(Atom("erlang"), Atom("node"), [])
     assert unframe(frame).control == (OP_REG_SEND, old.caller, UNUSED, A_REX)
@@ -414,3 +416,23 @@ def test_a_big_result_comes_whole_through_the_spawn_path(fake_peer):
 
     value = asyncio.run(body())
     assert type(value) is bytes and len(value) == 20 << 20
+
+
+@pytest.mark.parametrize("via", ["rex", "spawn"])
+def test_a_call_whose_arguments_cannot_be_encoded_leaves_nothing_behind(via: str) -> None:
+    s = spawning()
+    s.rpc_via = via
+    before = (dict(s.group_leaders), set(s._spawned), s.rex_calls, s.spawn_calls)
+    with pytest.raises(EncodeError):
+        s.start_call(Atom("erlang"), Atom("node"), [object()])
+    assert (dict(s.group_leaders), set(s._spawned), s.rex_calls, s.spawn_calls) == before
+
+
+def test_pid_numbers_that_come_round_skip_the_pids_still_in_use() -> None:
+    s = spawning()
+    _, live_gl, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    mailbox = s.open_mailbox()
+    s._pid_ids = itertools.count(1 << 28)  # 2^28 pids later: the numbers start again from 0
+    given = [s.new_pid() for _ in range(10)]
+    assert s.caller not in given and live_gl not in given and mailbox not in given
+    assert len(set(given)) == 10

@@ -400,7 +400,7 @@ class Session:
     @rpc_via.setter
     def rpc_via(self, via: str) -> None:
         if via not in ("rex", "spawn") or (via == "spawn" and not self.spawn_capable):
-            raise ValueError(
+            raise UsageError(
                 f"rpc via {via!r}: {self.peer_name} takes {'rex or spawn' if self.spawn_capable else 'rex'}"
             )
         self._rpc_via = via
@@ -410,8 +410,11 @@ class Session:
         # 15 bits of ID and 13 of Serial, as a node numbers its pids (the old pid format holds
         # no more): one group leader per call, so 15 bits alone would come round again within
         # GROUP_LEADER_GRACE at 6500 calls/s, and a retired leader would take a live one's place.
-        n = next(self._pid_ids)
-        return Pid(self._atom, n & 0x7FFF, (n >> 15) & 0x1FFF, self.creation, old=not self.big_creation)
+        while True:
+            n = next(self._pid_ids)
+            pid = Pid(self._atom, n & 0x7FFF, (n >> 15) & 0x1FFF, self.creation, old=not self.big_creation)
+            if not n >> 28 or not self.is_live(pid):  # once the numbers come round, skip those in use
+                return pid
 
     def make_ref(self) -> Reference:
         n = next(self._ref_ids)
@@ -481,14 +484,17 @@ class Session:
         collects what the call prints through it, and the frame to send (``rpc_via``'s way)."""
         ref = self.make_ref()
         gl = self.new_pid()
+        # The frame first: arguments that cannot be encoded leave nothing of the call behind.
+        spawn = self.rpc_via == "spawn"
+        frame = (self.spawn_frame if spawn else self.rpc_frame)(module, function, args, gl, ref)
         output: list[str] = []
         self.group_leaders[gl] = output
-        if self.rpc_via == "spawn":
+        if spawn:
             self._spawned.add(ref)
             self.spawn_calls += 1
-            return ref, gl, output, self.spawn_frame(module, function, args, gl, ref)
-        self.rex_calls += 1
-        return ref, gl, output, self.rpc_frame(module, function, args, gl, ref)
+        else:
+            self.rex_calls += 1
+        return ref, gl, output, frame
 
     def end_call(self, ref: Reference, gl: Pid, now: float) -> None:
         """Call ``ref`` is over (answered, timed out or abandoned): a late answer is dropped, and
