@@ -293,7 +293,14 @@ def _gone(workers_of: int, within: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def _default_signals() -> None:
+    """As in a terminal: a suite run under nohup or from a background job has SIGHUP or SIGINT ignored,
+    and kzbridge (rightly) keeps them ignored then."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_report_stopped_by_a_signal_leaves_no_worker_running(tmp_path: Path, sig: int) -> None:
     """Ctrl-C, SIGTERM and a closed terminal: one line, exit 130, the workers ended, no file left; SIGKILL
     (nothing can clean up): the workers notice their parent is gone and end by themselves. The signal
@@ -307,7 +314,9 @@ def test_a_report_stopped_by_a_signal_leaves_no_worker_running(tmp_path: Path, s
     for copies in (24, 48, 96):  # about 60, 120, 240 MB
         path.write_bytes(piece * copies)
         cmd = [sys.executable, "-m", "kzbridge", "report", str(path), "--jobs", "2", "-o", str(out)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals
+        )
         deadline = time.monotonic() + 20
         while not _workers_of(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.01)
