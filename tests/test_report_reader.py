@@ -374,3 +374,15 @@ def test_report_with_stdin_and_stdout_closed(tmp_path: Path) -> None:
     with report.ModelReader(report.sources_for([path]), workers=0) as reader:
         here, _ = report_html.write_report(reader, tmp_path / "here.html")
     assert re.sub(rb'"generated":"[^"]*"', b"", page) == re.sub(rb'"generated":"[^"]*"', b"", here.read_bytes())
+
+
+def test_compressing_into_a_full_disk_says_write_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "n@h.log"
+    path.write_bytes(_file(random.Random(13), 36000.0, 400))
+    with open("/dev/full", "wb", buffering=0) as full:  # every write: ENOSPC
+        assert report_work.compress_files([str(path)], full) == (
+            "write",
+            "cannot write the report's compressed text: No space left on device",
+        )
+    with open(tmp_path / "out", "wb") as out:
+        assert report_work.compress_files([str(tmp_path / "gone.log")], out)[0] == "read"

@@ -31,7 +31,7 @@ from importlib import resources
 from itertools import repeat
 from operator import sub
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from ..errors import KazooError, LocalFileError, ReportWorkerError
 from . import report_work
@@ -158,8 +158,7 @@ def _compress_by_worker(reader: ModelReader, paths: list[str], out: IO[bytes]) -
         finally:
             report_work.end(proc)
         if not isinstance(done, list):
-            kind, why = done
-            raise LocalFileError(why) if kind == "write" else KazooError(why)
+            _raise_failure(done)
         spool.seek(0)
         for i, size in enumerate(done):
             out.write(b',"' if i else b'"')
@@ -174,9 +173,14 @@ def _compress(paths: list[str], out: IO[bytes]) -> None:
         out.write(b',"' if i else b'"')
         failed = compress_files([path], out)  # type: ignore[arg-type]
         if not isinstance(failed, list):
-            kind, why = failed
-            raise LocalFileError(why) if kind == "write" else KazooError(why)
+            _raise_failure(failed)
         out.write(b'"')
+
+
+def _raise_failure(failure: tuple[str, str]) -> NoReturn:
+    """compress_files' failure as kzbridge's error: a trace not read (exit 6), a file not written (exit 1)."""
+    kind, why = failure
+    raise LocalFileError(why) if kind == "write" else KazooError(why)
 
 
 def _copy(source: IO[bytes], out: IO[bytes], size: int) -> None:
