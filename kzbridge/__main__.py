@@ -12,8 +12,29 @@ from __future__ import annotations
 import sys
 
 
+def _deliver_again(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C (or SIGTERM) that CPython swallowed is delivered again, 10 ms later.
+
+    Python raises KeyboardInterrupt wherever the main thread is; inside a weakref callback or a
+    ``__del__`` (importlib runs one as each module's lock is freed, so during every import) the
+    interpreter can only print it as "Exception ignored in" and go on, and the command would run
+    to its end as if no Ctrl-C had come. Sent again from a timer thread, the signal lands in
+    ordinary code (or, rarely, in another callback, and comes here again).
+    """
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    import os
+    import signal
+    import threading
+
+    again = signal.SIGTERM if type(unraisable.exc_value).__name__ == "Terminated" else signal.SIGINT
+    threading.Timer(0.01, os.kill, (os.getpid(), again)).start()
+
+
 def run() -> None:
     code: object = 0
+    sys.unraisablehook = _deliver_again
     try:
         import click
 
