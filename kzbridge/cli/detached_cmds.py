@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from ..kazoo.tracing import Trace, TraceStatus
     from ..wire.node import HiddenNode
 
+    Stopped = list[tuple[Trace, str, dict[str, Any]]]  # a node's stopped traces: each with its local file and result
+
 T = TypeVar("T")
 EXIT_CONNECTION = 3
 EXIT_STILL_THERE = 6
@@ -373,15 +375,19 @@ def stop(
             "with several nodes, give --output DIR (an existing directory) for the NODE-REF.log files",
             setting="local_path",
         )
+    import asyncio
+
     from ..kazoo import journal, localfiles, tracing
     from ..kazoo.governor import detached_stop
     from ..kazoo.session import default_local_path
 
     collecting: dict[str, str] = {}  # node -> the local file being collected (Ctrl-C names what was kept)
 
-    async def body(n: HiddenNode) -> list[dict[str, Any]]:
+    # Every trace is stopped (on every node) before any collection begins: a Ctrl-C during the
+    # collections then leaves nothing running, only .partial files to name.
+    async def stop_each(n: HiddenNode) -> Stopped:
         refs = [ref] if ref else [e.ref for e in journal.active(n.peer_name)]
-        done = []
+        stopped = []
         for r in refs:
             local = ""
             if not no_collect:  # the output is checked before the trace is touched
@@ -397,23 +403,45 @@ def stop(
             safety = await detached_stop(n, trace.remote_path, ref=r, timeout=timeout)
             if safety is not None:  # the node-side governor had stopped it
                 item.update(safety=safety.to_dict(), governor=safety.describe("--max-rate"))
-            if not no_collect:
-                bar = ProgressBar() if sys.stderr.isatty() and not as_json and not several else None
-                collecting[n.peer_name] = local
-                res = await trace.collect(local, progress=bar.update if bar else None, mode=file_mode)
-                for w in res.warnings:
-                    click.echo(warning_line(f"{n.peer_name}: {w}" if several else w), err=True)
-                if bar is not None:
-                    bar.finish(res.bytes)
-                item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
-            done.append(item)
-        return done
+            stopped.append((trace, local, item))
+        return stopped
+
+    async def collect_each(node: str, stopped: Stopped) -> list[dict[str, Any]]:
+        for trace, local, item in [] if no_collect else stopped:
+            bar = ProgressBar() if sys.stderr.isatty() and not as_json and not several else None
+            collecting[node] = local
+            res = await trace.collect(local, progress=bar.update if bar else None, mode=file_mode)
+            for w in res.warnings:
+                click.echo(warning_line(f"{node}: {w}" if several else w), err=True)
+            if bar is not None:
+                bar.finish(res.bytes)
+            item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
+        return [item for _, _, item in stopped]
+
+    async def one_node(n: HiddenNode) -> list[dict[str, Any]]:
+        return await collect_each(n.peer_name, await stop_each(n))
+
+    results: dict[str, list[dict[str, Any]] | KzBridgeError] = {}
+
+    async def collect_all(stops: dict[str, Stopped | KzBridgeError]) -> None:
+        async def node_done(node: str, stopped: Stopped) -> None:
+            try:
+                results[node] = await collect_each(node, stopped)
+            except KzBridgeError as exc:
+                results[node] = exc
+            _stop_progress(node, results[node])
+
+        for node, stopped in stops.items():
+            if isinstance(stopped, KzBridgeError):
+                results[node] = stopped
+                _stop_progress(node, stopped)
+        await asyncio.gather(*(node_done(n, s) for n, s in stops.items() if not isinstance(s, KzBridgeError)))
 
     with keeps_partial_on_interrupt(lambda: list(collecting.values()), sys.stderr.isatty()):
         if several:
-            results, _ = run_on_nodes(t, body, overall=no_collect, on_done=_stop_progress)
+            run_on_nodes(t, stop_each, overall=no_collect, then=collect_all)
         else:
-            done = t.run(body, overall=no_collect)
+            done = t.run(one_node, overall=no_collect)
     if several:
         _render_stopped(results, as_json)
         return
