@@ -179,6 +179,10 @@ def one_shot(node: str, cookie: str, runs: int = 15, baseline: str | None = None
     erl_call = sorted(glob.glob("/usr/lib/erlang/lib/erl_interface-*/bin/erl_call"))
     if erl_call:
         cmds["erl_call"] = [erl_call[-1], "-n", node, "-c", cookie, "-a", "erlang node"]
+    # Byte-compiled first, as pip does when it installs: with PYTHONDONTWRITEBYTECODE set (as on
+    # these machines) an edited tree would otherwise be compiled again on every start.
+    for tree in {str(ROOT), *cwd.values()}:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "kzbridge")], capture_output=True)
     vals: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(runs):
         for key, cmd in cmds.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 from .errors import UsageError
 
@@ -103,12 +102,14 @@ def parse_size(text: str, setting: str = "max_size", *, name: str | None = None)
     return int(check_number(value * _UNITS[unit], setting, name=name))
 
 
-@dataclass
 class Deadline:
     """The end of an operation on the monotonic clock; ``remaining()`` bounds each step inside it."""
 
-    at: float
-    seconds: float
+    __slots__ = ("at", "seconds")  # a plain class: a dataclass costs a millisecond at every start
+
+    def __init__(self, at: float, seconds: float) -> None:
+        self.at = at
+        self.seconds = seconds
 
     @classmethod
     def after(cls, seconds: float, setting: str = "timeout") -> Deadline:

@@ -23,9 +23,8 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
 from functools import wraps
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import click
 
@@ -271,8 +270,7 @@ _NODES_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class TlsOptions:
+class TlsOptions(NamedTuple):  # not a dataclass: see wire.names.Route
     """The --tls* options as given (None: not given), before the optfile is read."""
 
     enabled: bool = False
@@ -291,8 +289,7 @@ class TlsOptions:
         )
 
 
-@dataclass(frozen=True)
-class ConnectSettings:
+class ConnectSettings(NamedTuple):
     """Where and how the nodes are reached (--address, --epmd-port, --tls*), as the command line gave them.
 
     The options store it in click's context (``ctx.meta``) rather than passing it to each
@@ -374,14 +371,14 @@ def _store_addresses(ctx: click.Context, param: click.Parameter, value: tuple[st
             except UsageError as exc:
                 raise UsageError(f"--address {text!r}: {exc.message}", setting="address") from None
         parse_address(where if sep else text)  # the syntax now; node names when the command runs
-    ctx.meta[_SETTINGS] = replace(connect_settings_of(ctx), addresses=tuple(value or ()))
+    ctx.meta[_SETTINGS] = connect_settings_of(ctx)._replace(addresses=tuple(value or ()))
 
 
 def _store_epmd_port(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     from ..wire.names import check_port
 
     port = check_port(value, "epmd_port") if value is not None else None
-    ctx.meta[_SETTINGS] = replace(connect_settings_of(ctx), epmd_port=port)
+    ctx.meta[_SETTINGS] = connect_settings_of(ctx)._replace(epmd_port=port)
 
 
 def _tls_store(field_name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
@@ -393,7 +390,7 @@ def _tls_store(field_name: str) -> Callable[[click.Context, click.Parameter, Any
         elif isinstance(value, str) and not value.strip():
             value = None  # an empty environment variable is no setting
         current = connect_settings_of(ctx)
-        ctx.meta[_SETTINGS] = replace(current, tls=replace(current.tls, **{field_name: value}))
+        ctx.meta[_SETTINGS] = current._replace(tls=current.tls._replace(**{field_name: value}))
         ctx.meta.pop(_TLS_BUILT, None)
 
     return store

@@ -11,7 +11,6 @@ same protocol object.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -340,7 +339,7 @@ async def open_connection(
     without EPMD, EPMD's port); ``epmd_port`` alone is the older spelling of its EPMD port.
     """
     if epmd_port is not None and (route is None or route.epmd_port is None):
-        route = dataclasses.replace(route or Route(), epmd_port=epmd_port)
+        route = (route or Route())._replace(epmd_port=epmd_port)
     plan = ConnectPlan(node, cookie, timeout=timeout, name_prefix=name_prefix, route=route)
     attempts = plan.attempts() or [await epmd.lookup(plan.name, plan.host, timeout=timeout, port=plan.epmd_port)]
     for i, info in enumerate(attempts):

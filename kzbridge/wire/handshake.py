@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 # CPython's built-in md5: hashlib would load OpenSSL's libcrypto (4 ms of a one-shot
 # command's start) for the handshake's two digests.
@@ -114,8 +113,7 @@ class State(Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class HandshakeResult:
+class HandshakeResult(NamedTuple):
     """What the connection needs from a finished handshake."""
 
     peer_name: str

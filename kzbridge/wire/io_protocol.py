@@ -14,7 +14,6 @@ and returns the reply term. The asyncio node and the blocking node both drive it
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import Any
 
 from .literal import format_term
@@ -30,11 +29,13 @@ A_IO_REQUEST = Atom("io_request")
 A_IO_REPLY = Atom("io_reply")
 
 
-@dataclass
 class ApplyFailed:
     """What a driver sends back when the ("apply", ...) step failed on the node."""
 
-    reason: Any
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: Any) -> None:
+        self.reason = reason
 
 
 def is_io_request(msg: Any) -> bool:

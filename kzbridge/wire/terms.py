@@ -21,7 +21,6 @@ decoder never produces them, so ``Atom('true')`` is what comes back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
 
@@ -82,27 +81,13 @@ class ErlString(str):
         return f"ErlString({str.__repr__(self)})"
 
 
-@dataclass(frozen=True)
-class BitBinary:
-    """A bitstring whose last byte holds only ``bits`` (1..8) significant bits."""
-
-    data: bytes
-    bits: int
-
-
-@dataclass(frozen=True)
-class ImproperList:
-    """``[a, b | Tail]`` where Tail is not a list."""
-
-    items: tuple[Any, ...]
-    tail: Any
-
-
 class _Ident:
-    """Base of Pid/Port/Reference: immutable, hashable, equal by identity fields only.
+    """Base of the term types Python lacks (pids, ports, refs, funs...): immutable, hashable,
+    equal by their identity fields (``_k``; a pid's wire form is not one).
 
     Plain __slots__ classes rather than frozen dataclasses: the decoder builds one
-    per message and a frozen dataclass costs a microsecond more each time. The
+    per message and a frozen dataclass costs a microsecond more each time (and about
+    a millisecond to define, at every start of a one-shot command). The
     identity tuple is built once (``_k``): pids and refs key the node's tables and
     are hashed several times per rpc. The attributes are declared in each class body
     (annotations only, beside ``__slots__``) so type checkers see them; they are set
@@ -247,19 +232,55 @@ class PidLiteral(_Ident):
         return f"PidLiteral({str(self)!r})"
 
 
-@dataclass(frozen=True)
-class Export:
+class BitBinary(_Ident):
+    """A bitstring whose last byte holds only ``bits`` (1..8) significant bits."""
+
+    __slots__ = ("bits", "data")
+    _fields = ("data", "bits")
+    data: bytes
+    bits: int
+
+    def __init__(self, data: bytes, bits: int) -> None:
+        _set(self, "data", data)
+        _set(self, "bits", bits)
+        _set(self, "_k", (data, bits))
+
+
+class ImproperList(_Ident):
+    """``[a, b | Tail]`` where Tail is not a list."""
+
+    __slots__ = ("items", "tail")
+    _fields = ("items", "tail")
+    items: tuple[Any, ...]
+    tail: Any
+
+    def __init__(self, items: tuple[Any, ...], tail: Any) -> None:
+        _set(self, "items", items)
+        _set(self, "tail", tail)
+        _set(self, "_k", (items, tail))
+
+
+class Export(_Ident):
     """``fun Module:Function/Arity``."""
 
+    __slots__ = ("arity", "function", "module")
+    _fields = ("module", "function", "arity")
     module: Atom
     function: Atom
     arity: int
 
+    def __init__(self, module: Atom, function: Atom, arity: int) -> None:
+        _set(self, "module", module)
+        _set(self, "function", function)
+        _set(self, "arity", arity)
+        _set(self, "_k", (module, function, arity))
 
-@dataclass(frozen=True)
-class Fun:
+
+class Fun(_Ident):
     """A local fun as sent by a node. Kept whole so it re-encodes byte-exactly; never callable here."""
 
+    __slots__ = ("arity", "free_vars", "index", "module", "old_index", "old_uniq", "pid", "uniq")
+    _fields = ("arity", "uniq", "index", "module", "old_index", "old_uniq", "pid", "free_vars")
     arity: int
     uniq: bytes
     index: int
@@ -268,6 +289,22 @@ class Fun:
     old_uniq: int
     pid: Pid
     free_vars: tuple[Any, ...]
+
+    def __init__(
+        self,
+        arity: int,
+        uniq: bytes,
+        index: int,
+        module: Atom,
+        old_index: int,
+        old_uniq: int,
+        pid: Pid,
+        free_vars: tuple[Any, ...],
+    ) -> None:
+        values = (arity, uniq, index, module, old_index, old_uniq, pid, free_vars)
+        for name, value in zip(self._fields, values, strict=True):
+            _set(self, name, value)
+        _set(self, "_k", values)
 
 
 class Encoded:
