@@ -17,7 +17,6 @@ turns a setting into this face's option name (``OPTION_OF``).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -611,6 +610,8 @@ def run_with_node(
 
 
 def emit_json(value: Any) -> None:
+    import json  # here: a one-shot command without --json does not load it
+
     click.echo(json.dumps(value, ensure_ascii=False, default=str))
 
 

@@ -7,7 +7,6 @@ No asyncio and no tracing layer at import time.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -96,6 +95,8 @@ def record_line(rec: LogRecord, as_json: bool, raw: bool = False) -> str:
     indented, so a newline in a message cannot start a forged record on screen.
     """
     if as_json:
+        import json  # here: one-shot commands load this module, and most never print JSON
+
         return json.dumps(rec.to_dict(), ensure_ascii=False)
     who = f"{rec.module or '?'}:{rec.function or '?'}"
     callid = f" [{rec.callid}]" if rec.callid and rec.callid != "0000000000" else ""

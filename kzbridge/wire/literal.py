@@ -7,7 +7,6 @@ can make them real pids); refs, ports and funs print but do not parse.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -447,6 +446,16 @@ def format_term(value: Any) -> str:
     return repr(value)
 
 
+def _json_key(key: Any) -> str:
+    """A map key as a JSON object key: its JSON form, itself written as JSON text unless already a string."""
+    value = to_json(key)
+    if isinstance(value, str):
+        return value
+    import json  # here: the one-shot commands load this module, and few maps have keys that are not text
+
+    return json.dumps(value)
+
+
 def to_json(value: Any) -> Any:
     """A JSON-ready view of a term: atoms become strings, binaries text when UTF-8, maps objects.
 
@@ -474,12 +483,7 @@ def to_json(value: Any) -> Any:
         return [to_json(v) for v in value]
     if t in (dict, FrozenMap):
         items = value.items() if t is dict else value
-        return {
-            (
-                k if isinstance(k, str) else json.dumps(to_json(k)) if not isinstance(to_json(k), str) else to_json(k)
-            ): to_json(v)
-            for k, v in items
-        }
+        return {_json_key(k): to_json(v) for k, v in items}
     if t is ImproperList:
         return {"improper_list": [to_json(v) for v in value.items], "tail": to_json(value.tail)}
     return format_term(value)
