@@ -46,13 +46,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..errors import (
     ConnectError,
     ConnectionLostError,
+    DecodeError,
     HandshakeTimeoutError,
     HostUnreachableError,
     KzBridgeError,
     ProtocolError,
     UsageError,
 )
-from .codec import encode_term
+from .codec import decode_at, encode_term
 from .epmd import NodeInfo
 from .erpc import A_NOTSUP, ENTRY, OPTIONS, call_value, spawn_failed
 from .frames import (
@@ -390,6 +391,13 @@ class Session:
         self._pid_head = (b"X" if self.big_creation else b"g") + name
         self._pid_tail: bytes = our_creation
         self._ref_head: bytes = (b"Z" if self.big_creation else b"r") + b"\x00\x03" + name + our_creation
+        # How a rex reply to our caller starts (see reply_of): SEND_SENDER from a pid on the
+        # peer (whose ID, serial and creation, _reply_pid_rest bytes, are skipped), then our
+        # caller and the payload's head up to the reference's IDs.
+        peer_pid_head = (b"X" if self.big_creation else b"g") + encode_term(Atom(self.peer_name))
+        self._reply_from = b"p\x83h\x03a\x16" + peer_pid_head
+        self._reply_pid_rest = 12 if self.big_creation else 9
+        self._reply_to = self._caller_bytes + b"\x83h\x02" + self._ref_head
 
     @property
     def rpc_via(self) -> str:
@@ -429,6 +437,13 @@ class Session:
     def _own_ref_bytes(self, ref: Reference) -> bytes:
         """``encode_term(ref)`` for a reference this session made, likewise."""
         return self._ref_head + _REF_IDS(*ref.ids)
+
+    def ref_bytes(self, ref: Reference) -> bytes:
+        """``encode_term(ref)``: how drivers key their calls, as ``reply_of`` names them."""
+        # ``is``: a shortcut for our own refs (whose node is our atom object); any other goes the long way.
+        if ref.node is self._atom and ref.creation == self.creation and ref.form == self._ref_form:
+            return self._own_ref_bytes(ref)
+        return encode_term(ref)
 
     def open_mailbox(self) -> Pid:
         pid = self.new_pid()
@@ -544,6 +559,29 @@ class Session:
         return out
 
     # ------------------------------------------------------------ receiving
+    def reply_of(self, frame: bytes | memoryview) -> tuple[bytes, Any] | None:
+        """The rex reply ``{Ref, Value}`` to our caller in ``frame``, found by its bytes: the
+        reference's encoding (``ref_bytes``) and the decoded value. Only the value is decoded,
+        the one part of the reply that is not known in advance; a reply is most of what a
+        busy connection receives, and decoding the control message and the reference cost
+        more than the rest of the call's handling. ``None`` for any other frame, and for one
+        that is not well-formed: ``receive(parse_message(frame))`` handles those (and raises
+        what it raises), as it does a reply the driver does not know (``_applies``, late ones).
+        """
+        if type(frame) is not bytes or not frame.startswith(self._reply_from):
+            return None
+        pos = len(self._reply_from) + self._reply_pid_rest
+        if not frame.startswith(self._reply_to, pos):
+            return None
+        pos += len(self._reply_to) + 12  # the reference's three ID words
+        try:
+            value, end = decode_at(frame, pos)
+        except DecodeError:
+            return None
+        if end != len(frame):
+            return None
+        return frame[pos - 12 - len(self._ref_head) : pos], value
+
     def receive(self, msg: DistMessage) -> Sequence[Event]:
         """Handle one message from the peer; return the events for the driver (frames go to ``outbox``)."""
         ctl = msg.control
