@@ -671,3 +671,8 @@ def _encode(term: Any, out: bytearray) -> None:
             else:
                 raise EncodeError(f"no Erlang encoding for {type(term).__name__}: {term!r:.60}")
     enc(term, out)
+
+
+# Append a term's encoding, without the version byte, to a bytearray: for a frame built in
+# one buffer around pre-encoded parts (a bytes object per part costs as much as encoding it).
+encode_append = _encode

@@ -111,6 +111,9 @@ class HiddenNode:
         self.name = session.name
         self.peer_name = session.peer_name
         self.caller = session.caller
+        # The loop the connection lives on, kept: asyncio.get_running_loop() makes a getpid
+        # system call each time (its fork check), twice per call.
+        self._loop = asyncio.get_running_loop()
         # the call's ref, encoded (session.ref_bytes) -> (future, (module, function, arity), deadline or None)
         self._pending: dict[bytes, tuple[asyncio.Future[Any], _Call, float | None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -235,7 +238,7 @@ class HiddenNode:
         key = self.session.ref_bytes(ref)
         if on_output is not None:
             self._output_callbacks[gl] = on_output
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut = loop.create_future()
         call = (m, f, len(args))
         if timeout is not None:
@@ -260,7 +263,7 @@ class HiddenNode:
         self._pending.pop(key, None)
         if on_output is not None:
             del self._output_callbacks[gl]
-        self.session.end_call(ref, gl, asyncio.get_running_loop().time())
+        self.session.end_call(ref, gl, self._loop.time())
 
     SWEEP_INTERVAL = 0.05
 

@@ -53,7 +53,7 @@ from ..errors import (
     ProtocolError,
     UsageError,
 )
-from .codec import decode_at, encode_term
+from .codec import decode_at, encode_append, encode_term
 from .epmd import NodeInfo
 from .erpc import A_NOTSUP, ENTRY, OPTIONS, call_value, spawn_failed
 from .frames import (
@@ -112,14 +112,14 @@ def _debug(msg: str, *args: Any) -> None:
     logging.getLogger("kzbridge.wire").debug(msg, *args)
 
 
-_FRAME_LEN = struct.Struct(">I").pack
+_FRAME_LEN = struct.Struct(">I").pack_into  # a frame's length, written over its first 4 bytes
 _U32 = struct.Struct(">I").pack
 _PID_NUMBER = struct.Struct(">II").pack  # a pid's ID and Serial
 _REF_IDS = struct.Struct(">III").pack
 _CALL_HEAD = b"h\x05" + encode_term(A_CALL)  # {call, M, F, A, GroupLeader}: its constant head
 # SPAWN_REQUEST's constant parts: 'p', the control tuple's head, and what follows the group
 # leader up to the argument list's first element ({M, F, Arity}, the options, the list head).
-_SPAWN_HEAD = b"p\x83h\x06" + encode_term(OP_SPAWN_REQUEST)
+_SPAWN_HEAD = b"\0\0\0\0p\x83h\x06" + encode_term(OP_SPAWN_REQUEST)  # room for the frame's length first
 _SPAWN_MIDDLE = encode_term(ENTRY) + encode_term(OPTIONS) + b"\x83l\x00\x00\x00\x04"
 
 A_DOWN = Atom("DOWN")
@@ -373,10 +373,10 @@ class Session:
         self._applies: dict[Reference, _IoRequest] = {}
         self._spawned: set[Reference] = set()  # calls sent by spawn_request, not answered yet
         self.outbox: list[bytes] = []
-        # The rpc request's constant parts, encoded once: 'p', the REG_SEND control, and
-        # the payload's head up to the ref ({'$gen_call', {Caller, ...).
+        # The rpc request's constant parts, encoded once: room for the frame's length, 'p',
+        # the REG_SEND control, and the payload's head up to the ref ({'$gen_call', {Caller, ...).
         self._rpc_head = (
-            b"p\x83"
+            b"\0\0\0\0p\x83"
             + encode_term((OP_REG_SEND, self.caller, UNUSED, A_REX))
             + b"\x83h\x03"
             + encode_term(A_GEN_CALL)
@@ -460,39 +460,33 @@ class Session:
     def rpc_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
         """``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` to rex, framed, from the
         pre-encoded head; ``gl`` and ``ref`` are ours."""
-        body = b"".join(
-            (
-                self._rpc_head,
-                self._own_ref_bytes(ref),
-                _CALL_HEAD,
-                encode_term(module),
-                encode_term(function),
-                encode_term(args),
-                self._own_pid_bytes(gl),
-            )
-        )
-        return _FRAME_LEN(len(body)) + body
+        out = bytearray(self._rpc_head)
+        out += self._own_ref_bytes(ref)
+        out += _CALL_HEAD
+        encode_append(module, out)
+        encode_append(function, out)
+        encode_append(args, out)
+        out += self._own_pid_bytes(gl)
+        _FRAME_LEN(out, 0, len(out) - 4)
+        return bytes(out)
 
     def spawn_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
         """SPAWN_REQUEST of ``erpc:execute_call(Ref, M, F, A)`` with group leader ``gl``, monitored
         under ``ref`` (erpc.py), framed, from the pre-encoded parts. ``ref`` is both the request's
         id and the tag of the result, as one reference serves for both."""
         ref_bytes = self._own_ref_bytes(ref)
-        body = b"".join(
-            (
-                _SPAWN_HEAD,
-                ref_bytes,
-                self._caller_bytes,
-                self._own_pid_bytes(gl),
-                _SPAWN_MIDDLE,
-                ref_bytes,
-                encode_term(module),
-                encode_term(function),
-                encode_term(args),
-                b"j",
-            )
-        )
-        return _FRAME_LEN(len(body)) + body
+        out = bytearray(_SPAWN_HEAD)
+        out += ref_bytes
+        out += self._caller_bytes
+        out += self._own_pid_bytes(gl)
+        out += _SPAWN_MIDDLE
+        out += ref_bytes
+        encode_append(module, out)
+        encode_append(function, out)
+        encode_append(args, out)
+        out += b"j"
+        _FRAME_LEN(out, 0, len(out) - 4)
+        return bytes(out)
 
     def start_call(self, module: Atom, function: Atom, args: list[Any]) -> tuple[Reference, Pid, list[str], bytes]:
         """A new call: its ref, its own group leader (ours until ``end_call``), the list that
@@ -514,7 +508,8 @@ class Session:
     def end_call(self, ref: Reference, gl: Pid, now: float) -> None:
         """Call ``ref`` is over (answered, timed out or abandoned): a late answer is dropped, and
         its group leader stays ours ``GROUP_LEADER_GRACE`` seconds more."""
-        self._spawned.discard(ref)
+        if self._spawned:
+            self._spawned.discard(ref)
         retired = self._retired_gls
         retired.append((now + GROUP_LEADER_GRACE, gl))
         while retired and retired[0][0] < now:
