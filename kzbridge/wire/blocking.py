@@ -188,6 +188,7 @@ class BlockingNode:
         what = call_name(m, f, args)
         session = self.session
         main, gl, output, frame = session.start_call(m, f, args)
+        key = session.ref_bytes(main)
         try:
             self._write(frame)
             deadline = time.monotonic() + timeout
@@ -195,6 +196,9 @@ class BlockingNode:
                 raw = self._next_frame(deadline, what)
                 if raw is None:
                     continue  # the node's tick; ours go out from start_ticking's thread or with our calls
+                reply = session.reply_of(raw)  # the reply, read by its bytes; anything else in full
+                if reply is not None and reply[0] == key:
+                    return rpc_result(reply[1], "".join(output), self.peer_name, what)
                 for ev in session.receive(parse_message(raw)):
                     if type(ev) is RpcReply and ev.ref == main:
                         return rpc_result(ev.value, "".join(output), self.peer_name, what)

@@ -120,14 +120,16 @@ def decode_prefix(
         if len(raw) != size or not inflater.eof:
             raise DecodeError("compressed term does not inflate to its declared size")
         consumed = len(data) - len(inflater.unused_data)
-        term, inner = _decode_guarded(raw, 0)
+        term, inner = decode_at(raw, 0)
         if inner != size:
             raise DecodeError("compressed term has trailing bytes")
         return term, consumed
-    return _decode_guarded(data, pos)
+    return decode_at(data, pos)
 
 
-def _decode_guarded(data: bytes | bytearray | memoryview, pos: int) -> tuple[Any, int]:
+def decode_at(data: bytes | bytearray | memoryview, pos: int) -> tuple[Any, int]:
+    """Decode the term at ``pos``, with no version byte before it (a part of a term whose head
+    the caller has matched itself); return it and the offset after it."""
     try:
         return _decode(data, pos, 0)
     except (IndexError, struct.error):
@@ -669,3 +671,8 @@ def _encode(term: Any, out: bytearray) -> None:
             else:
                 raise EncodeError(f"no Erlang encoding for {type(term).__name__}: {term!r:.60}")
     enc(term, out)
+
+
+# Append a term's encoding, without the version byte, to a bytearray: for a frame built in
+# one buffer around pre-encoded parts (a bytes object per part costs as much as encoding it).
+encode_append = _encode

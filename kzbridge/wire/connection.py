@@ -1,8 +1,9 @@
 """One distribution connection over asyncio: handshake, framing, ticks.
 
 The protocol object is a thin loop around the sans-IO pieces (ClientHandshake,
-FrameReader, parse_message). It hands each DistMessage to a callback and
-reports loss once; it knows nothing about rpc or mailboxes. ``open_connection``
+FrameReader). It hands each frame to a callback (which parses it: frames.parse_message,
+or reads an rpc reply by its bytes, session.reply_of) and reports loss once; it knows
+nothing about rpc or mailboxes. ``open_connection``
 walks the shared ConnectPlan (session.py) with asyncio; with TLS distribution the
 connection is asyncio's own TLS transport (``create_connection(ssl=...)``), under the
 same protocol object.
@@ -18,7 +19,7 @@ from typing import cast
 
 from ..errors import ConnectError, ConnectionLostError, KzBridgeError, ProtocolError
 from . import epmd
-from .frames import TICK_FRAME, DistMessage, FrameReader, parse_message
+from .frames import TICK_FRAME, FrameReader
 from .handshake import ClientHandshake, HandshakeResult
 from .names import Route
 from .session import ConnectPlan, Session
@@ -55,7 +56,7 @@ class DistProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
         # Installed by start(); until then nothing is read after the handshake and a loss is kept.
-        self.on_message: Callable[[DistMessage], None] = lambda m: None
+        self.on_frame: Callable[[bytes | memoryview], None] = lambda f: None
         self.on_lost: Callable[[KzBridgeError], None] = self._lost_before_start
         self._early_loss: KzBridgeError | None = None
         self._rest = b""
@@ -155,9 +156,7 @@ class DistProtocol(asyncio.BufferedProtocol):
             for f in frames:
                 if f is None:
                     continue
-                msg = parse_message(f)
-                self.on_message(msg)
-                msg.settle()
+                self.on_frame(f)
         except KzBridgeError as exc:
             self._fail(exc)
         except Exception as exc:
@@ -183,9 +182,12 @@ class DistProtocol(asyncio.BufferedProtocol):
             if self.transport and not self.closed:
                 self.transport.pause_reading()
 
-    def start(self, on_message: Callable[[DistMessage], None], on_lost: Callable[[KzBridgeError], None]) -> None:
-        """Install the handlers and start reading frames (those that came with the ack first)."""
-        self.on_message = on_message
+    def start(self, on_frame: Callable[[bytes | memoryview], None], on_lost: Callable[[KzBridgeError], None]) -> None:
+        """Install the handlers and start reading frames (those that came with the ack first).
+
+        ``on_frame`` gets each frame but ticks; a big one is a view into a buffer that is
+        reused once it returns, so whatever it keeps must be copied or decoded by then."""
+        self.on_frame = on_frame
         self.on_lost = on_lost
         if self._early_loss is not None:
             on_lost(self._early_loss)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConnectionLostError, KzBridgeError, RpcTimeoutError
 from .connection import DEFAULT_TICKTIME, Connection, open_connection
-from .frames import DistMessage
+from .frames import DistMessage, parse_message
 from .names import Route
 from .rex import RpcResult, bad_rpc_error, is_badrpc, rpc_result
 from .session import Deliver, Message, Output, RpcReply, lost_error
@@ -111,8 +111,11 @@ class HiddenNode:
         self.name = session.name
         self.peer_name = session.peer_name
         self.caller = session.caller
-        # ref -> (future, (module, function, arity), deadline or None)
-        self._pending: dict[Reference, tuple[asyncio.Future[Any], _Call, float | None]] = {}
+        # The loop the connection lives on, kept: asyncio.get_running_loop() makes a getpid
+        # system call each time (its fork check), twice per call.
+        self._loop = asyncio.get_running_loop()
+        # the call's ref, encoded (session.ref_bytes) -> (future, (module, function, arity), deadline or None)
+        self._pending: dict[bytes, tuple[asyncio.Future[Any], _Call, float | None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._output_callbacks: dict[Pid, Callable[[str], None]] = {}
         self._mailboxes: dict[Pid, Mailbox] = {}
@@ -120,7 +123,7 @@ class HiddenNode:
         self._lost: KzBridgeError | None = None
         self.calls_made = 0
         conn.start_ticking(self._on_lost)
-        conn.protocol.start(self._on_message, self._on_lost)
+        conn.protocol.start(self._on_frame, self._on_lost)
 
     # ------------------------------------------------------------ identity
     @property
@@ -191,11 +194,11 @@ class HiddenNode:
         self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float | None = 30.0
     ) -> Any:
         """Call ``module:function(args...)`` on the node; raise BadRpcError on ``{badrpc, _}``."""
-        fut, ref, gl, output, call = self._start_call(module, function, args, timeout, None)
+        fut, ref, key, gl, output, call = self._start_call(module, function, args, timeout, None)
         try:
             value = await fut
         finally:
-            self._end_call(ref, gl, None)
+            self._end_call(ref, key, gl, None)
         if is_badrpc(value):
             raise bad_rpc_error(value, "".join(output), self.peer_name, _what(call))
         return value
@@ -209,11 +212,11 @@ class HiddenNode:
         on_output: Callable[[str], None] | None = None,
     ) -> RpcResult:
         """As ``rpc``, also returning what the function printed (``on_output`` sees it as it comes)."""
-        fut, ref, gl, output, call = self._start_call(module, function, args, timeout, on_output)
+        fut, ref, key, gl, output, call = self._start_call(module, function, args, timeout, on_output)
         try:
             value = await fut
         finally:
-            self._end_call(ref, gl, on_output)
+            self._end_call(ref, key, gl, on_output)
         return rpc_result(value, "".join(output), self.peer_name, _what(call))
 
     def _start_call(
@@ -223,26 +226,28 @@ class HiddenNode:
         args: list[Any] | None,
         timeout: float | None,
         on_output: Callable[[str], None] | None,
-    ) -> tuple[asyncio.Future[Any], Reference, Pid, list[str], _Call]:
-        """Send a call; its future, ref, group leader, output list and name (``_end_call`` ends it)."""
+    ) -> tuple[asyncio.Future[Any], Reference, bytes, Pid, list[str], _Call]:
+        """Send a call; its future, ref (and its key in ``_pending``), group leader, output list
+        and name (``_end_call`` ends it)."""
         if self._lost is not None:
             raise self._lost
         m = module if type(module) is Atom else Atom(str(module))
         f = function if type(function) is Atom else Atom(str(function))
         args = list(args or [])
         ref, gl, output, frame = self.session.start_call(m, f, args)
+        key = self.session.ref_bytes(ref)
         if on_output is not None:
             self._output_callbacks[gl] = on_output
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut = loop.create_future()
         call = (m, f, len(args))
         if timeout is not None:
             # One sweeper for all deadlines: a timer per call costs more than the call's own work.
-            self._pending[ref] = (fut, call, loop.time() + timeout)
+            self._pending[key] = (fut, call, loop.time() + timeout)
             if self._sweeper is None:
                 self._sweeper = loop.create_task(self._sweep())
         else:
-            self._pending[ref] = (fut, call, None)
+            self._pending[key] = (fut, call, None)
         self.calls_made += 1
         try:
             if len(self._pending) == 1:
@@ -250,15 +255,15 @@ class HiddenNode:
             else:
                 self.conn.protocol.send_raw(frame)
         except BaseException:
-            self._end_call(ref, gl, on_output)
+            self._end_call(ref, key, gl, on_output)
             raise
-        return fut, ref, gl, output, call
+        return fut, ref, key, gl, output, call
 
-    def _end_call(self, ref: Reference, gl: Pid, on_output: Callable[[str], None] | None) -> None:
-        self._pending.pop(ref, None)
+    def _end_call(self, ref: Reference, key: bytes, gl: Pid, on_output: Callable[[str], None] | None) -> None:
+        self._pending.pop(key, None)
         if on_output is not None:
             del self._output_callbacks[gl]
-        self.session.end_call(ref, gl, asyncio.get_running_loop().time())
+        self.session.end_call(ref, gl, self._loop.time())
 
     SWEEP_INTERVAL = 0.05
 
@@ -278,11 +283,25 @@ class HiddenNode:
                     )
 
     # ------------------------------------------------------------ receiving
+    def _on_frame(self, frame: bytes | memoryview) -> None:
+        """One frame from the peer (valid only during this call): a reply to one of our calls
+        is read by its bytes (session.reply_of), anything else is parsed and handled whole."""
+        reply = self.session.reply_of(frame)
+        if reply is not None:
+            entry = self._pending.get(reply[0])
+            if entry is not None:
+                if not entry[0].done():
+                    entry[0].set_result(reply[1])
+                return
+        msg = parse_message(frame)
+        self._on_message(msg)
+        msg.settle()
+
     def _on_message(self, msg: DistMessage) -> None:
         session = self.session
         for ev in session.receive(msg):
             if type(ev) is RpcReply:
-                entry = self._pending.get(ev.ref)
+                entry = self._pending.get(session.ref_bytes(ev.ref))
                 if entry is not None:
                     if not entry[0].done():
                         entry[0].set_result(ev.value)

@@ -46,13 +46,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..errors import (
     ConnectError,
     ConnectionLostError,
+    DecodeError,
     HandshakeTimeoutError,
     HostUnreachableError,
     KzBridgeError,
     ProtocolError,
     UsageError,
 )
-from .codec import encode_term
+from .codec import decode_at, encode_append, encode_term
 from .epmd import NodeInfo
 from .erpc import A_NOTSUP, ENTRY, OPTIONS, call_value, spawn_failed
 from .frames import (
@@ -111,14 +112,14 @@ def _debug(msg: str, *args: Any) -> None:
     logging.getLogger("kzbridge.wire").debug(msg, *args)
 
 
-_FRAME_LEN = struct.Struct(">I").pack
+_FRAME_LEN = struct.Struct(">I").pack_into  # a frame's length, written over its first 4 bytes
 _U32 = struct.Struct(">I").pack
 _PID_NUMBER = struct.Struct(">II").pack  # a pid's ID and Serial
 _REF_IDS = struct.Struct(">III").pack
 _CALL_HEAD = b"h\x05" + encode_term(A_CALL)  # {call, M, F, A, GroupLeader}: its constant head
 # SPAWN_REQUEST's constant parts: 'p', the control tuple's head, and what follows the group
 # leader up to the argument list's first element ({M, F, Arity}, the options, the list head).
-_SPAWN_HEAD = b"p\x83h\x06" + encode_term(OP_SPAWN_REQUEST)
+_SPAWN_HEAD = b"\0\0\0\0p\x83h\x06" + encode_term(OP_SPAWN_REQUEST)  # room for the frame's length first
 _SPAWN_MIDDLE = encode_term(ENTRY) + encode_term(OPTIONS) + b"\x83l\x00\x00\x00\x04"
 
 A_DOWN = Atom("DOWN")
@@ -372,10 +373,10 @@ class Session:
         self._applies: dict[Reference, _IoRequest] = {}
         self._spawned: set[Reference] = set()  # calls sent by spawn_request, not answered yet
         self.outbox: list[bytes] = []
-        # The rpc request's constant parts, encoded once: 'p', the REG_SEND control, and
-        # the payload's head up to the ref ({'$gen_call', {Caller, ...).
+        # The rpc request's constant parts, encoded once: room for the frame's length, 'p',
+        # the REG_SEND control, and the payload's head up to the ref ({'$gen_call', {Caller, ...).
         self._rpc_head = (
-            b"p\x83"
+            b"\0\0\0\0p\x83"
             + encode_term((OP_REG_SEND, self.caller, UNUSED, A_REX))
             + b"\x83h\x03"
             + encode_term(A_GEN_CALL)
@@ -390,6 +391,13 @@ class Session:
         self._pid_head = (b"X" if self.big_creation else b"g") + name
         self._pid_tail: bytes = our_creation
         self._ref_head: bytes = (b"Z" if self.big_creation else b"r") + b"\x00\x03" + name + our_creation
+        # How a rex reply to our caller starts (see reply_of): SEND_SENDER from a pid on the
+        # peer (whose ID, serial and creation, _reply_pid_rest bytes, are skipped), then our
+        # caller and the payload's head up to the reference's IDs.
+        peer_pid_head = (b"X" if self.big_creation else b"g") + encode_term(Atom(self.peer_name))
+        self._reply_from = b"p\x83h\x03a\x16" + peer_pid_head
+        self._reply_pid_rest = 12 if self.big_creation else 9
+        self._reply_to = self._caller_bytes + b"\x83h\x02" + self._ref_head
 
     @property
     def rpc_via(self) -> str:
@@ -430,6 +438,13 @@ class Session:
         """``encode_term(ref)`` for a reference this session made, likewise."""
         return self._ref_head + _REF_IDS(*ref.ids)
 
+    def ref_bytes(self, ref: Reference) -> bytes:
+        """``encode_term(ref)``: how drivers key their calls, as ``reply_of`` names them."""
+        # ``is``: a shortcut for our own refs (whose node is our atom object); any other goes the long way.
+        if ref.node is self._atom and ref.creation == self.creation and ref.form == self._ref_form:
+            return self._own_ref_bytes(ref)
+        return encode_term(ref)
+
     def open_mailbox(self) -> Pid:
         pid = self.new_pid()
         self.mailboxes.add(pid)
@@ -445,39 +460,33 @@ class Session:
     def rpc_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
         """``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` to rex, framed, from the
         pre-encoded head; ``gl`` and ``ref`` are ours."""
-        body = b"".join(
-            (
-                self._rpc_head,
-                self._own_ref_bytes(ref),
-                _CALL_HEAD,
-                encode_term(module),
-                encode_term(function),
-                encode_term(args),
-                self._own_pid_bytes(gl),
-            )
-        )
-        return _FRAME_LEN(len(body)) + body
+        out = bytearray(self._rpc_head)
+        out += self._own_ref_bytes(ref)
+        out += _CALL_HEAD
+        encode_append(module, out)
+        encode_append(function, out)
+        encode_append(args, out)
+        out += self._own_pid_bytes(gl)
+        _FRAME_LEN(out, 0, len(out) - 4)
+        return bytes(out)
 
     def spawn_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
         """SPAWN_REQUEST of ``erpc:execute_call(Ref, M, F, A)`` with group leader ``gl``, monitored
         under ``ref`` (erpc.py), framed, from the pre-encoded parts. ``ref`` is both the request's
         id and the tag of the result, as one reference serves for both."""
         ref_bytes = self._own_ref_bytes(ref)
-        body = b"".join(
-            (
-                _SPAWN_HEAD,
-                ref_bytes,
-                self._caller_bytes,
-                self._own_pid_bytes(gl),
-                _SPAWN_MIDDLE,
-                ref_bytes,
-                encode_term(module),
-                encode_term(function),
-                encode_term(args),
-                b"j",
-            )
-        )
-        return _FRAME_LEN(len(body)) + body
+        out = bytearray(_SPAWN_HEAD)
+        out += ref_bytes
+        out += self._caller_bytes
+        out += self._own_pid_bytes(gl)
+        out += _SPAWN_MIDDLE
+        out += ref_bytes
+        encode_append(module, out)
+        encode_append(function, out)
+        encode_append(args, out)
+        out += b"j"
+        _FRAME_LEN(out, 0, len(out) - 4)
+        return bytes(out)
 
     def start_call(self, module: Atom, function: Atom, args: list[Any]) -> tuple[Reference, Pid, list[str], bytes]:
         """A new call: its ref, its own group leader (ours until ``end_call``), the list that
@@ -499,7 +508,8 @@ class Session:
     def end_call(self, ref: Reference, gl: Pid, now: float) -> None:
         """Call ``ref`` is over (answered, timed out or abandoned): a late answer is dropped, and
         its group leader stays ours ``GROUP_LEADER_GRACE`` seconds more."""
-        self._spawned.discard(ref)
+        if self._spawned:
+            self._spawned.discard(ref)
         retired = self._retired_gls
         retired.append((now + GROUP_LEADER_GRACE, gl))
         while retired and retired[0][0] < now:
@@ -544,6 +554,29 @@ class Session:
         return out
 
     # ------------------------------------------------------------ receiving
+    def reply_of(self, frame: bytes | memoryview) -> tuple[bytes, Any] | None:
+        """The rex reply ``{Ref, Value}`` to our caller in ``frame``, found by its bytes: the
+        reference's encoding (``ref_bytes``) and the decoded value. Only the value is decoded,
+        the one part of the reply that is not known in advance; a reply is most of what a
+        busy connection receives, and decoding the control message and the reference cost
+        more than the rest of the call's handling. ``None`` for any other frame, and for one
+        that is not well-formed: ``receive(parse_message(frame))`` handles those (and raises
+        what it raises), as it does a reply the driver does not know (``_applies``, late ones).
+        """
+        if type(frame) is not bytes or not frame.startswith(self._reply_from):
+            return None
+        pos = len(self._reply_from) + self._reply_pid_rest
+        if not frame.startswith(self._reply_to, pos):
+            return None
+        pos += len(self._reply_to) + 12  # the reference's three ID words
+        try:
+            value, end = decode_at(frame, pos)
+        except DecodeError:
+            return None
+        if end != len(frame):
+            return None
+        return frame[pos - 12 - len(self._ref_head) : pos], value
+
     def receive(self, msg: DistMessage) -> Sequence[Event]:
         """Handle one message from the peer; return the events for the driver (frames go to ``outbox``)."""
         ctl = msg.control
