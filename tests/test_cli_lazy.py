@@ -65,6 +65,9 @@ def test_rpc_and_ping_load_only_their_own_family(sandbox_gen2):
         # The blocking client's path: no event loop, no tracing domain, no TLS for plain TCP.
         heavy = {m for m in modules if m.split(".")[0] in {"asyncio", "ssl"} or m.startswith("kzbridge.kazoo")}
         assert heavy == set(), sorted(heavy)
+        # Defining a dataclass costs about a millisecond at every start: none on this path (but the
+        # sandbox's cookie look-up, which reads the sandbox's state).
+        assert "-c" not in args or "dataclasses" not in modules
 
 
 def test_a_failing_one_shot_command_still_loads_one_family_and_says_one_line(sandbox_gen2):

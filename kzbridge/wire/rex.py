@@ -8,8 +8,7 @@ head) and matches the replies; this module holds the atoms and reads the result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import BadRpcError
 from .literal import format_term
@@ -23,8 +22,7 @@ A_EXIT = Atom("EXIT")
 A_NOPROC = Atom("noproc")
 
 
-@dataclass
-class RpcResult:
+class RpcResult(NamedTuple):  # not a dataclass: see wire.names.Route
     """A remote call's value and everything it printed through its group leader."""
 
     value: Any
