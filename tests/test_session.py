@@ -268,7 +268,6 @@ def test_group_leaders_stay_ours_for_a_grace_period_after_the_call():
     assert s.outbox == [] and s._applies == {}
 
 
-
 def test_finished_calls_leave_nothing_for_the_garbage_collector():
     # A finished call's group leader stays ours for the grace period; kept as Pid objects that was
     # four tracked objects per call, and at thousands of calls/s collections over them stalled calls.
@@ -288,6 +287,7 @@ def test_finished_calls_leave_nothing_for_the_garbage_collector():
     assert s.is_live(gl) and gl not in s.group_leaders  # still ours, as a number
     assert s.is_live(Pid(gl.node, gl.id, gl.serial, gl.creation, gl.old))  # the same pid, decoded anew
     assert not s.is_live(Pid(Atom("other@host"), gl.id, gl.serial, gl.creation, gl.old))
+
 
 # ---------------------------------------------------------------- control messages
 
