@@ -18,7 +18,9 @@ same gen_server call to rex that kzbridge makes), erl_call, and booting a hidden
 for one rpc (what Kazoo's sup does). kzbridge is measured both ways it can call an
 OTP 23+ node, in the same rounds: the gen_server call to rex (its default) and the
 distribution's spawn_request of erpc:execute_call/4 (``Session.rpc_via = "spawn"``).
-Python peers in the same rounds: erldistpy (PyPI,
+The asyncio floor, in the same rounds: the same connection resending one real request's
+frame, each reply only waking a future, which is what the event loop and the kernel cost any
+asyncio client before any work of its own. Python peers in the same rounds: erldistpy (PyPI,
 the ``bench`` extra; a synchronous client, the same gen_server call to rex) and
 py-interface 2.3 (a test dependency; it speaks only the old handshake and is reported
 "n/a" when the node refuses it, as OTP 25.0-25.2 do).
@@ -86,6 +88,35 @@ async def kzbridge_side(node: str, cookie: str, calls: int, via: str | None = No
         assert getattr(n.session, f"{via}_calls") == 2000 + calls + 10000, "the calls went the other way"
     await n.close()
     return {"rpc": times, "throughput": thr}
+
+
+async def asyncio_floor(node: str, cookie: str, calls: int) -> list[float]:
+    """What any asyncio client pays here: one real request's frame sent again and again on the
+    same kind of connection, each reply only waking a future (no call state, no decoding)."""
+    from kzbridge.wire.node import connect_node
+    from kzbridge.wire.terms import Atom
+
+    n = await connect_node(node, cookie)
+    protocol = n.conn.protocol
+    _, _, _, frame = n.session.start_call(Atom("erlang"), Atom("node"), [])  # rex answers each (same ref)
+    loop = asyncio.get_running_loop()
+    waiting: list[asyncio.Future[None]] = []
+
+    def on_frame(_: object) -> None:
+        if waiting and not waiting[0].done():
+            waiting[0].set_result(None)
+
+    protocol.on_frame = on_frame
+    times = []
+    for i in range(2000 + calls):
+        waiting[:] = [loop.create_future()]
+        t0 = time.perf_counter_ns()
+        protocol.send_now(frame)
+        await waiting[0]
+        if i >= 2000:
+            times.append((time.perf_counter_ns() - t0) / 1000)
+    await n.close()
+    return times
 
 
 def blocking_side(node: str, cookie: str, calls: int, via: str | None = None) -> list[float]:
@@ -313,12 +344,15 @@ def main() -> None:
     ours: dict = {"rpc": [], "throughput": []}
     spawn: dict = {"rpc": [], "throughput": []}  # the same, calls by spawn_request
     blocking: list[float] = []
+    floor: list[float] = []
     blocking_spawn: list[float] = []
     edp: list[float] = []
     pyi: list[float] = []
     pyi_na = ""
     ratios: dict = {
         "async": [],
+        "floor": [],
+        "async/floor": [],
         "rex": [],
         "blocking": [],
         "throughput": [],
@@ -344,6 +378,7 @@ def main() -> None:
             "blocking": lambda: blocking_side(node, cookie, per_round, "rex"),
             "blocking spawn": lambda: blocking_side(node, cookie, per_round, "spawn"),
             "erldistpy": lambda: erldistpy_side(node, cookie, per_round),
+            "floor": lambda: asyncio.run(asyncio_floor(node, cookie, per_round)),
         }
         got = {}
         for name in list(sides) if r % 2 == 0 else reversed(sides):
@@ -352,6 +387,9 @@ def main() -> None:
         y = pyinterface_side(node, cookie, per_round)
         e50 = pct(b["rpc_call"], 50)
         ratios["async"].append(pct(o["rpc"], 50) / e50)
+        ratios["floor"].append(pct(got["floor"], 50) / e50)
+        ratios["async/floor"].append(pct(o["rpc"], 50) / pct(got["floor"], 50))
+        floor += got["floor"]
         ratios["rex"].append(pct(o["rpc"], 50) / pct(b["rex_call"], 50))
         ratios["blocking"].append(pct(k, 50) / e50)
         ratios["throughput"].append(o["throughput"] / b["throughput"])
@@ -403,6 +441,9 @@ def main() -> None:
         f"  ratio p50 kzbridge / rpc:call = {rng('async')}; / rex call = {rng('rex')}; "
         f"pooled p99 / rpc:call = {k99 / e99:.2f}x"
     )
+    f50, f99 = pct(floor, 50), pct(floor, 99)
+    print(f"  {'asyncio floor (a frame resent, a future per reply)':<48} p50 {f50:7.1f} us  p99 {f99:7.1f} us")
+    print(f"  ratio p50 asyncio floor / rpc:call = {rng('floor')}; kzbridge / floor = {rng('async/floor')}")
     print(f"  ratio p50 kzbridge spawn_request / rpc:call = {rng('spawn')}; spawn / rex = {rng('spawn/rex')}")
     print(f"  ratio p50 blocking / rpc:call = {rng('blocking')}; blocking spawn / rex = {rng('blocking spawn/rex')}")
     print("rpc against other Python nodes (same rounds, same node)")
