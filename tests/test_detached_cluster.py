@@ -96,6 +96,7 @@ def test_start_status_and_stop_all_on_two_nodes(pair: list[sandbox.Sandbox], tmp
     res = kzb("stop", "--all", "-n", f"{a.node},{b.node}", "-o", str(out), "--json")
     assert res.returncode == 0, res.stderr
     stopped = {n["node"]: n for n in json.loads(res.stdout)["nodes"]}
+    assert list(stopped) == [a.node, b.node]  # in the order given, whichever finished first
     for box in pair:
         [item] = stopped[box.node]["stopped"]
         ref, remote = traces[box.node]
@@ -214,6 +215,34 @@ def test_a_pid_of_one_node_traces_that_node_and_stop_finds_it_by_ref(pair: list[
     res = kzb("stop", data["ref"], "-n", b.node, "-n", a.node, "--no-collect")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"stopped {data['ref']} ")
+    assert clean(a)
+
+
+def test_stop_all_checks_every_output_before_it_stops_any_trace(pair: list[sandbox.Sandbox], tmp_path: Path) -> None:
+    # All of a node's traces are stopped before the first is collected, so an output that cannot
+    # be written (here the second trace's file exists) must stop the run before any trace is:
+    # else the first would be stopped, marked stopped in the journal, and never collected.
+    a, _ = pair
+    refs = []
+    for module in ("kz_json", "kz_term"):
+        res = kzb("start", "--module", module, "-n", a.node, "-d", "60")  # one node: the ref alone on stdout
+        assert res.returncode == 0, res.stderr
+        refs.append(res.stdout.split()[0])
+    first, second = refs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{a.name}-{second}.log").write_text("an earlier run's file\n")
+    try:
+        res = kzb("stop", "--all", "-n", a.node, "-o", str(out))
+        assert res.returncode == 2 and "already exists; kzbridge never overwrites" in res.stderr, res.stderr
+        assert sorted(ref.decode() for ref, *_ in node_state(a)[0]) == sorted([first, second])  # both still run
+        assert sorted(p.name for p in out.iterdir()) == [f"{a.name}-{second}.log"]
+    finally:
+        kept = tmp_path / "kept"
+        kept.mkdir()
+        res = kzb("stop", "--all", "-n", a.node, "-o", str(kept))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in kept.iterdir()) == sorted(f"{a.name}-{r}.log" for r in (first, second))
     assert clean(a)
 
 

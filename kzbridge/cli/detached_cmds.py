@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from ..kazoo.tracing import Trace, TraceStatus
     from ..wire.node import HiddenNode
 
-    Stopped = list[tuple[Trace, str, dict[str, Any]]]  # a node's stopped traces: each with its local file and result
 
 T = TypeVar("T")
 EXIT_CONNECTION = 3
@@ -83,6 +82,15 @@ def keeps_partial_on_interrupt(locals_: Callable[[], list[str]], on_terminal: bo
                 f"kzbridge: {interrupted_word(exc)}; kept {part.stat().st_size} bytes in {part} (partial)", err=True
             )
         sys.exit(EXIT_INTERRUPTED)
+
+
+class Stopping:
+    """What ``stop`` did on one node before collecting: the traces it stopped (each with its
+    local file and result line) and, when a later stop failed, that failure."""
+
+    def __init__(self) -> None:
+        self.stopped: list[tuple[Trace, str, dict[str, Any]]] = []
+        self.failed: KzBridgeError | None = None
 
 
 # ---------------------------------------------------------------- one node or several
@@ -384,30 +392,41 @@ def stop(
     collecting: dict[str, str] = {}  # node -> the local file being collected (Ctrl-C names what was kept)
 
     # Every trace is stopped (on every node) before any collection begins: a Ctrl-C during the
-    # collections then leaves nothing running, only .partial files to name.
-    async def stop_each(n: HiddenNode) -> Stopped:
+    # collections then leaves nothing running, only .partial files to name. Every output and
+    # every ref is checked before the first trace is stopped; a stop that fails after others
+    # succeeded ends the node's stopping, and those already stopped are still collected.
+    async def stop_each(n: HiddenNode) -> Stopping:
         refs = [ref] if ref else [e.ref for e in journal.active(n.peer_name)]
-        stopped = []
+        targets = []
         for r in refs:
             local = ""
-            if not no_collect:  # the output is checked before the trace is touched
+            if not no_collect:
                 default_name = default_local_path(n.peer_name, r)
                 if output and (all_ or os.path.isdir(output)):
                     local = os.path.join(output, default_name)
                 else:
                     local = output or default_name
                 localfiles.check_target(local)
-            trace = await tracing.attach(n, r, timeout)
-            await trace.stop()
-            item: dict[str, Any] = {"ref": r, "remote_path": trace.remote_path}
-            safety = await detached_stop(n, trace.remote_path, ref=r, timeout=timeout)
-            if safety is not None:  # the node-side governor had stopped it
-                item.update(safety=safety.to_dict(), governor=safety.describe("--max-rate"))
-            stopped.append((trace, local, item))
-        return stopped
+            targets.append((r, local))
+        traces = [(await tracing.attach(n, r, timeout), local) for r, local in targets]  # reads only
+        stopping = Stopping()
+        for trace, local in traces:
+            try:
+                await trace.stop()
+                item: dict[str, Any] = {"ref": trace.ref, "remote_path": trace.remote_path}
+                stopping.stopped.append((trace, local, item))
+                safety = await detached_stop(n, trace.remote_path, ref=trace.ref, timeout=timeout)
+                if safety is not None:  # the node-side governor had stopped it
+                    item.update(safety=safety.to_dict(), governor=safety.describe("--max-rate"))
+            except KzBridgeError as exc:
+                if not stopping.stopped:
+                    raise
+                stopping.failed = exc
+                break
+        return stopping
 
-    async def collect_each(node: str, stopped: Stopped) -> list[dict[str, Any]]:
-        for trace, local, item in [] if no_collect else stopped:
+    async def collect_each(node: str, stopping: Stopping) -> list[dict[str, Any]]:
+        for trace, local, item in [] if no_collect else stopping.stopped:
             bar = ProgressBar() if sys.stderr.isatty() and not as_json and not several else None
             collecting[node] = local
             res = await trace.collect(local, progress=bar.update if bar else None, mode=file_mode)
@@ -416,26 +435,33 @@ def stop(
             if bar is not None:
                 bar.finish(res.bytes)
             item.update(local_path=res.local_path, bytes=res.bytes, parts=res.parts, verified=res.verified)
-        return [item for _, _, item in stopped]
+        if stopping.failed is not None:  # what was stopped before the failure is named, then the failure
+            prefix = f"{node}: " if several else ""
+            for _, _, item in stopping.stopped:
+                click.echo(safe_text(f"kzbridge: {prefix}{_stopped_line(item)}"), err=True)
+            raise stopping.failed
+        return [item for _, _, item in stopping.stopped]
 
     async def one_node(n: HiddenNode) -> list[dict[str, Any]]:
         return await collect_each(n.peer_name, await stop_each(n))
 
     results: dict[str, list[dict[str, Any]] | KzBridgeError] = {}
 
-    async def collect_all(stops: dict[str, Stopped | KzBridgeError]) -> None:
-        async def node_done(node: str, stopped: Stopped) -> None:
+    async def collect_all(stops: dict[str, Stopping | KzBridgeError]) -> None:
+        async def node_done(node: str, stopping: Stopping) -> None:
             try:
-                results[node] = await collect_each(node, stopped)
+                done[node] = await collect_each(node, stopping)
             except KzBridgeError as exc:
-                results[node] = exc
-            _stop_progress(node, results[node])
+                done[node] = exc
+            _stop_progress(node, done[node])
 
-        for node, stopped in stops.items():
-            if isinstance(stopped, KzBridgeError):
-                results[node] = stopped
-                _stop_progress(node, stopped)
+        done: dict[str, list[dict[str, Any]] | KzBridgeError] = {}
+        for node, stopping in stops.items():
+            if isinstance(stopping, KzBridgeError):
+                done[node] = stopping
+                _stop_progress(node, stopping)
         await asyncio.gather(*(node_done(n, s) for n, s in stops.items() if not isinstance(s, KzBridgeError)))
+        results.update((node, done[node]) for node in stops)  # in the order the nodes were given
 
     with keeps_partial_on_interrupt(lambda: list(collecting.values()), sys.stderr.isatty()):
         if several:
