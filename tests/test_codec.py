@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kzbridge.errors import DecodeError
 from kzbridge.wire.codec import binary_to_term, decode_prefix, encode_term, term_to_binary
-from kzbridge.wire.terms import Atom, Encoded, ErlString, FrozenList, ImproperList, Pid, Reference
+from kzbridge.wire.terms import Atom, BitBinary, Encoded, ErlString, Export, FrozenList, ImproperList, Pid, Reference
 
 from .strategies import terms
 
@@ -197,3 +197,16 @@ def test_pid_literals_parse_print_back_and_are_never_sent_unresolved():
     for bad, why in (("<3.1.0>", "local number"), ("<foo.1.0>", "a pid is"), ("<0.1>", "unexpected")):
         with pytest.raises(TermSyntaxError, match=why):
             parse_term(bad)
+
+
+def test_the_term_records_match_by_position_as_the_dataclasses_did():
+    # BitBinary, ImproperList, Export and Fun were frozen dataclasses; as slot classes they keep
+    # equality, hashing, repr and positional patterns.
+    bits = BitBinary(b"\x01", 3)
+    assert bits == BitBinary(b"\x01", 3) and hash(bits) == hash(BitBinary(b"\x01", 3))
+    assert repr(bits) == "BitBinary(data=b'\\x01', bits=3)"
+    match ImproperList((1, 2), Atom("t")), Export(Atom("m"), Atom("f"), 2):
+        case ImproperList(items, tail), Export(module, function, arity):
+            assert (items, tail, module, function, arity) == ((1, 2), Atom("t"), Atom("m"), Atom("f"), 2)
+        case _:
+            raise AssertionError("no match")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import itertools
 import struct
 from typing import Any
 
@@ -24,6 +25,7 @@ from kzbridge.errors import (
     ProtocolError,
     UsageError,
 )
+from kzbridge.wire.codec import EncodeError, encode_term
 from kzbridge.wire.epmd import NodeInfo
 from kzbridge.wire.frames import (
     OP_DEMONITOR_P,
@@ -48,7 +50,7 @@ from kzbridge.wire.frames import (
 )
 from kzbridge.wire.handshake import DFLAG_BIG_CREATION, DFLAG_SEND_SENDER, DFLAG_SPAWN, OUR_FLAGS, HandshakeResult
 from kzbridge.wire.io_protocol import A_IO_REPLY, A_IO_REQUEST
-from kzbridge.wire.rex import A_CALL, A_GEN_CALL, A_REX
+from kzbridge.wire.rex import A_CALL, A_GEN_CALL, A_REX, RpcResult
 from kzbridge.wire.session import (
     GROUP_LEADER_GRACE,
     ConnectPlan,
@@ -287,6 +289,25 @@ def test_finished_calls_leave_nothing_for_the_garbage_collector():
     assert s.is_live(gl) and gl not in s.group_leaders  # still ours, as a number
     assert s.is_live(Pid(gl.node, gl.id, gl.serial, gl.creation, gl.old))  # the same pid, decoded anew
     assert not s.is_live(Pid(Atom("other@host"), gl.id, gl.serial, gl.creation, gl.old))
+    # A pid naming us with an ID new_pid never makes (over 15 bits) must not alias a retired one:
+    # <us.32773.0> is not <us.5.1>.
+    s._pid_ids = itertools.count(5 | 1 << 15)
+    ref, gl, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    s.end_call(ref, gl, now=102.0)
+    assert (gl.id, gl.serial) == (5, 1) and s.is_live(gl)
+    assert not s.is_live(Pid(gl.node, 5 | 1 << 15, 0, gl.creation, gl.old))
+
+
+def test_an_rpc_result_is_no_tuple():
+    # Returned by rpc_output: a tuple would encode as an Erlang tuple and equal a plain one.
+    result = RpcResult(Atom("ok"), "printed")
+    assert result == RpcResult(Atom("ok"), "printed") and result != (Atom("ok"), "printed")
+    assert repr(result) == "RpcResult(value=Atom('ok'), output='printed')"
+    with pytest.raises(EncodeError):
+        encode_term(result)
+    match result:
+        case RpcResult(value, output):
+            assert (value, output) == (Atom("ok"), "printed")
 
 
 # ---------------------------------------------------------------- control messages

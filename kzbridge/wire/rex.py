@@ -8,7 +8,7 @@ head) and matches the replies; this module holds the atoms and reads the result.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..errors import BadRpcError
 from .literal import format_term
@@ -22,11 +22,26 @@ A_EXIT = Atom("EXIT")
 A_NOPROC = Atom("noproc")
 
 
-class RpcResult(NamedTuple):  # not a dataclass: see wire.names.Route
-    """A remote call's value and everything it printed through its group leader."""
+class RpcResult:
+    """A remote call's value and everything it printed through its group leader.
 
-    value: Any
-    output: str = ""
+    A plain class, not a dataclass (a millisecond at every start of a one-shot command) nor
+    a NamedTuple (a tuple would encode as an Erlang tuple and equal one).
+    """
+
+    __slots__ = ("output", "value")
+    __match_args__ = ("value", "output")
+    __hash__ = None  # type: ignore[assignment]  # mutable, as before
+
+    def __init__(self, value: Any, output: str = "") -> None:
+        self.value = value
+        self.output = output
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is RpcResult and (other.value, other.output) == (self.value, self.output)
+
+    def __repr__(self) -> str:
+        return f"RpcResult(value={self.value!r}, output={self.output!r})"
 
 
 def rpc_result(value: Any, output: str, peer: str, what: str) -> RpcResult:

@@ -468,9 +468,11 @@ class Session:
         )
 
     def _gl_number(self, pid: Any) -> int:
-        """A pid of ours as one number (its ID and Serial, as new_pid made them); -1 for any other."""
-        if type(pid) is Pid and pid.node == self._atom and pid.creation == self.creation:
-            return pid.id | pid.serial << 15
+        """A pid of ours as one number (its ID and Serial, as new_pid made them); -1 for any other
+        (also one naming us with numbers new_pid never makes, which would alias one that it did)."""
+        ours = type(pid) is Pid and pid.node == self._atom and pid.creation == self.creation
+        if ours and pid.id < 0x8000 and pid.serial < 0x2000:
+            return int(pid.id | pid.serial << 15)
         return -1
 
     # ------------------------------------------------------------ rpc

@@ -236,7 +236,7 @@ class BitBinary(_Ident):
     """A bitstring whose last byte holds only ``bits`` (1..8) significant bits."""
 
     __slots__ = ("bits", "data")
-    _fields = ("data", "bits")
+    _fields = __match_args__ = ("data", "bits")
     data: bytes
     bits: int
 
@@ -250,7 +250,7 @@ class ImproperList(_Ident):
     """``[a, b | Tail]`` where Tail is not a list."""
 
     __slots__ = ("items", "tail")
-    _fields = ("items", "tail")
+    _fields = __match_args__ = ("items", "tail")
     items: tuple[Any, ...]
     tail: Any
 
@@ -264,7 +264,7 @@ class Export(_Ident):
     """``fun Module:Function/Arity``."""
 
     __slots__ = ("arity", "function", "module")
-    _fields = ("module", "function", "arity")
+    _fields = __match_args__ = ("module", "function", "arity")
     module: Atom
     function: Atom
     arity: int
@@ -280,7 +280,7 @@ class Fun(_Ident):
     """A local fun as sent by a node. Kept whole so it re-encodes byte-exactly; never callable here."""
 
     __slots__ = ("arity", "free_vars", "index", "module", "old_index", "old_uniq", "pid", "uniq")
-    _fields = ("arity", "uniq", "index", "module", "old_index", "old_uniq", "pid", "free_vars")
+    _fields = __match_args__ = ("arity", "uniq", "index", "module", "old_index", "old_uniq", "pid", "free_vars")
     arity: int
     uniq: bytes
     index: int
