@@ -31,7 +31,7 @@ from kzbridge.wire.frames import (
 from kzbridge.wire.node import connect_node
 from kzbridge.wire.terms import Atom, Pid
 
-from .peers.hostile import HostilePeer, peers_made, recv_exact, send_in_pieces
+from .peers.hostile import HostilePeer, peers_made, recv_exact, rpc_once, send_in_pieces
 
 COOKIE = "hostile-cookie"
 LIMIT = 100 << 20  # well above a few in-place buffers, far below the gigabyte announced
@@ -124,15 +124,7 @@ def test_a_slow_honest_big_frame_still_arrives_whole(hostile):
         send_in_pieces(conn, frame)
 
     peer = hostile(send_big)
-
-    async def body() -> object:
-        n = await connect_node(peer.node, COOKIE, timeout=5)
-        try:
-            return await n.rpc("erlang", "node", [], timeout=20)
-        finally:
-            await n.close()
-
-    value = asyncio.run(body())
+    value = rpc_once(peer, COOKIE)
     assert type(value) is bytes and len(value) == 20 << 20
 
 

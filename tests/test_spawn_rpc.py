@@ -41,7 +41,7 @@ from kzbridge.wire.session import RpcReply, Session
 from kzbridge.wire.terms import Atom, ErlString, Pid, Reference
 
 from .conftest import poll_until_async
-from .peers.hostile import FLAGS, HostilePeer, peers_made, recv_exact, send_in_pieces
+from .peers.hostile import FLAGS, HostilePeer, peers_made, recv_exact, rpc_once, send_in_pieces
 from .test_session import MODES, feed, peer_pid, sent, session, unframe
 
 A_BADRPC = Atom("badrpc")
@@ -405,16 +405,7 @@ def test_a_big_result_comes_whole_through_the_spawn_path(fake_peer):
         send_in_pieces(conn, frame)
 
     peer = fake_peer(spawner)
-
-    async def body() -> Any:
-        n = await connect_node(peer.node, COOKIE, timeout=5)
-        n.session.rpc_via = "spawn"
-        try:
-            return await n.rpc("erlang", "node", [], timeout=20)
-        finally:
-            await n.close()
-
-    value = asyncio.run(body())
+    value = rpc_once(peer, COOKIE, via="spawn")
     assert type(value) is bytes and len(value) == 20 << 20
 
 

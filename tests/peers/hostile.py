@@ -7,6 +7,7 @@ checks our digest, acks with its own), then runs ``after_handshake(conn)``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import socket
@@ -120,3 +121,19 @@ def peers_made(epmd_port: int, cookie: str, prefix: str) -> Iterator[Callable[..
     for peer in made:
         peer.close()
         assert peer.error is None, peer.error
+
+
+def rpc_once(peer: HostilePeer, cookie: str, *, via: str | None = None, timeout: float = 20.0) -> Any:
+    """``erlang:node()`` once through the asyncio node (by ``via``: "rex" or "spawn"), then close."""
+    from kzbridge.wire.node import connect_node
+
+    async def body() -> Any:
+        n = await connect_node(peer.node, cookie, timeout=5)
+        if via is not None:
+            n.session.rpc_via = via
+        try:
+            return await n.rpc("erlang", "node", [], timeout=timeout)
+        finally:
+            await n.close()
+
+    return asyncio.run(body())
