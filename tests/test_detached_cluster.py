@@ -218,6 +218,21 @@ def test_a_pid_of_one_node_traces_that_node_and_stop_finds_it_by_ref(pair: list[
     assert clean(a)
 
 
+def test_a_trace_stopped_by_someone_else_is_not_called_ours(pair: list[sandbox.Sandbox], tmp_path: Path) -> None:
+    # sup (or another machine) stops the trace first: kzbridge still collects it, and says the
+    # stop was not its own.
+    a, _ = pair
+    res = kzb("start", "--module", "kz_json", "-n", a.node, "-d", "60")
+    assert res.returncode == 0, res.stderr
+    ref = res.stdout.split()[0]
+    assert node_call(a, "kz_data_tracing", "stop_trace", [ref.encode()])[0] == Atom("ok")
+    res = kzb("stop", ref, "-n", a.node, "-o", str(tmp_path / "t.log"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"{ref} was already stopped, by its lease, another client or sup ("), res.stdout
+    assert not res.stdout.startswith("stopped") and (tmp_path / "t.log").exists()
+    assert clean(a)
+
+
 def test_stop_all_checks_every_output_before_it_stops_any_trace(pair: list[sandbox.Sandbox], tmp_path: Path) -> None:
     # All of a node's traces are stopped before the first is collected, so an output that cannot
     # be written (here the second trace's file exists) must stop the run before any trace is:

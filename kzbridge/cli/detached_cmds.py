@@ -322,7 +322,10 @@ def _holder_of(t: Targets, ref: str) -> str:
 
 
 def _stopped_line(item: dict[str, Any]) -> str:
-    line = f"stopped {safe_text(item['ref'])} ({safe_text(item['remote_path'])})"
+    ref, remote = safe_text(item["ref"]), safe_text(item["remote_path"])
+    line = f"stopped {ref} ({remote})"
+    if item.get("already_stopped"):  # not by this run: say so
+        line = f"{ref} was already stopped, by its lease, another client or sup ({remote})"
     if "local_path" in item:
         line += f" -> {item['local_path']}, {item['bytes']} bytes"
     if "governor" in item:
@@ -414,6 +417,8 @@ def stop(
             try:
                 await trace.stop()
                 item: dict[str, Any] = {"ref": trace.ref, "remote_path": trace.remote_path}
+                if trace.already_stopped:
+                    item["already_stopped"] = True
                 stopping.stopped.append((trace, local, item))
                 safety = await detached_stop(n, trace.remote_path, ref=trace.ref, timeout=timeout)
                 if safety is not None:  # the node-side governor had stopped it
@@ -487,7 +492,11 @@ def _stop_progress(node: str, result: list[dict[str, Any]] | KzBridgeError) -> N
         say(f"kzbridge: {node}: no running traces from this machine", err=True)
     else:
         collected = [i for i in result if "local_path" in i]
-        line = f"kzbridge: {node}: stopped {len(result)} trace{'s' if len(result) != 1 else ''}"
+        before = sum(1 for i in result if i.get("already_stopped"))  # not by this run
+        ours = len(result) - before
+        line = f"kzbridge: {node}: stopped {ours} trace{'s' if ours != 1 else ''}"
+        if before:
+            line += f" ({before} already stopped, by a lease, another client or sup)"
         if collected:
             verified = all(i["verified"] for i in collected)
             line += f", collected {sum(i['bytes'] for i in collected)} bytes"

@@ -162,6 +162,8 @@ class Trace:
     started: float = field(default_factory=time.time)
     _tref: Any = None
     stopped: bool = False
+    # stop() found it already stopped on the node (its lease, another client, sup): not our stop.
+    already_stopped: bool = False
     lease_renewals: int = 0
     _keeper: asyncio.Task[None] | None = None
     keeper_error: KzBridgeError | None = None
@@ -277,7 +279,9 @@ class Trace:
                 if not _server_call_timed_out(exc.reason):
                     raise
                 reply = (A_OK, self.remote_path.encode())
-            if reply != (A_ERROR, Atom("invalid_trace")) and not (type(reply) is tuple and reply[0] == A_OK):
+            if reply == (A_ERROR, Atom("invalid_trace")):
+                self.already_stopped = True
+            elif not (type(reply) is tuple and reply[0] == A_OK):
                 raise KazooError(f"stop_trace({self.ref}) answered {format_term(reply)}")
         else:
             await self.node.rpc("lager", "stop_trace", [self.lager_trace], timeout=self.timeout)
