@@ -21,6 +21,7 @@ from kzbridge.wire.session import RpcReply, Session
 from kzbridge.wire.terms import Atom, Pid, Reference
 
 from .strategies import terms
+from .test_session import start
 
 PEER = Atom("peer@host")
 
@@ -45,7 +46,7 @@ def full(s: Session, frame: bytes) -> list[Any]:
 @pytest.mark.parametrize("flags", [OUR_FLAGS, OUR_FLAGS & ~DFLAG_BIG_CREATION], ids=["new", "old-creation"])
 def test_a_reply_to_a_call_is_read_as_the_full_parse_reads_it(flags):
     s = session(flags)
-    ref, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    ref, _, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
     frame = reply(s, ref, PEER)
     assert s.reply_of(frame) == (s.ref_bytes(ref), PEER)
     assert s.ref_bytes(ref) == encode_term(ref)
@@ -56,7 +57,7 @@ def test_a_reply_to_a_call_is_read_as_the_full_parse_reads_it(flags):
 @given(terms)
 def test_any_value_comes_back_as_the_full_parse_decodes_it(value):
     s = session()
-    ref, _, _, _ = s.start_call(Atom("m"), Atom("f"), [])
+    ref, _, _, _, *_ = start(s, Atom("m"), Atom("f"), [])
     frame = reply(s, ref, value)
     key, got = s.reply_of(frame)
     [event] = full(s, frame)
@@ -65,7 +66,7 @@ def test_any_value_comes_back_as_the_full_parse_decodes_it(value):
 
 def test_frames_that_are_not_a_reply_to_our_caller_are_left_to_the_full_parse():
     s = session()
-    ref, gl, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    ref, gl, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
     other_node = Pid(Atom("other@host"), 55, 0, 77)
     foreign_ref = Reference(Atom("other@host"), ref.ids, ref.creation, ref.form)
     declined = [
@@ -89,7 +90,7 @@ def test_frames_that_are_not_a_reply_to_our_caller_are_left_to_the_full_parse():
 @pytest.mark.parametrize("cut", ["truncated", "trailing", "bad-tag", "bad-utf8"])
 def test_a_malformed_reply_is_declined_and_the_full_parse_rejects_it(cut):
     s = session()
-    ref, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    ref, _, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
     frame = reply(s, ref, Atom("abc"))
     bad = {
         "truncated": frame[:-1],
@@ -106,7 +107,7 @@ def test_a_malformed_reply_is_declined_and_the_full_parse_rejects_it(cut):
 def test_garbage_spliced_into_a_reply_never_reads_as_another_value(garbage, at):
     # Whatever reply_of accepts, the full parse reads the same way.
     s = session()
-    ref, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    ref, _, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
     frame = reply(s, ref, [1, 2, Atom("x")])
     at = min(at, len(frame))
     mangled = frame[:at] + garbage + frame[at:]

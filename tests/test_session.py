@@ -11,7 +11,7 @@ import errno
 import gc
 import itertools
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -25,7 +25,7 @@ from kzbridge.errors import (
     ProtocolError,
     UsageError,
 )
-from kzbridge.wire.codec import EncodeError, encode_term
+from kzbridge.wire.codec import EncodeError, decode_at, encode_term
 from kzbridge.wire.epmd import NodeInfo
 from kzbridge.wire.frames import (
     OP_DEMONITOR_P,
@@ -102,6 +102,25 @@ def sent(s: Session) -> list[DistMessage]:
     return [parse_message(f) for f in out if f is not None]
 
 
+class Started(NamedTuple):
+    """What ``start_call`` gave, with the call's ref and group leader as the terms the peer sees."""
+
+    ref: Reference
+    gl: Pid
+    output: list[str]
+    frame: bytes
+    key: bytes  # the ref, encoded, as start_call names the call
+    leader: int  # the group leader's number
+
+
+def start(s: Session, m: Atom, f: Atom, args: list[Any]) -> Started:
+    key, leader, output, frame = s.start_call(m, f, args)
+    ref, end = decode_at(key, 0)
+    gl = s.leader_pid(leader)
+    assert end == len(key) and s.ref_bytes(ref) == key and s.leader_of(gl) == leader
+    return Started(ref, gl, output, frame, key, leader)
+
+
 def unframe(frame: bytes) -> DistMessage:
     assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
     return parse_message(frame[4:])
@@ -114,7 +133,7 @@ def test_rpc_frame_is_the_gen_call_to_rex_that_the_term_form_encodes():
     s = session(OUR_FLAGS & ~DFLAG_SPAWN)  # a peer before OTP 23 (spawn_request: tests/test_spawn_rpc.py)
     assert s.rpc_via == "rex"
     m, f, args = Atom("erlang"), Atom("node"), [1, b"x", [Atom("y")]]
-    ref, gl, output, frame = s.start_call(m, f, args)
+    ref, gl, output, frame, *_ = start(s, m, f, args)
     assert output == []
     msg = unframe(frame)
     assert msg.control == (OP_REG_SEND, s.caller, UNUSED, A_REX)
@@ -128,8 +147,8 @@ def test_rpc_frame_is_the_gen_call_to_rex_that_the_term_form_encodes():
 @pytest.mark.parametrize("mode", MODES)
 def test_rex_reply_becomes_an_rpc_reply_event(mode):
     s = session(OUR_FLAGS & ~DFLAG_SPAWN)
-    ref, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    other, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    ref, _, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
+    other, _, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
     data = build_message((OP_SEND, UNUSED, s.caller), (other, Atom("second"))) + build_message(
         (OP_SEND_SENDER, peer_pid(5), s.caller), (ref, [1000, 2])
     )
@@ -164,7 +183,7 @@ def test_call_frames_from_pre_encoded_parts_equal_the_generic_encoding(flags):
     m, f, args = Atom("lists"), Atom("seq"), [1, 3]
     for via in ("rex", "spawn"):
         s.rpc_via = via
-        ref, gl, _, frame = s.start_call(m, f, args)
+        ref, gl, _, frame, *_ = start(s, m, f, args)
         if via == "rex":
             expected = build_message(
                 (OP_REG_SEND, s.caller, UNUSED, A_REX), (A_GEN_CALL, (s.caller, ref), (A_CALL, m, f, args, gl))
@@ -192,9 +211,9 @@ def io_request(to: Pid, request: Any, sender: Pid | None = None, reply_as: Any =
 @pytest.mark.parametrize("mode", MODES)
 def test_io_request_is_answered_and_its_text_emitted(mode):
     s = session()
-    _, gl, _, _ = s.start_call(Atom("io"), Atom("put_chars"), [])
+    _, gl, _, _, _, leader = start(s, Atom("io"), Atom("put_chars"), [])
     data = io_request(gl, (Atom("put_chars"), Atom("unicode"), ErlString("héllo\n")))
-    assert feed(s, data, mode) == [Output(gl, "héllo\n")]
+    assert feed(s, data, mode) == [Output(leader, "héllo\n")]
     [reply] = sent(s)
     assert reply.control == (OP_SEND_SENDER, gl, peer_pid(7))
     assert reply.payload == (A_IO_REPLY, Atom("r1"), A_OK)
@@ -202,8 +221,8 @@ def test_io_request_is_answered_and_its_text_emitted(mode):
 
 def test_io_reply_is_a_plain_send_when_the_peer_lacks_send_sender():
     s = session(OUR_FLAGS & ~DFLAG_SEND_SENDER)
-    _, gl, _, _ = s.start_call(Atom("io"), Atom("put_chars"), [])
-    assert feed(s, io_request(gl, (Atom("put_chars"), b"x")), "whole") == [Output(gl, "x")]
+    _, gl, _, _, _, leader = start(s, Atom("io"), Atom("put_chars"), [])
+    assert feed(s, io_request(gl, (Atom("put_chars"), b"x")), "whole") == [Output(leader, "x")]
     [reply] = sent(s)
     assert reply.control == (OP_SEND, UNUSED, peer_pid(7))
 
@@ -211,7 +230,7 @@ def test_io_reply_is_a_plain_send_when_the_peer_lacks_send_sender():
 @pytest.mark.parametrize("mode", MODES)
 def test_io_request_that_needs_an_apply_round_trip(mode):
     s = session()
-    main, gl, output, _ = s.start_call(Atom("io"), Atom("format"), [])
+    main, gl, output, _, _, leader = start(s, Atom("io"), Atom("format"), [])
     fmt_args = [ErlString("~p~n"), [(Atom("a"), 1)]]
     request = (Atom("put_chars"), Atom("unicode"), Atom("io_lib"), Atom("format"), fmt_args)
     assert feed(s, io_request(gl, request), mode) == []
@@ -222,7 +241,7 @@ def test_io_request_that_needs_an_apply_round_trip(mode):
     assert call == (A_CALL, Atom("io_lib"), Atom("format"), fmt_args, gl)
     # The node answers the formatting call; the session resumes the request instead of reporting a reply.
     events = feed(s, build_message((OP_SEND, UNUSED, s.caller), (apply_ref, [ErlString("{a,1}"), 10])), mode)
-    assert events == [Output(gl, "{a,1}\n")] and output == ["{a,1}\n"]
+    assert events == [Output(leader, "{a,1}\n")] and output == ["{a,1}\n"]
     [reply] = sent(s)
     assert reply.payload == (A_IO_REPLY, Atom("r1"), A_OK)
     # A later reply with the same ref is an ordinary (unknown) reply for the driver to drop.
@@ -231,7 +250,7 @@ def test_io_request_that_needs_an_apply_round_trip(mode):
 
 def test_io_request_whose_apply_fails_is_answered_with_the_error():
     s = session()
-    _, gl, _, _ = s.start_call(Atom("io"), Atom("format"), [])
+    _, gl, _, _, *_ = start(s, Atom("io"), Atom("format"), [])
     request = (Atom("put_chars"), Atom("unicode"), Atom("io_lib"), Atom("format"), [b"~p", []])
     feed(s, io_request(gl, request), "whole")
     [apply] = sent(s)
@@ -244,11 +263,11 @@ def test_io_request_whose_apply_fails_is_answered_with_the_error():
 
 def test_io_requests_batch_and_unknown_requests():
     s = session()
-    _, gl, _, _ = s.start_call(Atom("io"), Atom("put_chars"), [])
+    _, gl, _, _, _, leader = start(s, Atom("io"), Atom("put_chars"), [])
     batch = (Atom("requests"), [(Atom("put_chars"), b"a"), (Atom("put_chars"), Atom("unicode"), b"b")])
     assert feed(s, io_request(gl, batch) + io_request(gl, Atom("bogus_request"), reply_as=2), "whole") == [
-        Output(gl, "a"),
-        Output(gl, "b"),
+        Output(leader, "a"),
+        Output(leader, "b"),
     ]
     first, second = sent(s)
     assert first.payload == (A_IO_REPLY, Atom("r1"), A_OK)
@@ -257,17 +276,45 @@ def test_io_requests_batch_and_unknown_requests():
 
 def test_group_leaders_stay_ours_for_a_grace_period_after_the_call():
     s = session()
-    ref, gl, _, _ = s.start_call(Atom("io"), Atom("format"), [])
+    call = start(s, Atom("io"), Atom("format"), [])
     request = (Atom("put_chars"), Atom("unicode"), Atom("io_lib"), Atom("format"), [b"x", []])
-    feed(s, io_request(gl, request), "whole")
-    sent(s)
-    s.end_call(ref, gl, now=100.0)
-    assert s.is_live(gl)
-    ref2, gl2, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    s.end_call(ref2, gl2, now=100.0 + GROUP_LEADER_GRACE + 1)
-    assert not s.is_live(gl) and s.is_live(gl2)
-    assert feed(s, io_request(gl, (Atom("put_chars"), b"late")), "whole") == []
+    feed(s, io_request(call.gl, request), "whole")
+    sent(s)  # its formatting is an apply the node has not answered
+    s.end_call(call.key, call.leader, now=100.0)
+    assert s.is_live(call.gl) and s._applies
+
+    def end_another(now: float) -> Started:
+        other = start(s, Atom("erlang"), Atom("node"), [])
+        s.end_call(other.key, other.leader, now=now)
+        return other
+
+    end_another(100.0 + GROUP_LEADER_GRACE - 0.01)
+    end_another(100.0 + GROUP_LEADER_GRACE + 0.01)  # a turn: the call's leader is in the period before
+    assert s.is_live(call.gl) and s._applies
+    last = end_another(100.0 + 2 * GROUP_LEADER_GRACE + 0.02)  # the next turn drops it, and its apply
+    assert not s.is_live(call.gl) and s.is_live(last.gl)
+    assert feed(s, io_request(call.gl, (Atom("put_chars"), b"late")), "whole") == []
     assert s.outbox == [] and s._applies == {}
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.01, 2.5, GROUP_LEADER_GRACE - 0.01])
+def test_a_retired_group_leader_stays_ours_a_whole_grace_period_whenever_the_periods_turn(phase):
+    s = session()
+    first = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(first.key, first.leader, now=100.0 - phase)  # the periods turn at 100 - phase + k * GRACE
+    call = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(call.key, call.leader, now=100.0)
+    now = 100.0
+    while now < 100.0 + GROUP_LEADER_GRACE:  # other calls ending at any moment of the grace period
+        other = start(s, Atom("erlang"), Atom("node"), [])
+        s.end_call(other.key, other.leader, now=now)
+        assert s.is_live(call.gl), now
+        now += 0.25
+    for now in (100.0 + 2 * GROUP_LEADER_GRACE + 0.01, 100.0 + 3 * GROUP_LEADER_GRACE + 0.02):
+        other = start(s, Atom("erlang"), Atom("node"), [])
+        s.end_call(other.key, other.leader, now=now)
+    assert not s.is_live(call.gl) and not s.is_live(first.gl)
+    assert len(s._retired) + len(s._retired_before) <= 2
 
 
 def test_finished_calls_leave_nothing_for_the_garbage_collector():
@@ -277,23 +324,23 @@ def test_finished_calls_leave_nothing_for_the_garbage_collector():
 
     def tracked_after(calls: int) -> int:
         for i in range(calls):
-            ref, gl, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-            s.end_call(ref, gl, now=100.0 + i * 1e-4)  # all within GROUP_LEADER_GRACE of each other
+            call = start(s, Atom("erlang"), Atom("node"), [])
+            s.end_call(call.key, call.leader, now=100.0 + i * 1e-4)  # all within GROUP_LEADER_GRACE of each other
         gc.collect()
         return len(gc.get_objects())
 
     first = tracked_after(100)
     assert tracked_after(5000) - first < 50
-    ref, gl, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    s.end_call(ref, gl, now=101.0)
-    assert s.is_live(gl) and gl not in s.group_leaders  # still ours, as a number
+    _, gl, _, _, key, leader = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(key, leader, now=101.0)
+    assert s.is_live(gl) and leader not in s.group_leaders  # still ours, as a number
     assert s.is_live(Pid(gl.node, gl.id, gl.serial, gl.creation, gl.old))  # the same pid, decoded anew
     assert not s.is_live(Pid(Atom("other@host"), gl.id, gl.serial, gl.creation, gl.old))
     # A pid naming us with an ID new_pid never makes (over 15 bits) must not alias a retired one:
     # <us.32773.0> is not <us.5.1>.
     s._pid_ids = itertools.count(5 | 1 << 15)
-    ref, gl, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    s.end_call(ref, gl, now=102.0)
+    _, gl, _, _, key, leader = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(key, leader, now=102.0)
     assert (gl.id, gl.serial) == (5, 1) and s.is_live(gl)
     assert not s.is_live(Pid(gl.node, 5 | 1 << 15, 0, gl.creation, gl.old))
 

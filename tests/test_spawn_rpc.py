@@ -42,7 +42,7 @@ from kzbridge.wire.terms import Atom, ErlString, Pid, Reference
 
 from .conftest import poll_until_async
 from .peers.hostile import FLAGS, HostilePeer, peers_made, recv_exact, rpc_once, send_in_pieces
-from .test_session import MODES, feed, peer_pid, sent, session, unframe
+from .test_session import MODES, feed, peer_pid, sent, session, start, unframe
 
 A_BADRPC = Atom("badrpc")
 A_EXIT = Atom("EXIT")
@@ -61,7 +61,7 @@ def spawning() -> Session:
 def test_a_peer_with_the_spawn_flag_can_get_a_spawn_request_of_erpc_execute_call():
     s = spawning()
     m, f, args = Atom("erlang"), Atom("node"), [1, b"x", [Atom("y")]]
-    ref, gl, output, frame = s.start_call(m, f, args)
+    ref, gl, output, frame, *_ = start(s, m, f, args)
     assert (s.spawn_calls, s.rex_calls, output) == (1, 0, [])
     control = (OP_SPAWN_REQUEST, ref, s.caller, gl, (A_ERPC, A_EXECUTE_CALL, 4), [A_MONITOR])
     assert frame == build_message(control, [ref, m, f, args])  # byte for byte, from the pre-encoded parts
@@ -74,11 +74,11 @@ def test_a_peer_without_it_gets_only_the_gen_call_to_rex():
     assert (old.spawn_capable, old.rpc_via) == (False, "rex")
     with pytest.raises(UsageError, match="takes rex"):
         old.rpc_via = "spawn"
-    _, _, _, frame = old.start_call(Atom("erlang"), Atom("node"), [])
+    _, _, _, frame, *_ = start(old, Atom("erlang"), Atom("node"), [])
     assert unframe(frame).control == (OP_REG_SEND, old.caller, UNUSED, A_REX)
     back = spawning()
     back.rpc_via = "rex"
-    _, _, _, frame = back.start_call(Atom("erlang"), Atom("node"), [])
+    _, _, _, frame, *_ = start(back, Atom("erlang"), Atom("node"), [])
     assert unframe(frame).control[0] == OP_REG_SEND
     assert (back.spawn_calls, back.rex_calls) == (0, 1)
 
@@ -93,7 +93,7 @@ def _exit(s: Any, ref: Reference, reason: Any, payload: bool = True) -> bytes:
 def test_the_exit_reason_becomes_the_value_rex_would_give(mode):
     s = spawning()
     stack = [(Atom("m"), Atom("f"), 1, [])]
-    refs = [s.start_call(Atom("m"), Atom("f"), [])[0] for _ in range(7)]
+    refs = [start(s, Atom("m"), Atom("f"), [])[0] for _ in range(7)]
     reasons = [
         (refs[0], Atom("return"), [1000, 2]),
         (refs[1], Atom("throw"), Atom("thrown")),  # rpc gives a thrown value as the value
@@ -120,10 +120,10 @@ def test_the_exit_reason_becomes_the_value_rex_would_give(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_spawn_replies_pass_quietly_or_fail_the_call_and_late_answers_are_dropped(mode):
     s = spawning()
-    ok, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    refused, _, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
-    abandoned, gl, _, _ = s.start_call(Atom("timer"), Atom("sleep"), [5000])
-    s.end_call(abandoned, gl, now=0.0)  # the driver gave up (timeout): whatever comes later is dropped
+    ok, _, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
+    refused, _, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
+    abandoned, _, _, _, key, leader = start(s, Atom("timer"), Atom("sleep"), [5000])
+    s.end_call(key, leader, now=0.0)  # the driver gave up (timeout): whatever comes later is dropped
     data = (
         build_message((OP_SPAWN_REPLY, ok, s.caller, 2, peer_pid(7)))
         + build_message((OP_SPAWN_REPLY, refused, s.caller, 0, Atom("system_limit")))
@@ -421,7 +421,7 @@ def test_a_call_whose_arguments_cannot_be_encoded_leaves_nothing_behind(via: str
 
 def test_pid_numbers_that_come_round_skip_the_pids_still_in_use() -> None:
     s = spawning()
-    _, live_gl, _, _ = s.start_call(Atom("erlang"), Atom("node"), [])
+    _, live_gl, _, _, *_ = start(s, Atom("erlang"), Atom("node"), [])
     mailbox = s.open_mailbox()
     s._pid_ids = itertools.count(1 << 28)  # 2^28 pids later: the numbers start again from 0
     given = [s.new_pid() for _ in range(10)]

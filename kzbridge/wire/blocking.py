@@ -187,8 +187,7 @@ class BlockingNode:
         args = list(args or [])
         what = call_name(m, f, args)
         session = self.session
-        main, gl, output, frame = session.start_call(m, f, args)
-        key = session.ref_bytes(main)
+        key, leader, output, frame = session.start_call(m, f, args)
         try:
             self._write(frame)
             deadline = time.monotonic() + timeout
@@ -200,12 +199,12 @@ class BlockingNode:
                 if reply is not None and reply[0] == key:
                     return rpc_result(reply[1], "".join(output), self.peer_name, what)
                 for ev in session.receive(parse_message(raw)):
-                    if type(ev) is RpcReply and ev.ref == main:
+                    if type(ev) is RpcReply and session.ref_bytes(ev.ref) == key:
                         return rpc_result(ev.value, "".join(output), self.peer_name, what)
                 if session.outbox:
                     self._write(session.data_to_send())
         finally:
-            session.end_call(main, gl, time.monotonic())
+            session.end_call(key, leader, time.monotonic())
 
     def rpc(
         self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float = 30.0

@@ -114,10 +114,10 @@ class HiddenNode:
         # The loop the connection lives on, kept: asyncio.get_running_loop() makes a getpid
         # system call each time (its fork check), twice per call.
         self._loop = asyncio.get_running_loop()
-        # the call's ref, encoded (session.ref_bytes) -> (future, (module, function, arity), deadline or None)
+        # a call's ref, encoded (start_call, session.ref_bytes) -> (future, (module, function, arity), deadline or None)
         self._pending: dict[bytes, tuple[asyncio.Future[Any], _Call, float | None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._output_callbacks: dict[Pid, Callable[[str], None]] = {}
+        self._output_callbacks: dict[int, Callable[[str], None]] = {}  # by group leader number
         self._mailboxes: dict[Pid, Mailbox] = {}
         self._pausers: set[Pid] = set()
         self._lost: KzBridgeError | None = None
@@ -194,11 +194,11 @@ class HiddenNode:
         self, module: str | Atom, function: str | Atom, args: list[Any] | None = None, timeout: float | None = 30.0
     ) -> Any:
         """Call ``module:function(args...)`` on the node; raise BadRpcError on ``{badrpc, _}``."""
-        fut, ref, key, gl, output, call = self._start_call(module, function, args, timeout, None)
+        fut, key, leader, output, call = self._start_call(module, function, args, timeout, None)
         try:
             value = await fut
         finally:
-            self._end_call(ref, key, gl, None)
+            self._end_call(key, leader, None)
         if is_badrpc(value):
             raise bad_rpc_error(value, "".join(output), self.peer_name, _what(call))
         return value
@@ -212,11 +212,11 @@ class HiddenNode:
         on_output: Callable[[str], None] | None = None,
     ) -> RpcResult:
         """As ``rpc``, also returning what the function printed (``on_output`` sees it as it comes)."""
-        fut, ref, key, gl, output, call = self._start_call(module, function, args, timeout, on_output)
+        fut, key, leader, output, call = self._start_call(module, function, args, timeout, on_output)
         try:
             value = await fut
         finally:
-            self._end_call(ref, key, gl, on_output)
+            self._end_call(key, leader, on_output)
         return rpc_result(value, "".join(output), self.peer_name, _what(call))
 
     def _start_call(
@@ -226,18 +226,17 @@ class HiddenNode:
         args: list[Any] | None,
         timeout: float | None,
         on_output: Callable[[str], None] | None,
-    ) -> tuple[asyncio.Future[Any], Reference, bytes, Pid, list[str], _Call]:
-        """Send a call; its future, ref (and its key in ``_pending``), group leader, output list
-        and name (``_end_call`` ends it)."""
+    ) -> tuple[asyncio.Future[Any], bytes, int, list[str], _Call]:
+        """Send a call; its future, its key in ``_pending`` (its ref, encoded), its group leader's
+        number, output list and name (``_end_call`` ends it)."""
         if self._lost is not None:
             raise self._lost
         m = module if type(module) is Atom else Atom(str(module))
         f = function if type(function) is Atom else Atom(str(function))
         args = list(args or [])
-        ref, gl, output, frame = self.session.start_call(m, f, args)
-        key = self.session.ref_bytes(ref)
+        key, leader, output, frame = self.session.start_call(m, f, args)
         if on_output is not None:
-            self._output_callbacks[gl] = on_output
+            self._output_callbacks[leader] = on_output
         loop = self._loop
         fut = loop.create_future()
         call = (m, f, len(args))
@@ -255,15 +254,15 @@ class HiddenNode:
             else:
                 self.conn.protocol.send_raw(frame)
         except BaseException:
-            self._end_call(ref, key, gl, on_output)
+            self._end_call(key, leader, on_output)
             raise
-        return fut, ref, key, gl, output, call
+        return fut, key, leader, output, call
 
-    def _end_call(self, ref: Reference, key: bytes, gl: Pid, on_output: Callable[[str], None] | None) -> None:
+    def _end_call(self, key: bytes, leader: int, on_output: Callable[[str], None] | None) -> None:
         self._pending.pop(key, None)
         if on_output is not None:
-            del self._output_callbacks[gl]
-        self.session.end_call(ref, gl, self._loop.time())
+            del self._output_callbacks[leader]
+        self.session.end_call(key, leader, self._loop.time())
 
     SWEEP_INTERVAL = 0.05
 
@@ -316,7 +315,7 @@ class HiddenNode:
                 if mb is not None:
                     mb.deliver(ev.term)
             elif type(ev) is Output:
-                cb = self._output_callbacks.get(ev.gl)
+                cb = self._output_callbacks.get(ev.leader)
                 if cb is not None:
                     cb(ev.text)
         if session.outbox and self.alive:

@@ -39,7 +39,6 @@ import itertools
 import os
 import struct
 import time
-from collections import deque
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -175,9 +174,10 @@ class Deliver(NamedTuple):
 
 
 class Output(NamedTuple):
-    """Text a remote call printed through group leader ``gl`` (also collected in the call's output list)."""
+    """Text a remote call printed through the group leader numbered ``leader`` (the number
+    ``start_call`` gave), also collected in the call's output list."""
 
-    gl: Pid
+    leader: int
     text: str
 
 
@@ -191,6 +191,7 @@ class _IoRequest(NamedTuple):
 
     steps: Generator[tuple[Any, ...], Any, Any]
     gl: Pid
+    leader: int  # gl's number (Session.leader_of)
     sender: Any
     reply_as: Any
 
@@ -366,18 +367,22 @@ class Session:
         self._ref_form = 90 if self.big_creation else 114
         self.caller = self.new_pid()
         self.mailboxes: set[Pid] = set()
-        # The group leaders of calls in flight (one per call), each with the text printed through it.
-        self.group_leaders: dict[Pid, list[str]] = {}
-        # Those of finished calls, ours GROUP_LEADER_GRACE seconds more, kept as their numbers
-        # (_gl_number) with their expiry in order. As Pids they were four objects per call for
-        # the garbage collector to scan, a hundred thousand at 20 000 calls/s: collections every
-        # ~200 calls, and full ones of tens of milliseconds.
-        self._retired_gls: set[int] = set()
-        self._retired_order: deque[int] = deque()
-        self._retired_until: deque[float] = deque()
+        # The group leaders of calls in flight (one per call), each with the text printed through
+        # it, by number (leader_of): a call's ref and group leader are never made as objects
+        # (start_call), and numbers are nothing for the garbage collector to scan.
+        self.group_leaders: dict[int, list[str]] = {}
+        # Those of finished calls stay ours GROUP_LEADER_GRACE seconds more, kept in two
+        # generations, those retired since the last turn and those of the period before, which
+        # the next turn (_turn_retired) drops: each stays one grace period at least. Kept as
+        # Pids with a deadline each, they were four objects per call for the garbage collector,
+        # a hundred thousand at 20 000 calls/s: collections every ~200 calls, full ones of tens
+        # of milliseconds.
+        self._retired: set[int] = set()
+        self._retired_before: set[int] = set()
+        self._retire_turn = 0.0
         self._monitors: dict[Reference, Pid] = {}
         self._applies: dict[Reference, _IoRequest] = {}
-        self._spawned: set[Reference] = set()  # calls sent by spawn_request, not answered yet
+        self._spawned: set[bytes] = set()  # calls sent by spawn_request and not answered yet, by ref_bytes
         self.outbox: list[bytes] = []
         # The rpc request's constant parts, encoded once: room for the frame's length, 'p',
         # the REG_SEND control, and the payload's head up to the ref ({'$gen_call', {Caller, ...).
@@ -420,25 +425,41 @@ class Session:
         self._rpc_via = via
 
     # ------------------------------------------------------------ identities
-    def new_pid(self) -> Pid:
-        # 15 bits of ID and 13 of Serial, as a node numbers its pids (the old pid format holds
-        # no more): one group leader per call, so 15 bits alone would come round again within
-        # GROUP_LEADER_GRACE at 6500 calls/s, and a retired leader would take a live one's place.
-        while True:
+    # Our pids are numbered by one count: a pid's number is its ID (15 bits) and Serial (13
+    # bits) as one int, ``ID | Serial << 15``, as a node numbers its pids (the old pid format
+    # holds no more). One group leader per call: 15 bits alone would come round again within
+    # GROUP_LEADER_GRACE at 6500 calls/s, and a retired leader would take a live one's place.
+    def _new_pid_number(self) -> int:
+        n = next(self._pid_ids)
+        while n >> 28 and self.is_live(self.leader_pid(n & 0xFFFFFFF)):  # come round: skip those in use
             n = next(self._pid_ids)
-            pid = Pid(self._atom, n & 0x7FFF, (n >> 15) & 0x1FFF, self.creation, old=not self.big_creation)
-            if not n >> 28 or not self.is_live(pid):  # once the numbers come round, skip those in use
-                return pid
+        return n & 0xFFFFFFF
+
+    def new_pid(self) -> Pid:
+        return self.leader_pid(self._new_pid_number())
+
+    def leader_pid(self, number: int) -> Pid:
+        """Our pid numbered ``number`` (a group leader's number from ``start_call``, say)."""
+        return Pid(self._atom, number & 0x7FFF, number >> 15, self.creation, old=not self.big_creation)
+
+    def leader_of(self, pid: Any) -> int:
+        """A pid of ours as its number; -1 for any other (also one naming us with numbers
+        ``new_pid`` never makes, which would alias one that it did)."""
+        ours = type(pid) is Pid and pid.node == self._atom and pid.creation == self.creation
+        if ours and pid.id < 0x8000 and pid.serial < 0x2000:
+            return int(pid.id | pid.serial << 15)
+        return -1
+
+    def _new_ref_ids(self) -> tuple[int, int, int]:
+        n = next(self._ref_ids)
+        return (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt)
 
     def make_ref(self) -> Reference:
-        n = next(self._ref_ids)
-        return Reference(
-            self._atom, (n & 0x3FFFF, (n >> 18) & 0xFFFFFFFF, self._ref_salt), self.creation, self._ref_form
-        )
+        return Reference(self._atom, self._new_ref_ids(), self.creation, self._ref_form)
 
-    def _own_pid_bytes(self, pid: Pid) -> bytes:
-        """``encode_term(pid)`` for a pid this session made, from the pre-encoded parts (a third of the time)."""
-        return self._pid_head + _PID_NUMBER(pid.id, pid.serial) + self._pid_tail
+    def _own_pid_bytes(self, number: int) -> bytes:
+        """``encode_term(self.leader_pid(number))`` from the pre-encoded parts (a third of the time)."""
+        return self._pid_head + _PID_NUMBER(number & 0x7FFF, number >> 15) + self._pid_tail
 
     def _own_ref_bytes(self, ref: Reference) -> bytes:
         """``encode_term(ref)`` for a reference this session made, likewise."""
@@ -460,44 +481,35 @@ class Session:
         self.mailboxes.discard(pid)
 
     def is_live(self, target: Any) -> bool:
-        return (
-            target == self.caller
-            or target in self.mailboxes
-            or target in self.group_leaders
-            or self._gl_number(target) in self._retired_gls
-        )
+        return target == self.caller or target in self.mailboxes or self._is_leader(self.leader_of(target))
 
-    def _gl_number(self, pid: Any) -> int:
-        """A pid of ours as one number (its ID and Serial, as new_pid made them); -1 for any other
-        (also one naming us with numbers new_pid never makes, which would alias one that it did)."""
-        ours = type(pid) is Pid and pid.node == self._atom and pid.creation == self.creation
-        if ours and pid.id < 0x8000 and pid.serial < 0x2000:
-            return int(pid.id | pid.serial << 15)
-        return -1
+    def _is_leader(self, number: int) -> bool:
+        """A group leader of a call in flight, or of one within its grace period."""
+        return number in self.group_leaders or number in self._retired or number in self._retired_before
 
     # ------------------------------------------------------------ rpc
-    def rpc_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
+    def rpc_frame(self, module: Atom, function: Atom, args: list[Any], leader: int, ref_bytes: bytes) -> bytes:
         """``{'$gen_call', {Caller, Ref}, {call, M, F, A, GroupLeader}}`` to rex, framed, from the
-        pre-encoded head; ``gl`` and ``ref`` are ours."""
+        pre-encoded head; the group leader is our pid numbered ``leader``, the ref one of ours
+        given encoded."""
         out = bytearray(self._rpc_head)
-        out += self._own_ref_bytes(ref)
+        out += ref_bytes
         out += _CALL_HEAD
         encode_append(module, out)
         encode_append(function, out)
         encode_append(args, out)
-        out += self._own_pid_bytes(gl)
+        out += self._own_pid_bytes(leader)
         _FRAME_LEN(out, 0, len(out) - 4)
         return bytes(out)
 
-    def spawn_frame(self, module: Atom, function: Atom, args: list[Any], gl: Pid, ref: Reference) -> bytes:
-        """SPAWN_REQUEST of ``erpc:execute_call(Ref, M, F, A)`` with group leader ``gl``, monitored
-        under ``ref`` (erpc.py), framed, from the pre-encoded parts. ``ref`` is both the request's
-        id and the tag of the result, as one reference serves for both."""
-        ref_bytes = self._own_ref_bytes(ref)
+    def spawn_frame(self, module: Atom, function: Atom, args: list[Any], leader: int, ref_bytes: bytes) -> bytes:
+        """SPAWN_REQUEST of ``erpc:execute_call(Ref, M, F, A)`` with our pid numbered ``leader`` as
+        group leader, monitored under the ref (erpc.py), framed, from the pre-encoded parts. The
+        ref is both the request's id and the tag of the result, as one reference serves for both."""
         out = bytearray(_SPAWN_HEAD)
         out += ref_bytes
         out += self._caller_bytes
-        out += self._own_pid_bytes(gl)
+        out += self._own_pid_bytes(leader)
         out += _SPAWN_MIDDLE
         out += ref_bytes
         encode_append(module, out)
@@ -507,41 +519,47 @@ class Session:
         _FRAME_LEN(out, 0, len(out) - 4)
         return bytes(out)
 
-    def start_call(self, module: Atom, function: Atom, args: list[Any]) -> tuple[Reference, Pid, list[str], bytes]:
-        """A new call: its ref, its own group leader (ours until ``end_call``), the list that
-        collects what the call prints through it, and the frame to send (``rpc_via``'s way)."""
-        ref = self.make_ref()
-        gl = self.new_pid()
+    def start_call(self, module: Atom, function: Atom, args: list[Any]) -> tuple[bytes, int, list[str], bytes]:
+        """A new call: its ref, encoded (how ``reply_of`` and ``ref_bytes`` name it), the number
+        of its own group leader (ours until ``end_call``; ``leader_pid`` makes the pid), the list
+        that collects what the call prints through it, and the frame to send (``rpc_via``'s way).
+
+        Neither the ref nor the group leader is made as an object: on a lone call, every
+        object and function call here is paid on a cold CPU (README, Performance)."""
+        call = self._ref_head + _REF_IDS(*self._new_ref_ids())
+        leader = self._new_pid_number()
         # The frame first: arguments that cannot be encoded leave nothing of the call behind.
-        spawn = self.rpc_via == "spawn"
-        frame = (self.spawn_frame if spawn else self.rpc_frame)(module, function, args, gl, ref)
+        spawn = self._rpc_via == "spawn"
+        frame = (self.spawn_frame if spawn else self.rpc_frame)(module, function, args, leader, call)
         output: list[str] = []
-        self.group_leaders[gl] = output
+        self.group_leaders[leader] = output
         if spawn:
-            self._spawned.add(ref)
+            self._spawned.add(call)
             self.spawn_calls += 1
         else:
             self.rex_calls += 1
-        return ref, gl, output, frame
+        return call, leader, output, frame
 
-    def end_call(self, ref: Reference, gl: Pid, now: float) -> None:
-        """Call ``ref`` is over (answered, timed out or abandoned): a late answer is dropped, and
-        its group leader stays ours ``GROUP_LEADER_GRACE`` seconds more."""
+    def end_call(self, call: bytes, leader: int, now: float) -> None:
+        """The call ``start_call`` named ``call`` is over (answered, timed out or abandoned): a late
+        answer is dropped, and its group leader stays ours ``GROUP_LEADER_GRACE`` more, at least
+        (twice that at most, while calls go on)."""
         if self._spawned:
-            self._spawned.discard(ref)
-        self.group_leaders.pop(gl, None)
-        number = self._gl_number(gl)
-        self._retired_gls.add(number)
-        self._retired_order.append(number)
-        until = self._retired_until
-        until.append(now + GROUP_LEADER_GRACE)
-        while until and until[0] < now:
-            until.popleft()
-            old = self._retired_order.popleft()
-            self._retired_gls.discard(old)
-            if self._applies:
-                for ref in [r for r, req in self._applies.items() if self._gl_number(req.gl) == old]:
-                    del self._applies[ref]
+            self._spawned.discard(call)
+        self.group_leaders.pop(leader, None)
+        if now >= self._retire_turn:
+            self._turn_retired(now)
+        self._retired.add(leader)
+
+    def _turn_retired(self, now: float) -> None:
+        """A grace period is over: the group leaders retired before it are ours no more."""
+        dropped = self._retired_before
+        self._retired_before = self._retired
+        self._retired = set()
+        self._retire_turn = now + GROUP_LEADER_GRACE
+        if self._applies and dropped:
+            for ref in [r for r, req in self._applies.items() if req.leader in dropped]:
+                del self._applies[ref]
 
     # ------------------------------------------------------------ frames we send
     def send_frame(self, to: Pid, msg: Any, sender: Pid | None = None) -> bytes:
@@ -618,19 +636,21 @@ class Session:
                     return _NO_EVENTS
                 if to in self.mailboxes:
                     return (Message(to, msg),)
-                if to in self.group_leaders or self._gl_number(to) in self._retired_gls:
+                leader = self.leader_of(to)
+                if self._is_leader(leader):
                     payload = msg.payload
                     if is_io_request(payload):
                         _, sender, reply_as, request = payload
-                        return self._drive(_IoRequest(io_steps(request), to, sender, reply_as), None)
+                        return self._drive(_IoRequest(io_steps(request), to, leader, sender, reply_as), None)
                     return _NO_EVENTS
                 _debug("message to unknown pid %s dropped", to)
                 return _NO_EVENTS
             if op == OP_PAYLOAD_MONITOR_P_EXIT or op == OP_MONITOR_P_EXIT:
                 ref = ctl[3]
-                if ref in self._spawned:
+                key = self._spawned_key(ref)
+                if key is not None:
                     # The process a spawn_request call ran in ended: its reason is the result.
-                    self._spawned.discard(ref)
+                    self._spawned.discard(key)
                     reason = msg.payload if op == OP_PAYLOAD_MONITOR_P_EXIT else ctl[4]
                     return (RpcReply(ref, call_value(ref, reason)),)
                 owner = self._monitors.pop(ref, None)
@@ -640,8 +660,9 @@ class Session:
             elif op == OP_SPAWN_REPLY or op == OP_SPAWN_REPLY_TT:
                 # {31, ReqId, To, Flags, Result}: a pid means the call runs; its exit follows.
                 ref, result = ctl[1], ctl[4]
-                if ref in self._spawned and type(result) is not Pid:
-                    self._spawned.discard(ref)
+                key = self._spawned_key(ref)
+                if key is not None and type(result) is not Pid:
+                    self._spawned.discard(key)
                     return (RpcReply(ref, spawn_failed(result)),)
             elif op == OP_SPAWN_REQUEST or op == OP_SPAWN_REQUEST_TT:
                 # {29, ReqId, From, GroupLeader, MFA, Opts}: we run no Erlang code.
@@ -672,6 +693,13 @@ class Session:
             # A control tuple of the wrong arity, or an unhashable where a pid belongs.
             raise ProtocolError(f"malformed control message from {self.peer_name}: {ctl!r:.120}") from exc
 
+    def _spawned_key(self, ref: Any) -> bytes | None:
+        """``ref_bytes(ref)`` when ``ref`` names a spawn_request call not answered yet."""
+        if not self._spawned or type(ref) is not Reference:
+            return None
+        key = self.ref_bytes(ref)
+        return key if key in self._spawned else None
+
     # ------------------------------------------------------------ io_requests
     def _applied(self, req: _IoRequest, value: Any) -> Sequence[Event]:
         if type(value) is tuple and len(value) == 2 and value[0] == A_BADRPC:
@@ -688,12 +716,12 @@ class Session:
                 if step[0] == "apply":
                     ref = self.make_ref()
                     self._applies[ref] = req
-                    self.outbox.append(self.rpc_frame(step[1], step[2], step[3], req.gl, ref))
+                    self.outbox.append(self.rpc_frame(step[1], step[2], step[3], req.leader, self._own_ref_bytes(ref)))
                     return events
-                output = self.group_leaders.get(req.gl)
+                output = self.group_leaders.get(req.leader)
                 if output is not None:
                     output.append(step[1])
-                events.append(Output(req.gl, step[1]))
+                events.append(Output(req.leader, step[1]))
         except StopIteration as done:
             reply = done.value
         except KzBridgeError as exc:
