@@ -116,8 +116,8 @@ class Started(NamedTuple):
 def start(s: Session, m: Atom, f: Atom, args: list[Any]) -> Started:
     key, leader, output, frame = s.start_call(m, f, args)
     ref, end = decode_at(key, 0)
-    gl = s.leader_pid(leader)
-    assert end == len(key) and s.ref_bytes(ref) == key and s.leader_of(gl) == leader
+    gl = s.own_pid(leader)
+    assert end == len(key) and s.ref_bytes(ref) == key and s.own_number(gl) == leader
     return Started(ref, gl, output, frame, key, leader)
 
 

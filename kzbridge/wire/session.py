@@ -191,7 +191,7 @@ class _IoRequest(NamedTuple):
 
     steps: Generator[tuple[Any, ...], Any, Any]
     gl: Pid
-    leader: int  # gl's number (Session.leader_of)
+    leader: int  # gl's number (Session.own_number)
     sender: Any
     reply_as: Any
 
@@ -368,7 +368,7 @@ class Session:
         self.caller = self.new_pid()
         self.mailboxes: set[Pid] = set()
         # The group leaders of calls in flight (one per call), each with the text printed through
-        # it, by number (leader_of): a call's ref and group leader are never made as objects
+        # it, by number (own_number): a call's ref and group leader are never made as objects
         # (start_call), and numbers are nothing for the garbage collector to scan.
         self.group_leaders: dict[int, list[str]] = {}
         # Those of finished calls stay ours GROUP_LEADER_GRACE seconds more, kept in two
@@ -431,18 +431,18 @@ class Session:
     # GROUP_LEADER_GRACE at 6500 calls/s, and a retired leader would take a live one's place.
     def _new_pid_number(self) -> int:
         n = next(self._pid_ids)
-        while n >> 28 and self.is_live(self.leader_pid(n & 0xFFFFFFF)):  # come round: skip those in use
+        while n >> 28 and self.is_live(self.own_pid(n & 0xFFFFFFF)):  # come round: skip those in use
             n = next(self._pid_ids)
         return n & 0xFFFFFFF
 
     def new_pid(self) -> Pid:
-        return self.leader_pid(self._new_pid_number())
+        return self.own_pid(self._new_pid_number())
 
-    def leader_pid(self, number: int) -> Pid:
-        """Our pid numbered ``number`` (a group leader's number from ``start_call``, say)."""
+    def own_pid(self, number: int) -> Pid:
+        """Our pid numbered ``number`` (see above): a group leader's from ``start_call``, say."""
         return Pid(self._atom, number & 0x7FFF, number >> 15, self.creation, old=not self.big_creation)
 
-    def leader_of(self, pid: Any) -> int:
+    def own_number(self, pid: Any) -> int:
         """A pid of ours as its number; -1 for any other (also one naming us with numbers
         ``new_pid`` never makes, which would alias one that it did)."""
         ours = type(pid) is Pid and pid.node == self._atom and pid.creation == self.creation
@@ -458,7 +458,7 @@ class Session:
         return Reference(self._atom, self._new_ref_ids(), self.creation, self._ref_form)
 
     def _own_pid_bytes(self, number: int) -> bytes:
-        """``encode_term(self.leader_pid(number))`` from the pre-encoded parts (a third of the time)."""
+        """``encode_term(self.own_pid(number))`` from the pre-encoded parts (a third of the time)."""
         return self._pid_head + _PID_NUMBER(number & 0x7FFF, number >> 15) + self._pid_tail
 
     def _own_ref_bytes(self, ref: Reference) -> bytes:
@@ -481,7 +481,7 @@ class Session:
         self.mailboxes.discard(pid)
 
     def is_live(self, target: Any) -> bool:
-        return target == self.caller or target in self.mailboxes or self._is_leader(self.leader_of(target))
+        return target == self.caller or target in self.mailboxes or self._is_leader(self.own_number(target))
 
     def _is_leader(self, number: int) -> bool:
         """A group leader of a call in flight, or of one within its grace period."""
@@ -521,7 +521,7 @@ class Session:
 
     def start_call(self, module: Atom, function: Atom, args: list[Any]) -> tuple[bytes, int, list[str], bytes]:
         """A new call: its ref, encoded (how ``reply_of`` and ``ref_bytes`` name it), the number
-        of its own group leader (ours until ``end_call``; ``leader_pid`` makes the pid), the list
+        of its own group leader (ours until ``end_call``; ``own_pid`` makes the pid), the list
         that collects what the call prints through it, and the frame to send (``rpc_via``'s way).
 
         Neither the ref nor the group leader is made as an object: on a lone call, every
@@ -636,7 +636,7 @@ class Session:
                     return _NO_EVENTS
                 if to in self.mailboxes:
                     return (Message(to, msg),)
-                leader = self.leader_of(to)
+                leader = self.own_number(to)
                 if self._is_leader(leader):
                     payload = msg.payload
                     if is_io_request(payload):
