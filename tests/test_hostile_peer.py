@@ -29,7 +29,7 @@ from kzbridge.wire.frames import (
     parse_message,
 )
 from kzbridge.wire.node import connect_node
-from kzbridge.wire.terms import Atom, Pid
+from kzbridge.wire.terms import Atom, Pid, Reference
 
 from .peers.hostile import HostilePeer, peers_made, recv_exact, rpc_once, send_in_pieces
 
@@ -160,3 +160,32 @@ def test_frames_that_come_with_the_handshake_ack_are_heard(hostile, driver):
             b.rpc("erlang", "node", [], timeout=5)
     peer.thread.join(5)
     assert [m.control for m in answers] == [(OP_EXIT, ghost, linker, Atom("noproc"))]
+
+
+@pytest.mark.parametrize("driver", ["asyncio", "blocking"])
+@pytest.mark.parametrize("words", [1, 2, 4, 5])
+def test_a_reply_whose_ref_names_us_with_other_than_three_words_is_no_reply(hostile, driver, words):
+    """A reply to our caller tagged with a reference that names our node but has one, two, four
+    or five ID words (ours have three) is an unknown reply, dropped; the real one still counts."""
+
+    def answer_twice(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        n = 0
+        while not n:  # a tick is four zero bytes
+            n = struct.unpack(">I", recv_exact(conn, 4))[0]
+        msg = parse_message(recv_exact(conn, n))
+        caller, ref = msg.payload[1]
+        forged = Reference(ref.node, ref.ids[:words] + (7,) * (words - 3), ref.creation, ref.form)
+        conn.sendall(
+            build_message((OP_SEND, UNUSED, caller), (forged, Atom("forged")))
+            + build_message((OP_SEND, UNUSED, caller), (ref, Atom("real")))
+        )
+        time.sleep(1.0)
+
+    peer = hostile(answer_twice)
+    if driver == "asyncio":
+        value = rpc_once(peer, COOKIE, timeout=5)
+    else:
+        with BlockingNode(peer.node, COOKIE, timeout=5) as b:
+            value = b.rpc("erlang", "node", [], timeout=5)
+    assert value == Atom("real")

@@ -297,7 +297,7 @@ def test_group_leaders_stay_ours_for_a_grace_period_after_the_call():
     assert s.outbox == [] and s._applies == {}
 
 
-@pytest.mark.parametrize("phase", [0.0, 0.01, 2.5, GROUP_LEADER_GRACE - 0.01])
+@pytest.mark.parametrize("phase", [0.01, 2.5, GROUP_LEADER_GRACE - 0.01])
 def test_a_retired_group_leader_stays_ours_a_whole_grace_period_whenever_the_periods_turn(phase):
     s = session()
     first = start(s, Atom("erlang"), Atom("node"), [])
@@ -315,6 +315,31 @@ def test_a_retired_group_leader_stays_ours_a_whole_grace_period_whenever_the_per
         s.end_call(other.key, other.leader, now=now)
     assert not s.is_live(call.gl) and not s.is_live(first.gl)
     assert len(s._retired) + len(s._retired_before) <= 2
+
+
+def test_a_leader_retired_just_before_a_turn_stays_ours_a_whole_grace_period():
+    s = session()
+    first = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(first.key, first.leader, now=100.0)
+    retired_at = s._retire_turn - 1e-6  # the last moment before the periods turn
+    call = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(call.key, call.leader, now=retired_at)
+    for step in range(int(GROUP_LEADER_GRACE / 0.01)):
+        other = start(s, Atom("erlang"), Atom("node"), [])
+        s.end_call(other.key, other.leader, now=retired_at + step * 0.01)
+        assert s.is_live(call.gl), step * 0.01
+
+
+def test_numbers_that_come_round_skip_retired_group_leaders_in_both_periods():
+    s = session()
+    before = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(before.key, before.leader, now=100.0)
+    latest = start(s, Atom("erlang"), Atom("node"), [])
+    s.end_call(latest.key, latest.leader, now=100.0 + GROUP_LEADER_GRACE)  # a turn between the two
+    assert before.leader in s._retired_before and latest.leader in s._retired
+    s._pid_ids = itertools.count(1 << 28)  # 2^28 pids later: the numbers start again from 0
+    given = {start(s, Atom("erlang"), Atom("node"), []).leader for _ in range(10)}
+    assert len(given) == 10 and before.leader not in given and latest.leader not in given
 
 
 def test_finished_calls_leave_nothing_for_the_garbage_collector():

@@ -139,6 +139,21 @@ def test_spawn_replies_pass_quietly_or_fail_the_call_and_late_answers_are_droppe
     assert s._spawned == set()
 
 
+@pytest.mark.parametrize("words", [1, 2, 4, 5])
+def test_a_ref_naming_us_with_other_than_three_words_is_none_of_our_spawn_calls(words):
+    # The peer may send a reference of one to five ID words; one naming our node, creation and
+    # form is still not ours unless it has three (as make_ref makes them): ignored, not a crash.
+    s = spawning()
+    ours = start(s, Atom("erlang"), Atom("node"), [])
+    forged = Reference(ours.ref.node, ours.ref.ids[:words] + (7,) * (words - 3), ours.ref.creation, ours.ref.form)
+    data = build_message((OP_SPAWN_REPLY, forged, s.caller, 0, Atom("system_limit"))) + _exit(
+        s, forged, (forged, Atom("return"), 1)
+    )
+    assert feed(s, data, "whole") == []
+    assert s._spawned == {ours.key}
+    assert feed(s, _exit(s, ours.ref, (ours.ref, Atom("return"), 2)), "whole") == [RpcReply(ours.ref, 2)]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_spawn_request_from_the_peer_is_refused_with_notsup(mode):
     s = session()

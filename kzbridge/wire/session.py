@@ -467,8 +467,15 @@ class Session:
 
     def ref_bytes(self, ref: Reference) -> bytes:
         """``encode_term(ref)``: how drivers key their calls, as ``reply_of`` names them."""
-        # ``is``: a shortcut for our own refs (whose node is our atom object); any other goes the long way.
-        if ref.node is self._atom and ref.creation == self.creation and ref.form == self._ref_form:
+        # A shortcut for refs of our shape: our node (``is``: decoded atoms are interned, so a
+        # peer's ref naming us passes too), creation, form and three ID words (a peer may send
+        # one to five). Any other goes the long way, and cannot equal a key of ours.
+        if (
+            ref.node is self._atom
+            and ref.creation == self.creation
+            and ref.form == self._ref_form
+            and len(ref.ids) == 3
+        ):
             return self._own_ref_bytes(ref)
         return encode_term(ref)
 
