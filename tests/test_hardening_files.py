@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -151,6 +152,74 @@ def test_publish_never_replaces_a_file_that_appeared_meanwhile(tmp_path: Path) -
     assert info.value.partial_path == str(part.path) and info.value.kept_bytes == 4
     assert "appeared while kzbridge was writing" in info.value.message
     assert (tmp_path / "e.log").read_text() == "theirs" and part.path.read_bytes() == b"ours"
+
+
+@pytest.fixture
+def ctrl_c_after_open(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """A real SIGINT to this process the moment open(2) has made a ``.partial`` file, before the
+    code that called it holds its descriptor: where a Ctrl-C can land and leave a file nobody names."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    real_open = os.open
+    opened: list[str] = []
+
+    def open_then_interrupted(path: Any, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        if str(path).endswith(".partial"):
+            opened.append(str(path))
+            os.kill(os.getpid(), signal.SIGINT)
+        return fd
+
+    monkeypatch.setattr(localfiles.os, "open", open_then_interrupted)
+    try:
+        yield opened
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_as_a_new_file_is_made_leaves_nothing_behind(tmp_path: Path, ctrl_c_after_open: list[str]) -> None:
+    written: list[bool] = []
+    with pytest.raises(KeyboardInterrupt), localfiles.new_file(tmp_path / "r.html") as part:
+        written.append(True)
+        part.write(b"never")
+    assert ctrl_c_after_open == [str(tmp_path / "r.html.partial")]  # the signal came, inside the creation
+    assert written == [] and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is back
+
+
+def test_a_merge_interrupted_as_its_file_is_made_leaves_nothing_behind(
+    tmp_path: Path, ctrl_c_after_open: list[str]
+) -> None:
+    from kzbridge.kazoo.merge import merge_to_file
+
+    with pytest.raises(KeyboardInterrupt):
+        merge_to_file([], tmp_path / "merged.log")
+    assert ctrl_c_after_open and list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_held_while_a_file_is_made_reaches_its_own_handler_once(tmp_path: Path) -> None:
+    """SIGTERM's handler (kzbridge's raises Terminated) is the one that runs, once, after the creation."""
+    seen: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_term(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with pytest.raises(Stop), localfiles.new_file(tmp_path / "a.log") as part:
+            part.write(b"x")
+            os.kill(os.getpid(), signal.SIGTERM)  # in the block itself: raised here, not held
+            part.write(b"never")
+        assert seen == [signal.SIGTERM] and list(tmp_path.iterdir()) == []
+        with localfiles.new_file(tmp_path / "b.log") as part:
+            part.write(b"whole")
+        assert (tmp_path / "b.log").read_bytes() == b"whole" and seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize("kind", ["missing-dir", "is-dir", "parent-is-file"])

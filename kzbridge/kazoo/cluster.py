@@ -583,15 +583,11 @@ class ClusterTrace(StopControls):
 
 def write_cluster_json(summary: ClusterSummary, run: ClusterTrace | None = None) -> Path:
     """Write ``cluster.json`` (a new file, 0600, whole or not at all: localfiles.Partial)."""
-    from .localfiles import Partial
+    from .localfiles import new_file
 
-    part = Partial.create(summary.directory / CLUSTER_FILE)
-    try:
+    with new_file(summary.directory / CLUSTER_FILE) as part:
         part.write((json.dumps(cluster_description(summary, run), indent=1) + "\n").encode())
-    except BaseException:
-        part.discard()
-        raise
-    return part.publish()
+    return part.final
 
 
 def cluster_description(summary: ClusterSummary, run: ClusterTrace | None = None) -> dict[str, Any]:

@@ -3,6 +3,8 @@
     check_target(path)                   before anything starts on the node: refuse what would fail later
     part = Partial.create(path, mode)    NAME.partial, created exclusively, never through a symlink
     part.write(data) ... part.publish()  the final NAME taken atomically, never over an existing file
+    with new_file(path, mode) as part:   a file written whole or not at all (reports, merges): the
+        part.write(data)                 partial is removed if the block raises, published if not
 
 Rules (issue 11, rules 1, 6 and 7):
   * ``NAME.partial`` is opened ``O_CREAT|O_EXCL|O_NOFOLLOW``: a second run on the same output,
@@ -16,6 +18,9 @@ Rules (issue 11, rules 1, 6 and 7):
     checking the name is free (a narrow race, said here).
   * Every OSError while writing (disk full, quota, I/O error) becomes a one-line LocalFileError
     naming the ``.partial`` file kept and how many bytes it holds.
+  * A Ctrl-C (or SIGTERM, SIGHUP) is raised wherever Python is, also just after ``open(2)``
+    returned and before anyone holds the new file: ``new_file`` defers those signals while it
+    creates and while it publishes, so an interrupted run leaves no file that nobody names.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import LocalFileError, UsageError
 
@@ -103,11 +110,11 @@ class Partial:
             raise LocalFileError(f"cannot create {partial}: {_why(exc)}", setting="local_path") from None
         try:
             os.fchmod(fd, DEFAULT_MODE if mode is None else mode & 0o777)
-        except OSError:
+            return cls(final, fd)
+        except BaseException:
             os.close(fd)
             os.unlink(partial)
             raise
-        return cls(final, fd)
 
     @property
     def closed(self) -> bool:
@@ -181,6 +188,61 @@ class Partial:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         return self.final
+
+
+@contextlib.contextmanager
+def new_file(local: str | os.PathLike[str], mode: int | None = None) -> Iterator[Partial]:
+    """A new file written whole or not at all: the block writes ``NAME.partial``, which takes the
+    final name when the block ends and is removed if it raises, a Ctrl-C included wherever it
+    lands (see the module docstring). ``part.final`` is the file's path."""
+    part: Partial | None = None
+    try:
+        with _signals_deferred():
+            part = Partial.create(local, mode)
+        yield part
+    except BaseException:
+        if part is not None:
+            part.discard()
+        raise
+    with _signals_deferred():
+        part.publish()
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP that come during the block (a few system calls) are handled as it
+    ends, by the handlers that were there: the block is never cut between a system call that made
+    something and the statement that keeps it. Python runs signal handlers in the main thread
+    only, so it does this there; in another thread the block just runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[tuple[int, Any]] = []
+    held: dict[int, Any] = {}
+    over = False
+
+    def later(signum: int, frame: Any) -> None:
+        if over:  # the block is over (its handlers are being put back): as the held handler would
+            held[signum](signum, frame)
+        else:
+            came.append((signum, frame))
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            handler = signal.getsignal(sig)
+            if callable(handler):  # SIG_DFL and SIG_IGN stay: the first ends the process anyway
+                held[sig] = handler
+                signal.signal(sig, later)
+        yield
+    finally:
+        over = True
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for signum, frame in came:
+            held[signum](signum, frame)  # a KeyboardInterrupt (or Terminated) from here, as it would have
 
 
 def wider_than_source(local_mode: int, source_mode: int | None) -> str | None:

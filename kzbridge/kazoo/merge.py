@@ -301,16 +301,10 @@ def merged_records(sources: list[MergeSource]) -> Iterator[MergedRecord]:
 def merge_to_file(sources: list[MergeSource], path: str | os.PathLike[str], mode: int | None = None) -> MergeStats:
     """``write_merged`` into ``path`` (a new file: never over an existing one, 0600 unless ``mode``,
     written as ``path.partial`` first; see localfiles)."""
-    from .localfiles import Partial
+    from .localfiles import new_file
 
-    part = Partial.create(path, mode)
-    try:
-        stats = write_merged(sources, part)
-    except BaseException:
-        part.discard()
-        raise
-    part.publish()
-    return stats
+    with new_file(path, mode) as part:
+        return write_merged(sources, part)
 
 
 @dataclass

@@ -197,13 +197,8 @@ def write_report(
 ) -> tuple[Path, ReportModel]:
     """Write the report to ``path`` (a new file, written as ``path.partial`` first; see localfiles);
     returns the file and the model."""
-    from .localfiles import Partial
+    from .localfiles import new_file
 
-    target = Path(path)
-    part = Partial.create(target, 0o600)
-    try:
+    with new_file(Path(path), 0o600) as part:
         done = write_html(model, part, title)  # type: ignore[arg-type]
-    except BaseException:
-        part.discard()
-        raise
-    return part.publish(), done
+    return part.final, done
