@@ -186,6 +186,13 @@ def test_a_ctrl_c_as_a_new_file_is_made_leaves_nothing_behind(tmp_path: Path, ct
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is back
 
 
+def test_a_ctrl_c_as_a_partial_is_created_leaves_nothing_behind(tmp_path: Path, ctrl_c_after_open: list[str]) -> None:
+    # Partial.create itself, as collections and traces call it (they keep and name partials later).
+    with pytest.raises(KeyboardInterrupt):
+        localfiles.Partial.create(tmp_path / "t.log")
+    assert ctrl_c_after_open == [str(tmp_path / "t.log.partial")] and list(tmp_path.iterdir()) == []
+
+
 def test_a_merge_interrupted_as_its_file_is_made_leaves_nothing_behind(
     tmp_path: Path, ctrl_c_after_open: list[str]
 ) -> None:

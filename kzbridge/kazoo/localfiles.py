@@ -19,8 +19,9 @@ Rules (issue 11, rules 1, 6 and 7):
   * Every OSError while writing (disk full, quota, I/O error) becomes a one-line LocalFileError
     naming the ``.partial`` file kept and how many bytes it holds.
   * A Ctrl-C (or SIGTERM, SIGHUP) is raised wherever Python is, also just after ``open(2)``
-    returned and before anyone holds the new file: ``new_file`` defers those signals while it
-    creates and while it publishes, so an interrupted run leaves no file that nobody names.
+    returned and before anyone holds the new file: ``Partial.create`` holds those signals over
+    the ``open(2)`` and removes what it made if one comes before it returns, and ``new_file``
+    holds them while it publishes, so an interrupted run leaves no file that nobody names.
 """
 
 from __future__ import annotations
@@ -93,27 +94,32 @@ class Partial:
 
     @classmethod
     def create(cls, local: str | os.PathLike[str], mode: int | None = None) -> Partial:
-        """Check the target and create ``NAME.partial`` exclusively, 0600 or exactly ``mode``."""
+        """Check the target and create ``NAME.partial`` exclusively, 0600 or exactly ``mode``.
+
+        Whatever interrupts it (a Ctrl-C included: the signals are held from ``open(2)`` until
+        the descriptor is kept, see the module docstring), no file is left behind."""
         check_target(local)
         final = Path(local)
         partial = partial_of(final)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = -1
         try:
-            fd = os.open(partial, flags, DEFAULT_MODE if mode is None else mode & 0o777)
+            with _signals_deferred():
+                fd = os.open(partial, flags, DEFAULT_MODE if mode is None else mode & 0o777)
+            os.fchmod(fd, DEFAULT_MODE if mode is None else mode & 0o777)
+            return cls(final, fd)
         except FileExistsError:
             raise UsageError(
                 f"{partial} already exists: another kzbridge run is writing it, or it was kept from an earlier run",
                 hint="choose another name, or remove it once no run uses it",
                 setting="local_path",
             ) from None
-        except OSError as exc:
-            raise LocalFileError(f"cannot create {partial}: {_why(exc)}", setting="local_path") from None
-        try:
-            os.fchmod(fd, DEFAULT_MODE if mode is None else mode & 0o777)
-            return cls(final, fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(partial)
+        except BaseException as exc:
+            if fd >= 0:  # made, then interrupted (or fchmod failed): nothing of it stays
+                os.close(fd)
+                os.unlink(partial)
+            if isinstance(exc, OSError):
+                raise LocalFileError(f"cannot create {partial}: {_why(exc)}", setting="local_path") from None
             raise
 
     @property
@@ -195,14 +201,11 @@ def new_file(local: str | os.PathLike[str], mode: int | None = None) -> Iterator
     """A new file written whole or not at all: the block writes ``NAME.partial``, which takes the
     final name when the block ends and is removed if it raises, a Ctrl-C included wherever it
     lands (see the module docstring). ``part.final`` is the file's path."""
-    part: Partial | None = None
+    part = Partial.create(local, mode)
     try:
-        with _signals_deferred():
-            part = Partial.create(local, mode)
         yield part
     except BaseException:
-        if part is not None:
-            part.discard()
+        part.discard()
         raise
     with _signals_deferred():
         part.publish()
