@@ -13,7 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,56 +154,87 @@ def test_publish_never_replaces_a_file_that_appeared_meanwhile(tmp_path: Path) -
     assert (tmp_path / "e.log").read_text() == "theirs" and part.path.read_bytes() == b"ours"
 
 
+def signal_after(
+    monkeypatch: pytest.MonkeyPatch, name: str, sig: int, when: Callable[[Any], bool] = lambda _: True
+) -> list[Any]:
+    """Send ``sig`` to this process the moment ``os.<name>`` has returned (when its first argument
+    passes ``when``), before the code that called it has kept what it made: where a Ctrl-C or a
+    SIGTERM can land. Returns the first arguments it was sent after."""
+    real = getattr(os, name)
+    sent: list[Any] = []
+
+    def then_signalled(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        if when(args[0]) and not sent:
+            sent.append(args[0])
+            os.kill(os.getpid(), sig)
+        return result
+
+    monkeypatch.setattr(os, name, then_signalled)
+    return sent
+
+
+def is_partial(path: Any) -> bool:
+    return str(path).endswith(".partial")
+
+
 @pytest.fixture
-def ctrl_c_after_open(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """A real SIGINT to this process the moment open(2) has made a ``.partial`` file, before the
-    code that called it holds its descriptor: where a Ctrl-C can land and leave a file nobody names."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
-    real_open = os.open
-    opened: list[str] = []
-
-    def open_then_interrupted(path: Any, flags: int, mode: int = 0o777) -> int:
-        fd = real_open(path, flags, mode)
-        if str(path).endswith(".partial"):
-            opened.append(str(path))
-            os.kill(os.getpid(), signal.SIGINT)
-        return fd
-
-    monkeypatch.setattr(localfiles.os, "open", open_then_interrupted)
+def as_in_a_terminal() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt (a test worker may run with it ignored); put back after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        yield opened
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
-def test_a_ctrl_c_as_a_new_file_is_made_leaves_nothing_behind(tmp_path: Path, ctrl_c_after_open: list[str]) -> None:
+def test_a_ctrl_c_as_a_new_file_is_made_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_in_a_terminal: None
+) -> None:
+    sent = signal_after(monkeypatch, "open", signal.SIGINT, is_partial)
     written: list[bool] = []
     with pytest.raises(KeyboardInterrupt), localfiles.new_file(tmp_path / "r.html") as part:
         written.append(True)
         part.write(b"never")
-    assert ctrl_c_after_open == [str(tmp_path / "r.html.partial")]  # the signal came, inside the creation
+    assert sent == [tmp_path / "r.html.partial"]  # the signal came, inside the creation
     assert written == [] and list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is back
 
 
-def test_a_ctrl_c_as_a_partial_is_created_leaves_nothing_behind(tmp_path: Path, ctrl_c_after_open: list[str]) -> None:
+def test_a_ctrl_c_as_a_partial_is_created_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_in_a_terminal: None
+) -> None:
     # Partial.create itself, as collections and traces call it (they keep and name partials later).
+    sent = signal_after(monkeypatch, "open", signal.SIGINT, is_partial)
     with pytest.raises(KeyboardInterrupt):
         localfiles.Partial.create(tmp_path / "t.log")
-    assert ctrl_c_after_open == [str(tmp_path / "t.log.partial")] and list(tmp_path.iterdir()) == []
+    assert sent == [tmp_path / "t.log.partial"] and list(tmp_path.iterdir()) == []
 
 
 def test_a_merge_interrupted_as_its_file_is_made_leaves_nothing_behind(
-    tmp_path: Path, ctrl_c_after_open: list[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_in_a_terminal: None
 ) -> None:
     from kzbridge.kazoo.merge import merge_to_file
 
+    sent = signal_after(monkeypatch, "open", signal.SIGINT, is_partial)
     with pytest.raises(KeyboardInterrupt):
         merge_to_file([], tmp_path / "merged.log")
-    assert ctrl_c_after_open and list(tmp_path.iterdir()) == []
+    assert sent and list(tmp_path.iterdir()) == []
 
 
-def test_a_signal_held_while_a_file_is_made_reaches_its_own_handler_once(tmp_path: Path) -> None:
+def test_a_ctrl_c_as_a_file_is_published_leaves_it_whole_and_no_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_in_a_terminal: None
+) -> None:
+    sent = signal_after(monkeypatch, "link", signal.SIGINT)  # the final name taken, the partial not yet gone
+    with pytest.raises(KeyboardInterrupt), localfiles.new_file(tmp_path / "r.html") as part:
+        part.write(b"whole")
+    assert sent == [tmp_path / "r.html.partial"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "r.html"] and (tmp_path / "r.html").read_bytes() == b"whole"
+
+
+def test_a_sigterm_held_while_a_file_is_made_reaches_its_own_handler_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGTERM's handler (kzbridge's raises Terminated) is the one that runs, once, after the creation."""
     seen: list[int] = []
 
@@ -216,17 +247,37 @@ def test_a_signal_held_while_a_file_is_made_reaches_its_own_handler_once(tmp_pat
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
+        sent = signal_after(monkeypatch, "open", signal.SIGTERM, is_partial)
         with pytest.raises(Stop), localfiles.new_file(tmp_path / "a.log") as part:
-            part.write(b"x")
-            os.kill(os.getpid(), signal.SIGTERM)  # in the block itself: raised here, not held
             part.write(b"never")
-        assert seen == [signal.SIGTERM] and list(tmp_path.iterdir()) == []
-        with localfiles.new_file(tmp_path / "b.log") as part:
+        assert sent and seen == [signal.SIGTERM] and list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signal.SIGTERM) is on_term
+        with localfiles.new_file(tmp_path / "b.log") as part:  # sent once: this one is undisturbed
             part.write(b"whole")
         assert (tmp_path / "b.log").read_bytes() == b"whole" and seen == [signal.SIGTERM]
-        assert signal.getsignal(signal.SIGTERM) is on_term
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_while_the_held_handlers_are_put_back_leaves_none_swapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_in_a_terminal: None
+) -> None:
+    # signal.signal() runs the handlers of signals already come before it sets anything: a Ctrl-C
+    # landing as SIGINT's own handler is put back must not leave kzbridge's stand-in there.
+    real = signal.signal
+    fired: list[bool] = []
+
+    def put_back(signum: int, handler: Any) -> Any:
+        if handler is signal.default_int_handler and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # raised from in here, before the real call
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", put_back)
+    with pytest.raises(KeyboardInterrupt):
+        localfiles.Partial.create(tmp_path / "t.log")
+    assert fired and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize("kind", ["missing-dir", "is-dir", "parent-is-file"])

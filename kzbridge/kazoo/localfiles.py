@@ -21,7 +21,8 @@ Rules (issue 11, rules 1, 6 and 7):
   * A Ctrl-C (or SIGTERM, SIGHUP) is raised wherever Python is, also just after ``open(2)``
     returned and before anyone holds the new file: ``Partial.create`` holds those signals over
     the ``open(2)`` and removes what it made if one comes before it returns, and ``new_file``
-    holds them while it publishes, so an interrupted run leaves no file that nobody names.
+    holds them over its creation and its publish, so an interrupted run leaves no file that
+    nobody names.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ class Partial:
             ) from None
         except BaseException as exc:
             if fd >= 0:  # made, then interrupted (or fchmod failed): nothing of it stays
+                os.unlink(partial)  # first, as in discard
                 os.close(fd)
-                os.unlink(partial)
             if isinstance(exc, OSError):
                 raise LocalFileError(f"cannot create {partial}: {_why(exc)}", setting="local_path") from None
             raise
@@ -156,12 +157,14 @@ class Partial:
                 raise self._error("close", exc) from None
 
     def discard(self) -> None:
-        """Close and remove the partial file (nothing worth keeping in it)."""
+        """Remove and close the partial file (nothing worth keeping in it). Removed first: a second
+        Ctrl-C right after the first can cost a descriptor of a process that is ending, not a file."""
         try:
-            self.close()
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            self.close()
 
     def publish(self) -> Path:
         """Close and give the data its final name, never over an existing file; the final path."""
@@ -201,14 +204,19 @@ def new_file(local: str | os.PathLike[str], mode: int | None = None) -> Iterator
     """A new file written whole or not at all: the block writes ``NAME.partial``, which takes the
     final name when the block ends and is removed if it raises, a Ctrl-C included wherever it
     lands (see the module docstring). ``part.final`` is the file's path."""
-    part = Partial.create(local, mode)
+    part: Partial | None = None
+    publishing = False
     try:
+        with _signals_deferred():  # over the assignment too (Python 3.10 can stop as a call returns)
+            part = Partial.create(local, mode)
         yield part
+        with _signals_deferred():
+            publishing = True
+            part.publish()  # a LocalFileError here keeps the partial and names it
     except BaseException:
-        part.discard()
+        if part is not None and not publishing:
+            part.discard()
         raise
-    with _signals_deferred():
-        part.publish()
 
 
 @contextlib.contextmanager
@@ -242,8 +250,18 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         over = True
+        raised: BaseException | None = None
         for signum, handler in held.items():
-            signal.signal(signum, handler)
+            while True:
+                try:
+                    # signal.signal() runs the handlers of signals already come before it sets
+                    # anything: one that raises (forwarded by ``later``) leaves it to do again.
+                    signal.signal(signum, handler)
+                    break
+                except BaseException as exc:
+                    raised = raised or exc
+        if raised is not None:
+            raise raised
         for signum, frame in came:
             held[signum](signum, frame)  # a KeyboardInterrupt (or Terminated) from here, as it would have
 
