@@ -157,3 +157,34 @@ def test_the_command_and_python_m_answer_alike() -> None:
         seen = [subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60) for cmd in ENTRIES.values()]
         assert len({(r.returncode, r.stdout, r.stderr.replace("python -m kzbridge", "kzbridge")) for r in seen}) == 1
         assert seen[0].returncode == (0 if args == ["--version"] else 2), seen[0]
+
+
+def test_the_stop_signals_of_a_trace_put_back_the_handlers_that_were_there() -> None:
+    """asyncio's remove_signal_handler leaves SIGTERM at SIG_DFL; after a trace, kzbridge's own
+    SIGTERM handler (Terminated: partial files removed or named) must be back, and SIGINT's."""
+    import asyncio
+
+    from kzbridge.kazoo.session import StopRequests
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise AssertionError("not called here")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+
+        async def trace_like() -> StopRequests:
+            requests = StopRequests()
+            with requests.signals():
+                assert signal.getsignal(signal.SIGTERM) is not on_term  # asyncio's, while inside
+                os.kill(os.getpid(), signal.SIGTERM)
+                await asyncio.sleep(0.2)
+            return requests
+
+        requests = asyncio.run(trace_like())
+        assert requests.stop_by == "terminated"  # the signal went to the trace while inside
+        assert signal.getsignal(signal.SIGTERM) is on_term
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

@@ -223,6 +223,7 @@ class StopRequests:
             else:
                 self.request_stop(name)
 
+        before = [(sig, signal.getsignal(sig)) for sig, _ in SIGNALS]
         for sig, name in SIGNALS:
             loop.add_signal_handler(sig, on_signal, name)
         try:
@@ -230,6 +231,12 @@ class StopRequests:
         finally:
             for sig, _ in SIGNALS:
                 loop.remove_signal_handler(sig)
+            # asyncio puts SIG_DFL back for SIGTERM, not the handler that was there (the CLI's
+            # raises Terminated, so that a later SIGTERM, during the report written after a trace
+            # say, unwinds and names or removes its partial file instead of killing the process).
+            for sig, handler in before:
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 class StopControls:
